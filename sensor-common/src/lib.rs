@@ -1,0 +1,373 @@
+//! Wire types shared by the kernel programs (`sensor-ebpf`) and the userspace sensor.
+//!
+//! Every record the kernel submits to the ring buffer starts with an [`EventHeader`]; userspace
+//! reads the header, then dispatches on [`EventKind`]. Numbers of `EventKind` are stable and
+//! gapped: a new kind never renumbers an old one.
+//!
+//! All structs are `#[repr(C)]`, fixed-size and `Copy`, so that the kernel can reserve them in the
+//! ring buffer and userspace can read them with an unaligned copy.
+#![no_std]
+
+/// Bytes of argv captured per exec (NUL-separated, as the kernel lays them out).
+pub const ARGV_CAP: usize = 1024;
+/// Bytes of a path captured (exec filename, written file, rename target).
+pub const PATH_CAP: usize = 256;
+/// Bytes of a unix-socket path (`sockaddr_un.sun_path`).
+pub const UNIX_PATH_CAP: usize = 108;
+/// Bytes of a DNS query payload captured.
+pub const DNS_CAP: usize = 256;
+/// Bytes of the start of an HTTP request read by an Engine API server.
+pub const HTTP_CAP: usize = 2048;
+/// Process names held in the tracked-name map (the kernel's comm size).
+pub const COMM_LEN: usize = 16;
+/// Largest event the kernel submits; checked at compile time below.
+pub const MAX_EVENT_SIZE: usize = 4096;
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Exec = 1,
+    Fork = 2,
+    Exit = 3,
+    Connect = 10,
+    Accept = 11,
+    UnixConnect = 12,
+    DnsSend = 13,
+    FileWrite = 20,
+    ApiRequest = 30,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Exec,
+            2 => Self::Fork,
+            3 => Self::Exit,
+            10 => Self::Connect,
+            11 => Self::Accept,
+            12 => Self::UnixConnect,
+            13 => Self::DnsSend,
+            20 => Self::FileWrite,
+            30 => Self::ApiRequest,
+            _ => return None,
+        })
+    }
+}
+
+/// Flags stored per tracked process (value of the `TRACKED` map) and copied into each header.
+pub mod track {
+    /// The process is a container runtime or builder named in the config (dockerd, runc ...).
+    pub const RUNTIME: u32 = 1 << 0;
+    /// The process serves the Engine API: its HTTP requests are captured.
+    pub const API_SERVER: u32 = 1 << 1;
+    /// The process descends from a runtime (a build step, a container process, a shim).
+    pub const DESCENDANT: u32 = 1 << 2;
+    /// The process is not tracked but talked to a runtime socket (an API client).
+    pub const API_CLIENT: u32 = 1 << 3;
+    /// Seeded from /proc at start rather than seen at exec/fork.
+    pub const SEEDED: u32 = 1 << 4;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Flags of the process in the tracked map (`track::*`).
+    pub track_flags: u32,
+    /// CLOCK_BOOTTIME nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_ns: u64,
+    /// Thread-group id (the pid users see).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event<T> {
+    pub header: EventHeader,
+    pub data: T,
+}
+
+/// Process exec (`sched_process_exec`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecData {
+    pub ppid: u32,
+    /// The pid before exec (differs when a non-leader thread called execve).
+    pub old_pid: u32,
+    /// Task start time, CLOCK_BOOTTIME ns (together with pid, a unique process key).
+    pub start_time_ns: u64,
+    pub filename_len: u16,
+    pub argv_len: u16,
+    /// Bit 0: filename truncated; bit 1: argv truncated; bit 2: argv unreadable.
+    pub truncated: u16,
+    pub _pad: u16,
+    pub filename: [u8; PATH_CAP],
+    pub argv: [u8; ARGV_CAP],
+}
+
+pub mod exec_flags {
+    pub const FILENAME_TRUNCATED: u16 = 1;
+    pub const ARGV_TRUNCATED: u16 = 2;
+    pub const ARGV_UNREADABLE: u16 = 4;
+}
+
+/// New process (not a thread) forked by a tracked process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForkData {
+    pub parent_pid: u32,
+    pub child_pid: u32,
+    pub child_start_time_ns: u64,
+}
+
+/// Process exit: last thread of the group.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExitData {
+    /// Raw `task->exit_code` (status << 8 | signal).
+    pub exit_code: u32,
+    pub _pad: u32,
+    pub start_time_ns: u64,
+}
+
+/// Address family values, as in the kernel.
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A TCP connect's outcome, or an accepted connection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SockData {
+    pub family: u16,
+    pub protocol: u16,
+    /// Connect: 0 established, 1 failed (went from SYN_SENT to CLOSE).
+    pub result: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Boot ns when the connect started (SYN_SENT).
+    pub start_ns: u64,
+}
+
+pub mod connect_result {
+    pub const ESTABLISHED: u16 = 0;
+    pub const FAILED: u16 = 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnixConnectData {
+    pub path_len: u16,
+    /// 1 when the address is in the abstract namespace (leading NUL).
+    pub abstract_ns: u16,
+    pub _pad: u32,
+    pub path: [u8; UNIX_PATH_CAP],
+}
+
+/// A UDP datagram sent to port 53.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsData {
+    pub family: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub _pad: u16,
+    pub daddr: [u8; 16],
+    pub payload: [u8; DNS_CAP],
+}
+
+pub mod file_op {
+    /// open/openat/creat with O_WRONLY/O_RDWR/O_CREAT/O_TRUNC.
+    pub const OPEN_WRITE: u16 = 1;
+    /// rename/renameat/renameat2: `path` is the new name.
+    pub const RENAME: u16 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileData {
+    pub op: u16,
+    pub path_len: u16,
+    pub truncated: u16,
+    pub _pad: u16,
+    pub flags: u32,
+    /// Directory fd the path is relative to (AT_FDCWD = -100).
+    pub dirfd: i32,
+    pub path: [u8; PATH_CAP],
+}
+
+/// The start of an HTTP request that an API server read from a connection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ApiData {
+    pub fd: i32,
+    /// Family of the connection's socket (AF_UNIX, AF_INET, AF_INET6; 0 if unknown).
+    pub peer_family: u16,
+    pub peer_port: u16,
+    /// For AF_UNIX: the peer's pid and uid from the socket's peer credentials (0/u32::MAX if none).
+    pub peer_pid: u32,
+    pub peer_uid: u32,
+    pub local_port: u16,
+    pub len: u16,
+    /// Bytes returned by read(2) in total (the capture holds at most HTTP_CAP of them).
+    pub read_len: u32,
+    pub peer_addr: [u8; 16],
+    pub local_addr: [u8; 16],
+    pub data: [u8; HTTP_CAP],
+}
+
+/// Why a kernel record was dropped or cut short. Indexes the per-CPU `STATS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatReason {
+    /// bpf_ringbuf_reserve failed: the ring buffer was full.
+    RingbufFull = 0,
+    /// The tracked-process map was full when a new process should have been tracked.
+    TrackedMapFull = 1,
+    /// argv could not be read.
+    ArgvReadFailed = 2,
+    /// A path could not be read from user memory.
+    PathReadFailed = 3,
+    /// An HTTP buffer could not be read.
+    HttpReadFailed = 4,
+    /// Pending read/connect scratch map full.
+    ScratchMapFull = 5,
+    /// A socket could not be resolved from an fd.
+    SockLookupFailed = 6,
+    /// Records truncated (argv, path, HTTP request beyond its cap).
+    Truncated = 7,
+    /// Kernel struct offsets missing: the probe is partially blind.
+    OffsetsMissing = 8,
+}
+
+pub const STAT_REASONS: usize = 9;
+
+impl StatReason {
+    pub const ALL: [StatReason; STAT_REASONS] = [
+        Self::RingbufFull,
+        Self::TrackedMapFull,
+        Self::ArgvReadFailed,
+        Self::PathReadFailed,
+        Self::HttpReadFailed,
+        Self::ScratchMapFull,
+        Self::SockLookupFailed,
+        Self::Truncated,
+        Self::OffsetsMissing,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RingbufFull => "ringbuf_full",
+            Self::TrackedMapFull => "tracked_map_full",
+            Self::ArgvReadFailed => "argv_read_failed",
+            Self::PathReadFailed => "path_read_failed",
+            Self::HttpReadFailed => "http_read_failed",
+            Self::ScratchMapFull => "scratch_map_full",
+            Self::SockLookupFailed => "sock_lookup_failed",
+            Self::Truncated => "truncated",
+            Self::OffsetsMissing => "offsets_missing",
+        }
+    }
+}
+
+/// Offsets of kernel struct fields, resolved by userspace from the running kernel's BTF and
+/// written to the `CONFIG` map. This makes field access relocatable across kernels without a C
+/// toolchain: the same object runs on any kernel whose BTF has these fields. An offset of
+/// `u32::MAX` means the field was not found; probes that need it count `OffsetsMissing`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KernelOffsets {
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_mm: u32,
+    pub task_exit_code: u32,
+    pub task_files: u32,
+    pub task_start_boottime: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_peer_pid: u32,
+    pub sk_peer_cred: u32,
+    pub pid_first_nr: u32,
+    pub cred_uid: u32,
+}
+
+pub const OFFSET_MISSING: u32 = u32::MAX;
+
+/// Written once by the loader into `CONFIG[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// The sensor's own tgid: never traced.
+    pub self_tgid: u32,
+    /// `feature::*` bits.
+    pub features: u32,
+    pub offsets: KernelOffsets,
+}
+
+pub mod feature {
+    pub const FILE_EVENTS: u32 = 1 << 0;
+    pub const NET_EVENTS: u32 = 1 << 1;
+    pub const API_EVENTS: u32 = 1 << 2;
+    pub const DNS_EVENTS: u32 = 1 << 3;
+}
+
+/// Value of the `RUNTIME_NAMES` map (keyed by a NUL-padded comm).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RuntimeName {
+    /// `track::*` flags given to a process with this name at exec.
+    pub flags: u32,
+}
+
+/// Value of the `TRACKED` map (keyed by tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Tracked {
+    pub flags: u32,
+    /// Depth below the runtime root (0 for the runtime itself), saturating.
+    pub depth: u32,
+}
+
+/// Key of the `RUNTIME_SOCKETS` map: a NUL-padded unix socket path.
+pub type UnixPathKey = [u8; UNIX_PATH_CAP];
+
+const _: () = {
+    assert!(core::mem::size_of::<Event<ExecData>>() <= MAX_EVENT_SIZE);
+    assert!(core::mem::size_of::<Event<ApiData>>() <= MAX_EVENT_SIZE);
+    assert!(core::mem::size_of::<Event<FileData>>() <= MAX_EVENT_SIZE);
+    assert!(core::mem::size_of::<Event<DnsData>>() <= MAX_EVENT_SIZE);
+    assert!(HTTP_CAP.is_power_of_two() && ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, made only of integers and byte arrays; every bit pattern is valid.
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for RuntimeName {}
+    unsafe impl aya::Pod for Tracked {}
+}
