@@ -1,0 +1,20 @@
+//! Kernel programs of the sensor. One module per probe family; all share the maps in `maps`.
+//!
+//! Every program filters first (is the current process in a tracked runtime tree?) and leaves
+//! at once when it is not: an unrelated process costs one hash lookup and no ring-buffer traffic.
+#![no_std]
+#![no_main]
+
+mod helpers;
+mod maps;
+mod probes;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

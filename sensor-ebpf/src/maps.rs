@@ -1,0 +1,58 @@
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use sensor_common::{
+    COMM_LEN, Config, EventHeader, RuntimeName, STAT_REASONS, Tracked, UnixPathKey,
+};
+
+/// The one ring buffer every event goes through. Its size can be changed by the loader.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Written once by the loader.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Per-CPU counters, indexed by `StatReason`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_REASONS as u32, 0);
+
+/// Processes (by tgid) in a tracked runtime tree. A plain hash (not LRU) so that a runtime is
+/// never evicted silently; a full map is counted as `TrackedMapFull`.
+#[map]
+pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
+
+/// Names (comm, NUL padded) that make a process a tracked runtime root at exec.
+#[map]
+pub static RUNTIME_NAMES: HashMap<[u8; COMM_LEN], RuntimeName> = HashMap::with_max_entries(64, 0);
+
+/// Unix socket paths of runtime APIs: an untracked process connecting to one is reported.
+#[map]
+pub static RUNTIME_SOCKETS: HashMap<UnixPathKey, u32> = HashMap::with_max_entries(32, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub header: EventHeader,
+}
+
+/// TCP connects in SYN_SENT, keyed by the socket's address, waiting for their outcome (which is
+/// seen in softirq context, where the current task is unrelated).
+#[map]
+pub static PENDING_CONNECT: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingRead {
+    pub fd: u64,
+    pub buf: u64,
+}
+
+/// read(2) calls of API servers between enter and exit, keyed by pid_tgid.
+#[map]
+pub static PENDING_READ: LruHashMap<u64, PendingRead> = LruHashMap::with_max_entries(8192, 0);
+
+/// Scratch space for a unix socket path key (too big for the 512-byte stack with the rest).
+#[map]
+pub static SCRATCH_PATH: PerCpuArray<UnixPathKey> = PerCpuArray::with_max_entries(1, 0);

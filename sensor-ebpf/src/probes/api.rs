@@ -1,0 +1,120 @@
+//! Engine API requests: the start of each HTTP request an API server (dockerd) reads from a
+//! connection, with the connection's peer.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, feature};
+
+use super::net::{sys_arg as syscall_arg, sys_ret as syscall_ret};
+use crate::{
+    helpers::{config, count, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current, unix_peer},
+    maps::{EVENTS, PENDING_READ, PendingRead},
+};
+
+#[tracepoint(category = "syscalls", name = "sys_enter_read")]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_read(&ctx);
+    0
+}
+
+fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
+    if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
+        return None;
+    }
+    let p = PendingRead { fd: syscall_arg(ctx, 0), buf: syscall_arg(ctx, 1) };
+    if PENDING_READ.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
+        count(StatReason::ScratchMapFull);
+    }
+    Some(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_read(&ctx);
+    0
+}
+
+/// Whether the first bytes are an HTTP/1 request line.
+#[inline(always)]
+fn is_request(b: &[u8; 8]) -> bool {
+    matches!(
+        b,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+    )
+}
+
+fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let p = unsafe { PENDING_READ.get(&key) }.copied()?;
+    let _ = PENDING_READ.remove(&key);
+    let ret = syscall_ret(ctx);
+    if ret < 8 {
+        return None;
+    }
+    let head: [u8; 8] = unsafe { bpf_probe_read_user(p.buf as *const [u8; 8]) }.ok()?;
+    if !is_request(&head) {
+        return None;
+    }
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
+    let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: sized reservation; data bounded by `len` written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::ApiRequest as u32, t.flags);
+    let d = &mut ev.data;
+    d.fd = p.fd as i32;
+    d.read_len = ret as u32;
+    let mut n = ret as u64;
+    if n > HTTP_CAP as u64 {
+        n = HTTP_CAP as u64;
+        count(StatReason::Truncated);
+    }
+    // SAFETY: n <= HTTP_CAP, the destination's size.
+    let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, p.buf as *const _) };
+    if r == 0 {
+        d.len = n as u16;
+    } else {
+        d.len = 0;
+        count(StatReason::HttpReadFailed);
+    }
+    d.peer_family = 0;
+    d.peer_port = 0;
+    d.local_port = 0;
+    d.peer_pid = 0;
+    d.peer_uid = u32::MAX;
+    d.peer_addr = [0; 16];
+    d.local_addr = [0; 16];
+    let o = &cfg.offsets;
+    match sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk).map(|a| (sk, a))) {
+        Some((sk, a)) => {
+            d.peer_family = a.family;
+            if a.family == AF_UNIX {
+                let (pid, uid) = unix_peer(o, sk);
+                d.peer_pid = pid;
+                d.peer_uid = uid;
+            } else {
+                d.peer_port = a.peer_port;
+                d.local_port = a.local_port;
+                d.peer_addr = a.peer;
+                d.local_addr = a.local;
+            }
+        }
+        None => count(StatReason::SockLookupFailed),
+    }
+    entry.submit(0);
+    Some(())
+}

@@ -1,0 +1,4 @@
+pub mod api;
+pub mod file;
+pub mod net;
+pub mod process;

@@ -1,0 +1,191 @@
+//! Process lifecycle: exec (which also makes runtime roots), fork (descendants), exit.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use sensor_common::{
+    ARGV_CAP, Event, EventKind, ExecData, ExitData, ForkData, StatReason, exec_flags, track,
+};
+
+use crate::{
+    helpers::{config, count, current_task, current_tgid, fill_header, read_at, track},
+    maps::{EVENTS, RUNTIME_NAMES, TRACKED},
+};
+
+/// Flags a process keeps from its parent: only membership of the tree, not the parent's role.
+const INHERITED: u32 = !(track::RUNTIME | track::API_SERVER | track::SEEDED | track::API_CLIENT);
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+fn try_exec(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let tgid = current_tgid();
+    if tgid == cfg.self_tgid {
+        return None;
+    }
+    // SAFETY: values copied out at once.
+    let tracked = unsafe { TRACKED.get(&tgid) }.copied();
+    let comm = aya_ebpf::helpers::bpf_get_current_comm().ok()?;
+    let named = unsafe { RUNTIME_NAMES.get(&comm) }.copied();
+    if tracked.is_none() && named.is_none() {
+        return None;
+    }
+    let (mut flags, depth) = match tracked {
+        Some(t) => (t.flags, t.depth),
+        None => (0, 0),
+    };
+    if let Some(n) = named {
+        flags |= track::RUNTIME | n.flags;
+    } else {
+        // A runtime that exec'd into something else is no longer a runtime.
+        flags &= !(track::RUNTIME | track::API_SERVER);
+    }
+    if tracked.map(|t| t.flags) != Some(flags) {
+        track(tgid, flags, depth);
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<Event<ExecData>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: the reservation is sized for the event; every field is written below or is a
+    // byte array the reader bounds by the lengths written here.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::Exec as u32, flags);
+    let d = &mut ev.data;
+    let o = &cfg.offsets;
+    let task = current_task();
+    d.ppid = read_at::<u64>(task, o.task_real_parent)
+        .and_then(|p| read_at::<u32>(p, o.task_tgid))
+        .unwrap_or(0);
+    // SAFETY: tracepoint record fields at the offsets of its format (stable since 3.x).
+    d.old_pid = unsafe { ctx.read_at::<u32>(16) }.unwrap_or(0);
+    d.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
+    d.truncated = 0;
+    d._pad = 0;
+
+    let loc: u32 = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
+    let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
+    d.filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut d.filename) } {
+        Ok(s) => s.len() as u16,
+        Err(_) => {
+            count(StatReason::PathReadFailed);
+            0
+        }
+    };
+    if (loc >> 16) as usize > d.filename.len() {
+        d.truncated |= exec_flags::FILENAME_TRUNCATED;
+    }
+
+    d.argv_len = 0;
+    let mm: Option<u64> = read_at(task, o.task_mm);
+    let start: Option<u64> = mm.and_then(|m| read_at(m, o.mm_arg_start));
+    let end: Option<u64> = mm.and_then(|m| read_at(m, o.mm_arg_end));
+    match (start, end) {
+        (Some(s), Some(e)) if e > s => {
+            let mut n = e - s;
+            if n > ARGV_CAP as u64 {
+                n = ARGV_CAP as u64;
+                d.truncated |= exec_flags::ARGV_TRUNCATED;
+                count(StatReason::Truncated);
+            }
+            // SAFETY: n <= ARGV_CAP, the destination's size.
+            let r = unsafe {
+                bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, s as *const _)
+            };
+            if r == 0 {
+                d.argv_len = n as u16;
+            } else {
+                d.truncated |= exec_flags::ARGV_UNREADABLE;
+                count(StatReason::ArgvReadFailed);
+            }
+        }
+        _ => {
+            d.truncated |= exec_flags::ARGV_UNREADABLE;
+            count(StatReason::ArgvReadFailed);
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_fork(&ctx);
+    0
+}
+
+fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let parent_tgid = current_tgid();
+    if parent_tgid == cfg.self_tgid {
+        return None;
+    }
+    let parent = unsafe { TRACKED.get(&parent_tgid) }.copied()?;
+    let child: u64 = ctx.arg(1);
+    let o = &cfg.offsets;
+    let child_tgid: u32 = read_at(child, o.task_tgid)?;
+    if child_tgid == parent_tgid {
+        return None; // a new thread, not a new process
+    }
+    let flags = (parent.flags & INHERITED) | track::DESCENDANT;
+    track(child_tgid, flags, parent.depth.saturating_add(1));
+
+    let Some(mut entry) = EVENTS.reserve::<Event<ForkData>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: sized reservation, all fields written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::Fork as u32, parent.flags);
+    ev.data.parent_pid = parent_tgid;
+    ev.data.child_pid = child_tgid;
+    ev.data.child_start_time_ns = read_at::<u64>(child, o.task_start_boottime).unwrap_or(0);
+    entry.submit(0);
+    Some(())
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let _ = try_exit();
+    0
+}
+
+fn try_exit() -> Option<()> {
+    let cfg = config()?;
+    let tgid = current_tgid();
+    let t = unsafe { TRACKED.get(&tgid) }.copied()?;
+    let o = &cfg.offsets;
+    let task = current_task();
+    // Only the last thread of the group ends the process.
+    let live: Option<i32> = read_at::<u64>(task, o.task_signal).and_then(|s| read_at(s, o.signal_live));
+    let last = match live {
+        Some(n) => n == 0,
+        None => {
+            let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+            pid_tgid as u32 == tgid
+        }
+    };
+    if !last {
+        return None;
+    }
+    let _ = TRACKED.remove(&tgid);
+    let Some(mut entry) = EVENTS.reserve::<Event<ExitData>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: sized reservation, all fields written.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::Exit as u32, t.flags);
+    ev.data.exit_code = read_at::<u32>(task, o.task_exit_code).unwrap_or(0);
+    ev.data._pad = 0;
+    ev.data.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
+    entry.submit(0);
+    Some(())
+}

@@ -1,0 +1,566 @@
+//! The NDJSON records: the sensor's public output contract, documented in docs/events.md.
+//!
+//! Wire types (sensor-common) are what the kernel sends; these are what users read. Every record
+//! is one JSON object on one line: `schema_version`, `id`, `ts`, `host`, `kind`, then the fields
+//! of its kind. Records deserialize too, so that `sensor replay` can run the engines over a
+//! recorded stream.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Bumped when a field changes meaning or disappears (adding fields does not bump it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Wall-clock time, written as RFC 3339 with nanoseconds in UTC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self(Utc::now())
+    }
+    pub fn from_unix_nanos(ns: i64) -> Self {
+        Self(DateTime::from_timestamp_nanos(ns))
+    }
+    pub fn unix_nanos(&self) -> i64 {
+        self.0.timestamp_nanos_opt().unwrap_or(i64::MAX)
+    }
+    /// Milliseconds from `earlier` to `self` (0 if negative).
+    pub fn millis_since(&self, earlier: &Timestamp) -> u64 {
+        let d = self.unix_nanos().saturating_sub(earlier.unix_nanos());
+        if d <= 0 { 0 } else { (d / 1_000_000) as u64 }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| Timestamp(t.with_timezone(&Utc)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub schema_version: u32,
+    /// Unique within one run of the sensor, increasing; evidence links point at it.
+    pub id: u64,
+    pub ts: Timestamp,
+    pub host: String,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Body {
+    SensorStarted(SensorStarted),
+    ProcessExec(ProcessExec),
+    ProcessFork(ProcessFork),
+    ProcessExit(ProcessExit),
+    Connect(Connect),
+    Accept(Accept),
+    DnsQuery(DnsQuery),
+    FileWrite(FileWrite),
+    ApiRequest(ApiRequest),
+    SensorStats(SensorStats),
+    BuildStarted(BuildStarted),
+    BuildFinished(BuildFinished),
+    ContainerStart(ContainerStart),
+    ImagePush(ImagePush),
+    Finding(Finding),
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::SensorStarted(_) => "sensor_started",
+            Body::ProcessExec(_) => "process_exec",
+            Body::ProcessFork(_) => "process_fork",
+            Body::ProcessExit(_) => "process_exit",
+            Body::Connect(_) => "connect",
+            Body::Accept(_) => "accept",
+            Body::DnsQuery(_) => "dns_query",
+            Body::FileWrite(_) => "file_write",
+            Body::ApiRequest(_) => "api_request",
+            Body::SensorStats(_) => "sensor_stats",
+            Body::BuildStarted(_) => "build_started",
+            Body::BuildFinished(_) => "build_finished",
+            Body::ContainerStart(_) => "container_start",
+            Body::ImagePush(_) => "image_push",
+            Body::Finding(_) => "finding",
+        }
+    }
+
+    /// Kinds written only with `--raw` (kernel detail that the other records summarise).
+    pub fn raw_only(&self) -> bool {
+        matches!(self, Body::ProcessFork(_))
+    }
+}
+
+/// The process an event happened in, enriched from the sensor's process table.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessRef {
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel task name (at most 15 bytes).
+    pub comm: String,
+    /// Executable path as exec'd, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    pub cgroup_id: u64,
+    /// Container id from the process's cgroup or its runtime ancestry, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Why the process is traced: `runtime`, `descendant` (of a runtime), `api_client`.
+    pub role: String,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SensorStarted {
+    pub version: String,
+    pub kernel: String,
+    /// Programs attached, by name.
+    pub probes: Vec<String>,
+    /// Probes that could not attach, with the reason.
+    pub probes_failed: BTreeMap<String, String>,
+    /// Processes found in runtime trees in /proc at start.
+    pub seeded_processes: u64,
+    pub runtime_names: Vec<String>,
+    pub raw: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessExec {
+    pub process: ProcessRef,
+    /// Path given to execve (as the kernel resolved it; `/proc/self/exe` for busybox re-execs).
+    pub filename: String,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub argv_truncated: bool,
+    /// Process start, boot-relative nanoseconds (with pid, a unique key of the process).
+    pub start_time_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessFork {
+    pub process: ProcessRef,
+    pub child_pid: u32,
+    pub child_start_time_ns: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ProcessExit {
+    pub process: ProcessRef,
+    /// Exit status (0..=255) when the process exited normally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Terminating signal number when it was killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Connect {
+    pub process: ProcessRef,
+    /// `tcp` or `unix`.
+    pub protocol: String,
+    /// `ipv4`, `ipv6` or `unix`.
+    pub family: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// Unix socket path (prefixed with `@` for the abstract namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// TCP: `established` or `failed`; unix: `attempted` (seen at the syscall).
+    pub result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Accept {
+    pub process: ProcessRef,
+    pub family: String,
+    pub local_addr: String,
+    pub local_port: u16,
+    pub peer_addr: String,
+    pub peer_port: u16,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DnsQuery {
+    pub process: ProcessRef,
+    pub server_addr: String,
+    pub server_port: u16,
+    /// Queried name, when the payload parsed as a DNS query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_type: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileWrite {
+    pub process: ProcessRef,
+    /// `open_write` (opened for writing/creating/truncating) or `rename` (path is the new name).
+    pub op: String,
+    /// Path as the process gave it; relative paths are relative to `dirfd` or the process cwd.
+    pub path: String,
+    #[serde(default)]
+    pub path_truncated: bool,
+    pub flags: u32,
+}
+
+/// The peer of an Engine API request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ApiClient {
+    /// `unix`, `tcp` or `unknown`.
+    pub transport: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Parent chain of a local client, nearest first, up to a login shell, service or pid 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ancestors: Vec<Ancestor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The listener reached (local address and port) for TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ApiRequest {
+    /// The API server that read the request (dockerd).
+    pub process: ProcessRef,
+    pub fd: i32,
+    pub method: String,
+    /// Path without the query, e.g. `/v1.41/build`.
+    pub path: String,
+    /// The path with any `/vX.Y` prefix removed, e.g. `/build`.
+    pub endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Raw query string (percent-encoded as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<u64>,
+    /// Header names seen (values other than the ones above are not kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_names: Vec<String>,
+    /// The capture ended before the end of the headers.
+    #[serde(default)]
+    pub truncated: bool,
+    pub client: ApiClient,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RingbufStats {
+    pub size_bytes: u64,
+    /// Bytes waiting to be read when the stats were taken.
+    pub pending_bytes: u64,
+    /// Highest pending_bytes seen since start.
+    pub max_pending_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SensorStats {
+    pub uptime_s: u64,
+    /// Kernel events read, by kind.
+    pub events: BTreeMap<String, u64>,
+    /// Records written, by kind.
+    pub records: BTreeMap<String, u64>,
+    /// Events or records lost or cut short, by reason (kernel and userspace). Always lists every
+    /// known reason, zero or not.
+    pub drops: BTreeMap<String, u64>,
+    pub ringbuf: RingbufStats,
+    pub tracked_processes: u64,
+    /// `true` on the last record, written at exit.
+    #[serde(default)]
+    pub final_report: bool,
+}
+
+/// API parameters of a build request (`POST /build` query), or of a builder's command line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BuildParams {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    /// A git or URL context (`remote`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// Build-arg names; values are `<redacted>` unless the sensor runs with --show-build-args.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub build_args: BTreeMap<String, String>,
+    /// The context was uploaded as a tar body (not `remote`).
+    #[serde(default)]
+    pub context_upload: bool,
+    #[serde(default)]
+    pub no_cache: bool,
+    #[serde(default)]
+    pub pull: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BuildStep {
+    pub index: u32,
+    /// The command the step ran (argv joined, e.g. `/bin/sh -c wget ...`).
+    pub command: String,
+    pub pid: u32,
+    pub start: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The container or BuildKit executor id the step ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BaseImage {
+    /// FROM reference as given.
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+}
+
+/// Where a build's evidence is: record ids and pids.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Evidence {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub record_ids: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BuildStarted {
+    pub build_id: String,
+    /// `buildkit`, `legacy`, `buildah`, `podman`, `buildctl`, `kaniko`, or `unknown` until known.
+    pub builder: String,
+    pub client: ApiClient,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    pub params: BuildParams,
+    /// The sensor started while this build was running: it saw only part of it.
+    #[serde(default)]
+    pub partial: bool,
+    pub evidence: Evidence,
+}
+
+/// One destination a build talked to (aggregated).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct OutboundConnection {
+    pub dst_addr: String,
+    pub dst_port: u16,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub count: u64,
+    #[serde(default)]
+    pub failed: u64,
+    /// Index of the step that made it, or `daemon` for the daemon on the build's behalf.
+    pub made_by: String,
+    /// `allowed`, `unknown` or `denied`, per the policy.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BuildFinished {
+    pub build_id: String,
+    pub builder: String,
+    pub client: ApiClient,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    pub params: BuildParams,
+    pub base_images: Vec<BaseImage>,
+    pub steps: Vec<BuildStep>,
+    pub started: Timestamp,
+    pub duration_ms: u64,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// Index of the step that failed, when a step did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `sha256:...` as `docker image inspect --format '{{.Id}}'` reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub partial: bool,
+    #[serde(default)]
+    pub outbound: Vec<OutboundConnection>,
+    pub evidence: Evidence,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct KubernetesRef {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerStart {
+    pub container_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// `docker`, `containerd`, `cri`, `podman`.
+    pub runtime: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesRef>,
+    pub client: ApiClient,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_since_build: Option<u64>,
+    pub evidence: Evidence,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImagePush {
+    pub reference: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub registry: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    pub client: ApiClient,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    pub evidence: Evidence,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    /// Stable rule name, e.g. `build_from_unexpected_client`.
+    pub rule: String,
+    /// `low`, `medium`, `high`, `critical`.
+    pub severity: String,
+    pub summary: String,
+    /// ATT&CK technique ids, e.g. `T1612`.
+    pub attack: Vec<String>,
+    /// ATT&CK analytic ids, e.g. `AN1261`.
+    pub analytics: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// Addresses, names and other facts the finding rests on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, serde_json::Value>,
+    pub evidence: Evidence,
+}
+
+/// Lossy UTF-8: invalid bytes become U+FFFD, so any bytes give valid JSON.
+pub fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            schema_version: SCHEMA_VERSION,
+            id: 7,
+            ts: Timestamp::from_unix_nanos(1_700_000_000_123_456_789),
+            host: "h".into(),
+            body: Body::FileWrite(FileWrite {
+                process: ProcessRef { pid: 1, comm: "x".into(), role: "runtime".into(), ..Default::default() },
+                op: "open_write".into(),
+                path: lossy(b"/tmp/\xff\x00\n\"q"),
+                path_truncated: false,
+                flags: 1,
+            }),
+        }
+    }
+
+    #[test]
+    fn serializes_kind_and_nanosecond_time_and_round_trips() {
+        let r = sample();
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains(r#""kind":"file_write""#), "{line}");
+        assert!(line.contains(r#""ts":"2023-11-14T22:13:20.123456789Z""#), "{line}");
+        assert!(!line.contains('\n'));
+        let back: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn hostile_bytes_give_valid_json_with_replacement_marker() {
+        let line = serde_json::to_string(&sample()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let p = v["path"].as_str().unwrap();
+        assert!(p.contains('\u{FFFD}'));
+        assert!(p.contains('\0') && p.contains('\n') && p.contains('"'));
+    }
+}
