@@ -1,0 +1,19 @@
+//! The stages that derive records from records (build sessions, lineage, findings).
+//!
+//! The pipeline feeds every record it writes (kernel-derived or derived by an engine) to every
+//! engine, in order; what an engine returns is stamped (id, ts, host), written, and fed on.
+use std::collections::BTreeMap;
+
+use crate::record::{Body, Record, Timestamp};
+
+pub trait Engine: Send {
+    /// Look at one record; push derived record bodies to `out`.
+    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>);
+    /// Called about once a second with the current time (or the replayed stream's time), to
+    /// close what timed out.
+    fn tick(&mut self, _now: Timestamp, _out: &mut Vec<Body>) {}
+    /// Called at shutdown: flush what is still open (e.g. builds marked partial).
+    fn finish(&mut self, _now: Timestamp, _out: &mut Vec<Body>) {}
+    /// Counters for `sensor_stats.drops` (e.g. `builds_evicted`), added to the map.
+    fn drops(&self, _drops: &mut BTreeMap<String, u64>) {}
+}
