@@ -35,6 +35,9 @@ pub enum EventKind {
     DnsSend = 13,
     FileWrite = 20,
     ApiRequest = 30,
+    /// The start of a write(2) an API server made on a connection that carried a watched request
+    /// (POST /build, /images/{name}/push, /containers/create). Same layout as ApiRequest.
+    ApiResponse = 31,
 }
 
 impl EventKind {
@@ -49,6 +52,7 @@ impl EventKind {
             13 => Self::DnsSend,
             20 => Self::FileWrite,
             30 => Self::ApiRequest,
+            31 => Self::ApiResponse,
             _ => return None,
         })
     }

@@ -34,7 +34,12 @@ pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
         return None;
     }
     // SAFETY: the value is copied out at once.
-    unsafe { TRACKED.get(&tgid) }.map(|t| (tgid, *t))
+    let t = unsafe { TRACKED.get(&tgid) }.copied()?;
+    // API clients are tracked only so that their exit is seen, not their activity.
+    if t.flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+        return None;
+    }
+    Some((tgid, t))
 }
 
 #[inline(always)]

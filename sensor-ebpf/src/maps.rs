@@ -56,3 +56,8 @@ pub static PENDING_READ: LruHashMap<u64, PendingRead> = LruHashMap::with_max_ent
 /// Scratch space for a unix socket path key (too big for the 512-byte stack with the rest).
 #[map]
 pub static SCRATCH_PATH: PerCpuArray<UnixPathKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// API connections whose responses are captured, keyed by `tgid << 32 | fd`. Set when a watched
+/// request (POST /build, push, container create) is read; cleared on the next request or close.
+#[map]
+pub static WATCH_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);

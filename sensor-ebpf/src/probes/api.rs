@@ -9,8 +9,8 @@ use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, fe
 
 use super::net::{sys_arg as syscall_arg, sys_ret as syscall_ret};
 use crate::{
-    helpers::{config, count, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current, unix_peer},
-    maps::{EVENTS, PENDING_READ, PendingRead},
+    helpers::{config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current, unix_peer},
+    maps::{EVENTS, PENDING_READ, PendingRead, WATCH_FDS},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
@@ -115,6 +115,90 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
         }
         None => count(StatReason::SockLookupFailed),
     }
+    let wkey = (key & 0xffff_ffff_0000_0000) | (p.fd & 0xffff_ffff);
+    if is_watched(d) {
+        let _ = WATCH_FDS.insert(&wkey, &1, 0);
+    } else if unsafe { WATCH_FDS.get(&wkey) }.is_some() {
+        let _ = WATCH_FDS.remove(&wkey);
+    }
     entry.submit(0);
     Some(())
+}
+
+/// Whether a request line is one whose response stream is worth capturing: POST to a path
+/// containing `/build`, `/push` or `/containers/create` (scanned within the first 64 bytes).
+#[inline(always)]
+fn is_watched(d: &ApiData) -> bool {
+    if d.data[0] != b'P' || d.data[1] != b'O' {
+        return false;
+    }
+    let mut i = 5usize;
+    while i < 56 {
+        if d.data[i] == b' ' || d.data[i] == b'?' {
+            break;
+        }
+        if d.data[i] == b'/' {
+            let w = &d.data[i + 1..i + 8];
+            if w[..5] == *b"build" || w[..4] == *b"push" || w[..7] == *b"contain" {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_write")]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    let _ = try_write(&ctx);
+    0
+}
+
+fn try_write(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = syscall_arg(ctx, 0);
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+    // SAFETY: presence check only.
+    unsafe { WATCH_FDS.get(&key) }?;
+    let buf = syscall_arg(ctx, 1);
+    let count = syscall_arg(ctx, 2);
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
+    let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {
+        count_stat(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: sized reservation; data bounded by `len` written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::ApiResponse as u32, t.flags);
+    let d = &mut ev.data;
+    d.fd = fd as i32;
+    d.read_len = count as u32;
+    let mut n = count;
+    if n > HTTP_CAP as u64 {
+        n = HTTP_CAP as u64;
+    }
+    // SAFETY: n <= HTTP_CAP, the destination's size.
+    let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
+    d.len = if r == 0 { n as u16 } else { 0 };
+    d.peer_family = 0;
+    d.peer_port = 0;
+    d.local_port = 0;
+    d.peer_pid = 0;
+    d.peer_uid = u32::MAX;
+    d.peer_addr = [0; 16];
+    d.local_addr = [0; 16];
+    entry.submit(0);
+    Some(())
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (syscall_arg(&ctx, 0) & 0xffff_ffff);
+    // SAFETY: presence check only.
+    if unsafe { WATCH_FDS.get(&key) }.is_some() {
+        let _ = WATCH_FDS.remove(&key);
+    }
+    0
 }

@@ -171,6 +171,8 @@ fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>)
                 return None;
             }
             unsafe { RUNTIME_SOCKETS.get(&*key) }?;
+            // Tracked from now on so that its exit is reported (the end of its request).
+            crate::helpers::track(crate::helpers::current_tgid(), track::API_CLIENT, 0);
             track::API_CLIENT
         }
     };

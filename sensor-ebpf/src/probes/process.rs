@@ -128,6 +128,9 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let parent = unsafe { TRACKED.get(&parent_tgid) }.copied()?;
+    if parent.flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+        return None; // an API client's children are not part of a runtime tree
+    }
     let child: u64 = ctx.arg(1);
     let o = &cfg.offsets;
     let child_tgid: u32 = read_at(child, o.task_tgid)?;
