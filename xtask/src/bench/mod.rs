@@ -1,0 +1,317 @@
+//! `cargo xtask bench`: the sensor's overhead, measured in one run.
+//!
+//! Four workloads: an exec storm (fork+exec of /bin/true) and a loopback TCP connect storm,
+//! each run outside any tracked runtime tree and inside one. "Inside" means the storm driver
+//! (`cargo xtask storm`, this binary) runs through a symlink named `bench-runtime`, a name the
+//! sensor is told to track (`--runtime-name bench-runtime`), so the driver and every child it
+//! forks are in a tracked tree.
+//!
+//! Each repetition runs the four workloads without the sensor and with it, alternating which
+//! comes first so that drift on a shared machine hits both sides alike; the report uses
+//! medians. Around each storm with the sensor the bench waits for fresh `sensor_stats` records
+//! to count the events and drops the storm caused.
+
+mod report;
+mod sensor;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::Value;
+
+use crate::cmd;
+use sensor::{SensorRun, SensorSummary, sum_counters};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// fork+exec of /bin/true per exec storm.
+    #[arg(long, default_value_t = 5000)]
+    pub execs: u32,
+    /// TCP connects per connect storm (keep under the ephemeral port range, ~28,000).
+    #[arg(long, default_value_t = 20000)]
+    pub connects: u32,
+    /// Alternating repetitions of every workload, with and without the sensor.
+    #[arg(long, default_value_t = 5)]
+    pub reps: u32,
+    /// Name of the symlink the tracked storms run through (passed as --runtime-name).
+    #[arg(long, default_value = "bench-runtime")]
+    pub runtime_name: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Exec,
+    Connect,
+}
+
+#[derive(Clone, Copy)]
+pub struct Case {
+    pub workload: Workload,
+    pub tracked: bool,
+}
+
+pub const CASES: [Case; 4] = [
+    Case {
+        workload: Workload::Exec,
+        tracked: false,
+    },
+    Case {
+        workload: Workload::Exec,
+        tracked: true,
+    },
+    Case {
+        workload: Workload::Connect,
+        tracked: false,
+    },
+    Case {
+        workload: Workload::Connect,
+        tracked: true,
+    },
+];
+
+/// What the sensor's periodic stats said about one storm.
+#[derive(Clone, Copy)]
+pub struct StormCounts {
+    pub events: u64,
+    pub drops: u64,
+    pub seconds: f64,
+}
+
+impl StormCounts {
+    pub fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+}
+
+/// Everything measured; `report` turns it into the table.
+pub struct Measurements {
+    pub args_execs: u32,
+    pub args_connects: u32,
+    pub reps: u32,
+    /// Storm durations in seconds, per case (index into CASES).
+    pub without: [Vec<f64>; 4],
+    pub with: [Vec<f64>; 4],
+    /// Per case, for storms with the sensor whose stats were readable.
+    pub counts: [Vec<StormCounts>; 4],
+    pub sensors: Vec<SensorSummary>,
+    /// True if a later stats record had lower totals than an earlier one (per-interval
+    /// counters rather than totals): event and drop deltas are then not meaningful.
+    pub stats_not_cumulative: bool,
+    pub load_before: String,
+    pub load_after: String,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    if args.reps == 0 || args.execs == 0 || args.connects == 0 {
+        bail!("--reps, --execs and --connects must be at least 1");
+    }
+    let sensor_bin = crate::tasks::build(true)?;
+    let out_dir = cmd::target_dir().join("bench");
+    fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let drivers = Drivers::new(&out_dir, &args.runtime_name)?;
+
+    eprintln!("bench: warm-up");
+    drivers.storm(
+        Case {
+            workload: Workload::Exec,
+            tracked: false,
+        },
+        args.execs.min(200),
+    )?;
+    drivers.storm(
+        Case {
+            workload: Workload::Connect,
+            tracked: false,
+        },
+        args.connects.min(1000),
+    )?;
+
+    let mut m = Measurements {
+        args_execs: args.execs,
+        args_connects: args.connects,
+        reps: args.reps,
+        without: Default::default(),
+        with: Default::default(),
+        counts: Default::default(),
+        sensors: Vec::new(),
+        stats_not_cumulative: false,
+        load_before: loadavg(),
+        load_after: String::new(),
+    };
+
+    for rep in 0..args.reps {
+        let sensor_first = rep % 2 == 1;
+        for with_sensor in [sensor_first, !sensor_first] {
+            let label = if with_sensor {
+                "with sensor"
+            } else {
+                "without sensor"
+            };
+            eprintln!("bench: repetition {}/{}, {label}", rep + 1, args.reps);
+            if with_sensor {
+                let summary = measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
+                m.sensors.push(summary);
+            } else {
+                for (i, case) in CASES.iter().enumerate() {
+                    let secs = drivers.storm(*case, count(args, case))?;
+                    eprintln!("bench:   {:<28} {secs:8.3} s", report::case_name(case));
+                    m.without[i].push(secs);
+                }
+            }
+        }
+    }
+    m.load_after = loadavg();
+
+    let table = report::markdown(&m);
+    let results = out_dir.join("results.md");
+    fs::write(&results, &table).with_context(|| format!("writing {}", results.display()))?;
+    println!("{table}");
+    for line in report::verdicts(&m) {
+        println!("{line}");
+    }
+    println!("\n(written to {})", results.display());
+    Ok(())
+}
+
+fn count(args: &BenchArgs, case: &Case) -> u32 {
+    match case.workload {
+        Workload::Exec => args.execs,
+        Workload::Connect => args.connects,
+    }
+}
+
+/// One sensor run: start it, run the four storms, counting events and drops around each from
+/// its periodic stats, then stop it.
+fn measure_with_sensor(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &mut Measurements,
+) -> Result<SensorSummary> {
+    let index = m.sensors.len();
+    let mut run = SensorRun::start(sensor_bin, &args.runtime_name, out_dir, index)?;
+    eprintln!("bench:   sensor started (pid {})", run.pid());
+    // Stats are written every second; without them the timings still count.
+    let stats_timeout = Duration::from_secs(5);
+    let mut before = match run.next_stats(stats_timeout) {
+        Ok(stats) => Some(stats),
+        Err(e) => {
+            eprintln!("bench:   no sensor_stats record to count events with: {e:#}");
+            None
+        }
+    };
+    for (i, case) in CASES.iter().enumerate() {
+        let secs = drivers.storm(*case, count(args, case))?;
+        m.with[i].push(secs);
+        let mut line = format!("bench:   {:<28} {secs:8.3} s", report::case_name(case));
+        if let Some(prev) = before.take() {
+            // The first record after the storm may have been taken during it: wait for two.
+            let after = run
+                .next_stats(stats_timeout)
+                .and_then(|_| run.next_stats(stats_timeout));
+            match after {
+                Ok(after) => {
+                    let counts = storm_counts(&prev, &after, secs, &mut m.stats_not_cumulative);
+                    line += &format!(
+                        "  {} events ({:.0}/s), {} drops",
+                        counts.events,
+                        counts.events_per_s(),
+                        counts.drops
+                    );
+                    m.counts[i].push(counts);
+                    before = Some(after);
+                }
+                Err(e) => eprintln!("bench:   sensor_stats stopped coming: {e:#}"),
+            }
+        }
+        eprintln!("{line}");
+    }
+    let summary = run.stop()?;
+    eprintln!(
+        "bench:   sensor stopped: {:.2} s CPU over {:.1} s, peak RSS {:.1} MiB, drops at exit: {}",
+        summary.window_cpu_s,
+        summary.window_wall_s,
+        summary.peak_rss as f64 / (1024.0 * 1024.0),
+        sum_counters(summary.final_stats.as_ref().and_then(|s| s.get("drops")))
+            .map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
+    );
+    Ok(summary)
+}
+
+fn storm_counts(
+    before: &Value,
+    after: &Value,
+    seconds: f64,
+    not_cumulative: &mut bool,
+) -> StormCounts {
+    let mut delta = |field: &str| {
+        let b = sum_counters(before.get(field)).unwrap_or(0);
+        let a = sum_counters(after.get(field)).unwrap_or(0);
+        if a < b {
+            *not_cumulative = true;
+        }
+        a.saturating_sub(b)
+    };
+    StormCounts {
+        events: delta("events"),
+        drops: delta("drops"),
+        seconds,
+    }
+}
+
+/// The storm driver (this binary) under its own name and under the tracked runtime name.
+struct Drivers {
+    untracked: PathBuf,
+    tracked: PathBuf,
+}
+
+impl Drivers {
+    fn new(out_dir: &Path, runtime_name: &str) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let link = out_dir.join(runtime_name);
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        symlink(&exe, &link)
+            .with_context(|| format!("linking {} -> {}", link.display(), exe.display()))?;
+        Ok(Self {
+            untracked: exe,
+            tracked: link,
+        })
+    }
+
+    /// Run one storm; returns the driver's own timing of its loop, in seconds.
+    fn storm(&self, case: Case, count: u32) -> Result<f64> {
+        let driver = if case.tracked {
+            &self.tracked
+        } else {
+            &self.untracked
+        };
+        let kind = match case.workload {
+            Workload::Exec => "exec",
+            Workload::Connect => "connect",
+        };
+        let mut storm = Command::new(driver);
+        storm
+            .args(["storm", kind, &count.to_string()])
+            .stderr(Stdio::inherit());
+        let out = cmd::output(&mut storm)?;
+        let nanos: u64 = out
+            .trim()
+            .parse()
+            .with_context(|| format!("the storm driver printed {out:?}, not nanoseconds"))?;
+        Ok(nanos as f64 / 1e9)
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,145 @@
+//! `cargo xtask storm exec|connect N`: the bench's load generator.
+//!
+//! The bench runs this binary directly (outside any tracked tree) and through a symlink whose
+//! name is a tracked runtime name (inside a tracked tree: the sensor tracks the process from
+//! its exec, and every child it forks). It prints the loop's elapsed nanoseconds on stdout, so
+//! its own start-up is not measured.
+
+use std::ffi::CString;
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::FromRawFd;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StormKind {
+    /// N fork+exec+wait of /bin/true.
+    Exec,
+    /// N TCP connects to a listener on 127.0.0.1 in this process.
+    Connect,
+}
+
+#[derive(Args)]
+pub struct StormArgs {
+    pub kind: StormKind,
+    pub count: u32,
+}
+
+pub fn storm(args: &StormArgs) -> Result<()> {
+    let elapsed = match args.kind {
+        StormKind::Exec => exec_storm(args.count)?,
+        StormKind::Connect => connect_storm(args.count)?,
+    };
+    println!("{}", elapsed.as_nanos());
+    Ok(())
+}
+
+/// fork + execve("/bin/true") + waitpid, N times, as a runtime forks and execs its children.
+fn exec_storm(count: u32) -> Result<Duration> {
+    let path = CString::new("/bin/true").context("program path")?;
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    let start = Instant::now();
+    for _ in 0..count {
+        // SAFETY: this process is single-threaded here (the storm runs on the main thread and
+        // has started no other), and the child only calls async-signal-safe execve and _exit
+        // on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error()).context("fork");
+        }
+        if pid == 0 {
+            // SAFETY: see above; argv and envp are NULL-terminated arrays of C strings.
+            unsafe {
+                libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child forked just above.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if waited != pid {
+            return Err(std::io::Error::last_os_error()).context("waitpid");
+        }
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("/bin/true exited with wait status {status:#x}");
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// N connects to a fresh listener on 127.0.0.1; a thread of this process accepts and closes.
+/// A fresh listening port per storm keeps the 4-tuples apart from the TIME_WAIT sockets of the
+/// previous storm, so ephemeral ports never run out between repetitions.
+fn connect_storm(count: u32) -> Result<Duration> {
+    let listener = listen_loopback()?;
+    let addr = listener.local_addr().context("listener address")?;
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut accepted = 0u32;
+        while accepted < count {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    drop(stream);
+                    accepted += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let _ = done_tx.send(Ok(()));
+    });
+
+    let start = Instant::now();
+    for i in 0..count {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connect #{i} to {addr}"))?;
+        drop(stream);
+    }
+    let elapsed = start.elapsed();
+
+    match done_rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Ok(())) => Ok(elapsed),
+        Ok(Err(e)) => Err(e).context("accept"),
+        Err(_) => bail!("the listener did not accept all {count} connections within 30 s"),
+    }
+}
+
+/// A listener with a deep accept queue: with std's backlog, a burst can fill the queue, and a
+/// dropped SYN costs a 1 s retransmit that would swamp the measurement.
+fn listen_loopback() -> Result<TcpListener> {
+    // SAFETY: plain socket calls on a descriptor this function owns until it hands it over.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket");
+        }
+        // From here the TcpListener owns (and on error closes) the descriptor.
+        let listener = TcpListener::from_raw_fd(fd);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&sin as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error()).context("bind 127.0.0.1:0");
+        }
+        if libc::listen(fd, 4096) != 0 {
+            return Err(std::io::Error::last_os_error()).context("listen");
+        }
+        let addr: SocketAddr = listener.local_addr().context("listener address")?;
+        debug_assert!(addr.ip().is_loopback());
+        Ok(listener)
+    }
+}
