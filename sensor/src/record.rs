@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Bumped when a field changes meaning or disappears (adding fields does not bump it).
@@ -33,9 +34,30 @@ impl Timestamp {
     }
 }
 
+impl Default for Timestamp {
+    /// The Unix epoch: a placeholder that serializes as 1970-01-01T00:00:00.000000000Z.
+    fn default() -> Self {
+        Self::from_unix_nanos(0)
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    }
+}
+
+/// In the JSON Schema a timestamp is an RFC 3339 string.
+impl JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "description": "RFC 3339 time in UTC with nanoseconds, e.g. 2023-11-14T22:13:20.123456789Z"
+        })
     }
 }
 
@@ -48,7 +70,7 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Record {
     pub schema_version: u32,
     /// Unique within one run of the sensor, increasing; evidence links point at it.
@@ -59,7 +81,7 @@ pub struct Record {
     pub body: Body,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Body {
     SensorStarted(SensorStarted),
@@ -71,6 +93,7 @@ pub enum Body {
     DnsQuery(DnsQuery),
     FileWrite(FileWrite),
     ApiRequest(ApiRequest),
+    ApiResponse(ApiResponse),
     SensorStats(SensorStats),
     BuildStarted(BuildStarted),
     BuildFinished(BuildFinished),
@@ -91,6 +114,7 @@ impl Body {
             Body::DnsQuery(_) => "dns_query",
             Body::FileWrite(_) => "file_write",
             Body::ApiRequest(_) => "api_request",
+            Body::ApiResponse(_) => "api_response",
             Body::SensorStats(_) => "sensor_stats",
             Body::BuildStarted(_) => "build_started",
             Body::BuildFinished(_) => "build_finished",
@@ -107,7 +131,7 @@ impl Body {
 }
 
 /// The process an event happened in, enriched from the sensor's process table.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ProcessRef {
     pub pid: u32,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -132,7 +156,7 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct SensorStarted {
     pub version: String,
     pub kernel: String,
@@ -146,7 +170,7 @@ pub struct SensorStarted {
     pub raw: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ProcessExec {
     pub process: ProcessRef,
     /// Path given to execve (as the kernel resolved it; `/proc/self/exe` for busybox re-execs).
@@ -158,14 +182,14 @@ pub struct ProcessExec {
     pub start_time_ns: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ProcessFork {
     pub process: ProcessRef,
     pub child_pid: u32,
     pub child_start_time_ns: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ProcessExit {
     pub process: ProcessRef,
     /// Exit status (0..=255) when the process exited normally.
@@ -178,7 +202,7 @@ pub struct ProcessExit {
     pub duration_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Connect {
     pub process: ProcessRef,
     /// `tcp` or `unix`.
@@ -202,7 +226,7 @@ pub struct Connect {
     pub latency_us: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Accept {
     pub process: ProcessRef,
     pub family: String,
@@ -212,7 +236,7 @@ pub struct Accept {
     pub peer_port: u16,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct DnsQuery {
     pub process: ProcessRef,
     pub server_addr: String,
@@ -224,7 +248,7 @@ pub struct DnsQuery {
     pub query_type: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct FileWrite {
     pub process: ProcessRef,
     /// `open_write` (opened for writing/creating/truncating) or `rename` (path is the new name).
@@ -237,7 +261,7 @@ pub struct FileWrite {
 }
 
 /// The peer of an Engine API request.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ApiClient {
     /// `unix`, `tcp` or `unknown`.
     pub transport: String,
@@ -263,7 +287,7 @@ pub struct ApiClient {
     pub listener: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Ancestor {
     pub pid: u32,
     pub comm: String,
@@ -273,7 +297,7 @@ pub struct Ancestor {
     pub uid: Option<u32>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ApiRequest {
     /// The API server that read the request (dockerd).
     pub process: ProcessRef,
@@ -303,16 +327,29 @@ pub struct ApiRequest {
     pub client: ApiClient,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct RingbufStats {
-    pub size_bytes: u64,
-    /// Bytes waiting to be read when the stats were taken.
-    pub pending_bytes: u64,
-    /// Highest pending_bytes seen since start.
-    pub max_pending_bytes: u64,
+/// The start of one write(2) an API server made on a connection that carried a POST /build,
+/// /images/{name}/push or /containers/create request: the response stream (HTTP chunked JSON).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ApiResponse {
+    pub process: ProcessRef,
+    pub fd: i32,
+    /// The bytes written (at most 2048 of them), lossy UTF-8.
+    pub data: String,
+    pub write_len: u64,
+    #[serde(default)]
+    pub truncated: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct RingbufStats {
+    pub size_bytes: u64,
+    /// Wake-ups of the reader (each drains everything pending).
+    pub batches: u64,
+    /// Most bytes drained in one wake-up: a lower bound of the buffer's peak fill.
+    pub max_batch_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct SensorStats {
     pub uptime_s: u64,
     /// Kernel events read, by kind.
@@ -330,7 +367,7 @@ pub struct SensorStats {
 }
 
 /// API parameters of a build request (`POST /build` query), or of a builder's command line.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct BuildParams {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -357,7 +394,7 @@ pub struct BuildParams {
     pub pull: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct BuildStep {
     pub index: u32,
     /// The command the step ran (argv joined, e.g. `/bin/sh -c wget ...`).
@@ -371,9 +408,21 @@ pub struct BuildStep {
     /// The container or BuildKit executor id the step ran in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// Signal that killed the step's process, when it did not exit by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The builder's own line for the step, when seen: `Step 2/3 : RUN ...` (legacy) or
+    /// `[2/3] RUN ...` (BuildKit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instruction: Option<String>,
+    /// How the step was tied to this build: `response` (the builder's output on the build's
+    /// connection named the step's container or command), `process_tree` (the step descends
+    /// from the builder process), `only_open_build` (the one build open on that daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct BaseImage {
     /// FROM reference as given.
     pub reference: String,
@@ -382,7 +431,7 @@ pub struct BaseImage {
 }
 
 /// Where a build's evidence is: record ids and pids.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Evidence {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub record_ids: Vec<u64>,
@@ -390,7 +439,7 @@ pub struct Evidence {
     pub pids: Vec<u32>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct BuildStarted {
     pub build_id: String,
     /// `buildkit`, `legacy`, `buildah`, `podman`, `buildctl`, `kaniko`, or `unknown` until known.
@@ -406,7 +455,7 @@ pub struct BuildStarted {
 }
 
 /// One destination a build talked to (aggregated).
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct OutboundConnection {
     pub dst_addr: String,
     pub dst_port: u16,
@@ -424,7 +473,7 @@ pub struct OutboundConnection {
     pub policy: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct BuildFinished {
     pub build_id: String,
     pub builder: String,
@@ -436,7 +485,8 @@ pub struct BuildFinished {
     pub steps: Vec<BuildStep>,
     pub started: Timestamp,
     pub duration_ms: u64,
-    /// `succeeded`, `failed` or `cancelled`.
+    /// `succeeded`, `failed` or `cancelled`; `unknown` when the sensor did not see the end
+    /// (it stopped, the build timed out or was evicted: `error` says which, `partial` is set).
     pub status: String,
     /// Index of the step that failed, when a step did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -455,14 +505,14 @@ pub struct BuildFinished {
     pub evidence: Evidence,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct KubernetesRef {
     pub namespace: String,
     pub pod: String,
     pub container: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ContainerStart {
     pub container_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -482,7 +532,7 @@ pub struct ContainerStart {
     pub evidence: Evidence,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ImagePush {
     pub reference: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -496,7 +546,7 @@ pub struct ImagePush {
     pub evidence: Evidence,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct Finding {
     /// Stable rule name, e.g. `build_from_unexpected_client`.
     pub rule: String,

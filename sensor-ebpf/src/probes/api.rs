@@ -19,6 +19,7 @@ pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
@@ -53,6 +54,7 @@ fn is_request(b: &[u8; 8]) -> bool {
     )
 }
 
+#[inline(always)]
 fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
@@ -154,6 +156,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_write(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = syscall_arg(ctx, 0);

@@ -18,6 +18,7 @@ const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
 const AT_FDCWD: i32 = -100;
 
+#[inline(always)]
 fn emit(op: u16, dirfd: i32, path: u64, flags: u64) -> Option<()> {
     let cfg = config()?;
     if cfg.features & feature::FILE_EVENTS == 0 {

@@ -52,6 +52,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     let rd = |off| unsafe { ctx.read_at::<i32>(off) }.ok();
     let protocol: u16 = unsafe { ctx.read_at(ISS_PROTOCOL) }.ok()?;
@@ -123,6 +124,7 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_connect(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let tracked = tracked_current(cfg);
@@ -138,6 +140,7 @@ fn try_connect(ctx: &TracePointContext) -> Option<()> {
     None
 }
 
+#[inline(always)]
 fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
     let key = SCRATCH_PATH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, exclusive on this CPU while the program runs.
@@ -203,6 +206,7 @@ pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_accept(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     if cfg.features & feature::NET_EVENTS == 0 {
@@ -244,6 +248,7 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// A destination from a user `sockaddr` (family, port host order, address).
+#[inline(always)]
 fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
     let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
@@ -260,6 +265,7 @@ fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
 }
 
 /// Report a datagram to port 53. `dest` is the user sockaddr (0 when the socket is connected).
+#[inline(always)]
 fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, len: u64) -> Option<()> {
     let cfg = config()?;
     if cfg.features & feature::DNS_EVENTS == 0 {
@@ -306,6 +312,7 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
 }
 
 /// `struct msghdr` (user ABI): msg_name at 0, msg_iov at 16; `struct iovec`: base 0, len 8.
+#[inline(always)]
 fn dns_msghdr(ctx: &TracePointContext, fd: u64, msg: u64) -> Option<()> {
     if msg == 0 {
         return None;

@@ -23,6 +23,7 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let tgid = current_tgid();
@@ -121,6 +122,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let cfg = config()?;
     let parent_tgid = current_tgid();
@@ -160,6 +162,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn try_exit() -> Option<()> {
     let cfg = config()?;
     let tgid = current_tgid();

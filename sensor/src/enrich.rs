@@ -1,0 +1,358 @@
+//! Kernel events to records: the process table that enriches them, and the conversion.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use sensor_common::{
+    AF_INET, AF_INET6, AF_UNIX, ApiData, EventHeader, connect_result, exec_flags, file_op, track,
+};
+
+use crate::{
+    decode::KernelEvent,
+    dns, http,
+    proc::{self, split_argv},
+    record::*,
+};
+
+/// What the sensor knows of a tracked process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcEntry {
+    pub ppid: u32,
+    pub exe: Option<String>,
+    pub container_id: Option<String>,
+    pub start_ns: u64,
+}
+
+/// Processes in runtime trees, by pid. Bounded: beyond `cap` new entries are not kept (counted).
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcEntry>,
+    cap: usize,
+    pub overflow: u64,
+}
+
+impl ProcessTable {
+    pub fn new(cap: usize) -> Self {
+        Self { procs: HashMap::new(), cap, overflow: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    pub fn insert(&mut self, pid: u32, e: ProcEntry) {
+        if self.procs.len() >= self.cap && !self.procs.contains_key(&pid) {
+            self.overflow += 1;
+            return;
+        }
+        self.procs.insert(pid, e);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcEntry> {
+        self.procs.get(&pid)
+    }
+
+    pub fn remove(&mut self, pid: u32) -> Option<ProcEntry> {
+        self.procs.remove(&pid)
+    }
+}
+
+pub fn comm_str(c: &[u8; 16]) -> String {
+    let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());
+    lossy(&c[..end])
+}
+
+fn role(flags: u32) -> String {
+    if flags & track::RUNTIME != 0 {
+        "runtime"
+    } else if flags & track::DESCENDANT != 0 {
+        "descendant"
+    } else if flags & track::API_CLIENT != 0 {
+        "api_client"
+    } else {
+        "other"
+    }
+    .to_string()
+}
+
+pub fn ip_string(family: u16, a: &[u8; 16]) -> String {
+    if family == AF_INET6 {
+        let v6 = Ipv6Addr::from(*a);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4).to_string(),
+            None => v6.to_string(),
+        }
+    } else {
+        Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+    }
+}
+
+fn family_name(f: u16) -> String {
+    match f {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        AF_UNIX => "unix",
+        _ => "unknown",
+    }
+    .to_string()
+}
+
+/// Converts kernel events to record bodies, keeping the process table current.
+pub struct Enricher {
+    pub table: ProcessTable,
+    self_pid: u32,
+}
+
+impl Enricher {
+    pub fn new(cap: usize) -> Self {
+        Self { table: ProcessTable::new(cap), self_pid: std::process::id() }
+    }
+
+    fn process_ref(&self, h: &EventHeader) -> ProcessRef {
+        let e = self.table.get(h.pid);
+        ProcessRef {
+            pid: h.pid,
+            tid: if h.tid != h.pid { h.tid } else { 0 },
+            ppid: e.map(|e| e.ppid).unwrap_or(0),
+            uid: h.uid,
+            gid: h.gid,
+            comm: comm_str(&h.comm),
+            exe: e.and_then(|e| e.exe.clone()),
+            cgroup_id: h.cgroup_id,
+            container_id: e.and_then(|e| e.container_id.clone()),
+            role: role(h.track_flags),
+        }
+    }
+
+    /// Record a process found in /proc at start.
+    pub fn seed(&mut self, p: &proc::ProcInfo) {
+        self.table.insert(
+            p.pid,
+            ProcEntry {
+                ppid: p.ppid,
+                exe: p.exe.clone(),
+                container_id: proc::container_id_of(p.pid),
+                start_ns: 0,
+            },
+        );
+    }
+
+    /// The body for one kernel event; `None` when it produces no record (counted by the caller
+    /// as filtered, e.g. a request from the sensor itself).
+    pub fn convert(&mut self, ev: &KernelEvent) -> Option<Body> {
+        match ev {
+            KernelEvent::Exec(e) => {
+                let d = &e.data;
+                let filename = lossy(&d.filename[..(d.filename_len as usize).min(d.filename.len())]);
+                let argv = split_argv(&d.argv[..(d.argv_len as usize).min(d.argv.len())]);
+                let pid = e.header.pid;
+                // The cgroup is read now, while the process is alive (best effort).
+                let container_id = proc::container_id_of(pid)
+                    .or_else(|| self.table.get(d.ppid).and_then(|p| p.container_id.clone()));
+                let exe = Some(filename.clone());
+                if d.old_pid != pid && d.old_pid != 0 {
+                    self.table.remove(d.old_pid);
+                }
+                self.table.insert(pid, ProcEntry { ppid: d.ppid, exe, container_id, start_ns: d.start_time_ns });
+                Some(Body::ProcessExec(ProcessExec {
+                    process: self.process_ref(&e.header),
+                    filename,
+                    argv,
+                    argv_truncated: d.truncated & (exec_flags::ARGV_TRUNCATED | exec_flags::ARGV_UNREADABLE) != 0,
+                    start_time_ns: d.start_time_ns,
+                }))
+            }
+            KernelEvent::Fork(e) => {
+                let d = &e.data;
+                let parent = self.table.get(d.parent_pid).cloned().unwrap_or_default();
+                self.table.insert(
+                    d.child_pid,
+                    ProcEntry { ppid: d.parent_pid, start_ns: d.child_start_time_ns, ..parent },
+                );
+                Some(Body::ProcessFork(ProcessFork {
+                    process: self.process_ref(&e.header),
+                    child_pid: d.child_pid,
+                    child_start_time_ns: d.child_start_time_ns,
+                }))
+            }
+            KernelEvent::Exit(e) => {
+                let process = self.process_ref(&e.header);
+                let entry = self.table.remove(e.header.pid);
+                let code = e.data.exit_code;
+                let (exit_code, signal) = if code & 0x7f == 0 {
+                    (Some(((code >> 8) & 0xff) as i32), None)
+                } else {
+                    (None, Some((code & 0x7f) as i32))
+                };
+                let duration_ms = entry
+                    .filter(|p| p.start_ns != 0 && e.header.ts_ns > p.start_ns)
+                    .map(|p| (e.header.ts_ns - p.start_ns) / 1_000_000);
+                Some(Body::ProcessExit(ProcessExit { process, exit_code, signal, duration_ms }))
+            }
+            KernelEvent::Connect(e) => {
+                let d = &e.data;
+                Some(Body::Connect(Connect {
+                    process: self.process_ref(&e.header),
+                    protocol: "tcp".into(),
+                    family: family_name(d.family),
+                    src_addr: Some(ip_string(d.family, &d.saddr)),
+                    src_port: Some(d.sport),
+                    dst_addr: Some(ip_string(d.family, &d.daddr)),
+                    dst_port: Some(d.dport),
+                    path: None,
+                    result: if d.result == connect_result::ESTABLISHED { "established" } else { "failed" }
+                        .into(),
+                    latency_us: e.header.ts_ns.checked_sub(d.start_ns).map(|ns| ns / 1000),
+                }))
+            }
+            KernelEvent::Accept(e) => {
+                let d = &e.data;
+                Some(Body::Accept(Accept {
+                    process: self.process_ref(&e.header),
+                    family: family_name(d.family),
+                    local_addr: ip_string(d.family, &d.saddr),
+                    local_port: d.sport,
+                    peer_addr: ip_string(d.family, &d.daddr),
+                    peer_port: d.dport,
+                }))
+            }
+            KernelEvent::UnixConnect(e) => {
+                let d = &e.data;
+                let name = lossy(&d.path[..(d.path_len as usize).min(d.path.len())]);
+                let path = if d.abstract_ns != 0 { format!("@{name}") } else { name };
+                Some(Body::Connect(Connect {
+                    process: self.process_ref(&e.header),
+                    protocol: "unix".into(),
+                    family: "unix".into(),
+                    src_addr: None,
+                    src_port: None,
+                    dst_addr: None,
+                    dst_port: None,
+                    path: Some(path),
+                    result: "attempted".into(),
+                    latency_us: None,
+                }))
+            }
+            KernelEvent::Dns(e) => {
+                let d = &e.data;
+                let q = dns::parse_query(&d.payload[..(d.len as usize).min(d.payload.len())]);
+                Some(Body::DnsQuery(DnsQuery {
+                    process: self.process_ref(&e.header),
+                    server_addr: ip_string(d.family, &d.daddr),
+                    server_port: d.dport,
+                    query_name: q.as_ref().map(|q| q.0.clone()),
+                    query_type: q.map(|q| q.1),
+                }))
+            }
+            KernelEvent::File(e) => {
+                let d = &e.data;
+                Some(Body::FileWrite(FileWrite {
+                    process: self.process_ref(&e.header),
+                    op: if d.op == file_op::RENAME { "rename" } else { "open_write" }.into(),
+                    path: lossy(&d.path[..(d.path_len as usize).min(d.path.len())]),
+                    path_truncated: d.truncated != 0,
+                    flags: d.flags,
+                }))
+            }
+            KernelEvent::Api(e) => self.api_request(&e.header, &e.data),
+            KernelEvent::ApiResponse(e) => {
+                let d = &e.data;
+                Some(Body::ApiResponse(ApiResponse {
+                    process: self.process_ref(&e.header),
+                    fd: d.fd,
+                    data: lossy(&d.data[..(d.len as usize).min(d.data.len())]),
+                    write_len: d.read_len as u64,
+                    truncated: d.read_len as usize > d.len as usize,
+                }))
+            }
+        }
+    }
+
+    fn api_request(&mut self, h: &EventHeader, d: &ApiData) -> Option<Body> {
+        let buf = &d.data[..(d.len as usize).min(d.data.len())];
+        let head = http::parse_request(buf)?;
+        let (api_version, endpoint) = http::split_api_version(&head.path);
+        let client = match d.peer_family {
+            AF_UNIX => {
+                if d.peer_pid == self.self_pid {
+                    return None; // the sensor's own queries to the daemon
+                }
+                api_client_local(d.peer_pid, d.peer_uid)
+            }
+            AF_INET | AF_INET6 => ApiClient {
+                transport: "tcp".into(),
+                addr: Some(ip_string(d.peer_family, &d.peer_addr)),
+                port: Some(d.peer_port),
+                listener: Some(format!("{}:{}", ip_string(d.peer_family, &d.local_addr), d.local_port)),
+                ..Default::default()
+            },
+            _ => ApiClient { transport: "unknown".into(), ..Default::default() },
+        };
+        Some(Body::ApiRequest(ApiRequest {
+            process: self.process_ref(h),
+            fd: d.fd,
+            method: head.method,
+            path: head.path,
+            endpoint,
+            api_version,
+            query: head.query,
+            user_agent: head.user_agent,
+            content_type: head.content_type,
+            content_length: head.content_length,
+            header_names: head.header_names,
+            truncated: head.truncated || d.read_len as usize > d.len as usize && head.truncated,
+            client,
+        }))
+    }
+}
+
+/// A local (unix socket) API client, described from /proc while it is alive.
+pub fn api_client_local(pid: u32, uid: u32) -> ApiClient {
+    let info = if pid != 0 { proc::read_proc(pid) } else { None };
+    let uid = if uid != u32::MAX { Some(uid) } else { info.as_ref().map(|p| p.uid) };
+    ApiClient {
+        transport: "unix".into(),
+        pid: (pid != 0).then_some(pid),
+        uid,
+        user: uid.and_then(proc::user_name),
+        exe: info.as_ref().and_then(|p| p.exe.clone()),
+        argv: info.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
+        ancestors: if pid != 0 { proc::ancestors(pid, 8) } else { Vec::new() },
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_strings() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 231, 1, 2]);
+        assert_eq!(ip_string(AF_INET, &a), "10.231.1.2");
+        let v6: [u8; 16] = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(ip_string(AF_INET6, &v6), "127.0.0.1");
+        let v6: [u8; 16] = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(ip_string(AF_INET6, &v6), "fd00::1");
+    }
+
+    #[test]
+    fn table_is_bounded_and_counts_overflow() {
+        let mut t = ProcessTable::new(2);
+        for pid in 1..=3 {
+            t.insert(pid, ProcEntry::default());
+        }
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.overflow, 1);
+        t.insert(1, ProcEntry { ppid: 9, ..Default::default() });
+        assert_eq!(t.get(1).unwrap().ppid, 9);
+    }
+
+    #[test]
+    fn comm_with_bad_bytes() {
+        let mut c = [0u8; 16];
+        c[..3].copy_from_slice(b"a\xffb");
+        assert_eq!(comm_str(&c), "a\u{FFFD}b");
+    }
+}

@@ -1,0 +1,216 @@
+//! `sensor run` and `sensor replay`: the event loop.
+use std::{
+    io::BufRead,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use sensor_common::{feature, track};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    RunArgs,
+    engine::Engine,
+    loader::{self, LoadOptions},
+    pipeline::{Pipeline, PipelineOptions, StdoutSink},
+    proc,
+    record::{Body, Record, SensorStarted, Timestamp},
+};
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The engines, in the order they see records.
+fn engines() -> Vec<Box<dyn Engine>> {
+    Vec::new()
+}
+
+pub fn preflight_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_none() {
+        bail!("the sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE); run it with sudo or see `sensor check`");
+    }
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    preflight_privileges()?;
+    ensure_tracefs();
+    let mut opts = LoadOptions::default();
+    for n in &args.runtime_names {
+        if !opts.runtime_names.contains(n) {
+            opts.runtime_names.push(n.clone());
+        }
+    }
+    opts.api_sockets.extend(args.api_sockets.iter().cloned());
+    opts.ringbuf_bytes = args.ringbuf_mib * 1024 * 1024;
+    if args.no_file_events {
+        opts.features &= !feature::FILE_EVENTS;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(run_async(args, opts))
+}
+
+fn ensure_tracefs() {
+    let mounted = std::fs::read_to_string("/proc/mounts").map(|m| m.contains(" tracefs ")).unwrap_or(false);
+    if !mounted && !Path::new("/sys/kernel/tracing/events").exists() {
+        let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+    }
+}
+
+async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
+    let mut loaded = loader::load(&opts)?;
+    for m in &loaded.missing_offsets {
+        tracing::warn!("kernel field not found, some details will be missing: {}: {}", m.field, m.reason);
+    }
+    for (name, why) in &loaded.failed {
+        tracing::warn!("probe {name} not attached: {why}");
+    }
+    let host = args.host.clone().unwrap_or_else(host_name);
+    let mut pipeline = Pipeline::new(
+        PipelineOptions { host, raw: args.raw, kinds: args.kinds.clone(), write_inputs: true },
+        engines(),
+        Box::new(StdoutSink::new()),
+    );
+    pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
+
+    // Seed twice: processes forked while the first pass ran are caught by the second.
+    let mut seeded = 0u64;
+    for _ in 0..2 {
+        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers) {
+            if loaded.tracked.get(&p.pid, 0).is_ok() {
+                continue;
+            }
+            let t = sensor_common::Tracked { flags, depth };
+            if loaded.tracked.insert(p.pid, t, 0).is_ok() {
+                seeded += 1;
+                pipeline.enricher.seed(&p);
+            } else {
+                pipeline.count_drop("tracked_map_full");
+            }
+        }
+    }
+    tracing::info!("attached {} probes, tracking {seeded} running processes", loaded.attached.len());
+    pipeline.emit(
+        Timestamp::now(),
+        Body::SensorStarted(SensorStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            kernel: kernel_release(),
+            probes: loaded.attached.clone(),
+            probes_failed: loaded.failed.clone(),
+            seeded_processes: seeded,
+            runtime_names: opts.runtime_names.clone(),
+            raw: args.raw,
+        }),
+    );
+    pipeline.flush();
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
+        .context("watching the ring buffer")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let stats_every = Duration::from_secs(args.stats_interval);
+    let mut last_stats = Instant::now();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("reading the ring buffer")?;
+                let rb = guard.get_inner_mut();
+                let mut bytes = 0u64;
+                while let Some(item) = rb.next() {
+                    bytes += item.len() as u64;
+                    pipeline.handle_kernel(&item);
+                }
+                pipeline.ringbuf.batches += 1;
+                pipeline.ringbuf.max_batch_bytes = pipeline.ringbuf.max_batch_bytes.max(bytes);
+                guard.clear_ready();
+                pipeline.flush();
+            }
+            _ = tick.tick() => {
+                pipeline.tick(Timestamp::now());
+                if args.stats_interval > 0 && last_stats.elapsed() >= stats_every {
+                    last_stats = Instant::now();
+                    let drops = loader::read_kernel_drops(&loaded.stats);
+                    let tracked = loaded.tracked.keys().count() as u64;
+                    pipeline.write_stats(drops, tracked, false);
+                }
+                pipeline.flush();
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    // Drain what is left in the ring buffer, flush the engines, report, exit 0.
+    let rb = ring.get_mut();
+    while let Some(item) = rb.next() {
+        pipeline.handle_kernel(&item);
+    }
+    pipeline.finish(Timestamp::now());
+    let drops = loader::read_kernel_drops(&loaded.stats);
+    let tracked = loaded.tracked.keys().count() as u64;
+    pipeline.write_stats(drops, tracked, true);
+    pipeline.flush();
+    let _ = track::RUNTIME;
+    Ok(())
+}
+
+/// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.
+pub fn replay(file: &Path) -> anyhow::Result<()> {
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
+    };
+    let mut pipeline = Pipeline::new(
+        PipelineOptions { host: host_name(), raw: true, kinds: Vec::new(), write_inputs: false },
+        engines(),
+        Box::new(StdoutSink::new()),
+    );
+    let mut bad = 0u64;
+    let mut last_tick: Option<Timestamp> = None;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading line {}", n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(&line) {
+            Ok(rec) => {
+                let ts = rec.ts;
+                pipeline.handle_recorded(rec);
+                // Time passes as in the recording: tick each recorded second.
+                if last_tick.is_none_or(|t| ts.millis_since(&t) >= 1000) {
+                    pipeline.tick(ts);
+                    last_tick = Some(ts);
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                pipeline.count_drop("replay_bad_line");
+                tracing::warn!("line {}: not a sensor record: {e}", n + 1);
+            }
+        }
+    }
+    let end = pipeline.last_ts;
+    pipeline.finish(end);
+    pipeline.flush();
+    if bad > 0 {
+        tracing::warn!("{bad} lines were not sensor records and were skipped");
+    }
+    let _ = proc::proc_root;
+    Ok(())
+}
