@@ -1,0 +1,206 @@
+//! What the container runtimes keep on the host's disk: a started container's name and image,
+//! and which image id a tag names.
+//!
+//! Docker: `<docker-root>/containers/<id>/config.v2.json` (`Name`, `Image` = image id,
+//! `Config.Image` = the reference asked for) and `<docker-root>/image/<driver>/repositories.json`.
+//! containerd (CRI and others): the task bundle's OCI `config.json`, whose annotations the CRI
+//! plugin fills (`io.kubernetes.cri.*`).
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Where the host's files are: `/` normally, the host mount when the sensor runs in a container.
+#[derive(Clone, Debug)]
+pub struct HostPaths {
+    pub host_root: PathBuf,
+    /// dockerd's `--data-root`.
+    pub docker_root: PathBuf,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths { host_root: PathBuf::from("/"), docker_root: PathBuf::from("/var/lib/docker") }
+    }
+}
+
+impl HostPaths {
+    /// `p` (absolute on the host) under `host_root`.
+    pub fn host(&self, p: &Path) -> PathBuf {
+        self.host_root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    fn docker(&self) -> PathBuf {
+        self.host(&self.docker_root)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DockerContainer {
+    pub id: String,
+    pub name: Option<String>,
+    pub image_id: Option<String>,
+    pub image_ref: Option<String>,
+    pub running: bool,
+    pub started_at: Option<crate::record::Timestamp>,
+}
+
+fn read_json(p: &Path) -> Option<Value> {
+    let bytes = std::fs::read(p).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A Docker container by full id.
+pub fn docker_container(paths: &HostPaths, id: &str) -> Option<DockerContainer> {
+    if !is_container_id(id) {
+        return None;
+    }
+    let v = read_json(&paths.docker().join("containers").join(id).join("config.v2.json"))?;
+    let s = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    Some(DockerContainer {
+        id: id.to_string(),
+        name: s(&v["Name"]).map(|n| n.trim_start_matches('/').to_string()),
+        image_id: s(&v["Image"]),
+        image_ref: s(&v["Config"]["Image"]),
+        running: v["State"]["Running"].as_bool().unwrap_or(false),
+        started_at: v["State"]["StartedAt"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc))),
+    })
+}
+
+/// A Docker container by what an API path names it with: full id, unique id prefix, or name.
+pub fn docker_container_by_ref(paths: &HostPaths, reference: &str) -> Option<DockerContainer> {
+    if let Some(c) = docker_container(paths, reference) {
+        return Some(c);
+    }
+    let dir = std::fs::read_dir(paths.docker().join("containers")).ok()?;
+    let want = reference.trim_start_matches('/');
+    let mut by_prefix = Vec::new();
+    for e in dir.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if id.starts_with(want) {
+            by_prefix.push(id);
+        } else if let Some(c) = docker_container(paths, &id)
+            && c.name.as_deref() == Some(want)
+        {
+            return Some(c);
+        }
+    }
+    match by_prefix.as_slice() {
+        [one] => docker_container(paths, one),
+        _ => None,
+    }
+}
+
+/// The image id a Docker tag (`name:tag`) names now, from repositories.json.
+pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
+    let want = crate::store::normalize_ref(reference);
+    let dir = std::fs::read_dir(paths.docker().join("image")).ok()?;
+    for driver in dir.flatten() {
+        let Some(v) = read_json(&driver.path().join("repositories.json")) else { continue };
+        let Some(repos) = v["Repositories"].as_object() else { continue };
+        for tags in repos.values() {
+            let Some(tags) = tags.as_object() else { continue };
+            for (tag, id) in tags {
+                if crate::store::normalize_ref(tag) == want
+                    && let Some(id) = id.as_str()
+                {
+                    return Some(id.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// A containerd task bundle's OCI annotations of interest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BundleInfo {
+    /// `container` or `sandbox` (the pause container of a pod), from the CRI.
+    pub container_type: Option<String>,
+    pub image_name: Option<String>,
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub container_name: Option<String>,
+}
+
+pub fn bundle_info(paths: &HostPaths, bundle: &Path) -> Option<BundleInfo> {
+    let v = read_json(&paths.host(bundle).join("config.json"))?;
+    let a = &v["annotations"];
+    let get = |k: &str| a[k].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    Some(BundleInfo {
+        container_type: get("io.kubernetes.cri.container-type"),
+        image_name: get("io.kubernetes.cri.image-name"),
+        pod: get("io.kubernetes.cri.sandbox-name"),
+        namespace: get("io.kubernetes.cri.sandbox-namespace"),
+        container_name: get("io.kubernetes.cri.container-name"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fake host root with one Docker container and one tag.
+    pub(crate) fn fake_docker(name: &str, id: &str, cname: &str, image_id: &str, image_ref: &str) -> HostPaths {
+        let root = std::env::temp_dir().join(format!("sensor-host-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let c = root.join("var/lib/docker/containers").join(id);
+        std::fs::create_dir_all(&c).unwrap();
+        std::fs::write(
+            c.join("config.v2.json"),
+            serde_json::json!({"ID": id, "Name": format!("/{cname}"), "Image": image_id,
+                "Config": {"Image": image_ref}, "State": {"Running": true}})
+            .to_string(),
+        )
+        .unwrap();
+        let img = root.join("var/lib/docker/image/overlay2");
+        std::fs::create_dir_all(&img).unwrap();
+        let repo = image_ref.split(':').next().unwrap();
+        std::fs::write(
+            img.join("repositories.json"),
+            serde_json::json!({"Repositories": {repo: {image_ref: image_id}}}).to_string(),
+        )
+        .unwrap();
+        HostPaths { host_root: root, docker_root: PathBuf::from("/var/lib/docker") }
+    }
+
+    #[test]
+    fn reads_docker_container_by_id_prefix_and_name() {
+        let id = "a".repeat(64);
+        let p = fake_docker("read", &id, "web", "sha256:img", "x:1");
+        let c = docker_container(&p, &id).unwrap();
+        assert_eq!(c.name.as_deref(), Some("web"));
+        assert_eq!(c.image_id.as_deref(), Some("sha256:img"));
+        assert_eq!(c.image_ref.as_deref(), Some("x:1"));
+        assert!(c.running);
+        assert_eq!(docker_container_by_ref(&p, "aaaa").unwrap().id, id);
+        assert_eq!(docker_container_by_ref(&p, "web").unwrap().id, id);
+        assert!(docker_container_by_ref(&p, "nope").is_none());
+        assert_eq!(docker_image_id(&p, "docker.io/library/x:1").as_deref(), Some("sha256:img"));
+        std::fs::remove_dir_all(&p.host_root).unwrap();
+    }
+
+    #[test]
+    fn reads_cri_annotations() {
+        let root = std::env::temp_dir().join(format!("sensor-host-cri-{}", std::process::id()));
+        let b = root.join("run/containerd/io.containerd.runtime.v2.task/k8s.io/abc");
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(
+            b.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.image-name":"reg/x:1",
+            "io.kubernetes.cri.sandbox-name":"pod-1","io.kubernetes.cri.sandbox-namespace":"ns","io.kubernetes.cri.container-name":"c"}}"#,
+        )
+        .unwrap();
+        let p = HostPaths { host_root: root.clone(), ..Default::default() };
+        let i = bundle_info(&p, Path::new("/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc")).unwrap();
+        assert_eq!(i.pod.as_deref(), Some("pod-1"));
+        assert_eq!(i.image_name.as_deref(), Some("reg/x:1"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,536 @@
+//! Image lineage: which build made an image, and the image's later container starts and pushes.
+//!
+//! Consumes `build_finished` (records the image in the [`LineageStore`]), `api_request`
+//! (`POST /containers/{id}/start`, `POST /images/{name}/push`), `api_response` (the push's
+//! `{"aux":{"Tag","Digest"}}`), and `process_exec` of OCI runtimes; produces `container_start`
+//! and `image_push`, each linked to the build of its image when it was built on this host.
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use super::SharedLineage;
+use super::host::{self, HostPaths};
+use super::runtime::{RuntimeStart, parse_runtime_exec};
+use crate::engine::Engine;
+use crate::policy::ALLOWED;
+use crate::record::{
+    ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence, ImagePush, KubernetesRef,
+    Record, Timestamp,
+};
+use crate::store::{ImageLineage, PushSeen};
+
+/// A start request waits this long for the runtime to create the container before the
+/// sensor looks at the container's state on disk instead.
+const START_FALLBACK_MS: u64 = 2_000;
+/// ... and is given up after this long.
+const START_GIVE_UP_MS: u64 = 30_000;
+/// A push with no response seen at all is reported (without digest) after this long.
+const PUSH_NO_RESPONSE_MS: u64 = 60_000;
+/// A push is forgotten after this long.
+const PUSH_GIVE_UP_MS: u64 = 600_000;
+/// Container ids already reported, kept this long to report each start once.
+const RECENT_START_MS: u64 = 60_000;
+
+struct PendingStart {
+    reference: String,
+    client: ApiClient,
+    record_id: u64,
+    ts: Timestamp,
+}
+
+struct PendingPush {
+    name: String,
+    tag: String,
+    client: ApiClient,
+    record_id: u64,
+    ts: Timestamp,
+    responses: u64,
+    response_ids: Vec<u64>,
+    tags_reported: Vec<String>,
+}
+
+pub struct LineageEngine {
+    paths: HostPaths,
+    store: SharedLineage,
+    starts: Vec<PendingStart>,
+    pushes: HashMap<(u32, i32), PendingPush>,
+    recent: HashMap<String, Timestamp>,
+    unresolved_starts: u64,
+    unconfirmed_pushes: u64,
+}
+
+impl LineageEngine {
+    pub fn new(paths: HostPaths, store: SharedLineage) -> Self {
+        LineageEngine {
+            paths,
+            store,
+            starts: Vec::new(),
+            pushes: HashMap::new(),
+            recent: HashMap::new(),
+            unresolved_starts: 0,
+            unconfirmed_pushes: 0,
+        }
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, crate::store::LineageStore> {
+        // The store stays consistent across a panic elsewhere: each update is one insert.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished) {
+        if b.status != "succeeded" {
+            return;
+        }
+        let image_id = b.image_id.clone().or_else(|| b.tags.iter().find_map(|t| host::docker_image_id(&self.paths, t)));
+        let Some(image_id) = image_id else {
+            tracing::debug!(build_id = %b.build_id, "build finished without a known image id: no lineage");
+            return;
+        };
+        let outbound_not_allowed = b
+            .outbound
+            .iter()
+            .filter(|o| o.policy != ALLOWED)
+            .map(|o| match &o.dns_name {
+                Some(n) => format!("{}:{} ({n}) {}", o.dst_addr, o.dst_port, o.policy),
+                None => format!("{}:{} {}", o.dst_addr, o.dst_port, o.policy),
+            })
+            .collect();
+        let tags = if b.tags.is_empty() { b.params.tags.clone() } else { b.tags.clone() };
+        self.store().insert(
+            ImageLineage {
+                image_id,
+                build_id: b.build_id.clone(),
+                built_at: rec.ts,
+                tags,
+                digests: Vec::new(),
+                pushes: Vec::new(),
+                outbound_not_allowed,
+                record_id: rec.id,
+            },
+            rec.ts,
+        );
+    }
+
+    fn on_request(&mut self, rec: &Record, a: &ApiRequest) {
+        if a.method != "POST" {
+            return;
+        }
+        let ep = a.endpoint.trim_end_matches('/');
+        if let Some(reference) = ep.strip_prefix("/containers/").and_then(|r| r.strip_suffix("/start")) {
+            self.starts.push(PendingStart {
+                reference: percent_decode(reference),
+                client: a.client.clone(),
+                record_id: rec.id,
+                ts: rec.ts,
+            });
+        } else if let Some(name) = ep.strip_prefix("/images/").and_then(|r| r.strip_suffix("/push")) {
+            let tag = query_param(a.query.as_deref().unwrap_or(""), "tag").unwrap_or_default();
+            self.pushes.insert(
+                (a.process.pid, a.fd),
+                PendingPush {
+                    name: percent_decode(name),
+                    tag,
+                    client: a.client.clone(),
+                    record_id: rec.id,
+                    ts: rec.ts,
+                    responses: 0,
+                    response_ids: Vec::new(),
+                    tags_reported: Vec::new(),
+                },
+            );
+        } else {
+            // Another request on a connection that carried a push ends that push's stream.
+            self.pushes.remove(&(a.process.pid, a.fd));
+        }
+    }
+
+    fn on_response(&mut self, rec: &Record, r: &ApiResponse, out: &mut Vec<Body>) {
+        let key = (r.process.pid, r.fd);
+        let Some(p) = self.pushes.get_mut(&key) else { return };
+        p.responses += 1;
+        p.response_ids.push(rec.id);
+        let mut failed = false;
+        let mut done = Vec::new();
+        for msg in json_messages(&r.data) {
+            if msg.get("errorDetail").is_some() || msg.get("error").is_some() {
+                failed = true;
+            }
+            let aux = &msg["aux"];
+            if let (Some(tag), Some(digest)) = (aux["Tag"].as_str(), aux["Digest"].as_str()) {
+                done.push((tag.to_string(), digest.to_string()));
+            }
+        }
+        for (tag, digest) in done {
+            let Some(p) = self.pushes.get_mut(&key) else { break };
+            if p.tags_reported.contains(&tag) {
+                continue;
+            }
+            p.tags_reported.push(tag.clone());
+            let (name, client, mut ids) = (p.name.clone(), p.client.clone(), vec![p.record_id]);
+            ids.extend(p.response_ids.iter().copied());
+            out.push(self.image_push(&name, &tag, Some(digest), client, ids));
+        }
+        if failed {
+            tracing::debug!("push of {} failed", self.pushes.get(&key).map(|p| p.name.as_str()).unwrap_or("?"));
+            self.pushes.remove(&key);
+        }
+    }
+
+    fn image_push(&self, name: &str, tag: &str, digest: Option<String>, client: ApiClient, ids: Vec<u64>) -> Body {
+        let reference = if tag.is_empty() { name.to_string() } else { format!("{name}:{tag}") };
+        let (image_id, build_id) = {
+            let store = self.store();
+            match store.find_by_ref(&reference) {
+                Some(l) => (Some(l.image_id.clone()), Some(l.build_id.clone())),
+                None => {
+                    let id = host::docker_image_id(&self.paths, &reference);
+                    let build = id.as_deref().and_then(|i| store.get(i)).map(|l| l.build_id.clone());
+                    (id, build)
+                }
+            }
+        };
+        Body::ImagePush(ImagePush {
+            registry: registry_of(name),
+            reference,
+            digest,
+            image_id,
+            client,
+            build_id,
+            evidence: Evidence { record_ids: ids, pids: Vec::new() },
+        })
+    }
+
+    fn on_runtime_start(&mut self, rec: &Record, s: RuntimeStart, out: &mut Vec<Body>) {
+        if self.recent.contains_key(&s.id) {
+            return;
+        }
+        match s.runtime {
+            "docker" => {
+                let Some(c) = host::docker_container(&self.paths, &s.id) else { return };
+                let Some(i) = self.starts.iter().position(|p| {
+                    p.reference == c.id
+                        || (p.reference.len() >= 4 && c.id.starts_with(&p.reference))
+                        || c.name.as_deref() == Some(p.reference.trim_start_matches('/'))
+                }) else {
+                    // Started by dockerd itself (a legacy build's step container, a restart
+                    // policy): not a start a client asked for.
+                    return;
+                };
+                let p = self.starts.remove(i);
+                let image = c.image_ref.clone().or(c.image_id.clone()).unwrap_or_else(|| "unknown".into());
+                out.push(self.container_start(
+                    rec.ts,
+                    c.id,
+                    c.name,
+                    image,
+                    c.image_id,
+                    "docker",
+                    None,
+                    p.client,
+                    vec![p.record_id, rec.id],
+                ));
+            }
+            runtime => {
+                let info = host::bundle_info(&self.paths, &s.bundle).unwrap_or_default();
+                if info.container_type.as_deref() == Some("sandbox") {
+                    return;
+                }
+                let kubernetes = match (&info.namespace, &info.pod, &info.container_name) {
+                    (Some(ns), Some(pod), Some(c)) => {
+                        Some(KubernetesRef { namespace: ns.clone(), pod: pod.clone(), container: c.clone() })
+                    }
+                    _ => None,
+                };
+                let image = info.image_name.clone().unwrap_or_else(|| "unknown".into());
+                let image_id = self.store().find_by_ref(&image).map(|l| l.image_id.clone());
+                let client = ApiClient { transport: "unknown".into(), ..Default::default() };
+                out.push(self.container_start(
+                    rec.ts,
+                    s.id.clone(),
+                    info.container_name.clone(),
+                    image,
+                    image_id,
+                    runtime,
+                    kubernetes,
+                    client,
+                    vec![rec.id],
+                ));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn container_start(
+        &mut self,
+        ts: Timestamp,
+        container_id: String,
+        name: Option<String>,
+        image: String,
+        image_id: Option<String>,
+        runtime: &str,
+        kubernetes: Option<KubernetesRef>,
+        client: ApiClient,
+        ids: Vec<u64>,
+    ) -> Body {
+        self.recent.insert(container_id.clone(), ts);
+        let (image_id, build) = {
+            let store = self.store();
+            let l = image_id.as_deref().and_then(|i| store.get(i)).or_else(|| store.find_by_ref(&image));
+            (image_id.or_else(|| l.map(|l| l.image_id.clone())), l.map(|l| (l.build_id.clone(), l.built_at)))
+        };
+        Body::ContainerStart(ContainerStart {
+            container_id,
+            name,
+            image,
+            image_id,
+            runtime: runtime.to_string(),
+            kubernetes,
+            client,
+            seconds_since_build: build.as_ref().map(|(_, at)| ts.millis_since(at) / 1000),
+            build_id: build.map(|(b, _)| b),
+            evidence: Evidence { record_ids: ids, pids: Vec::new() },
+        })
+    }
+}
+
+impl Engine for LineageEngine {
+    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
+        match &rec.body {
+            Body::BuildFinished(b) => self.on_build_finished(rec, b),
+            Body::ApiRequest(a) => self.on_request(rec, a),
+            Body::ApiResponse(r) => self.on_response(rec, r, out),
+            Body::ProcessExec(e) => {
+                if let Some(s) = parse_runtime_exec(e) {
+                    self.on_runtime_start(rec, s, out);
+                }
+            }
+            // Our own image_push, fed back with its id: remember the push for the AN0946 chain.
+            Body::ImagePush(p) => {
+                if let Some(image_id) = &p.image_id {
+                    let push =
+                        PushSeen { reference: p.reference.clone(), digest: p.digest.clone(), at: rec.ts, record_id: rec.id };
+                    self.store().add_push(image_id, push);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        // Starts the runtime's exec did not confirm (process events lost, or a runtime this
+        // sensor does not parse): look at the container's state on disk.
+        let mut i = 0;
+        while i < self.starts.len() {
+            let age = now.millis_since(&self.starts[i].ts);
+            if age < START_FALLBACK_MS {
+                i += 1;
+                continue;
+            }
+            let p = &self.starts[i];
+            let found = host::docker_container_by_ref(&self.paths, &p.reference).filter(|c| {
+                c.running
+                    && !self.recent.contains_key(&c.id)
+                    && c.started_at.is_some_and(|t| t.unix_nanos() >= p.ts.unix_nanos() - 2_000_000_000)
+            });
+            if let Some(c) = found {
+                let p = self.starts.remove(i);
+                let image = c.image_ref.clone().or(c.image_id.clone()).unwrap_or_else(|| "unknown".into());
+                let body =
+                    self.container_start(now, c.id, c.name, image, c.image_id, "docker", None, p.client, vec![p.record_id]);
+                out.push(body);
+            } else if age >= START_GIVE_UP_MS {
+                self.starts.remove(i);
+                self.unresolved_starts += 1;
+            } else {
+                i += 1;
+            }
+        }
+        let mut expired = Vec::new();
+        for (k, p) in &self.pushes {
+            let age = now.millis_since(&p.ts);
+            if (p.responses == 0 && age >= PUSH_NO_RESPONSE_MS) || age >= PUSH_GIVE_UP_MS {
+                expired.push(*k);
+            }
+        }
+        for k in expired {
+            if let Some(p) = self.pushes.remove(&k)
+                && p.responses == 0
+            {
+                // No response was captured: report the push as requested, without digest.
+                self.unconfirmed_pushes += 1;
+                out.push(self.image_push(&p.name, &p.tag, None, p.client, vec![p.record_id]));
+            }
+        }
+        self.recent.retain(|_, t| now.millis_since(t) < RECENT_START_MS);
+        self.store().prune(now);
+    }
+
+    fn drops(&self, drops: &mut BTreeMap<String, u64>) {
+        let store = self.store();
+        *drops.entry("lineage_evicted".into()).or_default() += store.evicted;
+        *drops.entry("lineage_write_failed".into()).or_default() += store.write_failures;
+        *drops.entry("container_start_unresolved".into()).or_default() += self.unresolved_starts;
+        *drops.entry("image_push_unconfirmed".into()).or_default() += self.unconfirmed_pushes;
+    }
+}
+
+/// JSON objects in an HTTP response fragment (headers, chunk sizes and partial lines skipped).
+fn json_messages(data: &str) -> Vec<Value> {
+    data.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect()
+}
+
+/// `docker.io` unless the first component names a host (has `.` or `:`, or is `localhost`).
+pub fn registry_of(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        _ => "docker.io".to_string(),
+    }
+}
+
+fn query_param(q: &str, key: &str) -> Option<String> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::detect::host::tests::fake_docker;
+    use crate::detect::testutil::*;
+    use crate::record::{OutboundConnection, ProcessExec, ProcessRef};
+    use crate::store::LineageStore;
+
+    fn engine(paths: HostPaths) -> (LineageEngine, SharedLineage) {
+        let store = Arc::new(Mutex::new(LineageStore::in_memory(100, 30)));
+        (LineageEngine::new(paths, store.clone()), store)
+    }
+
+    fn runc_create(id: &str) -> Body {
+        let b = format!("/run/containerd/io.containerd.runtime.v2.task/moby/{id}");
+        Body::ProcessExec(ProcessExec {
+            process: ProcessRef { pid: 77, comm: "runc".into(), role: "descendant".into(), ..Default::default() },
+            filename: "/usr/sbin/runc".into(),
+            argv: ["runc", "--root", "/var/run/docker/runtime-runc/moby", "create", "--bundle", &b, id]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            argv_truncated: false,
+            start_time_ns: 5,
+        })
+    }
+
+    #[test]
+    fn container_start_links_build_and_survives_unasked_starts() {
+        let id = "b".repeat(64);
+        let paths = fake_docker("lin1", &id, "web", "sha256:img1", "evil:1");
+        let (mut e, store) = engine(paths.clone());
+        let mut out = Vec::new();
+        let mut bf = build_finished("B1", Some("sha256:img1"), &[("192.0.2.9", 8080, "unknown")]);
+        if let Body::BuildFinished(b) = &mut bf {
+            b.outbound.push(OutboundConnection { policy: "allowed".into(), ..b.outbound[0].clone() });
+        }
+        e.observe(&rec(10, 100, bf), &mut out);
+        assert_eq!(store.lock().unwrap().get("sha256:img1").unwrap().outbound_not_allowed.len(), 1);
+        // A runtime create nobody asked for (a legacy build step): nothing.
+        e.observe(&rec(11, 101, runc_create(&id)), &mut out);
+        assert!(out.is_empty());
+        e.observe(&rec(12, 130, api_post(&format!("/containers/{id}/start"), None, unix_client(0))), &mut out);
+        e.observe(&rec(13, 130, runc_create(&id)), &mut out);
+        let Body::ContainerStart(c) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(c.build_id.as_deref(), Some("B1"));
+        assert_eq!(c.seconds_since_build, Some(30));
+        assert_eq!(c.name.as_deref(), Some("web"));
+        assert_eq!(c.image, "evil:1");
+        assert_eq!(c.runtime, "docker");
+        assert_eq!(c.client.uid, Some(0));
+        assert_eq!(c.evidence.record_ids, vec![12, 13]);
+        std::fs::remove_dir_all(&paths.host_root).unwrap();
+    }
+
+    #[test]
+    fn container_start_fallback_from_disk_by_name() {
+        let id = "d".repeat(64);
+        let paths = fake_docker("lin2", &id, "web2", "sha256:img2", "x:2");
+        let (mut e, _) = engine(paths.clone());
+        let mut out = Vec::new();
+        e.observe(&rec(1, 100, api_post("/containers/web2/start", None, unix_client(0))), &mut out);
+        e.tick(ts(101), &mut out);
+        assert!(out.is_empty());
+        // config.v2.json says Running with a StartedAt long ago: not this request's start.
+        e.tick(ts(103), &mut out);
+        assert!(out.is_empty());
+        std::fs::remove_dir_all(&paths.host_root).unwrap();
+    }
+
+    #[test]
+    fn image_push_with_digest_and_build() {
+        let (mut e, store) = engine(HostPaths { host_root: "/nonexistent".into(), ..Default::default() });
+        let mut out = Vec::new();
+        let mut bf = build_finished("B2", Some("sha256:img3"), &[]);
+        if let Body::BuildFinished(b) = &mut bf {
+            b.tags = vec!["localhost:5000/app:1".into()];
+        }
+        e.observe(&rec(1, 100, bf), &mut out);
+        e.observe(&rec(2, 110, api_post("/images/localhost:5000/app/push", Some("tag=1"), unix_client(1000))), &mut out);
+        let data = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n5b\r\n{\"status\":\"1: digest: sha256:dd size: 527\"}\r\n{\"progressDetail\":{},\"aux\":{\"Tag\":\"1\",\"Digest\":\"sha256:dd\",\"Size\":527}}\r\n";
+        e.observe(&rec(3, 111, api_response(data)), &mut out);
+        let Body::ImagePush(p) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(p.reference, "localhost:5000/app:1");
+        assert_eq!(p.registry, "localhost:5000");
+        assert_eq!(p.digest.as_deref(), Some("sha256:dd"));
+        assert_eq!(p.build_id.as_deref(), Some("B2"));
+        assert_eq!(p.image_id.as_deref(), Some("sha256:img3"));
+        // Fed back with its id, the push is remembered.
+        let pushed = out.remove(0);
+        e.observe(&rec(4, 111, pushed), &mut out);
+        assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().pushes[0].record_id, 4);
+        assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().digests, vec!["sha256:dd".to_string()]);
+    }
+
+    #[test]
+    fn failed_push_is_not_reported() {
+        let (mut e, _) = engine(HostPaths { host_root: "/nonexistent".into(), ..Default::default() });
+        let mut out = Vec::new();
+        e.observe(&rec(2, 110, api_post("/images/reg.example/app/push", Some("tag=1"), unix_client(0))), &mut out);
+        e.observe(&rec(3, 111, api_response("{\"errorDetail\":{\"message\":\"no route\"},\"error\":\"no route\"}\n")), &mut out);
+        e.tick(ts(2000), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn registry_names() {
+        assert_eq!(registry_of("alpine"), "docker.io");
+        assert_eq!(registry_of("me/app"), "docker.io");
+        assert_eq!(registry_of("localhost/app"), "localhost");
+        assert_eq!(registry_of("ghcr.io/me/app"), "ghcr.io");
+        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
+    }
+}
