@@ -1,0 +1,833 @@
+//! Build sessions: every image build on the host becomes one `build_started` and one
+//! `build_finished` record (docs/builds.md).
+//!
+//! A build starts at its `POST /build` request (dockerd), or at a builder's command line
+//! (buildah, podman, buildctl), or — when the sensor started in the middle of it — at the
+//! first step seen without a request (`partial`). Steps are the processes the builder runs
+//! for RUN instructions; the hard part is tying each to its build when several overlap:
+//!
+//! - legacy builder: dockerd writes `Step N/M : RUN ...` and ` ---> Running in <id>` on the
+//!   build's own connection, and the step runs in container `<id>` (shim `-id`, runc bundle);
+//! - BuildKit: the step runs under `runc run --bundle .../buildkit/executor/<id>` started by
+//!   the daemon; with one BuildKit build open on that daemon it is that one, with several the
+//!   RUN text is matched against each build's progress stream (`[2/3] RUN ...` vertices);
+//! - builder tools: the steps descend from the tool's process.
+//!
+//! Whatever cannot be tied to exactly one build is counted (`steps_unattributed`), never
+//! guessed.
+mod cli;
+mod params;
+mod procs;
+pub mod replay;
+mod response;
+mod session;
+mod trace;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::record::{
+    ApiRequest, Body, BuildStep, Connect, DnsQuery, FileWrite, ProcessExec, ProcessExit,
+    ProcessFork, Record, Timestamp,
+};
+use procs::RuntimeProc;
+use response::StreamEvent;
+use session::{BuildSession, MAX_STEPS, Outcome};
+
+pub use params::REDACTED;
+pub use replay::replay_records;
+
+/// Outbound policy class of a destination: `allowed`, `unknown` or `denied`.
+pub type Classifier = Arc<dyn Fn(&str, u16, Option<&str>) -> String + Send + Sync>;
+
+pub struct BuildConfig {
+    /// Show build-arg values instead of `<redacted>`.
+    pub show_build_args: bool,
+    /// Builds tracked at once; opening one more ends the least recently active
+    /// (`builds_evicted`).
+    pub max_open_builds: usize,
+    /// A build with no activity for this long is reported with status `unknown`
+    /// (`builds_timed_out`).
+    pub build_timeout: Duration,
+    pub classify: Classifier,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            show_build_args: false,
+            max_open_builds: 64,
+            build_timeout: Duration::from_secs(3600),
+            classify: Arc::new(|_, _, _| "unknown".to_string()),
+        }
+    }
+}
+
+/// How long a step whose build is not known yet waits for the builder's output to name it.
+const PENDING_WAIT: Duration = Duration::from_secs(3);
+/// How long after the end of a build is seen its record waits for trailing lines and exits.
+const END_GRACE: Duration = Duration::from_secs(1);
+/// A partial build (no request seen, so no end will be seen) ends after this long idle.
+const PARTIAL_IDLE: Duration = Duration::from_secs(30);
+const MAX_PENDING: usize = 256;
+const MAX_MEMBERS: usize = 65_536;
+const MAX_RUNTIME_PROCS: usize = 4096;
+const MAX_API_CONTAINERS: usize = 1024;
+
+#[derive(Clone, Debug)]
+struct Executor {
+    /// The process that started this runc (dockerd, buildkitd, containerd-shim).
+    daemon: u32,
+    id: String,
+    /// A containerd task (container) rather than a BuildKit executor.
+    container: bool,
+}
+
+/// A process that belongs to a build: the builder tool itself or a step (or its descendants).
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    key: u64,
+    /// Index into the build's steps, or `None` for the builder tool's own processes.
+    step: Option<usize>,
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    Container(String),
+    Executor { daemon: u32, id: String },
+}
+
+/// A step process whose build is not known yet, with what it did meanwhile.
+#[derive(Debug)]
+struct PendingStep {
+    kind: PendingKind,
+    pid: u32,
+    command: String,
+    run_text: String,
+    start: Timestamp,
+    record_id: u64,
+    deadline: Timestamp,
+    pids: Vec<u32>,
+    exit: Option<(Timestamp, Option<i32>, Option<i32>)>,
+    net: Vec<NetEvent>,
+}
+
+#[derive(Clone, Debug)]
+struct NetEvent {
+    record_id: u64,
+    ts: Timestamp,
+    pid: u32,
+    addr: String,
+    port: u16,
+    protocol: String,
+    dns_name: Option<String>,
+    failed: bool,
+}
+
+enum Resolution {
+    Build { key: u64, attribution: &'static str, instruction: Option<String> },
+    /// Not a build step (e.g. a container started through the API).
+    NotABuild,
+    Wait,
+    Unattributed,
+}
+
+pub struct BuildTracker {
+    cfg: BuildConfig,
+    builds: BTreeMap<u64, BuildSession>,
+    next_key: u64,
+    by_conn: HashMap<(u32, i32), u64>,
+    executors: HashMap<u32, Executor>,
+    shims: HashMap<u32, String>,
+    members: HashMap<u32, Member>,
+    /// Container short id (12 hex) named by a legacy build's ` ---> Running in` line.
+    running_in: HashMap<String, (u64, Option<String>)>,
+    pending: Vec<PendingStep>,
+    /// Containers started through the API (`POST /containers/{id}/start`): not build steps.
+    api_containers: VecDeque<String>,
+    /// Last image pull/push request per daemon: daemon traffic then is not the build's alone.
+    daemon_image_requests: HashMap<u32, Timestamp>,
+    sensor_started: Option<Timestamp>,
+    evicted: u64,
+    timed_out: u64,
+    unattributed: u64,
+}
+
+impl BuildTracker {
+    pub fn new(cfg: BuildConfig) -> Self {
+        BuildTracker {
+            cfg,
+            builds: BTreeMap::new(),
+            next_key: 1,
+            by_conn: HashMap::new(),
+            executors: HashMap::new(),
+            shims: HashMap::new(),
+            members: HashMap::new(),
+            running_in: HashMap::new(),
+            pending: Vec::new(),
+            api_containers: VecDeque::new(),
+            daemon_image_requests: HashMap::new(),
+            sensor_started: None,
+            evicted: 0,
+            timed_out: 0,
+            unattributed: 0,
+        }
+    }
+
+    /// Builds open now (for tests and stats).
+    pub fn open_builds(&self) -> usize {
+        self.builds.len()
+    }
+
+    fn build_timeout(&self) -> i64 {
+        i64::try_from(self.cfg.build_timeout.as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    /// Opens a build, ending the least recently active one if too many are open.
+    fn open(&mut self, mut s: BuildSession, now: Timestamp, out: &mut Vec<Body>) -> u64 {
+        while self.builds.len() >= self.cfg.max_open_builds.max(1) {
+            let oldest = self.builds.iter().min_by_key(|(_, b)| b.last_activity).map(|(k, _)| *k);
+            let Some(oldest) = oldest else { break };
+            self.evicted += 1;
+            let why = format!("evicted: more than {} builds open", self.cfg.max_open_builds);
+            self.close(oldest, now, Some(&why), out);
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        s.touch(now);
+        out.push(Body::BuildStarted(s.started_record()));
+        if let Some(conn) = s.conn {
+            self.by_conn.insert(conn, key);
+        }
+        self.builds.insert(key, s);
+        key
+    }
+
+    fn close(&mut self, key: u64, now: Timestamp, why: Option<&str>, out: &mut Vec<Body>) {
+        let Some(s) = self.builds.remove(&key) else { return };
+        self.by_conn.retain(|_, k| *k != key);
+        self.members.retain(|_, m| m.key != key);
+        self.running_in.retain(|_, (k, _)| *k != key);
+        let why = if s.outcome.is_some() { None } else { why };
+        out.push(Body::BuildFinished(s.finished_record(now, why)));
+    }
+
+    fn on_request(&mut self, rec: &Record, r: &ApiRequest, out: &mut Vec<Body>) {
+        let conn = (r.process.pid, r.fd);
+        // A new request on a build's connection means that build's response is over.
+        if let Some(key) = self.by_conn.remove(&conn) {
+            let why = "the client sent another request on the build's connection";
+            self.close(key, rec.ts, Some(why), out);
+        }
+        let ep = r.endpoint.as_str();
+        let query = r.query.as_deref();
+        if r.method == "POST" && ep == "/build" {
+            let req = params::parse_build_query(query, r.content_type.as_deref(), self.cfg.show_build_args);
+            let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
+            let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
+            s.client = r.client.clone();
+            s.user_agent = r.user_agent.clone();
+            s.params = req.params;
+            s.conn = Some(conn);
+            s.buildkit_build_id = params::query_pairs(query.unwrap_or(""))
+                .into_iter()
+                .find(|(k, v)| k == "buildid" && !v.is_empty())
+                .map(|(_, v)| v);
+            s.add_record(rec.id);
+            s.add_pid(r.client.pid.unwrap_or(0));
+            self.open(s, rec.ts, out);
+        } else if r.method == "POST" && ep == "/build/cancel" {
+            let id = params::query_pairs(query.unwrap_or(""))
+                .into_iter()
+                .find(|(k, _)| k == "id")
+                .map(|(_, v)| v);
+            if let Some(b) = self.builds.values_mut().find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id) {
+                b.add_record(rec.id);
+                b.end(Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()), rec.ts);
+            }
+        } else if let Some(rest) = ep.strip_prefix("/containers/") {
+            if let Some(id) = rest.strip_suffix("/start") {
+                if self.api_containers.len() >= MAX_API_CONTAINERS {
+                    self.api_containers.pop_front();
+                }
+                self.api_containers.push_back(id.to_string());
+            }
+        } else if ep == "/images/create" || (ep.starts_with("/images/") && ep.ends_with("/push")) {
+            self.daemon_image_requests.insert(r.process.pid, rec.ts);
+        }
+    }
+
+    /// One write dockerd made on a watched connection (the `api_response` record).
+    pub fn on_response(
+        &mut self,
+        record_id: u64,
+        ts: Timestamp,
+        pid: u32,
+        fd: i32,
+        text: &str,
+        out: &mut Vec<Body>,
+    ) {
+        let events = response::parse(text);
+        let key = match self.by_conn.get(&(pid, fd)) {
+            Some(k) => *k,
+            None => {
+                // A build whose request came before the sensor started.
+                let Some(builder) = response::looks_like_build(&events) else { return };
+                let adopt = self
+                    .builds
+                    .iter()
+                    .find(|(_, b)| b.partial && b.conn.is_none() && b.builder == builder && (b.daemon_pid == pid || b.daemon_pid == 0))
+                    .map(|(k, _)| *k);
+                match adopt {
+                    Some(k) => {
+                        if let Some(b) = self.builds.get_mut(&k) {
+                            b.conn = Some((pid, fd));
+                            b.daemon_pid = pid;
+                        }
+                        self.by_conn.insert((pid, fd), k);
+                        k
+                    }
+                    None => {
+                        let id = format!("b-{}-{}-{}", ts.unix_nanos(), pid, fd);
+                        let mut s = BuildSession::new(id, builder, ts, pid);
+                        s.partial = true;
+                        s.conn = Some((pid, fd));
+                        self.open(s, ts, out)
+                    }
+                }
+            }
+        };
+        let Some(b) = self.builds.get_mut(&key) else { return };
+        b.responses_seen += 1;
+        b.add_record(record_id);
+        b.touch(ts);
+        for ev in events {
+            match ev {
+                StreamEvent::Step(line) => {
+                    if let Some(r) = response::from_reference(&line) {
+                        b.add_base(r);
+                    }
+                    b.current_instruction = Some(line);
+                }
+                StreamEvent::RunningIn(short) => {
+                    if self.running_in.len() < MAX_PENDING * 4 {
+                        self.running_in.insert(short, (key, b.current_instruction.clone()));
+                    }
+                }
+                StreamEvent::Layer(short) => {
+                    let after_from = b.current_instruction.as_deref().and_then(response::from_reference);
+                    if let Some(r) = after_from
+                        && let Some(base) = b.base_images.iter_mut().find(|x| x.reference == r && x.image_id.is_none())
+                    {
+                        base.image_id = Some(short);
+                    }
+                }
+                StreamEvent::ImageId(id) => {
+                    b.image_id = Some(id);
+                    b.end(Outcome::Succeeded, ts);
+                }
+                StreamEvent::SuccessfullyBuilt(_) => b.end(Outcome::Succeeded, ts),
+                StreamEvent::SuccessfullyTagged(t) => b.add_tag(&t),
+                StreamEvent::Error(m) => b.end(Outcome::Failed(m), ts),
+                StreamEvent::Vertex(v) => b.remember_vertex(v),
+                StreamEvent::Status(s) => {
+                    if let Some(name) = s.strip_prefix("naming to ") {
+                        if b.params.tags.is_empty() {
+                            b.add_tag(name.trim_end_matches(" done").trim());
+                        }
+                    } else if let Some(id) = s.strip_prefix("writing image ") {
+                        let id = id.split_whitespace().next().unwrap_or("");
+                        if id.starts_with("sha256:") && b.image_id.is_none() {
+                            b.image_id = Some(id.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        self.resolve_pending(ts, false, out);
+    }
+
+    fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
+        let (pid, ppid) = (e.process.pid, e.process.ppid);
+        match procs::classify(e) {
+            RuntimeProc::BuildkitRunc { executor_id } => {
+                self.add_runtime(pid, Executor { daemon: ppid, id: executor_id, container: false });
+                return;
+            }
+            RuntimeProc::ContainerRunc { container_id } => {
+                self.add_runtime(pid, Executor { daemon: ppid, id: container_id, container: true });
+                return;
+            }
+            RuntimeProc::Shim { container_id } => {
+                if self.shims.len() < MAX_RUNTIME_PROCS {
+                    self.shims.insert(pid, container_id);
+                }
+                return;
+            }
+            RuntimeProc::RuncInit => return,
+            RuntimeProc::BuilderCli { builder, args } => {
+                if !self.members.contains_key(&pid) {
+                    cli::open_cli_build(self, rec, e, builder, &args, out);
+                    return;
+                }
+            }
+            RuntimeProc::Other => {}
+        }
+        // A process of a build already known: a step's descendant, or a builder tool's step.
+        if let Some(m) = self.members.get(&pid).or_else(|| self.members.get(&ppid)).copied() {
+            let new_step = m.step.is_none() && procs::is_shell_step(e);
+            if new_step {
+                let cid = self.executors.get(&ppid).map(|x| x.id.clone());
+                self.add_step(m.key, rec, e, cid, None, "process_tree");
+            } else {
+                self.add_member(pid, m);
+                if let Some(b) = self.builds.get_mut(&m.key) {
+                    b.add_pid(pid);
+                    b.touch(rec.ts);
+                }
+            }
+            return;
+        }
+        if let Some(p) = self.pending.iter_mut().find(|p| p.pids.contains(&pid) || p.pids.contains(&ppid)) {
+            if !p.pids.contains(&pid) && p.pids.len() < 64 {
+                p.pids.push(pid);
+            }
+            return;
+        }
+        let kind = if let Some(x) = self.executors.get(&ppid) {
+            if x.container {
+                PendingKind::Container(x.id.clone())
+            } else {
+                PendingKind::Executor { daemon: x.daemon, id: x.id.clone() }
+            }
+        } else if let Some(cid) = self.shims.get(&ppid) {
+            PendingKind::Container(cid.clone())
+        } else {
+            return;
+        };
+        if self.pending.len() >= MAX_PENDING {
+            self.unattributed += 1;
+            return;
+        }
+        self.pending.push(PendingStep {
+            kind,
+            pid,
+            command: procs::step_command(&e.argv),
+            run_text: procs::run_text(&e.argv),
+            start: rec.ts,
+            record_id: rec.id,
+            deadline: Timestamp::from_unix_nanos(rec.ts.unix_nanos().saturating_add(PENDING_WAIT.as_nanos() as i64)),
+            pids: vec![pid],
+            exit: None,
+            net: Vec::new(),
+        });
+        self.resolve_pending(rec.ts, false, out);
+    }
+
+    fn add_runtime(&mut self, pid: u32, x: Executor) {
+        if self.executors.len() < MAX_RUNTIME_PROCS {
+            self.executors.insert(pid, x);
+        }
+    }
+
+    fn add_member(&mut self, pid: u32, m: Member) {
+        if self.members.len() < MAX_MEMBERS || self.members.contains_key(&pid) {
+            self.members.insert(pid, m);
+        }
+    }
+
+    /// Adds a step to a build; returns its index.
+    fn add_step(
+        &mut self,
+        key: u64,
+        rec: &Record,
+        e: &ProcessExec,
+        container_id: Option<String>,
+        instruction: Option<String>,
+        attribution: &'static str,
+    ) -> Option<usize> {
+        let b = self.builds.get_mut(&key)?;
+        if b.steps.len() >= MAX_STEPS {
+            return None;
+        }
+        let idx = b.steps.len();
+        let instruction = instruction.or_else(|| b.vertex_for_run(&procs::run_text(&e.argv)).map(str::to_string));
+        b.steps.push(BuildStep {
+            index: idx as u32 + 1,
+            command: procs::step_command(&e.argv),
+            pid: e.process.pid,
+            start: rec.ts,
+            container_id,
+            instruction,
+            attribution: Some(attribution.to_string()),
+            ..Default::default()
+        });
+        b.add_record(rec.id);
+        b.add_pid(e.process.pid);
+        b.touch(rec.ts);
+        self.add_member(e.process.pid, Member { key, step: Some(idx) });
+        Some(idx)
+    }
+
+    /// Tries to tie waiting steps to builds; with `expire`, those past their deadline get the
+    /// fallback (the one open build) or are counted as unattributed.
+    fn resolve_pending(&mut self, now: Timestamp, force: bool, out: &mut Vec<Body>) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let expired = force || now >= self.pending[i].deadline;
+            match self.resolve(&self.pending[i], expired, now) {
+                Resolution::Wait => i += 1,
+                Resolution::NotABuild => {
+                    self.pending.swap_remove(i);
+                }
+                Resolution::Unattributed => {
+                    self.unattributed += 1;
+                    self.pending.swap_remove(i);
+                }
+                Resolution::Build { key, attribution, instruction } => {
+                    let p = self.pending.swap_remove(i);
+                    let key = if key == 0 { self.open_partial(&p, out) } else { key };
+                    self.attach_pending(key, p, attribution, instruction);
+                }
+            }
+        }
+    }
+
+    fn resolve(&self, p: &PendingStep, expired: bool, now: Timestamp) -> Resolution {
+        match &p.kind {
+            PendingKind::Container(cid) => {
+                let short: String = cid.chars().take(12).collect();
+                if let Some((key, instr)) = self.running_in.get(&short) {
+                    return Resolution::Build { key: *key, attribution: "response", instruction: instr.clone() };
+                }
+                if self.api_containers.iter().any(|c| cid.starts_with(c.as_str()) || c.starts_with(&short)) {
+                    return Resolution::NotABuild;
+                }
+                if !expired {
+                    return Resolution::Wait;
+                }
+                let legacy: Vec<(&u64, &BuildSession)> =
+                    self.builds.iter().filter(|(_, b)| b.builder == "legacy" && b.outcome.is_none()).collect();
+                match legacy.as_slice() {
+                    // Without the builder's output (not captured), the one open legacy build.
+                    [(k, b)] if b.responses_seen == 0 => {
+                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
+                    }
+                    // Output is captured and did not name this container: not a build step.
+                    [] | [_] => {
+                        if legacy.is_empty() && self.started_recently(now) {
+                            Resolution::Build { key: 0, attribution: "only_open_build", instruction: None }
+                        } else {
+                            Resolution::NotABuild
+                        }
+                    }
+                    _ => Resolution::Unattributed,
+                }
+            }
+            PendingKind::Executor { daemon, .. } => {
+                let cands: Vec<(&u64, &BuildSession)> = self
+                    .builds
+                    .iter()
+                    .filter(|(_, b)| {
+                        b.outcome.is_none()
+                            && ((b.builder == "buildkit" && b.daemon_pid == *daemon)
+                                || (b.builder == "buildctl" && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
+                    })
+                    .collect();
+                let matching: Vec<&(&u64, &BuildSession)> =
+                    cands.iter().filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some()).collect();
+                match (cands.as_slice(), matching.as_slice()) {
+                    ([], _) => Resolution::Build { key: 0, attribution: "only_open_build", instruction: None },
+                    (_, [(k, b)]) => Resolution::Build {
+                        key: **k,
+                        attribution: "response",
+                        instruction: b.vertex_for_run(&p.run_text).map(str::to_string),
+                    },
+                    ([(k, b)], []) if expired || b.responses_seen == 0 => {
+                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
+                    }
+                    _ if expired => Resolution::Unattributed,
+                    _ => Resolution::Wait,
+                }
+            }
+        }
+    }
+
+    fn started_recently(&self, now: Timestamp) -> bool {
+        self.sensor_started
+            .is_some_and(|s| now.unix_nanos().saturating_sub(s.unix_nanos()) < self.build_timeout())
+    }
+
+    /// A build seen only from its steps: the sensor started after its request.
+    fn open_partial(&mut self, p: &PendingStep, out: &mut Vec<Body>) -> u64 {
+        let (builder, daemon) = match &p.kind {
+            PendingKind::Container(_) => ("legacy", 0),
+            PendingKind::Executor { daemon, .. } => ("buildkit", *daemon),
+        };
+        let id = format!("b-{}-{}-p", p.start.unix_nanos(), if daemon == 0 { p.pid } else { daemon });
+        let mut s = BuildSession::new(id, builder, p.start, daemon);
+        s.partial = true;
+        self.open(s, p.start, out)
+    }
+
+    fn attach_pending(&mut self, key: u64, p: PendingStep, attribution: &'static str, instruction: Option<String>) {
+        let Some(b) = self.builds.get_mut(&key) else {
+            self.unattributed += 1;
+            return;
+        };
+        if b.steps.len() >= MAX_STEPS {
+            return;
+        }
+        let idx = b.steps.len();
+        let cid = match &p.kind {
+            PendingKind::Container(c) => c.clone(),
+            PendingKind::Executor { id, .. } => id.clone(),
+        };
+        let instruction = instruction.or_else(|| b.vertex_for_run(&p.run_text).map(str::to_string));
+        let mut step = BuildStep {
+            index: idx as u32 + 1,
+            command: p.command.clone(),
+            pid: p.pid,
+            start: p.start,
+            container_id: Some(cid),
+            instruction,
+            attribution: Some(attribution.to_string()),
+            ..Default::default()
+        };
+        if let Some((end, code, sig)) = p.exit {
+            step.end = Some(end);
+            step.exit_code = code;
+            step.signal = sig;
+        }
+        b.steps.push(step);
+        b.add_record(p.record_id);
+        b.touch(p.start);
+        for pid in &p.pids {
+            b.add_pid(*pid);
+        }
+        let exited = p.exit.is_some();
+        for &pid in &p.pids {
+            if !(exited && pid == p.pid) {
+                self.add_member(pid, Member { key, step: Some(idx) });
+            }
+        }
+        for n in p.net {
+            self.add_net(key, Some(idx), n);
+        }
+    }
+
+    fn on_fork(&mut self, f: &ProcessFork) {
+        let parent = f.process.pid;
+        if let Some(m) = self.members.get(&parent).copied() {
+            self.add_member(f.child_pid, m);
+            if let Some(b) = self.builds.get_mut(&m.key) {
+                b.add_pid(f.child_pid);
+            }
+        } else if let Some(p) = self.pending.iter_mut().find(|p| p.pids.contains(&parent))
+            && p.pids.len() < 64
+        {
+            p.pids.push(f.child_pid);
+        }
+    }
+
+    fn on_exit(&mut self, rec: &Record, x: &ProcessExit, out: &mut Vec<Body>) {
+        let pid = x.process.pid;
+        self.executors.remove(&pid);
+        self.shims.remove(&pid);
+        if let Some(p) = self.pending.iter_mut().find(|p| p.pid == pid) {
+            p.exit = Some((rec.ts, x.exit_code, x.signal));
+        }
+        let Some(m) = self.members.remove(&pid) else { return };
+        let Some(b) = self.builds.get_mut(&m.key) else { return };
+        b.touch(rec.ts);
+        match m.step {
+            Some(i) => {
+                if let Some(s) = b.steps.get_mut(i).filter(|s| s.pid == pid) {
+                    s.end = Some(rec.ts);
+                    s.exit_code = x.exit_code;
+                    s.signal = x.signal;
+                    b.add_record(rec.id);
+                }
+            }
+            None if b.tool_pid == Some(pid) => {
+                // The builder tool itself: its exit is the end of the build.
+                b.add_record(rec.id);
+                let outcome = cli::outcome_of_exit(&b.builder, x.exit_code, x.signal);
+                b.end(outcome, rec.ts);
+                let key = m.key;
+                self.close(key, rec.ts, None, out);
+            }
+            None => {}
+        }
+    }
+
+    /// The build a network event belongs to, and the step index (None: the daemon/tool).
+    fn net_owner(&self, pid: u32, ts: Timestamp, tcp: bool) -> Option<(u64, Option<usize>)> {
+        if let Some(m) = self.members.get(&pid) {
+            return Some((m.key, m.step));
+        }
+        if !tcp {
+            return None;
+        }
+        // The daemon on a build's behalf: only when exactly one build is open on it and it was
+        // not pulling or pushing images for someone else meanwhile.
+        let mut open = self.builds.iter().filter(|(_, b)| b.daemon_pid == pid && b.outcome.is_none());
+        let (k, b) = open.next()?;
+        if open.next().is_some() {
+            return None;
+        }
+        if self.daemon_image_requests.get(&pid).is_some_and(|t| *t >= b.started && *t <= ts) {
+            return None;
+        }
+        Some((*k, None))
+    }
+
+    fn on_net(&mut self, n: NetEvent) {
+        let tcp = n.protocol == "tcp" || n.protocol == "dns";
+        match self.net_owner(n.pid, n.ts, tcp) {
+            Some((key, step)) => self.add_net(key, step, n),
+            None => {
+                if let Some(p) = self.pending.iter_mut().find(|p| p.pids.contains(&n.pid))
+                    && p.net.len() < 64
+                {
+                    p.net.push(n);
+                }
+            }
+        }
+    }
+
+    fn add_net(&mut self, key: u64, step: Option<usize>, n: NetEvent) {
+        let classify = self.cfg.classify.clone();
+        let Some(b) = self.builds.get_mut(&key) else { return };
+        let made_by = match step {
+            Some(i) => (i + 1).to_string(),
+            None => "daemon".to_string(),
+        };
+        b.add_record(n.record_id);
+        b.touch(n.ts);
+        let (addr, port, dns) = (n.addr.clone(), n.port, n.dns_name.clone());
+        b.add_outbound(&n.addr, n.port, &n.protocol, n.dns_name.as_deref(), made_by, n.failed, n.ts, || {
+            classify(&addr, port, dns.as_deref())
+        });
+    }
+
+    fn on_connect(&mut self, rec: &Record, c: &Connect) {
+        let (addr, port) = match (&c.dst_addr, &c.path) {
+            (Some(a), _) => (a.clone(), c.dst_port.unwrap_or(0)),
+            (None, Some(p)) => (p.clone(), 0),
+            (None, None) => return,
+        };
+        self.on_net(NetEvent {
+            record_id: rec.id,
+            ts: rec.ts,
+            pid: c.process.pid,
+            addr,
+            port,
+            protocol: c.protocol.clone(),
+            dns_name: None,
+            failed: c.result == "failed",
+        });
+    }
+
+    fn on_dns(&mut self, rec: &Record, d: &DnsQuery) {
+        self.on_net(NetEvent {
+            record_id: rec.id,
+            ts: rec.ts,
+            pid: d.process.pid,
+            addr: d.server_addr.clone(),
+            port: d.server_port,
+            protocol: "dns".into(),
+            dns_name: d.query_name.clone(),
+            failed: false,
+        });
+    }
+
+    /// dockerd stores an image as `.../imagedb/content/sha256/<id>`: the id of the build's
+    /// image when one build is open on that daemon (a fallback when the output is not seen).
+    fn on_file(&mut self, rec: &Record, w: &FileWrite) {
+        let Some((_, id)) = w.path.rsplit_once("/imagedb/content/sha256/") else { return };
+        if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return;
+        }
+        let pid = w.process.pid;
+        let mut open = self.builds.values_mut().filter(|b| b.daemon_pid == pid && b.outcome.is_none());
+        if let (Some(b), None) = (open.next(), open.next()) {
+            b.stored_image_id = Some(format!("sha256:{id}"));
+            b.add_record(rec.id);
+        }
+    }
+}
+
+impl Engine for BuildTracker {
+    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
+        match &rec.body {
+            Body::SensorStarted(_) => {
+                self.sensor_started.get_or_insert(rec.ts);
+            }
+            Body::ApiRequest(r) => self.on_request(rec, r, out),
+            Body::ProcessExec(e) => self.on_exec(rec, e, out),
+            Body::ProcessFork(f) => self.on_fork(f),
+            Body::ProcessExit(x) => self.on_exit(rec, x, out),
+            Body::Connect(c) => self.on_connect(rec, c),
+            Body::DnsQuery(d) => self.on_dns(rec, d),
+            Body::FileWrite(w) => self.on_file(rec, w),
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        self.resolve_pending(now, false, out);
+        let grace = END_GRACE.as_nanos() as i64;
+        let timeout = self.build_timeout();
+        let partial_idle = PARTIAL_IDLE.as_nanos() as i64;
+        let t = now.unix_nanos();
+        let mut ended = Vec::new();
+        let mut idle = Vec::new();
+        for (k, b) in &self.builds {
+            if let Some(e) = b.ending_since {
+                if t.saturating_sub(e.unix_nanos()) >= grace {
+                    ended.push(*k);
+                }
+                continue;
+            }
+            let quiet = t.saturating_sub(b.last_activity.unix_nanos());
+            let running = b.steps.iter().any(|s| s.end.is_none());
+            if quiet >= timeout || (b.partial && b.conn.is_none() && !running && quiet >= partial_idle.min(timeout)) {
+                idle.push(*k);
+            }
+        }
+        for k in ended {
+            self.close(k, now, None, out);
+        }
+        for k in idle {
+            let partial = self.builds.get(&k).is_some_and(|b| b.partial);
+            if !partial {
+                self.timed_out += 1;
+            }
+            let why = if partial {
+                "partial build: no activity since its last step (its end cannot be seen)".to_string()
+            } else {
+                format!("timed out: no activity for {}s", self.cfg.build_timeout.as_secs())
+            };
+            self.close(k, now, Some(&why), out);
+        }
+    }
+
+    fn finish(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        self.resolve_pending(now, true, out);
+        let keys: Vec<u64> = self.builds.keys().copied().collect();
+        for k in keys {
+            self.close(k, now, Some("the sensor stopped before the build ended"), out);
+        }
+    }
+
+    fn drops(&self, drops: &mut BTreeMap<String, u64>) {
+        *drops.entry("builds_evicted".into()).or_default() += self.evicted;
+        *drops.entry("builds_timed_out".into()).or_default() += self.timed_out;
+        *drops.entry("steps_unattributed".into()).or_default() += self.unattributed;
+    }
+}
