@@ -2,7 +2,13 @@
 
 /// (name, type) of the first question, when the payload is a well-formed query.
 pub fn parse_query(payload: &[u8]) -> Option<(String, String)> {
-    parse_udp(payload).or_else(|| payload.get(2..).and_then(parse_udp))
+    // DNS over TCP prefixes the message with its length.
+    if payload.len() > 2 && u16::from_be_bytes([payload[0], payload[1]]) as usize == payload.len() - 2 {
+        if let Some(q) = parse_udp(&payload[2..]) {
+            return Some(q);
+        }
+    }
+    parse_udp(payload)
 }
 
 fn parse_udp(p: &[u8]) -> Option<(String, String)> {

@@ -106,6 +106,8 @@ impl Default for LoadOptions {
 }
 
 pub struct Loaded {
+    /// Owns the programs and their links: dropping it detaches everything.
+    #[allow(dead_code)]
     pub ebpf: Ebpf,
     pub ringbuf: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
