@@ -16,6 +16,8 @@
 //! Whatever cannot be tied to exactly one build is counted (`steps_unattributed`), never
 //! guessed.
 mod cli;
+#[cfg(test)]
+mod fixtures;
 mod params;
 mod procs;
 pub mod replay;
@@ -398,6 +400,9 @@ impl BuildTracker {
             }
             return;
         }
+        if procs::is_runtime_helper(e) {
+            return;
+        }
         let kind = if let Some(x) = self.executors.get(&ppid) {
             if x.container {
                 PendingKind::Container(x.id.clone())
@@ -775,6 +780,7 @@ impl Engine for BuildTracker {
             Body::Connect(c) => self.on_connect(rec, c),
             Body::DnsQuery(d) => self.on_dns(rec, d),
             Body::FileWrite(w) => self.on_file(rec, w),
+            Body::ApiResponse(r) => self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out),
             _ => {}
         }
     }

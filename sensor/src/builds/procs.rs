@@ -89,6 +89,16 @@ fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
     None
 }
 
+/// Runtime helpers that run under runc or a shim but are not the container's command: OCI
+/// hooks (dockerd's `libnetwork-setkey`), runc's own start/kill/delete calls, shims.
+pub fn is_runtime_helper(exec: &ProcessExec) -> bool {
+    let prog = program(exec);
+    matches!(prog.as_str(), "runc" | "crun" | "libnetwork-setkey" | "dockerd" | "containerd" | "docker-proxy")
+        || prog.starts_with("containerd-shim")
+        || exec.process.comm.starts_with("runc:")
+        || exec.argv.get(1).is_some_and(|a| a == "libnetwork-setkey")
+}
+
 /// The shell command of a `sh -c CMD` argv (what a shell-form RUN runs), or the argv joined.
 pub fn step_command(argv: &[String]) -> String {
     argv.join(" ")
