@@ -140,6 +140,10 @@ impl Default for OutboundPolicy {
 impl OutboundPolicy {
     /// `allowed`, `unknown` or `denied` for one destination.
     pub fn classify(&self, addr: &str, port: u16, dns_name: Option<&str>) -> &'static str {
+        // A unix socket path (local IPC such as nscd or libnetwork) is not a network destination.
+        if addr.starts_with('/') || addr.starts_with('@') {
+            return ALLOWED;
+        }
         let ip = parse_ip(addr);
         let hit = |p: &AddrPattern| {
             ip.is_some_and(|ip| p.matches_ip(ip, Some(port))) || dns_name.is_some_and(|n| p.matches_name(n, port))
@@ -297,11 +301,6 @@ impl Policy {
         Ok(())
     }
 
-    /// The outbound classifier for the build-session engine, on a fixed policy.
-    pub fn classifier(self: &Arc<Self>) -> OutboundClassifier {
-        let p = self.clone();
-        Arc::new(move |addr, port, name| p.outbound.classify(addr, port, name).to_string())
-    }
 }
 
 /// Turns a toml error into one line: where, which field (the source line), what.
@@ -584,6 +583,7 @@ mod tests {
         assert_eq!(o.classify("8.8.8.8", 443, Some("docker.io")), UNKNOWN);
         assert_eq!(o.classify("8.8.8.8", 443, Some("mirror.corp")), ALLOWED);
         assert_eq!(o.classify("8.8.8.8", 443, Some("evil.mirror.corp")), UNKNOWN);
+        assert_eq!(o.classify("/var/run/nscd/socket", 0, None), ALLOWED);
     }
 
     #[test]

@@ -5,9 +5,6 @@
 //! `SENSOR_UPDATE_SCHEMA=1 cargo test -p sensor --bin sensor schema::` (or `sensor schema`).
 use crate::record::{Record, SCHEMA_VERSION};
 
-/// Path of the checked-in schema, relative to the workspace root.
-pub const SCHEMA_PATH: &str = "schema/records.schema.json";
-
 /// The schema as pretty JSON with a trailing newline.
 pub fn records_schema_json() -> String {
     let mut schema = schemars::schema_for!(Record);
@@ -32,6 +29,9 @@ pub fn records_schema_json() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Path of the checked-in schema, relative to the workspace root.
+    const SCHEMA_PATH: &str = "schema/records.schema.json";
 
     #[test]
     fn checked_in_schema_matches_record_types() {

@@ -134,6 +134,7 @@ impl LineageStore {
         Ok(store)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.images.len()
     }

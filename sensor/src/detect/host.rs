@@ -118,6 +118,23 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
     None
 }
 
+/// When Docker says an image was created (its config's `created`).
+pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::record::Timestamp> {
+    let hex = image_id.strip_prefix("sha256:")?;
+    if !is_container_id(hex) {
+        return None;
+    }
+    let dir = std::fs::read_dir(paths.docker().join("image")).ok()?;
+    for driver in dir.flatten() {
+        let Some(v) = read_json(&driver.path().join("imagedb/content/sha256").join(hex)) else { continue };
+        return v["created"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc)));
+    }
+    None
+}
+
 /// A containerd task bundle's OCI annotations of interest.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BundleInfo {

@@ -78,18 +78,25 @@ impl LineageEngine {
     }
 
     fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished) {
-        if b.status != "succeeded" {
-            return;
-        }
-        let image_id = b.image_id.clone().or_else(|| b.tags.iter().find_map(|t| host::docker_image_id(&self.paths, t)));
+        let resolved = || b.tags.iter().chain(&b.params.tags).find_map(|t| host::docker_image_id(&self.paths, t));
+        let image_id = match b.status.as_str() {
+            "succeeded" => b.image_id.clone().or_else(resolved),
+            // The end was not seen (sensor stopped, or the stream was not parsed): the tag
+            // names this build's image only if Docker created that image during the build.
+            "failed" | "cancelled" => None,
+            _ => b.image_id.clone().or_else(resolved).filter(|id| {
+                host::docker_image_created(&self.paths, id)
+                    .is_some_and(|c| c.unix_nanos() >= b.started.unix_nanos() - 1_000_000_000)
+            }),
+        };
         let Some(image_id) = image_id else {
-            tracing::debug!(build_id = %b.build_id, "build finished without a known image id: no lineage");
+            tracing::debug!(build_id = %b.build_id, status = %b.status, "build without a known image id: no lineage");
             return;
         };
         let outbound_not_allowed = b
             .outbound
             .iter()
-            .filter(|o| o.policy != ALLOWED)
+            .filter(|o| o.protocol != "unix" && o.policy != ALLOWED)
             .map(|o| match &o.dns_name {
                 Some(n) => format!("{}:{} ({n}) {}", o.dst_addr, o.dst_port, o.policy),
                 None => format!("{}:{} {}", o.dst_addr, o.dst_port, o.policy),
