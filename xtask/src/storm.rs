@@ -2,8 +2,10 @@
 //!
 //! The bench runs this binary directly (outside any tracked tree) and through a symlink whose
 //! name is a tracked runtime name (inside a tracked tree: the sensor tracks the process from
-//! its exec, and every child it forks). It prints the loop's elapsed nanoseconds on stdout, so
-//! its own start-up is not measured.
+//! its exec, and every child it forks). It prints the loop's elapsed nanoseconds and the CPU
+//! time it and its children used meanwhile (user+system, which includes the sensor's kernel
+//! programs, since they run in the context of the process they trace) on stdout, so its own
+//! start-up is not measured.
 
 use std::ffi::CString;
 use std::io::ErrorKind;
@@ -31,12 +33,32 @@ pub struct StormArgs {
 }
 
 pub fn storm(args: &StormArgs) -> Result<()> {
+    let cpu_before = cpu_time()?;
     let elapsed = match args.kind {
         StormKind::Exec => exec_storm(args.count)?,
         StormKind::Connect => connect_storm(args.count)?,
     };
-    println!("{}", elapsed.as_nanos());
+    let cpu = cpu_time()?.saturating_sub(cpu_before);
+    println!("{} {}", elapsed.as_nanos(), cpu.as_nanos());
     Ok(())
+}
+
+/// User+system time of this process (all threads) and its waited-for children.
+fn cpu_time() -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage fills the struct it is given; zeroed is a valid rusage.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid `who` and a pointer to a live rusage.
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrusage");
+        }
+        for tv in [usage.ru_utime, usage.ru_stime] {
+            total +=
+                Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64);
+        }
+    }
+    Ok(total)
 }
 
 /// fork + execve("/bin/true") + waitpid, N times, as a runtime forks and execs its children.

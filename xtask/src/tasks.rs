@@ -45,8 +45,9 @@ pub fn run(args: &[OsString]) -> Result<()> {
     Err(err).with_context(|| format!("could not exec {}", bin.display()))
 }
 
-/// Build, then the unit tests of every host crate and the end-to-end tests. Both test runs
-/// happen even if the first fails, so one CI run shows every failure.
+/// Build, then the unit tests of every host crate and the end-to-end tests. Every test binary
+/// runs even if an earlier one fails (`--no-fail-fast`, and both runs happen), so one CI run
+/// shows every failure.
 pub fn test() -> Result<()> {
     let bin = build(true)?;
 
@@ -55,6 +56,7 @@ pub fn test() -> Result<()> {
     let mut unit = cmd::cargo();
     unit.args([
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         KERNEL_PACKAGE,
@@ -68,8 +70,15 @@ pub fn test() -> Result<()> {
     }
 
     let mut e2e = cmd::cargo();
-    e2e.args(["test", "--package", E2E_PACKAGE, "--", "--test-threads=1"])
-        .env("SENSOR_BIN", &bin);
+    e2e.args([
+        "test",
+        "--no-fail-fast",
+        "--package",
+        E2E_PACKAGE,
+        "--",
+        "--test-threads=1",
+    ])
+    .env("SENSOR_BIN", &bin);
     eprintln!(
         "xtask: end-to-end tests: SENSOR_BIN={} {}",
         bin.display(),

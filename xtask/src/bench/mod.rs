@@ -14,6 +14,7 @@
 mod report;
 mod sensor;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::cmd;
-use sensor::{SensorRun, SensorSummary, sum_counters};
+use sensor::{SensorRun, SensorSummary, lost, sum_counters};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -74,6 +75,16 @@ pub const CASES: [Case; 4] = [
     },
 ];
 
+/// One storm as its driver timed it.
+#[derive(Clone, Copy)]
+pub struct StormTiming {
+    /// Wall-clock seconds of the loop.
+    pub wall: f64,
+    /// CPU seconds (user+system) of the driver and its children meanwhile: far less sensitive
+    /// than wall time to other work on a shared machine.
+    pub cpu: f64,
+}
+
 /// What the sensor's periodic stats said about one storm.
 #[derive(Clone, Copy)]
 pub struct StormCounts {
@@ -93,9 +104,9 @@ pub struct Measurements {
     pub args_execs: u32,
     pub args_connects: u32,
     pub reps: u32,
-    /// Storm durations in seconds, per case (index into CASES).
-    pub without: [Vec<f64>; 4],
-    pub with: [Vec<f64>; 4],
+    /// Storm timings, per case (index into CASES).
+    pub without: [Vec<StormTiming>; 4],
+    pub with: [Vec<StormTiming>; 4],
     /// Per case, for storms with the sensor whose stats were readable.
     pub counts: [Vec<StormCounts>; 4],
     pub sensors: Vec<SensorSummary>,
@@ -104,6 +115,9 @@ pub struct Measurements {
     pub stats_not_cumulative: bool,
     pub load_before: String,
     pub load_after: String,
+    /// Pids of other `sensor` processes seen during the bench: their probes slow down the
+    /// "without sensor" runs too, so the slowdowns understate the cost.
+    pub other_sensors: BTreeSet<u32>,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -142,6 +156,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         stats_not_cumulative: false,
         load_before: loadavg(),
         load_after: String::new(),
+        other_sensors: BTreeSet::new(),
     };
 
     for rep in 0..args.reps {
@@ -153,14 +168,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 "without sensor"
             };
             eprintln!("bench: repetition {}/{}, {label}", rep + 1, args.reps);
+            let others = other_sensors();
+            if !others.is_empty() {
+                eprintln!("bench:   warning: other sensor processes are running: {others:?}");
+            }
+            m.other_sensors.extend(others);
             if with_sensor {
                 let summary = measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
                 m.sensors.push(summary);
             } else {
                 for (i, case) in CASES.iter().enumerate() {
-                    let secs = drivers.storm(*case, count(args, case))?;
-                    eprintln!("bench:   {:<28} {secs:8.3} s", report::case_name(case));
-                    m.without[i].push(secs);
+                    let t = drivers.storm(*case, count(args, case))?;
+                    eprintln!("bench:   {}", timing_line(case, &t));
+                    m.without[i].push(t);
                 }
             }
         }
@@ -207,9 +227,10 @@ fn measure_with_sensor(
         }
     };
     for (i, case) in CASES.iter().enumerate() {
-        let secs = drivers.storm(*case, count(args, case))?;
-        m.with[i].push(secs);
-        let mut line = format!("bench:   {:<28} {secs:8.3} s", report::case_name(case));
+        let t = drivers.storm(*case, count(args, case))?;
+        m.with[i].push(t);
+        let secs = t.wall;
+        let mut line = format!("bench:   {}", timing_line(case, &t));
         if let Some(prev) = before.take() {
             // The first record after the storm may have been taken during it: wait for two.
             let after = run
@@ -238,8 +259,7 @@ fn measure_with_sensor(
         summary.window_cpu_s,
         summary.window_wall_s,
         summary.peak_rss as f64 / (1024.0 * 1024.0),
-        sum_counters(summary.final_stats.as_ref().and_then(|s| s.get("drops")))
-            .map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
+        lost(summary.final_stats.as_ref()).map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
     );
     Ok(summary)
 }
@@ -250,17 +270,19 @@ fn storm_counts(
     seconds: f64,
     not_cumulative: &mut bool,
 ) -> StormCounts {
-    let mut delta = |field: &str| {
-        let b = sum_counters(before.get(field)).unwrap_or(0);
-        let a = sum_counters(after.get(field)).unwrap_or(0);
+    let mut delta = |b: Option<u64>, a: Option<u64>| {
+        let (b, a) = (b.unwrap_or(0), a.unwrap_or(0));
         if a < b {
             *not_cumulative = true;
         }
         a.saturating_sub(b)
     };
     StormCounts {
-        events: delta("events"),
-        drops: delta("drops"),
+        events: delta(
+            sum_counters(before.get("events")),
+            sum_counters(after.get("events")),
+        ),
+        drops: delta(lost(Some(before)), lost(Some(after))),
         seconds,
     }
 }
@@ -286,8 +308,8 @@ impl Drivers {
         })
     }
 
-    /// Run one storm; returns the driver's own timing of its loop, in seconds.
-    fn storm(&self, case: Case, count: u32) -> Result<f64> {
+    /// Run one storm; returns the driver's own timing of its loop.
+    fn storm(&self, case: Case, count: u32) -> Result<StormTiming> {
         let driver = if case.tracked {
             &self.tracked
         } else {
@@ -302,16 +324,45 @@ impl Drivers {
             .args(["storm", kind, &count.to_string()])
             .stderr(Stdio::inherit());
         let out = cmd::output(&mut storm)?;
-        let nanos: u64 = out
-            .trim()
-            .parse()
-            .with_context(|| format!("the storm driver printed {out:?}, not nanoseconds"))?;
-        Ok(nanos as f64 / 1e9)
+        let nanos: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match nanos[..] {
+            [wall, cpu] => Ok(StormTiming {
+                wall: wall as f64 / 1e9,
+                cpu: cpu as f64 / 1e9,
+            }),
+            _ => bail!("the storm driver printed {out:?}, not `WALL_NS CPU_NS`"),
+        }
     }
+}
+
+fn timing_line(case: &Case, t: &StormTiming) -> String {
+    format!(
+        "{:<28} {:7.3} s ({:.3} s CPU)",
+        report::case_name(case),
+        t.wall,
+        t.cpu
+    )
 }
 
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Pids of processes named `sensor` (other engineers' or tests' instances), bar our own runs,
+/// which are never alive when this is called.
+fn other_sensors() -> BTreeSet<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return BTreeSet::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sensor")
+        })
+        .collect()
 }

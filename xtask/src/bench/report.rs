@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use super::sensor::{nonzero_counters, sum_counters};
-use super::{CASES, Case, Measurements, Workload};
+use super::sensor::{NOT_LOST, lost, nonzero_counters, sum_counters};
+use super::{CASES, Case, Measurements, StormTiming, Workload};
 
 /// Targets the sensor is held to.
 const UNTRACKED_MAX_SLOWDOWN: f64 = 0.03;
@@ -35,9 +35,18 @@ fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-/// Median with / median without, minus one.
+fn median_of(timings: &[StormTiming], f: impl Fn(&StormTiming) -> f64) -> Option<f64> {
+    median(&timings.iter().map(f).collect::<Vec<_>>())
+}
+
+/// Wall time: median with / median without, minus one.
 fn slowdown(m: &Measurements, i: usize) -> Option<f64> {
-    Some(median(&m.with[i])? / median(&m.without[i])? - 1.0)
+    Some(median_of(&m.with[i], |t| t.wall)? / median_of(&m.without[i], |t| t.wall)? - 1.0)
+}
+
+/// The same on the storm's CPU time.
+fn cpu_slowdown(m: &Measurements, i: usize) -> Option<f64> {
+    Some(median_of(&m.with[i], |t| t.cpu)? / median_of(&m.without[i], |t| t.cpu)? - 1.0)
 }
 
 fn limit(case: &Case) -> f64 {
@@ -93,7 +102,7 @@ fn totals(m: &Measurements) -> Totals {
     let mut drop_reasons: Vec<(String, u64)> = Vec::new();
     for s in &m.sensors {
         let drops = s.final_stats.as_ref().and_then(|f| f.get("drops"));
-        if let Some(d) = sum_counters(drops) {
+        if let Some(d) = lost(s.final_stats.as_ref()) {
             *drops_at_exit.get_or_insert(0) += d;
         }
         for (reason, n) in nonzero_counters(drops) {
@@ -142,11 +151,15 @@ pub fn markdown(m: &Measurements) -> String {
     );
     let _ = writeln!(
         md,
-        "| workload | without sensor | with sensor | slowdown | tracked events/s | target | result |"
+        "| workload | without sensor | with sensor | slowdown | CPU-time slowdown | events/s | target | result |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|");
     for (i, case) in CASES.iter().enumerate() {
-        let secs = |v: &[f64]| median(v).map_or_else(|| "n/a".into(), |s| format!("{s:.3} s"));
+        let secs = |v: &[StormTiming]| {
+            median_of(v, |t| t.wall).map_or_else(|| "n/a".into(), |s| format!("{s:.3} s"))
+        };
+        let cpu_slow =
+            cpu_slowdown(m, i).map_or_else(|| "n/a".into(), |s| format!("{:+.1} %", s * 100.0));
         let (slow, result) = match slowdown(m, i) {
             Some(s) => (format!("{:+.1} %", s * 100.0), pass(s < limit(case))),
             None => ("n/a".into(), "FAIL"),
@@ -159,7 +172,7 @@ pub fn markdown(m: &Measurements) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} ({}) | {} | {} | {slow} | {rate} | < {:.0} % | {result} |",
+            "| {} ({}) | {} | {} | {slow} | {cpu_slow} | {rate} | < {:.0} % | {result} |",
             case_name(case),
             workload_detail(m, case),
             secs(&m.without[i]),
@@ -167,6 +180,15 @@ pub fn markdown(m: &Measurements) -> String {
             limit(case) * 100.0,
         );
     }
+
+    let _ = writeln!(
+        md,
+        "\nSlowdown: median wall time with the sensor over median without, minus one. CPU-time \
+         slowdown: the same on the storm's own CPU time (user+system of the driver and its \
+         children, where the sensor's kernel programs are charged), steadier on a busy machine. \
+         Events/s: kernel events the sensor read per second of storm, from its `sensor_stats` \
+         (untracked storms should cause none)."
+    );
 
     let t = totals(m);
     let _ = writeln!(md, "\n| sensor | value | target | result |");
@@ -216,7 +238,11 @@ pub fn markdown(m: &Measurements) -> String {
         .rev()
         .find_map(|s| s.final_stats.as_ref()?.get("ringbuf"))
     {
-        let _ = writeln!(md, "| ring buffer (last run) | `{ringbuf}` | | |");
+        let _ = writeln!(
+            md,
+            "| ring buffer (last run) | {} | | |",
+            ringbuf_text(ringbuf)
+        );
     }
     if !t.drop_reasons.is_empty() {
         let reasons: Vec<String> = t
@@ -224,7 +250,21 @@ pub fn markdown(m: &Measurements) -> String {
             .iter()
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
-        let _ = writeln!(md, "\nDrops by reason: {}.", reasons.join(", "));
+        let _ = writeln!(
+            md,
+            "\nCounters by reason (all runs; {} counts records cut short, not lost): {}.",
+            NOT_LOST.join(", "),
+            reasons.join(", ")
+        );
+    }
+    if !m.other_sensors.is_empty() {
+        let pids: Vec<String> = m.other_sensors.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            md,
+            "\nWarning: other sensor processes ran during the bench (pids {}); their probes also \
+             slowed the runs without this sensor, so these slowdowns understate the cost.",
+            pids.join(", ")
+        );
     }
     if m.stats_not_cumulative {
         let _ = writeln!(
@@ -234,6 +274,24 @@ pub fn markdown(m: &Measurements) -> String {
         );
     }
     md
+}
+
+/// `{size_bytes, batches, max_batch_bytes}` in words; any other shape as JSON.
+fn ringbuf_text(ringbuf: &serde_json::Value) -> String {
+    let field = |name: &str| ringbuf.get(name).and_then(serde_json::Value::as_u64);
+    match (
+        field("size_bytes"),
+        field("batches"),
+        field("max_batch_bytes"),
+    ) {
+        (Some(size), Some(batches), Some(max_batch)) => format!(
+            "{:.0} MiB; {} reader wake-ups; at most {:.1} KiB drained in one",
+            mib(size),
+            grouped(batches),
+            max_batch as f64 / 1024.0
+        ),
+        _ => format!("`{ringbuf}`"),
+    }
 }
 
 fn drops_verdict(t: &Totals) -> (String, &'static str) {

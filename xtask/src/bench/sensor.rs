@@ -137,11 +137,18 @@ impl SensorRun {
                 self.stderr_tail()
             );
         }
-        let final_stats = self
+        // The record written at exit says `"final_report": true`; else take the last one.
+        let stats: Vec<Value> = self
             .records
             .read_new()?
             .into_iter()
-            .rfind(|r| kind(r) == Some("sensor_stats"));
+            .filter(|r| kind(r) == Some("sensor_stats"))
+            .collect();
+        let final_stats = stats
+            .iter()
+            .rfind(|r| r.get("final_report").and_then(Value::as_bool) == Some(true))
+            .or(stats.last())
+            .cloned();
         if final_stats.is_none() {
             eprintln!("bench: the sensor wrote no sensor_stats record at exit");
         }
@@ -294,6 +301,23 @@ pub fn sum_counters(value: Option<&Value>) -> Option<u64> {
         }
     }
     value.map(sum)
+}
+
+/// `drops` reasons that count records cut short, not lost: reported, but not as drops.
+pub const NOT_LOST: &[&str] = &["truncated"];
+
+/// Events lost according to a `sensor_stats` record: its `drops` counters bar NOT_LOST.
+pub fn lost(stats: Option<&Value>) -> Option<u64> {
+    let Some(Value::Object(drops)) = stats.and_then(|s| s.get("drops")) else {
+        return None;
+    };
+    Some(
+        drops
+            .iter()
+            .filter(|(reason, _)| !NOT_LOST.contains(&reason.as_str()))
+            .filter_map(|(_, n)| sum_counters(Some(n)))
+            .sum(),
+    )
 }
 
 /// The non-zero counters of an object, as `name=N` (for the drop reasons).
