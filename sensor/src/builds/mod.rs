@@ -232,6 +232,9 @@ impl BuildTracker {
             let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
             let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
             s.client = r.client.clone();
+            if !self.cfg.show_build_args {
+                s.client.argv = params::redact_argv(&s.client.argv);
+            }
             s.user_agent = r.user_agent.clone();
             s.params = req.params;
             s.conn = Some(conn);

@@ -181,3 +181,38 @@ pub fn parse_cli_args(args: &[String], show_build_args: bool) -> BuildParams {
     }
     p
 }
+
+/// A client's argv with build-arg values replaced by `<redacted>`: `--build-arg K=V`,
+/// `--build-arg=K=V`, `--opt build-arg:K=V`, and a `buildargs=` query in a URL (curl).
+pub fn redact_argv(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    let mut next_is_arg = false;
+    for a in argv {
+        let redact_kv = |kv: &str| match kv.split_once('=') {
+            Some((k, _)) => format!("{k}={REDACTED}"),
+            None => kv.to_string(),
+        };
+        if next_is_arg {
+            out.push(match a.strip_prefix("build-arg:") {
+                Some(kv) => format!("build-arg:{}", redact_kv(kv)),
+                None if a.contains('=') => redact_kv(a),
+                None => a.clone(),
+            });
+            next_is_arg = false;
+            continue;
+        }
+        if a == "--build-arg" || a == "--opt" {
+            next_is_arg = true;
+            out.push(a.clone());
+        } else if let Some(kv) = a.strip_prefix("--build-arg=") {
+            out.push(format!("--build-arg={}", redact_kv(kv)));
+        } else if let Some(i) = a.find("buildargs=") {
+            let start = i + "buildargs=".len();
+            let end = a[start..].find('&').map(|e| start + e).unwrap_or(a.len());
+            out.push(format!("{}{REDACTED}{}", &a[..start], &a[end..]));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}

@@ -46,6 +46,17 @@ pub fn looks_like_build(events: &[StreamEvent]) -> Option<&'static str> {
 /// Parses one captured write.
 pub fn parse(text: &str) -> Vec<StreamEvent> {
     let mut out = Vec::new();
+    // A request refused before the stream began (e.g. a Dockerfile that does not parse):
+    // `HTTP/1.1 400 Bad Request` and a `{"message": ...}` body.
+    if let Some(code) = http_error_status(text) {
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let msg = body
+            .find('{')
+            .and_then(|i| string_field(&body[i..], "message"))
+            .unwrap_or_else(|| format!("the daemon answered HTTP {code}"));
+        out.push(StreamEvent::Error(msg));
+        return out;
+    }
     for line in text.split('\n') {
         let line = line.trim();
         let Some(start) = line.find('{') else { continue };
@@ -56,6 +67,12 @@ pub fn parse(text: &str) -> Vec<StreamEvent> {
         }
     }
     out
+}
+
+fn http_error_status(text: &str) -> Option<u16> {
+    let rest = text.strip_prefix("HTTP/1.")?;
+    let code: u16 = rest.get(2..5)?.parse().ok()?;
+    (code >= 400).then_some(code)
 }
 
 fn message(v: &Value, out: &mut Vec<StreamEvent>) {
@@ -242,6 +259,13 @@ mod tests {
                 StreamEvent::SuccessfullyTagged("x:1".into()),
             ]
         );
+    }
+
+    #[test]
+    fn refused_request_is_an_error() {
+        let ev = parse("HTTP/1.1 400 Bad Request\r\nContent-Length: 83\r\n\r\n{\"message\":\"dockerfile parse error line 2: unknown instruction: X\"}\n");
+        assert_eq!(ev, vec![StreamEvent::Error("dockerfile parse error line 2: unknown instruction: X".into())]);
+        assert!(parse("HTTP/1.1 200 OK\r\n\r\n").is_empty());
     }
 
     #[test]

@@ -366,6 +366,14 @@ fn query_and_cli_params() {
     let p = params::parse_cli_args(&["build".into(), "--output".into(), "type=image,name=reg/x:1".into(), "--opt".into(), "build-arg:TOKEN=s3cr3t".into()], false);
     assert_eq!(p.tags, vec!["reg/x:1"]);
     assert_eq!(p.build_args.get("TOKEN").map(String::as_str), Some(REDACTED));
+    let argv: Vec<String> = ["docker", "build", "--build-arg", "A=x", "--build-arg=B=y", "http://h/build?t=a&buildargs=%7B%7D&q=1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(
+        params::redact_argv(&argv),
+        ["docker", "build", "--build-arg", "A=<redacted>", "--build-arg=B=<redacted>", "http://h/build?t=a&buildargs=<redacted>&q=1"]
+    );
 }
 
 #[test]
