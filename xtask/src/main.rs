@@ -5,11 +5,14 @@
 //! - `build`: build the sensor (release), after a cheap setup check.
 //! - `run [-- ARGS]`: build, then exec `target/release/sensor run ARGS`.
 //! - `test`: build, then the unit tests and the end-to-end tests.
+//! - `image [--tag T]`: build the static (musl) binary and the container image of
+//!   deploy/Dockerfile.
 //! - `bench`: exec and connect storms with and without the sensor, inside and outside a tracked
 //!   runtime tree; writes `target/bench/results.md`.
 
 mod bench;
 mod cmd;
+mod image;
 mod setup;
 mod storm;
 mod tasks;
@@ -47,6 +50,8 @@ enum Task {
     },
     /// Build, then run the unit tests and the end-to-end tests.
     Test,
+    /// Build the static (musl) sensor and its container image (deploy/Dockerfile), offline.
+    Image(image::ImageArgs),
     /// Measure the sensor's overhead on exec and connect storms; write target/bench/results.md.
     Bench(bench::BenchArgs),
     /// The bench's load generator (run by `bench`, through a symlink named as a runtime).
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Task::Build { release: _, debug } => tasks::build(!debug).map(|_| ()),
         Task::Run { args } => tasks::run(&args),
         Task::Test => tasks::test(),
+        Task::Image(args) => image::image(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Storm(args) => storm::storm(&args),
     };

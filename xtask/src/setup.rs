@@ -24,7 +24,13 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     "iptables",
     "bpftool",
+    // `systemd-analyze verify` of deploy/systemd/sensor.service (tests/tests/deploy.rs).
+    "systemd",
 ];
+
+/// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
+/// over deploy/kubernetes, from PyPI.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// The bpf-linker release known to link with the nightly's LLVM 22 (HOST-NOTES).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -74,7 +80,7 @@ type Step<'a> = Box<dyn Fn() -> Result<Outcome> + 'a>;
 /// Run every step; status lines go to stderr (stdout of `cargo xtask run` is the sensor's NDJSON).
 pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
     let toolchain = workspace_toolchain();
-    let steps: [(String, Step); 5] = [
+    let steps: [(String, Step); 6] = [
         (
             format!("apt packages ({})", APT_PACKAGES.join(" ")),
             Box::new(apt_packages),
@@ -95,6 +101,10 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
             Box::new(|| bpf_linker(&args.llvm_prefix, args.bpf_linker_root.as_deref())),
         ),
         (format!("tracefs at {TRACEFS}"), Box::new(tracefs)),
+        (
+            format!("{KUBERNETES_VALIDATE} (python3 -m pip)"),
+            Box::new(kubernetes_validate),
+        ),
     ];
     let mut all_present = true;
     for (name, step) in &steps {
@@ -114,6 +124,23 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
         eprintln!("setup: all prerequisites present");
     }
     Ok(())
+}
+
+fn kubernetes_validate() -> Result<Outcome> {
+    let version = KUBERNETES_VALIDATE.rsplit("==").next().unwrap_or_default();
+    let installed =
+        cmd::quiet_output(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]));
+    if installed.is_some_and(|v| v.trim() == version) {
+        return Ok(Outcome::AlreadyPresent);
+    }
+    cmd::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        KUBERNETES_VALIDATE,
+    ]))?;
+    Ok(Outcome::Done)
 }
 
 fn apt_packages() -> Result<Outcome> {

@@ -69,6 +69,14 @@ pub fn test() -> Result<()> {
         failed.push("unit tests");
     }
 
+    // The static binary for the image test (tests/tests/deploy.rs).
+    let musl_bin = crate::image::build_musl()
+        .map_err(|err| {
+            eprintln!("xtask: static (musl) build failed: {err:#}");
+            failed.push("static (musl) build");
+        })
+        .ok();
+
     let mut e2e = cmd::cargo();
     e2e.args([
         "test",
@@ -79,6 +87,9 @@ pub fn test() -> Result<()> {
         "--test-threads=1",
     ])
     .env("SENSOR_BIN", &bin);
+    if let Some(musl_bin) = &musl_bin {
+        e2e.env("SENSOR_MUSL_BIN", musl_bin);
+    }
     eprintln!(
         "xtask: end-to-end tests: SENSOR_BIN={} {}",
         bin.display(),
