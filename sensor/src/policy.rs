@@ -210,7 +210,12 @@ pub struct OutboundRule {
 
 impl Default for OutboundRule {
     fn default() -> Self {
-        OutboundRule { enabled: true, severity: Severity::Medium, severity_denied: Severity::High, include_unknown: true }
+        OutboundRule {
+            enabled: true,
+            severity: Severity::Medium,
+            severity_denied: Severity::High,
+            include_unknown: true,
+        }
     }
 }
 
@@ -227,7 +232,12 @@ pub struct DeployRule {
 
 impl Default for DeployRule {
     fn default() -> Self {
-        DeployRule { enabled: true, window_secs: 600, severity: Severity::Medium, severity_with_outbound: Severity::High }
+        DeployRule {
+            enabled: true,
+            window_secs: 600,
+            severity: Severity::Medium,
+            severity_with_outbound: Severity::High,
+        }
     }
 }
 
@@ -265,8 +275,8 @@ impl Default for LineagePolicy {
 impl Policy {
     /// Reads and validates a policy file: all of it or an error.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
         Policy::parse(&text, path)
     }
 
@@ -300,7 +310,6 @@ impl Policy {
         }
         Ok(())
     }
-
 }
 
 /// Turns a toml error into one line: where, which field (the source line), what.
@@ -327,11 +336,12 @@ fn located(text: &str, path: &Path, e: &toml::de::Error) -> PolicyError {
 
 /// The line (from 1) where `key = ` is first set, for errors found after parsing.
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn parse_ip(s: &str) -> Option<IpAddr> {
@@ -355,7 +365,10 @@ pub struct AddrPattern {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum HostPattern {
-    Net { addr: IpAddr, prefix: u8 },
+    Net {
+        addr: IpAddr,
+        prefix: u8,
+    },
     /// Lowercase name; `*.x` matches x's subdomains (not x itself).
     Name(String),
 }
@@ -588,13 +601,31 @@ mod tests {
 
     #[test]
     fn builders_allow_list() {
-        let p = parse("[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n").unwrap();
+        let p =
+            parse("[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n")
+                .unwrap();
         let b = &p.builders;
-        let mut c = ApiClient { transport: "unix".into(), uid: Some(1000), user: Some("bob".into()), exe: Some("/usr/bin/docker".into()), ..Default::default() };
+        let mut c = ApiClient {
+            transport: "unix".into(),
+            uid: Some(1000),
+            user: Some("bob".into()),
+            exe: Some("/usr/bin/docker".into()),
+            ..Default::default()
+        };
         assert_eq!(b.matches(&c), None);
-        c.ancestors.push(Ancestor { pid: 9, comm: "gitlab-runner".into(), exe: Some("/usr/bin/gitlab-runner".into()), uid: Some(0) });
+        c.ancestors.push(Ancestor {
+            pid: 9,
+            comm: "gitlab-runner".into(),
+            exe: Some("/usr/bin/gitlab-runner".into()),
+            uid: Some(0),
+        });
         assert!(b.matches(&c).unwrap().contains("gitlab-runner"));
-        let tcp = ApiClient { transport: "tcp".into(), addr: Some("10.2.3.4".into()), port: Some(5555), ..Default::default() };
+        let tcp = ApiClient {
+            transport: "tcp".into(),
+            addr: Some("10.2.3.4".into()),
+            port: Some(5555),
+            ..Default::default()
+        };
         assert!(b.matches(&tcp).is_some());
         let far = ApiClient { addr: Some("192.0.2.1".into()), ..tcp };
         assert!(b.matches(&far).is_none());

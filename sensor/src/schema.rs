@@ -13,12 +13,11 @@ pub fn records_schema_json() -> String {
         serde_json::Value::String(format!("https://github.com/sensor/sensor/schema/records.v{SCHEMA_VERSION}.json")),
     );
     schema.insert("title".into(), "sensor NDJSON record".into());
-    schema.insert(
-        "x-schema-version".into(),
-        serde_json::Value::Number(SCHEMA_VERSION.into()),
-    );
+    schema.insert("x-schema-version".into(), serde_json::Value::Number(SCHEMA_VERSION.into()));
     // Every record of this contract carries exactly this version.
-    if let Some(v) = schema.get_mut("properties").and_then(|p| p.get_mut("schema_version")).and_then(|v| v.as_object_mut()) {
+    if let Some(v) =
+        schema.get_mut("properties").and_then(|p| p.get_mut("schema_version")).and_then(|v| v.as_object_mut())
+    {
         v.insert("const".into(), serde_json::Value::Number(SCHEMA_VERSION.into()));
     }
     let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();

@@ -111,7 +111,8 @@ impl LineageStore {
     pub fn open(dir: &Path, max_images: usize, retention_days: u64, now: Timestamp) -> Result<Self, StoreError> {
         fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
         let path = dir.join(STORE_FILE);
-        let mut store = LineageStore { path: Some(path.clone()), ..LineageStore::in_memory(max_images, retention_days) };
+        let mut store =
+            LineageStore { path: Some(path.clone()), ..LineageStore::in_memory(max_images, retention_days) };
         match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<StoreFile>(&bytes) {
                 Ok(file) => {
@@ -121,7 +122,11 @@ impl LineageStore {
                 }
                 Err(e) => {
                     let aside = dir.join(format!("{STORE_FILE}.corrupt"));
-                    tracing::warn!("lineage store {} does not parse ({e}); moved to {}", path.display(), aside.display());
+                    tracing::warn!(
+                        "lineage store {} does not parse ({e}); moved to {}",
+                        path.display(),
+                        aside.display()
+                    );
                     let _ = fs::rename(&path, &aside);
                 }
             },
@@ -272,7 +277,10 @@ mod tests {
         let dir = tempdir("reopen");
         let mut s = LineageStore::open(&dir, 10, 30, ts(0)).unwrap();
         s.insert(img("sha256:a", "b1", 0, &["x:1"]), ts(0));
-        assert!(s.add_push("sha256:a", PushSeen { reference: "reg:5000/x:1".into(), digest: Some("sha256:d".into()), at: ts(5), record_id: 3 }));
+        assert!(s.add_push(
+            "sha256:a",
+            PushSeen { reference: "reg:5000/x:1".into(), digest: Some("sha256:d".into()), at: ts(5), record_id: 3 }
+        ));
         drop(s);
         let s = LineageStore::open(&dir, 10, 30, ts(10)).unwrap();
         assert_eq!(s.get("sha256:a").unwrap().build_id, "b1");

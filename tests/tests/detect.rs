@@ -11,11 +11,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use sensor_tests::{
-    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image, remove_image,
-    require_root, run, sensor_bin, unique_tag, workspace_root,
+    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image, remove_image, require_root,
+    run, sensor_bin, unique_tag, workspace_root,
 };
+use serde_json::Value;
 
 const BASE: &str = "localbase:1";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -75,7 +75,8 @@ fn raw_build(dockerfile: &str, tag: &str) -> String {
 }
 
 fn tag_matches(list: &Value, tag: &str) -> bool {
-    list.as_array().is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t == tag || t.ends_with(&format!("/{tag}")))))
+    list.as_array()
+        .is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t == tag || t.ends_with(&format!("/{tag}")))))
 }
 
 fn write_policy(dir: &Path, text: &str) -> String {
@@ -113,7 +114,10 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
     // The build, with its outbound connection to the test host, classed by the policy.
     let build = sensor
         .wait_for(
-            |r| r["kind"] == "build_finished" && (tag_matches(&r["tags"], &tag) || tag_matches(&r["params"]["tags"], &tag)),
+            |r| {
+                r["kind"] == "build_finished"
+                    && (tag_matches(&r["tags"], &tag) || tag_matches(&r["params"]["tags"], &tag))
+            },
             RECORD_TIMEOUT,
         )
         .unwrap();
@@ -125,20 +129,35 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
         .find(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == 8080)
         .unwrap_or_else(|| panic!("no outbound connection to {ip}:8080 in {build}"));
     assert!(to_c2["policy"] == "unknown" || to_c2["policy"] == "denied", "{to_c2}");
-    let image_id = String::from_utf8(run(docker_cli(), &["image", "inspect", "--format", "{{.Id}}", &tag]).stdout).unwrap();
+    let image_id =
+        String::from_utf8(run(docker_cli(), &["image", "inspect", "--format", "{{.Id}}", &tag]).stdout).unwrap();
     let image_id = image_id.trim().to_string();
 
     // The findings on the build: outbound to a destination outside the allowed registries
     // (named), and root over the unix socket is not the `ci` builder.
     let f = sensor
-        .wait_for(|r| r["kind"] == "finding" && r["rule"] == "build_outbound_not_allowed" && r["build_id"] == build_id.as_str(), RECORD_TIMEOUT)
+        .wait_for(
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "build_outbound_not_allowed"
+                    && r["build_id"] == build_id.as_str()
+            },
+            RECORD_TIMEOUT,
+        )
         .unwrap();
     assert!(f["summary"].as_str().unwrap().contains(&format!("{ip}:8080")), "{f}");
     assert!(f["details"]["destinations"].as_array().unwrap().iter().any(|d| d["addr"] == ip.as_str()), "{f}");
     assert_eq!(f["attack"][0], "T1612");
     assert_eq!(f["analytics"][0], "AN1261");
     sensor
-        .wait_for(|r| r["kind"] == "finding" && r["rule"] == "build_from_unexpected_client" && r["build_id"] == build_id.as_str(), RECORD_TIMEOUT)
+        .wait_for(
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "build_from_unexpected_client"
+                    && r["build_id"] == build_id.as_str()
+            },
+            RECORD_TIMEOUT,
+        )
         .unwrap();
     let first_run = sensor.records();
     assert_eq!(sensor.stop().unwrap().code(), Some(0));
@@ -149,9 +168,8 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
     let name = format!("detect-attack-{}", std::process::id());
     let _guard = ContainerGuard(name.clone());
     run(docker_cli(), &["run", "-d", "--name", &name, &tag, "sleep", "60"]);
-    let start = sensor
-        .wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), RECORD_TIMEOUT)
-        .unwrap();
+    let start =
+        sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), RECORD_TIMEOUT).unwrap();
     assert_eq!(start["build_id"], build_id.as_str(), "{start}");
     assert_eq!(start["image_id"], image_id.as_str(), "{start}");
     assert_eq!(start["runtime"], "docker");
@@ -160,7 +178,14 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
     let container_id = start["container_id"].as_str().unwrap().to_string();
 
     let deploy = sensor
-        .wait_for(|r| r["kind"] == "finding" && r["rule"] == "deploy_soon_after_build" && r["container_id"] == container_id.as_str(), RECORD_TIMEOUT)
+        .wait_for(
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "deploy_soon_after_build"
+                    && r["container_id"] == container_id.as_str()
+            },
+            RECORD_TIMEOUT,
+        )
         .unwrap();
     assert_eq!(deploy["build_id"], build_id.as_str());
     // The build also had a non-allowed outbound connection: the stronger severity.

@@ -130,9 +130,7 @@ impl FindingsEngine {
             && b.client.transport == "tcp"
             && let Some(addr) = b.client.addr.as_deref()
             && !is_loopback(addr)
-            && !r.allowed_addresses.iter().any(|a| {
-                addr.parse().is_ok_and(|ip| a.matches_ip(ip, b.client.port))
-            })
+            && !r.allowed_addresses.iter().any(|a| addr.parse().is_ok_and(|ip| a.matches_ip(ip, b.client.port)))
         {
             let mut d = BTreeMap::new();
             d.insert("remote_addr".into(), json!(addr));
@@ -198,7 +196,8 @@ impl FindingsEngine {
         if dests.is_empty() {
             return;
         }
-        let more = if names.len() > 1 { format!(" and {} more destination(s)", names.len() - 1) } else { String::new() };
+        let more =
+            if names.len() > 1 { format!(" and {} more destination(s)", names.len() - 1) } else { String::new() };
         let mut d = BTreeMap::new();
         d.insert("destinations".into(), Value::Array(dests));
         let mut ids = vec![rec.id];
@@ -278,7 +277,9 @@ impl FindingsEngine {
             && let Some(push) = l
                 .pushes
                 .iter()
-                .filter(|ps| ps.at <= rec.ts && ps.at >= l.built_at && rec.ts.millis_since(&ps.at) / 1000 <= r.window_secs)
+                .filter(|ps| {
+                    ps.at <= rec.ts && ps.at >= l.built_at && rec.ts.millis_since(&ps.at) / 1000 <= r.window_secs
+                })
                 .max_by_key(|ps| ps.at)
         {
             let mut d = BTreeMap::new();
@@ -346,7 +347,8 @@ mod tests {
         out.iter().filter_map(|b| if let Body::Finding(f) = b { Some(f) } else { None }).collect()
     }
 
-    const BUILDERS: &str = "[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n";
+    const BUILDERS: &str =
+        "[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n";
 
     #[test]
     fn unexpected_client_fires_and_allowed_is_quiet() {
@@ -395,7 +397,14 @@ mod tests {
     fn outbound_not_allowed_names_destination_and_allowed_is_quiet() {
         let (mut e, _) = engine("[outbound]\nallowed = [\"10.0.0.1\"]\ndenied = [\"203.0.113.0/24\"]\n");
         let mut out = Vec::new();
-        e.observe(&rec(9, 5, build_finished("B1", Some("sha256:i"), &[("10.0.0.1", 443, "allowed"), ("192.0.2.9", 8080, "unknown")])), &mut out);
+        e.observe(
+            &rec(
+                9,
+                5,
+                build_finished("B1", Some("sha256:i"), &[("10.0.0.1", 443, "allowed"), ("192.0.2.9", 8080, "unknown")]),
+            ),
+            &mut out,
+        );
         let f = findings(&out);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].rule, "build_outbound_not_allowed");
@@ -460,7 +469,12 @@ mod tests {
         let (mut e, store) = engine("[rules.deploy_soon_after_build]\nenabled = false\n");
         lineage(&store, "sha256:a", "B1", 0, &[]);
         lineage(&store, "sha256:b", "B2", 0, &[]);
-        let push = PushSeen { reference: "localhost:5000/app:1".into(), digest: Some("sha256:d".into()), at: ts(50), record_id: 8 };
+        let push = PushSeen {
+            reference: "localhost:5000/app:1".into(),
+            digest: Some("sha256:d".into()),
+            at: ts(50),
+            record_id: 8,
+        };
         store.lock().unwrap().add_push("sha256:a", push);
         let mut out = Vec::new();
         e.observe(&rec(30, 100, container_start("c1", "sha256:a", Some("B1"), Some(100))), &mut out);

@@ -314,8 +314,12 @@ impl Engine for LineageEngine {
             // Our own image_push, fed back with its id: remember the push for the AN0946 chain.
             Body::ImagePush(p) => {
                 if let Some(image_id) = &p.image_id {
-                    let push =
-                        PushSeen { reference: p.reference.clone(), digest: p.digest.clone(), at: rec.ts, record_id: rec.id };
+                    let push = PushSeen {
+                        reference: p.reference.clone(),
+                        digest: p.digest.clone(),
+                        at: rec.ts,
+                        record_id: rec.id,
+                    };
                     self.store().add_push(image_id, push);
                 }
             }
@@ -342,8 +346,17 @@ impl Engine for LineageEngine {
             if let Some(c) = found {
                 let p = self.starts.remove(i);
                 let image = c.image_ref.clone().or(c.image_id.clone()).unwrap_or_else(|| "unknown".into());
-                let body =
-                    self.container_start(now, c.id, c.name, image, c.image_id, "docker", None, p.client, vec![p.record_id]);
+                let body = self.container_start(
+                    now,
+                    c.id,
+                    c.name,
+                    image,
+                    c.image_id,
+                    "docker",
+                    None,
+                    p.client,
+                    vec![p.record_id],
+                );
                 out.push(body);
             } else if age >= START_GIVE_UP_MS {
                 self.starts.remove(i);
@@ -506,7 +519,10 @@ mod tests {
             b.tags = vec!["localhost:5000/app:1".into()];
         }
         e.observe(&rec(1, 100, bf), &mut out);
-        e.observe(&rec(2, 110, api_post("/images/localhost:5000/app/push", Some("tag=1"), unix_client(1000))), &mut out);
+        e.observe(
+            &rec(2, 110, api_post("/images/localhost:5000/app/push", Some("tag=1"), unix_client(1000))),
+            &mut out,
+        );
         let data = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n5b\r\n{\"status\":\"1: digest: sha256:dd size: 527\"}\r\n{\"progressDetail\":{},\"aux\":{\"Tag\":\"1\",\"Digest\":\"sha256:dd\",\"Size\":527}}\r\n";
         e.observe(&rec(3, 111, api_response(data)), &mut out);
         let Body::ImagePush(p) = &out[0] else { panic!("{out:?}") };
@@ -527,7 +543,10 @@ mod tests {
         let (mut e, _) = engine(HostPaths { host_root: "/nonexistent".into(), ..Default::default() });
         let mut out = Vec::new();
         e.observe(&rec(2, 110, api_post("/images/reg.example/app/push", Some("tag=1"), unix_client(0))), &mut out);
-        e.observe(&rec(3, 111, api_response("{\"errorDetail\":{\"message\":\"no route\"},\"error\":\"no route\"}\n")), &mut out);
+        e.observe(
+            &rec(3, 111, api_response("{\"errorDetail\":{\"message\":\"no route\"},\"error\":\"no route\"}\n")),
+            &mut out,
+        );
         e.tick(ts(2000), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }

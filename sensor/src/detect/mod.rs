@@ -40,8 +40,5 @@ pub fn open_store(policy: &PolicyHandle, state_dir: Option<&Path>) -> Result<Sha
 
 /// The detection engines, in the order the pipeline must run them (lineage before findings).
 pub fn engines(policy: PolicyHandle, store: SharedLineage, paths: HostPaths) -> Vec<Box<dyn Engine>> {
-    vec![
-        Box::new(LineageEngine::new(paths, store.clone())),
-        Box::new(FindingsEngine::new(policy, store)),
-    ]
+    vec![Box::new(LineageEngine::new(paths, store.clone())), Box::new(FindingsEngine::new(policy, store))]
 }

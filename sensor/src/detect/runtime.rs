@@ -24,11 +24,7 @@ pub struct RuntimeStart {
 
 fn is_oci_runtime(e: &ProcessExec) -> bool {
     let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-    let names = [
-        base(&e.filename),
-        e.argv.first().map(|a| base(a)).unwrap_or_default(),
-        e.process.comm.clone(),
-    ];
+    let names = [base(&e.filename), e.argv.first().map(|a| base(a)).unwrap_or_default(), e.process.comm.clone()];
     names.iter().any(|n| matches!(n.as_str(), "runc" | "crun" | "youki" | "runc.amd64" | "docker-runc"))
 }
 
@@ -37,11 +33,14 @@ pub fn parse_runtime_exec(e: &ProcessExec) -> Option<RuntimeStart> {
     if !is_oci_runtime(e) || !e.argv.iter().any(|a| a == "create") {
         return None;
     }
-    let bundle = e.argv.windows(2).find_map(|w| match w[0].as_str() {
-        "--bundle" | "-b" => Some(w[1].clone()),
-        _ => None,
-    })
-    .or_else(|| e.argv.iter().find_map(|a| a.strip_prefix("--bundle=").map(str::to_string)))?;
+    let bundle = e
+        .argv
+        .windows(2)
+        .find_map(|w| match w[0].as_str() {
+            "--bundle" | "-b" => Some(w[1].clone()),
+            _ => None,
+        })
+        .or_else(|| e.argv.iter().find_map(|a| a.strip_prefix("--bundle=").map(str::to_string)))?;
     let id = e.argv.last()?.clone();
     if let Some(rest) = bundle.strip_prefix(CONTAINERD_TASKS) {
         let (ns, bid) = rest.trim_end_matches('/').split_once('/')?;
@@ -50,7 +49,12 @@ pub fn parse_runtime_exec(e: &ProcessExec) -> Option<RuntimeStart> {
             "k8s.io" => "cri",
             _ => "containerd",
         };
-        return Some(RuntimeStart { runtime, namespace: Some(ns.to_string()), id: bid.to_string(), bundle: bundle.into() });
+        return Some(RuntimeStart {
+            runtime,
+            namespace: Some(ns.to_string()),
+            id: bid.to_string(),
+            bundle: bundle.into(),
+        });
     }
     if bundle.contains("/overlay-containers/") && bundle.trim_end_matches('/').ends_with("/userdata") {
         return Some(RuntimeStart { runtime: "podman", namespace: None, id, bundle: bundle.into() });
@@ -77,16 +81,38 @@ mod tests {
     fn docker_cri_podman_and_buildkit() {
         let id = "c".repeat(64);
         let b = format!("/run/containerd/io.containerd.runtime.v2.task/moby/{id}");
-        let e = exec(&["runc", "--root", "/var/run/docker/runtime-runc/moby", "--log", &format!("{b}/log.json"),
-            "--log-format", "json", "create", "--bundle", &b, "--pid-file", &format!("{b}/init.pid"), &id]);
+        let e = exec(&[
+            "runc",
+            "--root",
+            "/var/run/docker/runtime-runc/moby",
+            "--log",
+            &format!("{b}/log.json"),
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            &b,
+            "--pid-file",
+            &format!("{b}/init.pid"),
+            &id,
+        ]);
         let s = parse_runtime_exec(&e).unwrap();
         assert_eq!((s.runtime, s.id.as_str(), s.namespace.as_deref()), ("docker", id.as_str(), Some("moby")));
-        let e = exec(&["runc", "create", "--bundle", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc", "abc"]);
+        let e =
+            exec(&["runc", "create", "--bundle", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc", "abc"]);
         assert_eq!(parse_runtime_exec(&e).unwrap().runtime, "cri");
-        let e = exec(&["crun", "create", "--bundle", "/var/lib/containers/storage/overlay-containers/pp/userdata", "pp"]);
+        let e =
+            exec(&["crun", "create", "--bundle", "/var/lib/containers/storage/overlay-containers/pp/userdata", "pp"]);
         assert_eq!(parse_runtime_exec(&e).unwrap().runtime, "podman");
-        let e = exec(&["runc", "--log", "/var/lib/docker/buildkit/executor/runc-log.json", "run", "--bundle",
-            "/var/lib/docker/buildkit/executor/xyz", "xyz"]);
+        let e = exec(&[
+            "runc",
+            "--log",
+            "/var/lib/docker/buildkit/executor/runc-log.json",
+            "run",
+            "--bundle",
+            "/var/lib/docker/buildkit/executor/xyz",
+            "xyz",
+        ]);
         assert!(parse_runtime_exec(&e).is_none());
         let e = exec(&["runc", "--root", "/x", "start", &id]);
         assert!(parse_runtime_exec(&e).is_none());

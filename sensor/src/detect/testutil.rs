@@ -10,7 +10,13 @@ pub fn rec(id: u64, secs: i64, body: Body) -> Record {
 }
 
 pub fn dockerd() -> ProcessRef {
-    ProcessRef { pid: 500, comm: "dockerd".into(), exe: Some("/usr/bin/dockerd".into()), role: "runtime".into(), ..Default::default() }
+    ProcessRef {
+        pid: 500,
+        comm: "dockerd".into(),
+        exe: Some("/usr/bin/dockerd".into()),
+        role: "runtime".into(),
+        ..Default::default()
+    }
 }
 
 pub fn unix_client(uid: u32) -> ApiClient {
@@ -53,7 +59,13 @@ pub fn api_post(endpoint: &str, query: Option<&str>, client: ApiClient) -> Body 
 }
 
 pub fn api_response(data: &str) -> Body {
-    Body::ApiResponse(ApiResponse { process: dockerd(), fd: 9, data: data.into(), write_len: data.len() as u64, truncated: false })
+    Body::ApiResponse(ApiResponse {
+        process: dockerd(),
+        fd: 9,
+        data: data.into(),
+        write_len: data.len() as u64,
+        truncated: false,
+    })
 }
 
 pub fn build_started(id: &str, client: ApiClient) -> Body {
