@@ -129,7 +129,7 @@ fn curl_post_build_over_the_unix_socket() {
     let tag = unique_tag("builds-curl");
     let body = curl_build(
         &format!("FROM {BASE}\nARG TOKEN\nRUN echo built-by-curl\n"),
-        &format!("t={tag}&buildargs=%7B%22TOKEN%22%3A%22s3cr3t-value%22%7D"),
+        &format!("t={tag}&nocache=1&buildargs=%7B%22TOKEN%22%3A%22s3cr3t-value%22%7D"),
     );
     assert!(body.contains("Successfully built"), "{body}");
     let f = finished(&sensor, &tag);
