@@ -1,21 +1,28 @@
 //! sensor: catches container images built on the host and follows what happens to them.
 //! This file parses arguments and wires the parts; the work is in the modules.
 mod btf;
+mod caps;
 mod check;
+mod config;
 mod decode;
 mod dns;
 mod engine;
 mod enrich;
 mod http;
 mod loader;
+mod metrics;
 mod pipeline;
+mod policy;
 mod proc;
 mod record;
 mod run;
+mod sinks;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::sinks::SinkSpec;
 
 #[derive(Parser)]
 #[command(name = "sensor", version, about = "eBPF sensor for container image builds on this host (MITRE ATT&CK T1612)")]
@@ -32,10 +39,39 @@ enum Cmd {
     Check,
     /// Run the engines over a stream recorded with `sensor run --raw` and print derived records.
     Replay(ReplayArgs),
+    /// Config and policy files.
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file (or a policy file) and print one line: what it sets, or where it is wrong.
+    Check {
+        /// The TOML file (a policy file is recognised by its sections).
+        file: PathBuf,
+    },
+}
+
+/// Every flag is also a key of the config file (`--config`), named by its field below.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
+    /// Read options from this TOML file (keys as the flags, e.g. `stats_interval = 60`); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Detection policy file (TOML, see deploy/policy.example.toml); reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Where records go (repeatable; default stdout): stdout, file:PATH, tcp:HOST:PORT or unix:PATH,
+    /// with options after `?`: name=N, queue=LINES, kinds=a,b, max_size=64MiB, keep=5 (files).
+    #[arg(long = "sink", value_name = "SPEC")]
+    pub sinks: Vec<SinkSpec>,
+    /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default), e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Seconds the sinks get to deliver their queues at SIGTERM/SIGINT.
+    #[arg(long, default_value_t = 5)]
+    pub drain_secs: u64,
     /// Write every kernel record, including raw-only kinds (process_fork), for debugging/replay.
     #[arg(long)]
     pub raw: bool,
@@ -51,8 +87,9 @@ pub struct RunArgs {
     /// Also report API clients connecting to this unix socket (repeatable). Adds to the defaults.
     #[arg(long = "api-socket", value_name = "PATH")]
     pub api_sockets: Vec<String>,
-    /// Only write these record kinds (comma separated; default all).
-    #[arg(long, value_delimiter = ',')]
+    /// Only write these record kinds or groups (comma separated; default all; groups: sensor,
+    /// process, network, api, builds, images, findings). A sink can filter further.
+    #[arg(long, value_delimiter = ',', value_parser = parse_kind)]
     pub kinds: Vec<String>,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_parser = parse_ringbuf_mib)]
@@ -68,12 +105,24 @@ struct ReplayArgs {
     file: PathBuf,
 }
 
+fn parse_kind(s: &str) -> Result<String, String> {
+    sinks::expand_kinds(&[s]).map(|_| s.trim().to_string()).map_err(|e| e.to_string())
+}
+
 fn parse_ringbuf_mib(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of MiB"))?;
     if !v.is_power_of_two() || !(1..=1024).contains(&v) {
         return Err(format!("{v} MiB: the ring buffer size must be a power of two from 1 to 1024"));
     }
     Ok(v)
+}
+
+/// With `--config FILE`: the file's options under the command line's.
+fn with_config(args: RunArgs) -> anyhow::Result<RunArgs> {
+    let Some(path) = args.config.clone() else { return Ok(args) };
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let after_run = argv.iter().position(|a| a == "run").map(|i| argv[i + 1..].to_vec()).unwrap_or_default();
+    Ok(config::merge(&path, &after_run)?)
 }
 
 fn main() -> ExitCode {
@@ -86,9 +135,10 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Run(args) => run::run(args),
+        Cmd::Run(args) => with_config(args).and_then(run::run),
         Cmd::Check => return check::check(),
         Cmd::Replay(args) => run::replay(&args.file),
+        Cmd::Config(ConfigCmd::Check { file }) => config::check(&file).map(|ok| println!("{ok}")).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     io::Write,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use sensor_common::StatReason;
@@ -17,7 +17,15 @@ use crate::{
 /// Where the NDJSON lines go. Implementations must count what they could not deliver.
 pub trait Sink: Send {
     fn write_line(&mut self, line: &str);
+    /// A record of `kind`: sinks that filter by kind look at it.
+    fn write_record(&mut self, _kind: &str, line: &str) {
+        self.write_line(line);
+    }
     fn flush(&mut self);
+    /// At shutdown: deliver what is queued, waiting at most `timeout`.
+    fn close(&mut self, _timeout: Duration) {
+        self.flush();
+    }
     /// Lines lost, by reason (e.g. `sink_stdout_failed`), added to `sensor_stats.drops`.
     fn drops(&self, _drops: &mut BTreeMap<String, u64>) {}
 }
@@ -183,7 +191,7 @@ impl Pipeline {
         match serde_json::to_string(rec) {
             Ok(line) => {
                 *self.records.entry(kind.to_string()).or_default() += 1;
-                self.sink.write_line(&line);
+                self.sink.write_record(kind, &line);
             }
             Err(_) => self.count_drop("serialize_failed"),
         }
@@ -191,6 +199,21 @@ impl Pipeline {
 
     pub fn flush(&mut self) {
         self.sink.flush();
+    }
+
+    /// Drains the sinks' queues at shutdown, waiting at most `timeout`.
+    pub fn close_sinks(&mut self, timeout: Duration) {
+        self.sink.close(timeout);
+    }
+
+    /// Kernel events read, by kind (for metrics).
+    pub fn events(&self) -> &BTreeMap<String, u64> {
+        &self.events
+    }
+
+    /// Records written, by kind (for metrics).
+    pub fn records(&self) -> &BTreeMap<String, u64> {
+        &self.records
     }
 
     /// Let the engines close what timed out.
@@ -213,16 +236,7 @@ impl Pipeline {
 
     /// A `sensor_stats` record with kernel drop counters merged in.
     pub fn write_stats(&mut self, kernel_drops: BTreeMap<String, u64>, tracked: u64, final_report: bool) {
-        let mut drops = kernel_drops;
-        for r in StatReason::ALL {
-            drops.entry(r.name().to_string()).or_insert(0);
-        }
-        self.user_drops.insert("process_table_full".into(), self.enricher.table.overflow);
-        drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
-        for e in &self.engines {
-            e.drops(&mut drops);
-        }
-        self.sink.drops(&mut drops);
+        let drops = self.drops(kernel_drops);
         let stats = SensorStats {
             uptime_s: self.started.elapsed().as_secs(),
             events: self.events.clone(),
@@ -235,5 +249,20 @@ impl Pipeline {
         let ts = Timestamp::now();
         self.emit(ts, Body::SensorStats(stats));
         self.flush();
+    }
+
+    /// Every drop counter by reason: the kernel's, userspace's, the engines' and the sinks'.
+    pub fn drops(&mut self, kernel_drops: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        let mut drops = kernel_drops;
+        for r in StatReason::ALL {
+            drops.entry(r.name().to_string()).or_insert(0);
+        }
+        self.user_drops.insert("process_table_full".into(), self.enricher.table.overflow);
+        drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
+        for e in &self.engines {
+            e.drops(&mut drops);
+        }
+        self.sink.drops(&mut drops);
+        drops
     }
 }

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sensor_common::{feature, track};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -13,12 +13,15 @@ use tokio::{
 };
 
 use crate::{
-    RunArgs,
+    RunArgs, caps,
     engine::Engine,
     loader::{self, LoadOptions},
+    metrics::{Metrics, Snapshot},
     pipeline::{Pipeline, PipelineOptions, StdoutSink},
+    policy::PolicyHandle,
     proc,
     record::{Body, Record, SensorStarted, Timestamp},
+    sinks::{self, SinkSet, SinkSpec},
 };
 
 pub fn host_name() -> String {
@@ -36,10 +39,13 @@ fn engines() -> Vec<Box<dyn Engine>> {
     Vec::new()
 }
 
+/// The capabilities loading needs (see caps.rs); `SENSOR_SKIP_ROOT_CHECK` skips the check.
 pub fn preflight_privileges() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_none() {
-        bail!("the sensor needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE); run it with sudo or see `sensor check`");
+    if std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_some() {
+        return Ok(());
+    }
+    for w in caps::preflight()? {
+        tracing::warn!("{w}");
     }
     Ok(())
 }
@@ -47,6 +53,9 @@ pub fn preflight_privileges() -> anyhow::Result<()> {
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight_privileges()?;
     ensure_tracefs();
+    if std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_none() {
+        caps::check_tracefs()?;
+    }
     let mut opts = LoadOptions::default();
     for n in &args.runtime_names {
         if !opts.runtime_names.contains(n) {
@@ -78,10 +87,23 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         tracing::warn!("probe {name} not attached: {why}");
     }
     let host = args.host.clone().unwrap_or_else(host_name);
+    // The policy is read whole before anything is written; SIGHUP swaps it (see below).
+    let policy = PolicyHandle::load(args.policy.as_deref())?;
+    let kinds = sinks::expand_kinds(&args.kinds)?;
+    let specs = if args.sinks.is_empty() { vec![SinkSpec::stdout()] } else { args.sinks.clone() };
+    let sink_set = SinkSet::start(&specs)?;
+    let metrics = Metrics::new(sink_set.statuses());
+    if let Some(addr) = args.metrics_addr {
+        if !addr.ip().is_loopback() {
+            tracing::warn!("metrics on {addr}: not a loopback address, anyone who reaches it can read them");
+        }
+        let bound = metrics.serve(addr).await?;
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     let mut pipeline = Pipeline::new(
-        PipelineOptions { host, raw: args.raw, kinds: args.kinds.clone(), write_inputs: true },
+        PipelineOptions { host, raw: args.raw, kinds, write_inputs: true },
         engines(),
-        Box::new(StdoutSink::new()),
+        Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
 
@@ -115,9 +137,12 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         }),
     );
     pipeline.flush();
+    metrics.set_ready();
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut gauges = Snapshot::default();
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
@@ -136,6 +161,8 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                 }
                 pipeline.ringbuf.batches += 1;
                 pipeline.ringbuf.max_batch_bytes = pipeline.ringbuf.max_batch_bytes.max(bytes);
+                gauges.ringbuf_bytes += bytes;
+                gauges.ringbuf_last_batch_bytes = bytes;
                 guard.clear_ready();
                 pipeline.flush();
             }
@@ -148,6 +175,27 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                     pipeline.write_stats(drops, tracked, false);
                 }
                 pipeline.flush();
+                if args.metrics_addr.is_some() {
+                    gauges.drops = loader::read_kernel_drops(&loaded.stats);
+                    gauges.tracked_processes = loaded.tracked.keys().count() as u64;
+                    publish_metrics(&metrics, &mut pipeline, &mut gauges);
+                }
+            }
+            _ = sighup.recv() => {
+                // Synchronous and short: the ring buffer holds what arrives meanwhile.
+                match args.policy.as_deref() {
+                    Some(path) => match policy.reload(path) {
+                        Ok(()) => {
+                            gauges.policy_reloads_ok += 1;
+                            tracing::info!("SIGHUP: policy reloaded from {}", path.display());
+                        }
+                        Err(e) => {
+                            gauges.policy_reloads_failed += 1;
+                            tracing::warn!("SIGHUP: keeping the previous policy: {e}");
+                        }
+                    },
+                    None => tracing::info!("SIGHUP: no --policy file, the built-in policy stays"),
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -163,8 +211,21 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let tracked = loaded.tracked.keys().count() as u64;
     pipeline.write_stats(drops, tracked, true);
     pipeline.flush();
+    pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     let _ = track::RUNTIME;
     Ok(())
+}
+
+/// `gauges.drops` holds the kernel's drop counters on entry.
+fn publish_metrics(metrics: &Metrics, pipeline: &mut Pipeline, gauges: &mut Snapshot) {
+    let kernel = std::mem::take(&mut gauges.drops);
+    gauges.events = pipeline.events().clone();
+    gauges.records = pipeline.records().clone();
+    gauges.drops = pipeline.drops(kernel);
+    gauges.ringbuf_size_bytes = pipeline.ringbuf.size_bytes;
+    gauges.ringbuf_batches = pipeline.ringbuf.batches;
+    gauges.ringbuf_max_batch_bytes = pipeline.ringbuf.max_batch_bytes;
+    metrics.publish(gauges.clone());
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.
