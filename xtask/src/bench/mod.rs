@@ -124,9 +124,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if args.reps == 0 || args.execs == 0 || args.connects == 0 {
         bail!("--reps, --execs and --connects must be at least 1");
     }
-    let sensor_bin = crate::tasks::build(true)?;
+    let built = crate::tasks::build(true)?;
     let out_dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    // Private copies: others rebuilding target/ in the same tree mid-bench must not swap the
+    // binaries between repetitions.
+    let sensor_bin = copy_executable(&built, &out_dir.join("sensor"))?;
     let drivers = Drivers::new(&out_dir, &args.runtime_name)?;
 
     eprintln!("bench: warm-up");
@@ -287,7 +290,18 @@ fn storm_counts(
     }
 }
 
-/// The storm driver (this binary) under its own name and under the tracked runtime name.
+/// Copy a binary (replacing any earlier copy, which may be running) and return the copy's path.
+fn copy_executable(from: &Path, to: &Path) -> Result<PathBuf> {
+    if fs::symlink_metadata(to).is_ok() {
+        fs::remove_file(to).with_context(|| format!("removing {}", to.display()))?;
+    }
+    fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(to.to_path_buf())
+}
+
+/// The storm driver (a copy of this binary) under its own name and under the tracked runtime
+/// name.
 struct Drivers {
     untracked: PathBuf,
     tracked: PathBuf,
@@ -295,7 +309,8 @@ struct Drivers {
 
 impl Drivers {
     fn new(out_dir: &Path, runtime_name: &str) -> Result<Self> {
-        let exe = std::env::current_exe().context("locating the xtask binary")?;
+        let current = std::env::current_exe().context("locating the xtask binary")?;
+        let exe = copy_executable(&current, &out_dir.join("storm-driver"))?;
         let link = out_dir.join(runtime_name);
         if fs::symlink_metadata(&link).is_ok() {
             fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
