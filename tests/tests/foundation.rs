@@ -135,3 +135,56 @@ fn check_and_bad_flags_give_one_clear_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("15-byte"), "{err}");
 }
+
+#[test]
+fn dns_queries_and_accepts_in_runtime_trees() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    ensure_base_image("localbase:1");
+    let dns_host = TestHost::new("dns");
+    let mut sensor = SensorProcess::start(&["--runtime-name", "accept-rt"]).unwrap();
+
+    // A container resolving a name against a test host's port 53 (nothing answers; the query
+    // itself is what is reported).
+    let name = "payload.build-test.invalid";
+    let _ = Cmd::new(docker_cli())
+        .args(&["run", "--rm", "localbase:1", "nslookup", name, &dns_host.ip().to_string()])
+        .timeout(Duration::from_secs(60))
+        .output();
+    let q = sensor
+        .wait_for(|r| r["kind"] == "dns_query" && r["query_name"] == name, WAIT)
+        .unwrap();
+    assert_eq!(q["server_addr"], dns_host.ip().to_string());
+    assert_eq!(q["server_port"], 53);
+    assert_eq!(q["query_type"], "A");
+
+    // A tracked process (by name) accepting a loopback TCP connection.
+    let dir = tempfile::tempdir().unwrap();
+    let rt = dir.path().join("accept-rt");
+    std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
+    // The tracked root execs into the listener: what it runs stays in the tree.
+    let mut server = Command::new(&rt)
+        .args(["-c", "exec busybox nc -l -p 38123 127.0.0.1"])
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..50 {
+        if let Ok(s) = std::net::TcpStream::connect("127.0.0.1:38123") {
+            client = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = client.expect("the tracked listener never accepted");
+    let local_port = client.local_addr().unwrap().port();
+    let a = sensor
+        .wait_for(|r| r["kind"] == "accept" && r["local_port"] == 38123, WAIT)
+        .unwrap();
+    assert_eq!(a["peer_addr"], "127.0.0.1");
+    assert_eq!(a["peer_port"], local_port);
+    assert_eq!(a["process"]["pid"].as_u64(), Some(server.id() as u64));
+    drop(client);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(sensor.stop().unwrap().success());
+}

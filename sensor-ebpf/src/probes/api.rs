@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, feature};
 
-use super::net::{sys_arg as syscall_arg, sys_ret as syscall_ret};
+use super::net::{WATCH_API, WATCH_DNS, dns_send, sys_arg as syscall_arg, sys_ret as syscall_ret};
 use crate::{
     helpers::{config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current, unix_peer},
     maps::{EVENTS, PENDING_READ, PendingRead, WATCH_FDS},
@@ -119,7 +119,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     }
     let wkey = (key & 0xffff_ffff_0000_0000) | (p.fd & 0xffff_ffff);
     if is_watched(d) {
-        let _ = WATCH_FDS.insert(&wkey, &1, 0);
+        let _ = WATCH_FDS.insert(&wkey, &WATCH_API, 0);
     } else if unsafe { WATCH_FDS.get(&wkey) }.is_some() {
         let _ = WATCH_FDS.remove(&wkey);
     }
@@ -161,10 +161,13 @@ fn try_write(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let fd = syscall_arg(ctx, 0);
     let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
-    // SAFETY: presence check only.
-    unsafe { WATCH_FDS.get(&key) }?;
+    // SAFETY: copied out at once.
+    let what = unsafe { WATCH_FDS.get(&key) }.copied()?;
     let buf = syscall_arg(ctx, 1);
     let count = syscall_arg(ctx, 2);
+    if what == WATCH_DNS {
+        return dns_send(ctx, fd, 0, buf, count);
+    }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
     let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {

@@ -12,7 +12,7 @@ use sensor_common::{
 
 use crate::{
     helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
-    maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH},
+    maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH, WATCH_FDS},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -136,9 +136,24 @@ fn try_connect(ctx: &TracePointContext) -> Option<()> {
     if family == AF_UNIX {
         return unix_connect(ctx, addr, tracked.map(|(_, t)| t.flags));
     }
-    let _ = ctx;
+    // A tracked process connecting a socket to port 53 (resolvers that connect, then write):
+    // its writes on that fd are DNS queries.
+    tracked?;
+    if cfg.features & feature::DNS_EVENTS == 0 {
+        return None;
+    }
+    let (_, port, _) = read_sockaddr(addr)?;
+    if port == 53 {
+        let fd = sys_arg(ctx, 0);
+        let key = (aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+        let _ = WATCH_FDS.insert(&key, &WATCH_DNS, 0);
+    }
     None
 }
+
+/// `WATCH_FDS` values: what the writes on a watched fd are.
+pub const WATCH_API: u32 = 1;
+pub const WATCH_DNS: u32 = 2;
 
 #[inline(always)]
 fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
@@ -266,7 +281,7 @@ fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
 
 /// Report a datagram to port 53. `dest` is the user sockaddr (0 when the socket is connected).
 #[inline(always)]
-fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, len: u64) -> Option<()> {
+pub(crate) fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, len: u64) -> Option<()> {
     let cfg = config()?;
     if cfg.features & feature::DNS_EVENTS == 0 {
         return None;

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sensor_common::{
-    ARGV_CAP, Event, EventKind, ExecData, ExitData, ForkData, StatReason, exec_flags, track,
+    ARGV_CAP, Event, EventKind, ExecData, KernelOffsets, ExitData, ForkData, StatReason, exec_flags, track,
 };
 
 use crate::{
@@ -23,7 +23,6 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[inline(always)]
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let tgid = current_tgid();
@@ -44,7 +43,11 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     if let Some(n) = named {
         flags |= track::RUNTIME | n.flags;
     } else {
-        // A runtime that exec'd into something else is no longer a runtime.
+        // A runtime that exec'd into something else is no longer a runtime, but what it runs
+        // now is still part of its tree.
+        if flags & track::RUNTIME != 0 {
+            flags |= track::DESCENDANT;
+        }
         flags &= !(track::RUNTIME | track::API_SERVER);
     }
     if tracked.map(|t| t.flags) != Some(flags) {
@@ -85,34 +88,35 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     }
 
     d.argv_len = 0;
-    let mm: Option<u64> = read_at(task, o.task_mm);
-    let start: Option<u64> = mm.and_then(|m| read_at(m, o.mm_arg_start));
-    let end: Option<u64> = mm.and_then(|m| read_at(m, o.mm_arg_end));
-    match (start, end) {
-        (Some(s), Some(e)) if e > s => {
-            let mut n = e - s;
-            if n > ARGV_CAP as u64 {
-                n = ARGV_CAP as u64;
-                d.truncated |= exec_flags::ARGV_TRUNCATED;
-                count(StatReason::Truncated);
-            }
-            // SAFETY: n <= ARGV_CAP, the destination's size.
-            let r = unsafe {
-                bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, s as *const _)
-            };
-            if r == 0 {
-                d.argv_len = n as u16;
-            } else {
-                d.truncated |= exec_flags::ARGV_UNREADABLE;
-                count(StatReason::ArgvReadFailed);
-            }
-        }
-        _ => {
-            d.truncated |= exec_flags::ARGV_UNREADABLE;
-            count(StatReason::ArgvReadFailed);
-        }
+    if read_argv(task, o, d).is_none() {
+        d.truncated |= exec_flags::ARGV_UNREADABLE;
+        count(StatReason::ArgvReadFailed);
     }
     entry.submit(0);
+    Some(())
+}
+
+/// Copy the new program's argv (the NUL-separated area between mm->arg_start and arg_end).
+#[inline(never)]
+fn read_argv(task: u64, o: &KernelOffsets, d: &mut ExecData) -> Option<()> {
+    let mm: u64 = read_at(task, o.task_mm)?;
+    let start: u64 = read_at(mm, o.mm_arg_start)?;
+    let end: u64 = read_at(mm, o.mm_arg_end)?;
+    if end <= start {
+        return None;
+    }
+    let mut n = end - start;
+    if n > ARGV_CAP as u64 {
+        n = ARGV_CAP as u64;
+        d.truncated |= exec_flags::ARGV_TRUNCATED;
+        count(StatReason::Truncated);
+    }
+    // SAFETY: n <= ARGV_CAP, the destination's size.
+    let r = unsafe { bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, start as *const _) };
+    if r != 0 {
+        return None;
+    }
+    d.argv_len = n as u16;
     Some(())
 }
 
@@ -122,7 +126,6 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-#[inline(always)]
 fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let cfg = config()?;
     let parent_tgid = current_tgid();
@@ -162,7 +165,6 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[inline(always)]
 fn try_exit() -> Option<()> {
     let cfg = config()?;
     let tgid = current_tgid();
