@@ -2,6 +2,8 @@
 use std::path::PathBuf;
 
 use super::*;
+use super::params::REDACTED;
+use super::replay::replay_records;
 use crate::record::BuildFinished;
 
 fn fixture(name: &str) -> PathBuf {

@@ -20,7 +20,9 @@ mod cli;
 mod fixtures;
 mod params;
 mod procs;
-pub mod replay;
+/// Test helpers that replay a recorded stream (`sensor replay` itself is in run.rs).
+#[cfg(test)]
+mod replay;
 mod response;
 mod session;
 mod trace;
@@ -39,9 +41,6 @@ use crate::record::{
 use procs::RuntimeProc;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};
-
-pub use params::REDACTED;
-pub use replay::replay_records;
 
 /// Outbound policy class of a destination: `allowed`, `unknown` or `denied`.
 pub type Classifier = Arc<dyn Fn(&str, u16, Option<&str>) -> String + Send + Sync>;
@@ -180,7 +179,8 @@ impl BuildTracker {
         }
     }
 
-    /// Builds open now (for tests and stats).
+    /// Builds open now.
+    #[cfg(test)]
     pub fn open_builds(&self) -> usize {
         self.builds.len()
     }

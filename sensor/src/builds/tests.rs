@@ -3,6 +3,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use super::params::REDACTED;
+use super::replay::replay_records;
 use crate::record::{ApiClient, BuildFinished, BuildStarted, ProcessRef, SCHEMA_VERSION};
 
 const DOCKERD: u32 = 100;
