@@ -15,9 +15,11 @@
 //!
 //! Whatever cannot be tied to exactly one build is counted (`steps_unattributed`), never
 //! guessed.
+mod attribution;
 mod cli;
 #[cfg(test)]
 mod fixtures;
+mod network;
 mod params;
 mod procs;
 /// Test helpers that replay a recorded stream (`sensor replay` itself is in run.rs).
@@ -35,7 +37,7 @@ use std::time::Duration;
 
 use crate::engine::Engine;
 use crate::record::{
-    ApiRequest, Body, BuildStep, Connect, DnsQuery, FileWrite, ProcessExec, ProcessExit,
+    ApiRequest, Body, BuildStep, ProcessExec, ProcessExit,
     ProcessFork, Record, Timestamp,
 };
 use procs::RuntimeProc;
@@ -481,153 +483,6 @@ impl BuildTracker {
         Some(idx)
     }
 
-    /// Tries to tie waiting steps to builds; with `expire`, those past their deadline get the
-    /// fallback (the one open build) or are counted as unattributed.
-    fn resolve_pending(&mut self, now: Timestamp, force: bool, out: &mut Vec<Body>) {
-        let mut i = 0;
-        while i < self.pending.len() {
-            let expired = force || now >= self.pending[i].deadline;
-            match self.resolve(&self.pending[i], expired, now) {
-                Resolution::Wait => i += 1,
-                Resolution::NotABuild => {
-                    self.pending.swap_remove(i);
-                }
-                Resolution::Unattributed => {
-                    self.unattributed += 1;
-                    self.pending.swap_remove(i);
-                }
-                Resolution::Build { key, attribution, instruction } => {
-                    let p = self.pending.swap_remove(i);
-                    let key = if key == 0 { self.open_partial(&p, out) } else { key };
-                    self.attach_pending(key, p, attribution, instruction);
-                }
-            }
-        }
-    }
-
-    fn resolve(&self, p: &PendingStep, expired: bool, now: Timestamp) -> Resolution {
-        match &p.kind {
-            PendingKind::Container(cid) => {
-                let short: String = cid.chars().take(12).collect();
-                if let Some((key, instr)) = self.running_in.get(&short) {
-                    return Resolution::Build { key: *key, attribution: "response", instruction: instr.clone() };
-                }
-                if self.api_containers.iter().any(|c| cid.starts_with(c.as_str()) || c.starts_with(&short)) {
-                    return Resolution::NotABuild;
-                }
-                if !expired {
-                    return Resolution::Wait;
-                }
-                let legacy: Vec<(&u64, &BuildSession)> =
-                    self.builds.iter().filter(|(_, b)| b.builder == "legacy" && b.outcome.is_none()).collect();
-                match legacy.as_slice() {
-                    // Without the builder's output (not captured), the one open legacy build.
-                    [(k, b)] if b.responses_seen == 0 => {
-                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
-                    }
-                    // Output is captured and did not name this container: not a build step.
-                    [] | [_] => {
-                        if legacy.is_empty() && self.started_recently(now) {
-                            Resolution::Build { key: 0, attribution: "only_open_build", instruction: None }
-                        } else {
-                            Resolution::NotABuild
-                        }
-                    }
-                    _ => Resolution::Unattributed,
-                }
-            }
-            PendingKind::Executor { daemon, .. } => {
-                let cands: Vec<(&u64, &BuildSession)> = self
-                    .builds
-                    .iter()
-                    .filter(|(_, b)| {
-                        b.outcome.is_none()
-                            && ((b.builder == "buildkit" && b.daemon_pid == *daemon)
-                                || (b.builder == "buildctl" && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
-                    })
-                    .collect();
-                let matching: Vec<&(&u64, &BuildSession)> =
-                    cands.iter().filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some()).collect();
-                match (cands.as_slice(), matching.as_slice()) {
-                    ([], _) => Resolution::Build { key: 0, attribution: "only_open_build", instruction: None },
-                    (_, [(k, b)]) => Resolution::Build {
-                        key: **k,
-                        attribution: "response",
-                        instruction: b.vertex_for_run(&p.run_text).map(str::to_string),
-                    },
-                    ([(k, b)], []) if expired || b.responses_seen == 0 => {
-                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
-                    }
-                    _ if expired => Resolution::Unattributed,
-                    _ => Resolution::Wait,
-                }
-            }
-        }
-    }
-
-    fn started_recently(&self, now: Timestamp) -> bool {
-        self.sensor_started
-            .is_some_and(|s| now.unix_nanos().saturating_sub(s.unix_nanos()) < self.build_timeout())
-    }
-
-    /// A build seen only from its steps: the sensor started after its request.
-    fn open_partial(&mut self, p: &PendingStep, out: &mut Vec<Body>) -> u64 {
-        let (builder, daemon) = match &p.kind {
-            PendingKind::Container(_) => ("legacy", 0),
-            PendingKind::Executor { daemon, .. } => ("buildkit", *daemon),
-        };
-        let id = format!("b-{}-{}-p", p.start.unix_nanos(), if daemon == 0 { p.pid } else { daemon });
-        let mut s = BuildSession::new(id, builder, p.start, daemon);
-        s.partial = true;
-        self.open(s, p.start, out)
-    }
-
-    fn attach_pending(&mut self, key: u64, p: PendingStep, attribution: &'static str, instruction: Option<String>) {
-        let Some(b) = self.builds.get_mut(&key) else {
-            self.unattributed += 1;
-            return;
-        };
-        if b.steps.len() >= MAX_STEPS {
-            return;
-        }
-        let idx = b.steps.len();
-        let cid = match &p.kind {
-            PendingKind::Container(c) => c.clone(),
-            PendingKind::Executor { id, .. } => id.clone(),
-        };
-        let instruction = instruction.or_else(|| b.vertex_for_run(&p.run_text).map(str::to_string));
-        let mut step = BuildStep {
-            index: idx as u32 + 1,
-            command: p.command.clone(),
-            pid: p.pid,
-            start: p.start,
-            container_id: Some(cid),
-            instruction,
-            attribution: Some(attribution.to_string()),
-            ..Default::default()
-        };
-        if let Some((end, code, sig)) = p.exit {
-            step.end = Some(end);
-            step.exit_code = code;
-            step.signal = sig;
-        }
-        b.steps.push(step);
-        b.add_record(p.record_id);
-        b.touch(p.start);
-        for pid in &p.pids {
-            b.add_pid(*pid);
-        }
-        let exited = p.exit.is_some();
-        for &pid in &p.pids {
-            if !(exited && pid == p.pid) {
-                self.add_member(pid, Member { key, step: Some(idx) });
-            }
-        }
-        for n in p.net {
-            self.add_net(key, Some(idx), n);
-        }
-    }
-
     fn on_fork(&mut self, f: &ProcessFork) {
         let parent = f.process.pid;
         if let Some(m) = self.members.get(&parent).copied() {
@@ -673,101 +528,6 @@ impl BuildTracker {
         }
     }
 
-    /// The build a network event belongs to, and the step index (None: the daemon/tool).
-    fn net_owner(&self, pid: u32, ts: Timestamp, tcp: bool) -> Option<(u64, Option<usize>)> {
-        if let Some(m) = self.members.get(&pid) {
-            return Some((m.key, m.step));
-        }
-        if !tcp {
-            return None;
-        }
-        // The daemon on a build's behalf: only when exactly one build is open on it and it was
-        // not pulling or pushing images for someone else meanwhile.
-        let mut open = self.builds.iter().filter(|(_, b)| b.daemon_pid == pid && b.outcome.is_none());
-        let (k, b) = open.next()?;
-        if open.next().is_some() {
-            return None;
-        }
-        if self.daemon_image_requests.get(&pid).is_some_and(|t| *t >= b.started && *t <= ts) {
-            return None;
-        }
-        Some((*k, None))
-    }
-
-    fn on_net(&mut self, n: NetEvent) {
-        let tcp = n.protocol == "tcp" || n.protocol == "dns";
-        match self.net_owner(n.pid, n.ts, tcp) {
-            Some((key, step)) => self.add_net(key, step, n),
-            None => {
-                if let Some(p) = self.pending.iter_mut().find(|p| p.pids.contains(&n.pid))
-                    && p.net.len() < 64
-                {
-                    p.net.push(n);
-                }
-            }
-        }
-    }
-
-    fn add_net(&mut self, key: u64, step: Option<usize>, n: NetEvent) {
-        let classify = self.cfg.classify.clone();
-        let Some(b) = self.builds.get_mut(&key) else { return };
-        let made_by = match step {
-            Some(i) => (i + 1).to_string(),
-            None => "daemon".to_string(),
-        };
-        b.add_record(n.record_id);
-        b.touch(n.ts);
-        let (addr, port, dns) = (n.addr.clone(), n.port, n.dns_name.clone());
-        b.add_outbound(&n.addr, n.port, &n.protocol, n.dns_name.as_deref(), made_by, n.failed, n.ts, || {
-            classify(&addr, port, dns.as_deref())
-        });
-    }
-
-    fn on_connect(&mut self, rec: &Record, c: &Connect) {
-        let (addr, port) = match (&c.dst_addr, &c.path) {
-            (Some(a), _) => (a.clone(), c.dst_port.unwrap_or(0)),
-            (None, Some(p)) => (p.clone(), 0),
-            (None, None) => return,
-        };
-        self.on_net(NetEvent {
-            record_id: rec.id,
-            ts: rec.ts,
-            pid: c.process.pid,
-            addr,
-            port,
-            protocol: c.protocol.clone(),
-            dns_name: None,
-            failed: c.result == "failed",
-        });
-    }
-
-    fn on_dns(&mut self, rec: &Record, d: &DnsQuery) {
-        self.on_net(NetEvent {
-            record_id: rec.id,
-            ts: rec.ts,
-            pid: d.process.pid,
-            addr: d.server_addr.clone(),
-            port: d.server_port,
-            protocol: "dns".into(),
-            dns_name: d.query_name.clone(),
-            failed: false,
-        });
-    }
-
-    /// dockerd stores an image as `.../imagedb/content/sha256/<id>`: the id of the build's
-    /// image when one build is open on that daemon (a fallback when the output is not seen).
-    fn on_file(&mut self, rec: &Record, w: &FileWrite) {
-        let Some((_, id)) = w.path.rsplit_once("/imagedb/content/sha256/") else { return };
-        if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return;
-        }
-        let pid = w.process.pid;
-        let mut open = self.builds.values_mut().filter(|b| b.daemon_pid == pid && b.outcome.is_none());
-        if let (Some(b), None) = (open.next(), open.next()) {
-            b.stored_image_id = Some(format!("sha256:{id}"));
-            b.add_record(rec.id);
-        }
-    }
 }
 
 impl Engine for BuildTracker {

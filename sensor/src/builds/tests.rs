@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::*;
 use super::params::REDACTED;
 use super::replay::replay_records;
-use crate::record::{ApiClient, BuildFinished, BuildStarted, ProcessRef, SCHEMA_VERSION};
+use crate::record::{ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION};
 
 const DOCKERD: u32 = 100;
 const T0: i64 = 1_700_000_000_000_000_000;
