@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use sensor_tests::{
     Cmd, Dockerd, SensorProcess, docker_cli, ensure_base_image, require_root, sensor_bin,
     workspace_root,
 };
+use serde_json::Value;
 
 const BASE: &str = "localbase:1";
 const K8S_DIR: &str = "deploy/kubernetes";
@@ -78,7 +78,10 @@ fn objects() -> Vec<Value> {
 }
 
 fn object(kind: &str) -> Value {
-    let found: Vec<Value> = objects().into_iter().filter(|o| o["kind"] == kind).collect();
+    let found: Vec<Value> = objects()
+        .into_iter()
+        .filter(|o| o["kind"] == kind)
+        .collect();
     assert_eq!(found.len(), 1, "expected exactly one {kind} in {K8S_DIR}");
     found.into_iter().next().unwrap()
 }
@@ -89,7 +92,11 @@ fn kustomization() -> Value {
 
 fn strs(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -106,7 +113,9 @@ fn unit_capabilities() -> BTreeSet<String> {
 }
 
 fn sensor_container(ds: &Value) -> Value {
-    let containers = ds["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     containers
         .iter()
         .find(|c| c["name"] == "sensor")
@@ -145,19 +154,35 @@ fn env_value(container: &Value, name: &str) -> Option<String> {
 #[test]
 fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
     let objects = objects();
-    let kinds: BTreeSet<String> =
-        objects.iter().map(|o| o["kind"].as_str().unwrap().to_string()).collect();
+    let kinds: BTreeSet<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_string())
+        .collect();
     for kind in ["Namespace", "ServiceAccount", "DaemonSet"] {
-        assert!(kinds.contains(kind), "no {kind} in {K8S_DIR} (found {kinds:?})");
+        assert!(
+            kinds.contains(kind),
+            "no {kind} in {K8S_DIR} (found {kinds:?})"
+        );
     }
-    let ns = object("Namespace")["metadata"]["name"].as_str().unwrap().to_string();
+    let ns = object("Namespace")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for o in objects.iter().filter(|o| o["kind"] != "Namespace") {
-        assert_eq!(o["metadata"]["namespace"], ns.as_str(), "namespace of {}", o["kind"]);
+        assert_eq!(
+            o["metadata"]["namespace"],
+            ns.as_str(),
+            "namespace of {}",
+            o["kind"]
+        );
     }
 
     let ds = object("DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
-    assert_eq!(pod["hostPID"], true, "the DaemonSet must share the host's pid namespace");
+    assert_eq!(
+        pod["hostPID"], true,
+        "the DaemonSet must share the host's pid namespace"
+    );
     assert_eq!(
         pod["serviceAccountName"],
         object("ServiceAccount")["metadata"]["name"],
@@ -166,14 +191,17 @@ fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
     // Every node, whatever its taints: one toleration with operator Exists and no key.
     let tolerations = pod["tolerations"].as_array().expect("tolerations");
     assert!(
-        tolerations
-            .iter()
-            .any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()),
+        tolerations.iter().any(|t| t["operator"] == "Exists"
+            && t.get("key").is_none()
+            && t.get("effect").is_none()),
         "no toleration of every taint (operator: Exists, no key, no effect): {tolerations:?}"
     );
     let labels = &ds["spec"]["template"]["metadata"]["labels"];
     for (k, v) in ds["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&labels[k], v, "the selector's {k} must match the pod's labels");
+        assert_eq!(
+            &labels[k], v,
+            "the selector's {k} must match the pod's labels"
+        );
     }
 
     let c = sensor_container(&ds);
@@ -187,7 +215,10 @@ fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
     }
 
     let sc = &c["securityContext"];
-    assert_ne!(sc["privileged"], true, "capabilities suffice: the container must not be privileged");
+    assert_ne!(
+        sc["privileged"], true,
+        "capabilities suffice: the container must not be privileged"
+    );
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
@@ -208,20 +239,35 @@ fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
         // The host is only read, but for the sensor's own state directory.
         let host = vols[name]["hostPath"]["path"].as_str();
         if host.is_some() && host != Some("/var/lib/sensor") {
-            assert_eq!(m["readOnly"], true, "host path {host:?} must be mounted read-only");
+            assert_eq!(
+                m["readOnly"], true,
+                "host path {host:?} must be mounted read-only"
+            );
         }
     }
     for name in vols.keys() {
-        assert!(mounted.contains(name.as_str()), "volume {name} is never mounted");
+        assert!(
+            mounted.contains(name.as_str()),
+            "volume {name} is never mounted"
+        );
     }
     // What the sensor reads from the host, where it expects it.
-    assert_eq!(env_value(&c, "SENSOR_PROC"), mount_of_host_path(&ds, "/proc"), "SENSOR_PROC");
+    assert_eq!(
+        env_value(&c, "SENSOR_PROC"),
+        mount_of_host_path(&ds, "/proc"),
+        "SENSOR_PROC"
+    );
     assert_eq!(
         env_value(&c, "SENSOR_PASSWD"),
         mount_of_host_path(&ds, "/etc/passwd"),
         "SENSOR_PASSWD"
     );
-    for same in ["/sys/kernel/btf", "/sys/kernel/tracing", "/var/lib/docker", "/run/containerd"] {
+    for same in [
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/var/lib/docker",
+        "/run/containerd",
+    ] {
         assert_eq!(
             mount_of_host_path(&ds, same).as_deref(),
             Some(same),
@@ -231,12 +277,20 @@ fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
 
     // The sensor accepts the container's arguments.
     let args = strs(&c["args"]);
-    assert_eq!(args.first().map(String::as_str), Some("run"), "args must start with `run`");
+    assert_eq!(
+        args.first().map(String::as_str),
+        Some("run"),
+        "args must start with `run`"
+    );
     assert_run_accepts(&args[1..]);
 
     // The documented least-privilege set for the pod's uid.
     let uid0 = sc["runAsUser"].as_u64() == Some(0);
-    assert_eq!(added, documented_capabilities(uid0), "the DaemonSet vs docs/operations.md");
+    assert_eq!(
+        added,
+        documented_capabilities(uid0),
+        "the DaemonSet vs docs/operations.md"
+    );
 }
 
 /// The capabilities docs/operations.md's table ("| `CAP_X` | needed | why |") says a sensor
@@ -244,12 +298,19 @@ fn manifests_parse_and_the_daemonset_has_what_a_node_agent_needs() {
 /// uid. Without the prefix.
 fn documented_capabilities(uid0: bool) -> BTreeSet<String> {
     let ops = read("docs/operations.md");
-    let section = ops.split("## Capabilities").nth(1).expect("docs/operations.md has a Capabilities section");
+    let section = ops
+        .split("## Capabilities")
+        .nth(1)
+        .expect("docs/operations.md has a Capabilities section");
     let mut caps = BTreeSet::new();
     for line in section.lines().take_while(|l| !l.starts_with("## ")) {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        let (Some(cap), Some(needed)) = (cells.get(1), cells.get(2)) else { continue };
-        let Some(cap) = cap.trim_matches('`').strip_prefix("CAP_") else { continue };
+        let (Some(cap), Some(needed)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        let Some(cap) = cap.trim_matches('`').strip_prefix("CAP_") else {
+            continue;
+        };
         let wanted = match *needed {
             "always" | "recommended" => true,
             "when not uid 0" => !uid0,
@@ -259,14 +320,21 @@ fn documented_capabilities(uid0: bool) -> BTreeSet<String> {
             caps.insert(cap.to_string());
         }
     }
-    assert!(caps.contains("BPF"), "no capability table found in docs/operations.md");
+    assert!(
+        caps.contains("BPF"),
+        "no capability table found in docs/operations.md"
+    );
     caps
 }
 
 /// Every `--flag` of `args` is one that `sensor run --help` lists.
 fn assert_run_accepts(args: &[String]) {
     let bin = sensor_bin();
-    assert!(bin.is_file(), "sensor binary not found at {} (set SENSOR_BIN)", bin.display());
+    assert!(
+        bin.is_file(),
+        "sensor binary not found at {} (set SENSOR_BIN)",
+        bin.display()
+    );
     let help = Cmd::new(&bin).args(["run", "--help"]).run();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
     for a in args.iter().filter(|a| a.starts_with("--")) {
@@ -287,7 +355,10 @@ fn kustomization_lists_every_manifest_and_ships_the_example_policy() {
         .iter()
         .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(listed, present, "kustomization.yaml resources vs the YAML files beside it");
+    assert_eq!(
+        listed, present,
+        "kustomization.yaml resources vs the YAML files beside it"
+    );
 
     assert_eq!(
         read(POLICY_COPY),
@@ -296,7 +367,9 @@ fn kustomization_lists_every_manifest_and_ships_the_example_policy() {
     );
     // The generated ConfigMap is the one the DaemonSet mounts, and holds policy.toml.
     let ds = object("DaemonSet");
-    let gens = k["configMapGenerator"].as_array().expect("configMapGenerator");
+    let gens = k["configMapGenerator"]
+        .as_array()
+        .expect("configMapGenerator");
     let policy_gen = gens
         .iter()
         .find(|g| strs(&g["files"]).iter().any(|f| f == "policy.toml"))
@@ -315,8 +388,14 @@ fn kustomization_lists_every_manifest_and_ships_the_example_policy() {
     let policy_path = format!("{}/policy.toml", mount["mountPath"].as_str().unwrap());
     // When the sensor takes a --policy flag, the DaemonSet points it at the mounted file.
     let args = strs(&sensor_container(&ds)["args"]);
-    if let Some(i) = args.iter().position(|a| a == "--policy" || a.starts_with("--policy=")) {
-        let value = args[i].strip_prefix("--policy=").map(String::from).or_else(|| args.get(i + 1).cloned());
+    if let Some(i) = args
+        .iter()
+        .position(|a| a == "--policy" || a.starts_with("--policy="))
+    {
+        let value = args[i]
+            .strip_prefix("--policy=")
+            .map(String::from)
+            .or_else(|| args.get(i + 1).cloned());
         assert_eq!(value.as_deref(), Some(policy_path.as_str()), "--policy");
     }
 }
@@ -339,12 +418,20 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     fs::write(&file, &rendered).unwrap();
     validate(&[file]);
     let docs = parse_yaml_docs(&rendered).unwrap();
-    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("a rendered ConfigMap");
-    assert_eq!(cm["data"]["policy.toml"].as_str(), Some(read(POLICY_EXAMPLE).as_str()));
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("a rendered ConfigMap");
+    assert_eq!(
+        cm["data"]["policy.toml"].as_str(),
+        Some(read(POLICY_EXAMPLE).as_str())
+    );
     // The DaemonSet mounts the generated (hash-suffixed) name.
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     assert!(
-        volumes(ds).values().any(|v| v["configMap"]["name"] == cm["metadata"]["name"]),
+        volumes(ds)
+            .values()
+            .any(|v| v["configMap"]["name"] == cm["metadata"]["name"]),
         "the rendered DaemonSet does not mount {}",
         cm["metadata"]["name"]
     );
@@ -366,15 +453,24 @@ fn validate(files: &[PathBuf]) {
         "kubernetes-validate is not installed: `cargo xtask setup` installs it \
          (python3 -m pip install kubernetes-validate)"
     );
-    assert!(out.status.success(), "kubernetes-validate refused the manifests:\n{text}");
-    assert!(text.contains("passed"), "kubernetes-validate validated nothing:\n{text}");
+    assert!(
+        out.status.success(),
+        "kubernetes-validate refused the manifests:\n{text}"
+    );
+    assert!(
+        text.contains("passed"),
+        "kubernetes-validate validated nothing:\n{text}"
+    );
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .chain(["/usr/local/bin", "/usr/bin"].map(PathBuf::from))
         .map(|d| d.join(name))
-        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// `systemd-analyze verify` checks that ExecStart's program exists: the unit names the
@@ -399,49 +495,88 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         "LimitMEMLOCK=infinity",
         "Restart=on-failure",
     ] {
-        assert!(unit.lines().any(|l| l.starts_with(key)), "{UNIT} lacks {key}");
+        assert!(
+            unit.lines().any(|l| l.starts_with(key)),
+            "{UNIT} lacks {key}"
+        );
     }
     let root = unit.lines().any(|l| l == "User=root");
-    assert_eq!(unit_capabilities(), documented_capabilities(root), "{UNIT} vs docs/operations.md");
-    let ambient = unit.lines().find_map(|l| l.strip_prefix("AmbientCapabilities=")).unwrap();
     assert_eq!(
-        ambient.split_whitespace().map(|c| c.trim_start_matches("CAP_").to_string()).collect::<BTreeSet<_>>(),
+        unit_capabilities(),
+        documented_capabilities(root),
+        "{UNIT} vs docs/operations.md"
+    );
+    let ambient = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .unwrap();
+    assert_eq!(
+        ambient
+            .split_whitespace()
+            .map(|c| c.trim_start_matches("CAP_").to_string())
+            .collect::<BTreeSet<_>>(),
         unit_capabilities(),
         "AmbientCapabilities vs CapabilityBoundingSet"
     );
-    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
     let (program, rest) = exec.split_once(' ').unwrap_or((exec, ""));
     assert_eq!(program, "/usr/local/bin/sensor");
     let bin = sensor_bin();
-    assert!(bin.is_file(), "sensor binary not found at {} (set SENSOR_BIN)", bin.display());
+    assert!(
+        bin.is_file(),
+        "sensor binary not found at {} (set SENSOR_BIN)",
+        bin.display()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("sensor.service"), &unit).unwrap();
     fs::create_dir(dir.path().join("sensor.service.d")).unwrap();
     fs::write(
         dir.path().join("sensor.service.d/built-binary.conf"),
-        format!("[Service]\nExecStart=\nExecStart={} {rest}\n", bin.display()),
+        format!(
+            "[Service]\nExecStart=\nExecStart={} {rest}\n",
+            bin.display()
+        ),
     )
     .unwrap();
-    let out = Cmd::new(analyze).arg("verify").arg(dir.path().join("sensor.service")).output().unwrap();
+    let out = Cmd::new(analyze)
+        .arg("verify")
+        .arg(dir.path().join("sensor.service"))
+        .output()
+        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
     // Unknown or misspelt keys are only warnings: none may concern the unit.
-    let ours: Vec<&str> = text.lines().filter(|l| l.contains("sensor.service")).collect();
-    assert!(ours.is_empty(), "systemd-analyze verify warned about the unit:\n{}", ours.join("\n"));
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sensor.service"))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify warned about the unit:\n{}",
+        ours.join("\n")
+    );
 }
 
 fn musl_bin() -> PathBuf {
-    let bin = std::env::var_os("SENSOR_MUSL_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
-        target.join(MUSL_TARGET).join("release").join("sensor")
-    });
+    let bin = std::env::var_os("SENSOR_MUSL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join(MUSL_TARGET).join("release").join("sensor")
+        });
     assert!(
         bin.is_file(),
         "static sensor binary not found at {}: build it with `cargo xtask image --binary-only` \
@@ -456,7 +591,9 @@ struct ImageGuard(String);
 
 impl Drop for ImageGuard {
     fn drop(&mut self) {
-        let _ = Command::new(docker_cli()).args(["rmi", "-f", &self.0]).output();
+        let _ = Command::new(docker_cli())
+            .args(["rmi", "-f", &self.0])
+            .output();
     }
 }
 
@@ -465,7 +602,9 @@ struct ContainerGuard(String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {
-        let _ = Command::new(docker_cli()).args(["rm", "-f", &self.0]).output();
+        let _ = Command::new(docker_cli())
+            .args(["rm", "-f", &self.0])
+            .output();
     }
 }
 
@@ -513,20 +652,31 @@ fn docker_run_options(ds: &Value, policy_dir: &Path, state: &Path, node: &str) -
     }
     if let Some(mem) = c["resources"]["limits"]["memory"].as_str() {
         // Kubernetes' Mi is docker's m.
-        o.push(format!("--memory={}", mem.trim_end_matches("i").to_lowercase()));
+        o.push(format!(
+            "--memory={}",
+            mem.trim_end_matches("i").to_lowercase()
+        ));
     }
     let vols = volumes(ds);
     for m in c["volumeMounts"].as_array().unwrap() {
         let v = &vols[m["name"].as_str().unwrap()];
         let source = if let Some(host) = v["hostPath"]["path"].as_str() {
-            if host == "/var/lib/sensor" { state.to_path_buf() } else { PathBuf::from(host) }
+            if host == "/var/lib/sensor" {
+                state.to_path_buf()
+            } else {
+                PathBuf::from(host)
+            }
         } else if v.get("configMap").is_some() {
             policy_dir.to_path_buf()
         } else {
             panic!("volume kind not handled by this test: {v}");
         };
         let ro = if m["readOnly"] == true { ":ro" } else { "" };
-        o.push(format!("--volume={}:{}{ro}", source.display(), m["mountPath"].as_str().unwrap()));
+        o.push(format!(
+            "--volume={}:{}{ro}",
+            source.display(),
+            m["mountPath"].as_str().unwrap()
+        ));
     }
     for e in c["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap();
@@ -543,7 +693,14 @@ fn docker_run_options(ds: &Value, policy_dir: &Path, state: &Path, node: &str) -
 /// Whether a container may be given this capability here.
 fn docker_can_grant(cap: &str) -> bool {
     Command::new(docker_cli())
-        .args(["run", "--rm", "--cap-drop=ALL", &format!("--cap-add={cap}"), BASE, "true"])
+        .args([
+            "run",
+            "--rm",
+            "--cap-drop=ALL",
+            &format!("--cap-add={cap}"),
+            BASE,
+            "true",
+        ])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -587,12 +744,24 @@ fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
         "--rm".into(),
         format!("--name={name}"),
     ];
-    command.extend(docker_run_options(&ds, policy_dir.path(), state.path(), node));
+    command.extend(docker_run_options(
+        &ds,
+        policy_dir.path(),
+        state.path(),
+        node,
+    ));
     command.push(image.clone());
     let wrapper_dir = tempfile::tempdir().unwrap();
     let wrapper = wrapper_dir.path().join("sensor-in-docker");
-    let quoted: Vec<String> = command.iter().map(|a| format!("'{}'", a.replace('\'', r"'\''"))).collect();
-    fs::write(&wrapper, format!("#!/bin/sh\nexec {} \"$@\"\n", quoted.join(" "))).unwrap();
+    let quoted: Vec<String> = command
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", quoted.join(" ")),
+    )
+    .unwrap();
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
 
     let args: Vec<String> = strs(&sensor_container(&ds)["args"])
@@ -601,9 +770,15 @@ fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
         .collect();
     assert_eq!(args[0], "run");
     let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
-    let mut sensor = SensorProcess::start_bin(&wrapper, &rest)
-        .unwrap_or_else(|e| panic!("the sensor image did not start: {e:#}\n{}", quoted.join(" ")));
-    let started = sensor.wait_for(|r| r["kind"] == "sensor_started", Duration::ZERO).unwrap();
+    let mut sensor = SensorProcess::start_bin(&wrapper, &rest).unwrap_or_else(|e| {
+        panic!(
+            "the sensor image did not start: {e:#}\n{}",
+            quoted.join(" ")
+        )
+    });
+    let started = sensor
+        .wait_for(|r| r["kind"] == "sensor_started", Duration::ZERO)
+        .unwrap();
     assert_eq!(started["host"], node, "records carry the node's name");
 
     // A container started on the host: its `true` runs under the runtime's tree.
@@ -615,7 +790,9 @@ fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
         .wait_for(
             |r| {
                 r["kind"] == "process_exec"
-                    && r["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == marker.as_str()))
+                    && r["argv"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == marker.as_str()))
             },
             Duration::from_secs(30),
         )
@@ -623,7 +800,10 @@ fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
     assert_eq!(exec["host"], node);
 
     let status = sensor.stop().unwrap();
-    assert!(status.success(), "the sensor's container exited with {status}");
+    assert!(
+        status.success(),
+        "the sensor's container exited with {status}"
+    );
     assert!(
         !sensor.records_of_kind("sensor_stats").is_empty(),
         "no sensor_stats record at exit"
@@ -636,5 +816,7 @@ fn ensure_tracefs() {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return;
     }
-    Cmd::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).run();
+    Cmd::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .run();
 }
