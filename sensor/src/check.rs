@@ -1,7 +1,7 @@
 //! `sensor check`: can this kernel, with these privileges, run the sensor? One line per item.
 use std::{path::Path, process::ExitCode};
 
-use crate::{btf, loader};
+use crate::{btf, caps, loader};
 
 fn line(ok: bool, item: &str, detail: &str) {
     println!("{} {item}: {detail}", if ok { "ok  " } else { "FAIL" });
@@ -12,10 +12,20 @@ pub fn check() -> ExitCode {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     line(true, "kernel", kernel.trim());
 
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    line(root, "privileges", if root { "running as root" } else { "not root: run as root, or with CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE" });
+    // The capabilities, not the uid, decide (docs/operations.md, "Capabilities").
+    let set = caps::effective();
+    let missing = caps::missing_required(set);
+    let root = missing.is_empty();
+    let detail = if root {
+        "CAP_BPF and CAP_PERFMON held".to_string()
+    } else {
+        format!("missing {}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE", missing.join(", "))
+    };
+    line(root, "privileges", &detail);
     fatal |= !root;
+    if root && !caps::has(set, caps::CAP_SYS_PTRACE) {
+        line(false, "CAP_SYS_PTRACE", "missing: executables of more privileged processes (dockerd) cannot be read, records miss `exe`");
+    }
 
     match btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)) {
         Ok(b) => {

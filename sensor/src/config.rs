@@ -230,8 +230,8 @@ pub fn check(path: &Path) -> Result<String, ConfigError> {
         run.metrics_addr.map(|a| format!("on {a}")).unwrap_or_else(|| "off".into()),
     );
     if let Some(p) = &run.policy {
-        let p = if p.is_relative() { path.parent().unwrap_or(Path::new(".")).join(p) } else { p.clone() };
-        summary.push_str(&format!("; {}", policy::check_file(&p)?));
+        // Relative to the working directory, as `sensor run` reads it.
+        summary.push_str(&format!("; {}", policy::check_file(p)?));
     }
     Ok(summary)
 }

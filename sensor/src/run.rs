@@ -79,6 +79,10 @@ fn ensure_tracefs() {
 }
 
 async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
+    // Before sensor_started is written: whoever sees it may signal at once.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut loaded = loader::load(&opts)?;
     for m in &loaded.missing_offsets {
         tracing::warn!("kernel field not found, some details will be missing: {}: {}", m.field, m.reason);
@@ -138,10 +142,6 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     );
     pipeline.flush();
     metrics.set_ready();
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut gauges = Snapshot::default();
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
