@@ -36,10 +36,6 @@ impl ProcessTable {
         Self { procs: HashMap::new(), cap, overflow: 0 }
     }
 
-    pub fn len(&self) -> usize {
-        self.procs.len()
-    }
-
     pub fn insert(&mut self, pid: u32, e: ProcEntry) {
         if self.procs.len() >= self.cap && !self.procs.contains_key(&pid) {
             self.overflow += 1;
@@ -343,7 +339,7 @@ mod tests {
         for pid in 1..=3 {
             t.insert(pid, ProcEntry::default());
         }
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.procs.len(), 2);
         assert_eq!(t.overflow, 1);
         t.insert(1, ProcEntry { ppid: 9, ..Default::default() });
         assert_eq!(t.get(1).unwrap().ppid, 9);

@@ -69,50 +69,6 @@ pub fn split_api_version(path: &str) -> (Option<String>, String) {
     (None, path.to_string())
 }
 
-/// Percent-decode a query component (`+` is a space in form encoding).
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Decoded `key=value` pairs of a query string, in order (keys may repeat).
-pub fn query_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,15 +97,5 @@ mod tests {
         assert!(parse_request(b"get / HTTP/1.1\r\n\r\n").is_none());
         assert_eq!(split_api_version("/build"), (None, "/build".into()));
         assert_eq!(split_api_version("/vx/build"), (None, "/vx/build".into()));
-    }
-
-    #[test]
-    fn percent_decoding_edges() {
-        assert_eq!(percent_decode("a%2Fb"), "a/b");
-        assert_eq!(percent_decode("%"), "%");
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%41"), "A");
-        assert_eq!(percent_decode("a+b%ff"), "a b\u{FFFD}");
     }
 }

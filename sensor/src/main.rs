@@ -1,10 +1,12 @@
 //! sensor: catches container images built on the host and follows what happens to them.
 //! This file parses arguments and wires the parts; the work is in the modules.
 mod btf;
+mod builds;
 mod caps;
 mod check;
 mod config;
 mod decode;
+mod detect;
 mod dns;
 mod engine;
 mod enrich;
@@ -16,7 +18,9 @@ mod policy;
 mod proc;
 mod record;
 mod run;
+mod schema;
 mod sinks;
+mod store;
 
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -39,6 +43,8 @@ enum Cmd {
     Check,
     /// Run the engines over a stream recorded with `sensor run --raw` and print derived records.
     Replay(ReplayArgs),
+    /// Print the JSON Schema of the records (schema/records.schema.json).
+    Schema,
     /// Config and policy files.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -62,6 +68,12 @@ pub struct RunArgs {
     /// Detection policy file (TOML, see deploy/policy.example.toml); reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
+    /// Directory of the persisted image lineage store (lineage.json).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/sensor")]
+    pub state_dir: PathBuf,
+    /// Show build-arg values in build records instead of `<redacted>`.
+    #[arg(long)]
+    pub show_build_args: bool,
     /// Where records go (repeatable; default stdout): stdout, file:PATH, tcp:HOST:PORT or unix:PATH,
     /// with options after `?`: name=N, queue=LINES, kinds=a,b, max_size=64MiB, keep=5 (files).
     #[arg(long = "sink", value_name = "SPEC")]
@@ -103,6 +115,15 @@ pub struct RunArgs {
 struct ReplayArgs {
     /// NDJSON file recorded with `sensor run --raw` (`-` for stdin).
     file: PathBuf,
+    /// Detection policy (TOML). Default: built-in.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Persist image lineage here (default: in memory only; the live store is not touched).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Show build-arg values instead of `<redacted>`.
+    #[arg(long)]
+    show_build_args: bool,
 }
 
 fn parse_kind(s: &str) -> Result<String, String> {
@@ -137,7 +158,13 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => with_config(args).and_then(run::run),
         Cmd::Check => return check::check(),
-        Cmd::Replay(args) => run::replay(&args.file),
+        Cmd::Replay(args) => {
+            run::replay(&args.file, args.policy.as_deref(), args.state_dir.as_deref(), args.show_build_args)
+        }
+        Cmd::Schema => {
+            print!("{}", schema::records_schema_json());
+            return ExitCode::SUCCESS;
+        }
         Cmd::Config(ConfigCmd::Check { file }) => config::check(&file).map(|ok| println!("{ok}")).map_err(Into::into),
     };
     match result {

@@ -56,17 +56,6 @@ impl Sink for StdoutSink {
     }
 }
 
-/// A sink that keeps lines in memory (tests, replay comparisons).
-#[derive(Default)]
-pub struct MemorySink(pub Vec<String>);
-
-impl Sink for MemorySink {
-    fn write_line(&mut self, line: &str) {
-        self.0.push(line.to_string());
-    }
-    fn flush(&mut self) {}
-}
-
 pub struct PipelineOptions {
     pub host: String,
     /// Write every kernel record (also the raw-only kinds).

@@ -14,6 +14,8 @@ use tokio::{
 
 use crate::{
     RunArgs, caps,
+    builds::{BuildConfig, BuildTracker},
+    detect::{self, HostPaths, SharedLineage},
     engine::Engine,
     loader::{self, LoadOptions},
     metrics::{Metrics, Snapshot},
@@ -34,9 +36,12 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
-/// The engines, in the order they see records.
-fn engines() -> Vec<Box<dyn Engine>> {
-    Vec::new()
+/// The engines, in the order they see records: builds, then lineage, then findings.
+fn engines(policy: &PolicyHandle, lineage: SharedLineage, show_build_args: bool) -> Vec<Box<dyn Engine>> {
+    let config = BuildConfig { show_build_args, classify: policy.classifier(), ..Default::default() };
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(BuildTracker::new(config))];
+    engines.extend(detect::engines(policy.clone(), lineage, HostPaths::default()));
+    engines
 }
 
 /// The capabilities loading needs (see caps.rs); `SENSOR_SKIP_ROOT_CHECK` skips the check.
@@ -93,6 +98,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let host = args.host.clone().unwrap_or_else(host_name);
     // The policy is read whole before anything is written; SIGHUP swaps it (see below).
     let policy = PolicyHandle::load(args.policy.as_deref())?;
+    let lineage = detect::open_store(&policy, Some(&args.state_dir))?;
     let kinds = sinks::expand_kinds(&args.kinds)?;
     let specs = if args.sinks.is_empty() { vec![SinkSpec::stdout()] } else { args.sinks.clone() };
     let sink_set = SinkSet::start(&specs)?;
@@ -106,7 +112,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     }
     let mut pipeline = Pipeline::new(
         PipelineOptions { host, raw: args.raw, kinds, write_inputs: true },
-        engines(),
+        engines(&policy, lineage, args.show_build_args),
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
@@ -229,7 +235,14 @@ fn publish_metrics(metrics: &Metrics, pipeline: &mut Pipeline, gauges: &mut Snap
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.
-pub fn replay(file: &Path) -> anyhow::Result<()> {
+pub fn replay(
+    file: &Path,
+    policy: Option<&Path>,
+    state_dir: Option<&Path>,
+    show_build_args: bool,
+) -> anyhow::Result<()> {
+    let policy = PolicyHandle::load(policy)?;
+    let lineage = detect::open_store(&policy, state_dir)?;
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -239,7 +252,7 @@ pub fn replay(file: &Path) -> anyhow::Result<()> {
     };
     let mut pipeline = Pipeline::new(
         PipelineOptions { host: host_name(), raw: true, kinds: Vec::new(), write_inputs: false },
-        engines(),
+        engines(&policy, lineage, show_build_args),
         Box::new(StdoutSink::new()),
     );
     let mut bad = 0u64;
