@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // `systemd-analyze verify` of deploy/systemd/sensor.service (tests/tests/deploy.rs).
     "systemd",
+    // A local registry on loopback for the push-then-deploy chain (tests/tests/detect_more.rs).
+    "docker-registry",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
