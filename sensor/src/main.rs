@@ -37,7 +37,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Load the kernel programs and write NDJSON records to stdout.
+    /// Load the kernel programs and write NDJSON records to the sinks (stdout by default).
     Run(RunArgs),
     /// Say whether this kernel and these privileges can run the sensor, one line per item.
     Check,

@@ -31,7 +31,7 @@ fn marker(prefix: &str) -> String {
 
 /// A container that runs one command with `marker` in its argv.
 fn docker_run_marker(marker: &str) {
-    run(docker_cli(), &["run", "--rm", "localbase:1", "sh", "-c", &format!("echo {marker} >/dev/null")]);
+    run(docker_cli(), &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("echo {marker} >/dev/null")]);
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -139,7 +139,7 @@ fn file_sink_rotates_by_size_without_cutting_or_losing_lines() {
     let m = marker("rotate");
     run(
         docker_cli(),
-        &["run", "--rm", "localbase:1", "sh", "-c", &format!("for i in $(seq 150); do sh -c \": {m} $i\"; done")],
+        &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("for i in $(seq 150); do sh -c \": {m} $i\"; done")],
     );
     thread::sleep(Duration::from_secs(2));
     assert!(sensor.stop().unwrap().success());
@@ -199,7 +199,7 @@ fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
 
     // More records than the TCP queue holds while it is down: the overflow is counted.
     let early = marker("early");
-    run(docker_cli(), &["run", "--rm", "localbase:1", "sh", "-c", &format!("for i in $(seq 60); do sh -c \": {early} $i\"; done")]);
+    run(docker_cli(), &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("for i in $(seq 60); do sh -c \": {early} $i\"; done")]);
     sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &early), WAIT).unwrap();
     assert!(unix_lines.wait_for(&early, Duration::from_secs(10)), "the unix collector got no {early}");
 
@@ -335,6 +335,14 @@ fn setpriv_wrapper(dir: &Path, uid: u32, caps: &str) -> PathBuf {
     script
 }
 
+/// The lineage store's directory, owned by `uid` (the one thing the sensor writes).
+fn state_dir_for(dir: &Path, uid: u32) -> String {
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(uid), Some(uid)).unwrap();
+    state.to_str().unwrap().to_string()
+}
+
 #[test]
 fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     require_root("dropping privileges with setpriv");
@@ -343,13 +351,14 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     let dir = scratch_dir("caps");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let wrapper = setpriv_wrapper(&dir, 65534, CAPS);
-    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0"]).unwrap();
+    let state = state_dir_for(&dir, 65534);
+    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state]).unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid())).unwrap();
     assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{status}");
 
     // A detached container: its exec carries the container's full id, from the cgroup.
     let m = marker("caps");
-    let out = run(docker_cli(), &["run", "-d", "localbase:1", "sh", "-c", &format!("echo {m} >/dev/null; sleep 2")]);
+    let out = run(docker_cli(), &["run", "-d", "--network", "none", "localbase:1", "sh", "-c", &format!("echo {m} >/dev/null; sleep 2")]);
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let inspected = run(docker_cli(), &["inspect", "--format", "{{.Id}}", &id]);
     let full = String::from_utf8_lossy(&inspected.stdout).trim().to_string();
@@ -392,7 +401,8 @@ fn without_the_capabilities_it_fails_with_one_clear_line() {
     }
     // Without CAP_SYS_PTRACE it runs, and says once what is missing from the records.
     let wrapper = setpriv_wrapper(&dir, 65534, "+bpf,+perfmon,+dac_read_search");
-    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0"]).unwrap();
+    let state = state_dir_for(&dir, 65534);
+    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state]).unwrap();
     assert!(sensor.stop().unwrap().success());
     let stderr = std::fs::read_to_string(sensor.stderr_path()).unwrap();
     assert_eq!(stderr.matches("no CAP_SYS_PTRACE").count(), 1, "{stderr}");
