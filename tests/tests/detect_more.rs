@@ -253,11 +253,24 @@ fn build_push_then_run_is_the_an0946_chain() {
     drop(sensor);
 }
 
-/// Issue 5: two builds at once (BuildKit and legacy), each downloading from its own test host,
+/// Issue 5: two builds at once (BuildKit and legacy, or two BuildKit), each downloading from its own test host,
 /// while a container started on the host talks to a third one. Each build's outbound list holds
 /// its own host only.
 #[test]
-fn overlapping_builds_keep_their_own_outbound() {
+fn overlapping_buildkit_and_legacy_builds_keep_their_own_outbound() {
+    overlapping_builds_keep_their_own_outbound(Builder::BuildKit, Builder::Legacy);
+}
+
+#[test]
+fn overlapping_buildkit_builds_keep_their_own_outbound() {
+    overlapping_builds_keep_their_own_outbound(Builder::BuildKit, Builder::BuildKit);
+}
+
+fn builder_name(b: Builder) -> &'static str {
+    if b == Builder::BuildKit { "buildkit" } else { "legacy" }
+}
+
+fn overlapping_builds_keep_their_own_outbound(builder_a: Builder, builder_b: Builder) {
     require_root("overlapping builds (dockerd, network namespaces, eBPF)");
     Dockerd::ensure();
     ensure_base_image(BASE);
@@ -274,8 +287,8 @@ fn overlapping_builds_keep_their_own_outbound() {
 
     // Each RUN fetches several times over a few seconds, so the two builds' traffic interleaves.
     let fetches = |url: &str| format!("for i in 1 2 3 4 5; do wget -q -O /dev/null {url}; sleep 1; done");
-    let tag_a = unique_tag("detect-ovl-bk");
-    let tag_b = unique_tag("detect-ovl-legacy");
+    let tag_a = unique_tag(&format!("detect-ovl-a-{}", builder_name(builder_a)));
+    let tag_b = unique_tag(&format!("detect-ovl-b-{}", builder_name(builder_b)));
     let _images = ImageGuard(vec![tag_a.clone(), tag_b.clone()]);
     let ctx_a = BuildContext::new(&format!("FROM {BASE}\nRUN {}\n", fetches(&host_a.url(8091, "payload"))));
     let ctx_b = BuildContext::new(&format!("FROM {BASE}\nRUN {}\n", fetches(&host_b.url(8091, "payload"))));
@@ -283,8 +296,8 @@ fn overlapping_builds_keep_their_own_outbound() {
     let _container = ContainerGuard(name.clone());
     let url_c = host_c.url(8091, "payload");
     thread::scope(|s| {
-        let a = s.spawn(|| ctx_a.build(&tag_a, Builder::BuildKit));
-        let b = s.spawn(|| ctx_b.build(&tag_b, Builder::Legacy));
+        let a = s.spawn(|| ctx_a.build(&tag_a, builder_a));
+        let b = s.spawn(|| ctx_b.build(&tag_b, builder_b));
         run(docker_cli(), &["run", "-d", "--name", &name, BASE, "sh", "-c", &fetches(&url_c)]);
         a.join().unwrap();
         b.join().unwrap();
@@ -292,8 +305,9 @@ fn overlapping_builds_keep_their_own_outbound() {
 
     let fa = finished(&sensor, &tag_a);
     let fb = finished(&sensor, &tag_b);
-    assert_eq!(fa["builder"], "buildkit", "{fa}");
-    assert_eq!(fb["builder"], "legacy", "{fb}");
+    assert_eq!(fa["builder"], builder_name(builder_a), "{fa}");
+    assert_eq!(fb["builder"], builder_name(builder_b), "{fb}");
+    assert_ne!(fa["build_id"], fb["build_id"]);
     // The builds really overlapped in time.
     let ts = |r: &Value, k: &str| r[k].as_str().unwrap().to_string();
     // (RFC 3339 with nanoseconds, always the same width: compared as strings; `ts` is the end.)
@@ -310,9 +324,15 @@ fn overlapping_builds_keep_their_own_outbound() {
             assert!(!out.iter().any(|o| o["dst_addr"] == other.as_str()), "outbound to {other} in {f}");
         }
     }
-    // The container did reach its host (else the negative above would prove nothing).
+    // The container did reach its host while the builds ran, and the sensor saw it (else the
+    // negative above would prove nothing).
     let start = sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT).unwrap();
     assert!(start["build_id"].is_null(), "{start}");
+    let to_c = sensor
+        .wait_for(|r| r["kind"] == "connect" && r["dst_addr"] == ips[2].as_str() && r["dst_port"] == 8091, WAIT)
+        .unwrap_or_else(|e| panic!("the sensor saw no connect to {}: {e:#}", ips[2]));
+    let during = |f: &Value| ts(&to_c, "ts") > ts(f, "started") && ts(&to_c, "ts") < ts(f, "ts");
+    assert!(during(&fa) || during(&fb), "the container's first connect {to_c} is outside both builds");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let logs = Cmd::new(docker_cli()).args(["inspect", "--format", "{{.State.Running}}", &name]).run();
