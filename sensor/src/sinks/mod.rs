@@ -173,10 +173,22 @@ impl Sink for SinkSet {
         while Instant::now() < deadline && self.sinks.iter().any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished())) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        for h in &mut self.sinks {
+        for h in &self.sinks {
             h.status.give_up.store(true, Relaxed);
+        }
+        // A writer blocked in a connect or a write to a stalled collector is not waited for
+        // beyond a short grace: what it still holds is counted and the process may exit.
+        let grace = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < grace && self.sinks.iter().any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished())) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for h in &mut self.sinks {
             if let Some(t) = h.thread.take() {
-                let _ = t.join();
+                if t.is_finished() {
+                    let _ = t.join();
+                } else {
+                    h.status.unsent_at_exit.fetch_add(h.status.depth.load(Relaxed).max(1), Relaxed);
+                }
             }
             let lost = h.status.unsent_at_exit.load(Relaxed);
             if lost > 0 {
@@ -315,6 +327,22 @@ mod tests {
         let got: Vec<String> = BufReader::new(conn).lines().map(|l| l.unwrap()).collect();
         assert_eq!(got.len() as u64 + full, 10, "{got:?}");
         assert_eq!(set.statuses()[0].reconnects.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn shutdown_with_the_collector_down_is_bounded_and_counted() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut set = SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}"))]).unwrap();
+        for _ in 0..3 {
+            set.write_record("finding", "{}");
+        }
+        let t = Instant::now();
+        set.close(Duration::from_millis(200));
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        let mut d = BTreeMap::new();
+        set.drops(&mut d);
+        assert_eq!(d["sink_tcp_unsent_at_exit"], 3, "{d:?}");
+        assert_eq!(d["sink_tcp_queue_full"], 0, "{d:?}");
     }
 
     #[test]

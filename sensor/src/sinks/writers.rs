@@ -8,8 +8,10 @@ use std::{
     time::Duration,
 };
 
-/// How long a connect or a blocked write to a collector may take before it counts as failed.
+/// How long a blocked write to a collector may take before it counts as failed.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connect may take (short: shutdown waits for it).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Writes whole lines. On error, says how many of the lines went out before it.
 pub trait Writer: Send {
@@ -191,7 +193,7 @@ impl StreamWriter {
             Endpoint::Tcp(addr) => {
                 let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
                 for a in addr.to_socket_addrs()? {
-                    match TcpStream::connect_timeout(&a, STREAM_TIMEOUT) {
+                    match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                         Ok(s) => {
                             s.set_write_timeout(Some(STREAM_TIMEOUT))?;
                             let _ = s.set_nodelay(true);
