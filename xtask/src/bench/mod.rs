@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Name of the symlink the tracked storms run through (passed as --runtime-name).
     #[arg(long, default_value = "bench-runtime")]
     pub runtime_name: String,
+    /// After the timed storms, with the sensor only: this many tracked connect storms at
+    /// once, to see whether the sensor keeps up with a higher event rate (0 or 1: none).
+    #[arg(long, default_value_t = 2)]
+    pub burst: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,10 @@ pub const CASES: [Case; 4] = [
         tracked: true,
     },
 ];
+
+/// How long to wait for the next `sensor_stats` record (written every second); without them
+/// the timings still count.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One storm as its driver timed it.
 #[derive(Clone, Copy)]
@@ -109,6 +117,9 @@ pub struct Measurements {
     pub with: [Vec<StormTiming>; 4],
     /// Per case, for storms with the sensor whose stats were readable.
     pub counts: [Vec<StormCounts>; 4],
+    /// Concurrent tracked connect storms, one per sensor run (with --burst > 1).
+    pub bursts: Vec<StormCounts>,
+    pub burst_procs: u32,
     pub sensors: Vec<SensorSummary>,
     /// True if a later stats record had lower totals than an earlier one (per-interval
     /// counters rather than totals): event and drop deltas are then not meaningful.
@@ -155,6 +166,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         without: Default::default(),
         with: Default::default(),
         counts: Default::default(),
+        bursts: Vec::new(),
+        burst_procs: args.burst,
         sensors: Vec::new(),
         stats_not_cumulative: false,
         load_before: loadavg(),
@@ -220,9 +233,7 @@ fn measure_with_sensor(
     let index = m.sensors.len();
     let mut run = SensorRun::start(sensor_bin, &args.runtime_name, out_dir, index)?;
     eprintln!("bench:   sensor started (pid {})", run.pid());
-    // Stats are written every second; without them the timings still count.
-    let stats_timeout = Duration::from_secs(5);
-    let mut before = match run.next_stats(stats_timeout) {
+    let mut before = match run.next_stats(STATS_TIMEOUT) {
         Ok(stats) => Some(stats),
         Err(e) => {
             eprintln!("bench:   no sensor_stats record to count events with: {e:#}");
@@ -232,27 +243,24 @@ fn measure_with_sensor(
     for (i, case) in CASES.iter().enumerate() {
         let t = drivers.storm(*case, count(args, case))?;
         m.with[i].push(t);
-        let secs = t.wall;
         let mut line = format!("bench:   {}", timing_line(case, &t));
-        if let Some(prev) = before.take() {
-            // The first record after the storm may have been taken during it: wait for two.
-            let after = run
-                .next_stats(stats_timeout)
-                .and_then(|_| run.next_stats(stats_timeout));
-            match after {
-                Ok(after) => {
-                    let counts = storm_counts(&prev, &after, secs, &mut m.stats_not_cumulative);
-                    line += &format!(
-                        "  {} events ({:.0}/s), {} drops",
-                        counts.events,
-                        counts.events_per_s(),
-                        counts.drops
-                    );
-                    m.counts[i].push(counts);
-                    before = Some(after);
-                }
-                Err(e) => eprintln!("bench:   sensor_stats stopped coming: {e:#}"),
-            }
+        if let Some(counts) = counts_since(&mut run, &mut before, t.wall, m) {
+            line += &counts_text(&counts);
+            m.counts[i].push(counts);
+        }
+        eprintln!("{line}");
+    }
+    if args.burst > 1 {
+        // Not timed against a baseline: only how many events/s the sensor takes without loss
+        // when several tracked processes connect at once.
+        let wall = drivers.burst(args.burst, args.connects)?;
+        let mut line = format!(
+            "bench:   {:<28} {wall:7.3} s",
+            format!("burst, {} tracked storms", args.burst)
+        );
+        if let Some(counts) = counts_since(&mut run, &mut before, wall, m) {
+            line += &counts_text(&counts);
+            m.bursts.push(counts);
         }
         eprintln!("{line}");
     }
@@ -265,6 +273,40 @@ fn measure_with_sensor(
         lost(summary.final_stats.as_ref()).map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
     );
     Ok(summary)
+}
+
+/// Counts of the storm that just ended: from the stats record taken before it to one surely
+/// written after it (the first new record may have been taken during the storm: wait for two).
+fn counts_since(
+    run: &mut SensorRun,
+    before: &mut Option<Value>,
+    seconds: f64,
+    m: &mut Measurements,
+) -> Option<StormCounts> {
+    let prev = before.take()?;
+    let after = run
+        .next_stats(STATS_TIMEOUT)
+        .and_then(|_| run.next_stats(STATS_TIMEOUT));
+    match after {
+        Ok(after) => {
+            let counts = storm_counts(&prev, &after, seconds, &mut m.stats_not_cumulative);
+            *before = Some(after);
+            Some(counts)
+        }
+        Err(e) => {
+            eprintln!("bench:   sensor_stats stopped coming: {e:#}");
+            None
+        }
+    }
+}
+
+fn counts_text(c: &StormCounts) -> String {
+    format!(
+        "  {} events ({:.0}/s), {} drops",
+        c.events,
+        c.events_per_s(),
+        c.drops
+    )
 }
 
 fn storm_counts(
@@ -323,6 +365,31 @@ impl Drivers {
         })
     }
 
+    /// Run `procs` tracked connect storms at once; returns the longest loop, in seconds.
+    fn burst(&self, procs: u32, count: u32) -> Result<f64> {
+        let children = (0..procs)
+            .map(|_| {
+                Command::new(&self.tracked)
+                    .args(["storm", "connect", &count.to_string()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .context("starting a burst storm")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut longest: f64 = 0.0;
+        for child in children {
+            let out = child
+                .wait_with_output()
+                .context("waiting for a burst storm")?;
+            if !out.status.success() {
+                bail!("a burst storm failed ({})", out.status);
+            }
+            longest = longest.max(parse_timing(&String::from_utf8_lossy(&out.stdout))?.wall);
+        }
+        Ok(longest)
+    }
+
     /// Run one storm; returns the driver's own timing of its loop.
     fn storm(&self, case: Case, count: u32) -> Result<StormTiming> {
         let driver = if case.tracked {
@@ -338,18 +405,22 @@ impl Drivers {
         storm
             .args(["storm", kind, &count.to_string()])
             .stderr(Stdio::inherit());
-        let out = cmd::output(&mut storm)?;
-        let nanos: Vec<u64> = out
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        match nanos[..] {
-            [wall, cpu] => Ok(StormTiming {
-                wall: wall as f64 / 1e9,
-                cpu: cpu as f64 / 1e9,
-            }),
-            _ => bail!("the storm driver printed {out:?}, not `WALL_NS CPU_NS`"),
-        }
+        parse_timing(&cmd::output(&mut storm)?)
+    }
+}
+
+/// The storm driver's `WALL_NS CPU_NS` line.
+fn parse_timing(out: &str) -> Result<StormTiming> {
+    let nanos: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nanos[..] {
+        [wall, cpu] => Ok(StormTiming {
+            wall: wall as f64 / 1e9,
+            cpu: cpu as f64 / 1e9,
+        }),
+        _ => bail!("the storm driver printed {out:?}, not `WALL_NS CPU_NS`"),
     }
 }
 

@@ -117,6 +117,7 @@ fn totals(m: &Measurements) -> Totals {
         .zip(&m.counts)
         .filter(|(case, _)| case.tracked)
         .flat_map(|(_, counts)| counts.iter())
+        .chain(&m.bursts)
         .map(|c| (c.events_per_s(), c.drops))
         .max_by(|a, b| a.0.total_cmp(&b.0));
     Totals {
@@ -198,6 +199,19 @@ pub fn markdown(m: &Measurements) -> String {
         md,
         "| drops (final sensor_stats, all runs) | {rate_text} | 0 at ≥ 20,000 tracked events/s | {drops_result} |"
     );
+    if !m.bursts.is_empty() {
+        let rates: Vec<f64> = m.bursts.iter().map(|c| c.events_per_s()).collect();
+        let drops: u64 = m.bursts.iter().map(|c| c.drops).sum();
+        let _ = writeln!(
+            md,
+            "| burst: {} tracked connect storms at once ({} × {}), median | {} events/s, {} lost | | |",
+            m.burst_procs,
+            m.burst_procs,
+            grouped(m.args_connects.into()),
+            grouped(median(&rates).unwrap_or(0.0).round() as u64),
+            grouped(drops),
+        );
+    }
     let (rss_text, rss_result) = match t.peak_rss {
         Some(r) => (format!("{:.1} MiB", mib(r)), pass(r < MAX_RSS)),
         None => ("n/a".into(), "FAIL"),
