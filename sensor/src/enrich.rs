@@ -116,6 +116,7 @@ impl Enricher {
             exe: e.and_then(|e| e.exe.clone()),
             cgroup_id: h.cgroup_id,
             container_id: e.and_then(|e| e.container_id.clone()),
+            pod: e.and_then(|e| e.container_id.as_deref()).and_then(proc::pod_of_container),
             role: role(h.track_flags),
         }
     }

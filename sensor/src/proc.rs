@@ -1,7 +1,12 @@
 //! Reading /proc: process details for enrichment and for seeding the tracked set at start.
-use std::{fs, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs,
+    path::PathBuf,
+    sync::{Mutex, OnceLock},
+};
 
-use crate::record::{Ancestor, lossy};
+use crate::record::{Ancestor, PodRef, lossy};
 
 /// What /proc tells about one process.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -120,6 +125,72 @@ pub fn container_id_of(pid: u32) -> Option<String> {
     container_id_from_cgroup(&text)
 }
 
+/// The host's root as the sensor sees it: `SENSOR_HOST_ROOT` (e.g. `/host` when the sensor runs
+/// in a container with the host's `/run` and `/var/lib/docker` mounted there), else `/`.
+pub fn host_root() -> PathBuf {
+    PathBuf::from(std::env::var_os("SENSOR_HOST_ROOT").unwrap_or_else(|| "/".into()))
+}
+
+/// The pod name and namespace from a runtime's metadata: OCI annotations (containerd/CRI keys
+/// `io.kubernetes.cri.sandbox-*`, CRI-O keys `io.kubernetes.pod.*`) or Docker labels.
+fn pod_from_map(m: &serde_json::Value, name_key: &str, ns_key: &str) -> Option<PodRef> {
+    let name = m.get(name_key)?.as_str()?;
+    let namespace = m.get(ns_key)?.as_str()?;
+    Some(PodRef { name: name.to_string(), namespace: namespace.to_string() })
+}
+
+fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Where each runtime keeps a container's metadata, and the keys of its pod.
+fn pod_from_runtime(root: &std::path::Path, id: &str) -> Option<PodRef> {
+    // containerd: the OCI bundle of the task, in any containerd namespace (k8s.io for the CRI).
+    let tasks = root.join("run/containerd/io.containerd.runtime.v2.task");
+    if let Ok(rd) = fs::read_dir(&tasks) {
+        for ns in rd.flatten() {
+            if let Some(spec) = read_json(&ns.path().join(id).join("config.json")) {
+                let a = &spec["annotations"];
+                if let Some(p) = pod_from_map(a, "io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace")
+                    .or_else(|| pod_from_map(a, "io.kubernetes.pod.name", "io.kubernetes.pod.namespace"))
+                {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    // CRI-O.
+    let crio = root.join("run/containers/storage/overlay-containers").join(id).join("userdata/config.json");
+    if let Some(spec) = read_json(&crio) {
+        return pod_from_map(&spec["annotations"], "io.kubernetes.pod.name", "io.kubernetes.pod.namespace");
+    }
+    // Docker (cri-dockerd, or kubelet's dockershim): labels in the container's config.
+    let docker = root.join("var/lib/docker/containers").join(id).join("config.v2.json");
+    let cfg = read_json(&docker)?;
+    pod_from_map(&cfg["Config"]["Labels"], "io.kubernetes.pod.name", "io.kubernetes.pod.namespace")
+}
+
+/// The pod of container `id`, looked up once per container (the runtime writes its metadata
+/// before the container's first process runs, so a miss stays a miss).
+pub fn pod_of_container(id: &str) -> Option<PodRef> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Option<PodRef>>>> = OnceLock::new();
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(id) {
+        return hit.clone();
+    }
+    let pod = pod_from_runtime(&host_root(), id);
+    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+    // Bounded: containers come and go; forgetting only costs a re-read.
+    if c.len() >= 4096 {
+        c.clear();
+    }
+    c.insert(id.to_string(), pod.clone());
+    pod
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +223,32 @@ mod tests {
             assert_eq!(container_id_from_cgroup(&text).as_deref(), Some(id.as_str()), "{text}");
         }
         assert_eq!(container_id_from_cgroup("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    #[test]
+    fn pods_from_runtime_metadata() {
+        let root = std::env::temp_dir().join(format!("sensor-pods-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        let bundle = root.join("run/containerd/io.containerd.runtime.v2.task/k8s.io").join(&a);
+        fs::create_dir_all(&bundle).unwrap();
+        fs::write(
+            bundle.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
+        )
+        .unwrap();
+        let crio = root.join("run/containers/storage/overlay-containers").join(&b).join("userdata");
+        fs::create_dir_all(&crio).unwrap();
+        fs::write(crio.join("config.json"), r#"{"annotations":{"io.kubernetes.pod.name":"db-1","io.kubernetes.pod.namespace":"data"}}"#).unwrap();
+        let docker = root.join("var/lib/docker/containers").join(&c);
+        fs::create_dir_all(&docker).unwrap();
+        fs::write(docker.join("config.v2.json"), r#"{"Config":{"Labels":{"io.kubernetes.pod.name":"x","io.kubernetes.pod.namespace":"y"}}}"#).unwrap();
+        let pod = |n: &str, ns: &str| Some(PodRef { name: n.into(), namespace: ns.into() });
+        assert_eq!(pod_from_runtime(&root, &a), pod("web-0", "shop"));
+        assert_eq!(pod_from_runtime(&root, &b), pod("db-1", "data"));
+        assert_eq!(pod_from_runtime(&root, &c), pod("x", "y"));
+        assert_eq!(pod_from_runtime(&root, &"d".repeat(64)), None);
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

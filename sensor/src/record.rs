@@ -148,8 +148,19 @@ pub struct ProcessRef {
     /// Container id from the process's cgroup or its runtime ancestry, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// Kubernetes pod of the container, when its runtime records one (containerd/CRI, CRI-O,
+    /// Docker with kubelet labels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
     /// Why the process is traced: `runtime`, `descendant` (of a runtime), `api_client`.
     pub role: String,
+}
+
+/// A Kubernetes pod, as its container runtime records it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
+pub struct PodRef {
+    pub name: String,
+    pub namespace: String,
 }
 
 fn is_zero(v: &u32) -> bool {

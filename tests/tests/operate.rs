@@ -358,7 +358,15 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
 
     // A detached container: its exec carries the container's full id, from the cgroup.
     let m = marker("caps");
-    let out = run(docker_cli(), &["run", "-d", "--network", "none", "localbase:1", "sh", "-c", &format!("echo {m} >/dev/null; sleep 2")]);
+    // Labelled as kubelet labels a pod's containers (cri-dockerd): the pod is reported too.
+    let out = run(
+        docker_cli(),
+        &[
+            "run", "-d", "--network", "none",
+            "--label", "io.kubernetes.pod.name=web-0", "--label", "io.kubernetes.pod.namespace=shop",
+            "localbase:1", "sh", "-c", &format!("echo {m} >/dev/null; sleep 2"),
+        ],
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let inspected = run(docker_cli(), &["inspect", "--format", "{{.Id}}", &id]);
     let full = String::from_utf8_lossy(&inspected.stdout).trim().to_string();
@@ -366,6 +374,7 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     let exec = sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &m), WAIT).unwrap();
     assert_eq!(exec["process"]["container_id"], full.as_str(), "{exec}");
     assert_eq!(exec["process"]["role"], "descendant", "{exec}");
+    assert_eq!(exec["process"]["pod"], serde_json::json!({"name": "web-0", "namespace": "shop"}), "{exec}");
     run(docker_cli(), &["rm", "-f", &full]);
     // With CAP_SYS_PTRACE the runtime's executable is readable: dockerd's records carry `exe`.
     assert!(
