@@ -97,11 +97,21 @@ fn family_name(f: u16) -> String {
 pub struct Enricher {
     pub table: ProcessTable,
     self_pid: u32,
+    /// Replace build-arg values in command lines and `POST /build` queries by `<redacted>`
+    /// (unless `--show-build-args`): raw records must not carry what the build records hide.
+    pub redact_build_args: bool,
 }
 
 impl Enricher {
     pub fn new(cap: usize) -> Self {
-        Self { table: ProcessTable::new(cap), self_pid: std::process::id() }
+        Self { table: ProcessTable::new(cap), self_pid: std::process::id(), redact_build_args: true }
+    }
+
+    fn redact_argv(&self, argv: Vec<String>) -> Vec<String> {
+        if !self.redact_build_args {
+            return argv;
+        }
+        crate::builds::redact_exec_argv(&argv).unwrap_or(argv)
     }
 
     fn process_ref(&self, h: &EventHeader) -> ProcessRef {
@@ -141,7 +151,7 @@ impl Enricher {
             KernelEvent::Exec(e) => {
                 let d = &e.data;
                 let filename = lossy(&d.filename[..(d.filename_len as usize).min(d.filename.len())]);
-                let argv = split_argv(&d.argv[..(d.argv_len as usize).min(d.argv.len())]);
+                let argv = self.redact_argv(split_argv(&d.argv[..(d.argv_len as usize).min(d.argv.len())]));
                 let pid = e.header.pid;
                 // The cgroup is read now, while the process is alive (best effort).
                 let container_id = proc::container_id_of(pid)
@@ -285,6 +295,12 @@ impl Enricher {
             },
             _ => ApiClient { transport: "unknown".into(), ..Default::default() },
         };
+        let mut client = client;
+        client.argv = self.redact_argv(client.argv);
+        let query = match head.query {
+            Some(q) if self.redact_build_args => Some(crate::builds::redact_buildargs_in(&q)),
+            q => q,
+        };
         Some(Body::ApiRequest(ApiRequest {
             process: self.process_ref(h),
             fd: d.fd,
@@ -292,7 +308,7 @@ impl Enricher {
             path: head.path,
             endpoint,
             api_version,
-            query: head.query,
+            query,
             user_agent: head.user_agent,
             content_type: head.content_type,
             content_length: head.content_length,

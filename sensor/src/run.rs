@@ -116,6 +116,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
+    pipeline.enricher.redact_build_args = !args.show_build_args;
 
     // Seed twice: processes forked while the first pass ran are caught by the second.
     let mut seeded = 0u64;

@@ -41,6 +41,7 @@ mod cmd;
 mod docker;
 mod netns;
 mod sensor;
+mod tcp_dockerd;
 
 pub use cmd::{Cmd, DEFAULT_TIMEOUT, run, run_env};
 pub use docker::{
@@ -49,6 +50,7 @@ pub use docker::{
 };
 pub use netns::{TcpSink, TestHost};
 pub use sensor::{SensorProcess, sensor_bin};
+pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

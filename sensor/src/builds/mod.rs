@@ -40,6 +40,7 @@ use crate::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit,
     ProcessFork, Record, Timestamp,
 };
+pub use params::{query_pairs, redact_buildargs_in, redact_exec_argv};
 use procs::RuntimeProc;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};

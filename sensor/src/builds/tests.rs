@@ -374,7 +374,7 @@ fn query_and_cli_params() {
         .collect();
     assert_eq!(
         params::redact_argv(&argv),
-        ["docker", "build", "--build-arg", "A=<redacted>", "--build-arg=B=<redacted>", "http://h/build?t=a&buildargs=<redacted>&q=1"]
+        ["docker", "build", "--build-arg", "A=<redacted>", "--build-arg=B=<redacted>", "http://h/build?t=a&buildargs=%7B%7D&q=1"]
     );
 }
 
