@@ -341,7 +341,10 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let mut d = BTreeMap::new();
         set.drops(&mut d);
-        assert_eq!(d["sink_tcp_unsent_at_exit"], 3, "{d:?}");
+        // Unit tests run in parallel: another test may bind the freed port meanwhile and take
+        // some lines. Whatever was not written must be counted, never lost silently.
+        let written = set.statuses()[0].written.load(Relaxed);
+        assert_eq!(d["sink_tcp_unsent_at_exit"] + written, 3, "{d:?} written={written}");
         assert_eq!(d["sink_tcp_queue_full"], 0, "{d:?}");
     }
 
