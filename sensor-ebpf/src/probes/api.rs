@@ -39,6 +39,18 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// No peer known (yet): zero the peer fields of a reserved record.
+#[inline(always)]
+fn clear_peer(d: &mut ApiData) {
+    d.peer_family = 0;
+    d.peer_port = 0;
+    d.local_port = 0;
+    d.peer_pid = 0;
+    d.peer_uid = u32::MAX;
+    d.peer_addr = [0; 16];
+    d.local_addr = [0; 16];
+}
+
 /// Whether the first bytes are an HTTP/1 request line.
 #[inline(always)]
 fn is_request(b: &[u8; 8]) -> bool {
@@ -93,13 +105,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
         d.len = 0;
         count(StatReason::HttpReadFailed);
     }
-    d.peer_family = 0;
-    d.peer_port = 0;
-    d.local_port = 0;
-    d.peer_pid = 0;
-    d.peer_uid = u32::MAX;
-    d.peer_addr = [0; 16];
-    d.local_addr = [0; 16];
+    clear_peer(d);
     let o = &cfg.offsets;
     match sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk).map(|a| (sk, a))) {
         Some((sk, a)) => {
@@ -187,13 +193,7 @@ fn try_write(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: n <= HTTP_CAP, the destination's size.
     let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
     d.len = if r == 0 { n as u16 } else { 0 };
-    d.peer_family = 0;
-    d.peer_port = 0;
-    d.local_port = 0;
-    d.peer_pid = 0;
-    d.peer_uid = u32::MAX;
-    d.peer_addr = [0; 16];
-    d.local_addr = [0; 16];
+    clear_peer(d);
     entry.submit(0);
     Some(())
 }
