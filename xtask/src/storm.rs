@@ -8,7 +8,7 @@
 //! start-up is not measured.
 
 use std::ffi::CString;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
 use std::sync::mpsc;
@@ -95,7 +95,8 @@ fn exec_storm(count: u32) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// N connects to a fresh listener on 127.0.0.1; a thread of this process accepts and closes.
+/// N connects to a fresh listener on 127.0.0.1, each closed at once; a thread of this process
+/// accepts them and closes its end after the client's FIN.
 /// A fresh listening port per storm keeps the 4-tuples apart from the TIME_WAIT sockets of the
 /// previous storm, so ephemeral ports never run out between repetitions.
 fn connect_storm(count: u32) -> Result<Duration> {
@@ -106,7 +107,11 @@ fn connect_storm(count: u32) -> Result<Duration> {
         let mut accepted = 0u32;
         while accepted < count {
             match listener.accept() {
-                Ok((stream, _)) => {
+                Ok((mut stream, _)) => {
+                    // Close after the client does, so TIME_WAIT stays on the client's side,
+                    // where connect()'s port choice accounts for it: a server-side TIME_WAIT
+                    // on a 4-tuple the client reuses can cost a 1 s SYN retransmit.
+                    let _ = stream.read(&mut [0u8; 1]);
                     drop(stream);
                     accepted += 1;
                 }
