@@ -89,6 +89,18 @@ fn wait_stderr_lines(sensor: &SensorProcess, needle: &str, n: usize) -> Vec<Stri
     }
 }
 
+/// The Engine API requests, pushes and builds the sensor saw, for failure messages.
+fn api_records(sensor: &SensorProcess) -> String {
+    let keep = ["api_request", "image_push", "build_started", "build_finished", "sensor_stats"];
+    sensor
+        .records()
+        .iter()
+        .filter(|r| keep.iter().any(|k| r["kind"] == *k))
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Removes a container at the end of the test, passed or not.
 struct ContainerGuard(String);
 
@@ -250,6 +262,63 @@ fn build_push_then_run_is_the_an0946_chain() {
         assert!(ids.contains(&id), "the chain's evidence lacks the {what} record {id}: {chain}");
     }
     assert_records_match_schema(&records);
+    drop(sensor);
+}
+
+/// The AN0946 chain across a sensor restart: the push is remembered in the lineage store, so
+/// a container started under the next sensor run still completes the chain.
+#[test]
+fn push_survives_a_sensor_restart_and_completes_the_chain() {
+    require_root("the push chain (dockerd, a local registry, eBPF)");
+    Dockerd::ensure();
+    ensure_base_image(BASE);
+    let registry = LocalRegistry::start();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let args = ["--state-dir", state_dir.to_str().unwrap()];
+    let mut sensor = SensorProcess::start(&args).unwrap();
+
+    let tag = unique_tag("detect-chain-restart");
+    let (repo, version) = tag.split_once(':').unwrap();
+    // Built straight under the registry's name this time: the push's tag is the build's tag.
+    let pushed = format!("{}/{repo}:{version}", registry.host());
+    let _images = ImageGuard(vec![pushed.clone()]);
+    BuildContext::new(&format!("FROM {BASE}\nRUN echo implanted > /implant\n")).build(&pushed, Builder::Legacy);
+    let build = finished(&sensor, &pushed);
+    let build_id = build["build_id"].as_str().unwrap().to_string();
+    Cmd::new(docker_cli()).args(["push", &pushed]).timeout(Duration::from_secs(120)).run();
+    let repo_digest = docker_out(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &pushed]);
+    let digest = repo_digest.split_once('@').unwrap().1.to_string();
+    let push = sensor
+        .wait_for(|r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(), WAIT)
+        .unwrap_or_else(|e| panic!("no image_push for {pushed}: {e:#}\n{}", api_records(&sensor)));
+    assert_eq!(push["digest"], digest.as_str(), "{push}");
+    assert_eq!(push["build_id"], build_id.as_str(), "{push}");
+    let mut all = sensor.records();
+    assert_eq!(sensor.stop().unwrap().code(), Some(0));
+
+    let sensor = SensorProcess::start(&args).unwrap();
+    let name = format!("detect-chain-restart-{}", std::process::id());
+    let _container = ContainerGuard(name.clone());
+    // Started by digest, as a deployment pinned to what was pushed would.
+    run(docker_cli(), &["run", "-d", "--name", &name, &repo_digest, "sleep", "60"]);
+    let start = sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT).unwrap();
+    assert_eq!(start["build_id"], build_id.as_str(), "{start}");
+    let cid = start["container_id"].as_str().unwrap().to_string();
+    let chain = sensor
+        .wait_for(
+            |r| r["kind"] == "finding" && r["rule"] == "build_push_deploy_chain" && r["container_id"] == cid.as_str(),
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(chain["details"]["pushed_reference"], pushed.as_str(), "{chain}");
+    assert_eq!(chain["details"]["pushed_digest"], digest.as_str(), "{chain}");
+    assert!(
+        chain["evidence"]["record_ids"].as_array().unwrap().iter().any(|i| *i == start["id"]),
+        "the chain's evidence lacks this run's container_start: {chain}"
+    );
+    all.extend(sensor.records());
+    assert_records_match_schema(&all);
     drop(sensor);
 }
 

@@ -118,6 +118,32 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
     None
 }
 
+/// The manifest digests Docker recorded for repository `name` (no tag) that point at `image_id`:
+/// the `name@sha256:...` entries of repositories.json, which dockerd adds when a push (or pull)
+/// of that repository succeeds.
+pub fn docker_repo_digests(paths: &HostPaths, name: &str, image_id: &str) -> Vec<String> {
+    let want = crate::store::normalize_ref(&format!("{name}:x"));
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else { return found };
+    for driver in dir.flatten() {
+        let Some(v) = read_json(&driver.path().join("repositories.json")) else { continue };
+        let Some(repos) = v["Repositories"].as_object() else { continue };
+        for refs in repos.values() {
+            let Some(refs) = refs.as_object() else { continue };
+            for (r, id) in refs {
+                if let Some((repo, digest)) = r.split_once('@')
+                    && id.as_str() == Some(image_id)
+                    && crate::store::normalize_ref(&format!("{repo}:x")) == want
+                    && !found.iter().any(|d| d == digest)
+                {
+                    found.push(digest.to_string());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// When Docker says an image was created (its config's `created`).
 pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::record::Timestamp> {
     let hex = image_id.strip_prefix("sha256:")?;
@@ -200,6 +226,7 @@ pub(crate) mod tests {
         assert_eq!(docker_container_by_ref(&p, "web").unwrap().id, id);
         assert!(docker_container_by_ref(&p, "nope").is_none());
         assert_eq!(docker_image_id(&p, "docker.io/library/x:1").as_deref(), Some("sha256:img"));
+        assert!(docker_repo_digests(&p, "x", "sha256:img").is_empty());
         std::fs::remove_dir_all(&p.host_root).unwrap();
     }
 

@@ -47,6 +47,11 @@ struct PendingPush {
     responses: u64,
     response_ids: Vec<u64>,
     tags_reported: Vec<String>,
+    /// The image `name:tag` named when the push was asked for, and the digests Docker already
+    /// had for it in that repository: a new one on disk confirms a push whose response stream
+    /// was not captured.
+    image_id: Option<String>,
+    digests_before: Vec<String>,
 }
 
 pub struct LineageEngine {
@@ -132,11 +137,19 @@ impl LineageEngine {
             });
         } else if let Some(name) = ep.strip_prefix("/images/").and_then(|r| r.strip_suffix("/push")) {
             let tag = query_param(a.query.as_deref().unwrap_or(""), "tag").unwrap_or_default();
+            let name = percent_decode(name);
+            // `tag` empty pushes every tag of the repository: no single image to watch on disk.
+            let image_id =
+                if tag.is_empty() { None } else { host::docker_image_id(&self.paths, &format!("{name}:{tag}")) };
+            let digests_before =
+                image_id.as_deref().map(|i| host::docker_repo_digests(&self.paths, &name, i)).unwrap_or_default();
             self.pushes.insert(
                 (a.process.pid, a.fd),
                 PendingPush {
-                    name: percent_decode(name),
+                    name,
                     tag,
+                    image_id,
+                    digests_before,
                     client: a.client.clone(),
                     record_id: rec.id,
                     ts: rec.ts,
@@ -365,6 +378,25 @@ impl Engine for LineageEngine {
                 i += 1;
             }
         }
+        // A push whose response stream was not captured (the kernel side watches a connection
+        // only when the request line names `/push` early enough, and events can be lost): dockerd
+        // records `name@digest` for the image when the push succeeds, so a new one on disk
+        // confirms the push and gives its digest.
+        let mut confirmed = Vec::new();
+        for (k, p) in &self.pushes {
+            let Some(id) = p.image_id.as_deref().filter(|_| p.responses == 0) else { continue };
+            if let Some(d) = host::docker_repo_digests(&self.paths, &p.name, id)
+                .into_iter()
+                .find(|d| !p.digests_before.contains(d))
+            {
+                confirmed.push((*k, d));
+            }
+        }
+        for (k, digest) in confirmed {
+            if let Some(p) = self.pushes.remove(&k) {
+                out.push(self.image_push(&p.name, &p.tag, Some(digest), p.client, vec![p.record_id]));
+            }
+        }
         let mut expired = Vec::new();
         for (k, p) in &self.pushes {
             let age = now.millis_since(&p.ts);
@@ -536,6 +568,35 @@ mod tests {
         e.observe(&rec(4, 111, pushed), &mut out);
         assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().pushes[0].record_id, 4);
         assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().digests, vec!["sha256:dd".to_string()]);
+    }
+
+    #[test]
+    fn push_without_response_stream_is_confirmed_by_a_new_digest_on_disk() {
+        let id = "b".repeat(64);
+        let p = fake_docker("pushdisk", &id, "c", "sha256:img4", "127.0.0.1:5000/app:1");
+        let (mut e, _) = engine(p.clone());
+        let mut out = Vec::new();
+        e.observe(&rec(2, 110, api_post("/images/127.0.0.1:5000/app/push", Some("tag=1"), unix_client(0))), &mut out);
+        e.tick(ts(111), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        // dockerd adds `name@digest` when the push succeeds.
+        let repos = p.host_root.join("var/lib/docker/image/overlay2/repositories.json");
+        std::fs::write(
+            &repos,
+            serde_json::json!({"Repositories": {"127.0.0.1:5000/app": {
+                "127.0.0.1:5000/app:1": "sha256:img4", "127.0.0.1:5000/app@sha256:d4": "sha256:img4"}}})
+            .to_string(),
+        )
+        .unwrap();
+        e.tick(ts(113), &mut out);
+        let Body::ImagePush(push) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(push.reference, "127.0.0.1:5000/app:1");
+        assert_eq!(push.digest.as_deref(), Some("sha256:d4"));
+        assert_eq!(push.registry, "127.0.0.1:5000");
+        assert_eq!(push.image_id.as_deref(), Some("sha256:img4"));
+        e.tick(ts(300), &mut out);
+        assert_eq!(out.len(), 1, "reported twice: {out:?}");
+        std::fs::remove_dir_all(&p.host_root).unwrap();
     }
 
     #[test]
