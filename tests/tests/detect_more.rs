@@ -15,8 +15,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image, remove_image,
-    require_root, run, tail_file, unique_tag, workspace_root,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image,
+    remove_image, require_root, run, tail_file, unique_tag, workspace_root,
 };
 use serde_json::Value;
 
@@ -35,16 +35,27 @@ fn assert_records_match_schema(records: &[Value]) {
     let v = schema_validator();
     let mut bad = Vec::new();
     for r in records {
-        let errors: Vec<String> = v.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> = v
+            .iter_errors(r)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
         if !errors.is_empty() {
             bad.push(format!("{}: {}\n  {r}", r["kind"], errors.join("; ")));
         }
     }
-    assert!(bad.is_empty(), "{} of {} records do not match the schema:\n{}", bad.len(), records.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} records do not match the schema:\n{}",
+        bad.len(),
+        records.len(),
+        bad.join("\n")
+    );
 }
 
 fn has_tag(r: &Value, tag: &str) -> bool {
-    [&r["tags"], &r["params"]["tags"]].iter().any(|l| l.as_array().is_some_and(|a| a.iter().any(|t| t == tag)))
+    [&r["tags"], &r["params"]["tags"]]
+        .iter()
+        .any(|l| l.as_array().is_some_and(|a| a.iter().any(|t| t == tag)))
 }
 
 fn finished(sensor: &SensorProcess, tag: &str) -> Value {
@@ -54,7 +65,9 @@ fn finished(sensor: &SensorProcess, tag: &str) -> Value {
 }
 
 fn docker_out(args: &[&str]) -> String {
-    String::from_utf8_lossy(&run(docker_cli(), args).stdout).trim().to_string()
+    String::from_utf8_lossy(&run(docker_cli(), args).stdout)
+        .trim()
+        .to_string()
 }
 
 fn image_id(tag: &str) -> String {
@@ -81,7 +94,11 @@ fn wait_stderr_lines(sensor: &SensorProcess, needle: &str, n: usize) -> Vec<Stri
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(sensor.stderr_path()).unwrap_or_default();
-        let lines: Vec<String> = text.lines().filter(|l| l.contains(needle)).map(str::to_string).collect();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect();
         if lines.len() >= n || Instant::now() >= deadline {
             return lines;
         }
@@ -91,7 +108,13 @@ fn wait_stderr_lines(sensor: &SensorProcess, needle: &str, n: usize) -> Vec<Stri
 
 /// The Engine API requests, pushes and builds the sensor saw, for failure messages.
 fn api_records(sensor: &SensorProcess) -> String {
-    let keep = ["api_request", "image_push", "build_started", "build_finished", "sensor_stats"];
+    let keep = [
+        "api_request",
+        "image_push",
+        "build_started",
+        "build_finished",
+        "sensor_stats",
+    ];
     sensor
         .records()
         .iter()
@@ -134,10 +157,20 @@ struct LocalRegistry {
 impl LocalRegistry {
     fn start() -> LocalRegistry {
         let bin = "/usr/bin/docker-registry";
-        assert!(Path::new(bin).is_file(), "{bin} not found: `apt-get install -y docker-registry` (cargo xtask setup)");
-        let dir = tempfile::Builder::new().prefix("sensor-tests-registry-").tempdir().unwrap();
+        assert!(
+            Path::new(bin).is_file(),
+            "{bin} not found: `apt-get install -y docker-registry` (cargo xtask setup)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("sensor-tests-registry-")
+            .tempdir()
+            .unwrap();
         // A free loopback port: bound, then released for the registry.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let config = dir.path().join("config.yml");
@@ -158,14 +191,25 @@ impl LocalRegistry {
             .stderr(std::fs::File::create(dir.path().join("registry.err")).unwrap())
             .spawn()
             .unwrap();
-        let mut reg = LocalRegistry { child, port, _dir: dir, log };
+        let mut reg = LocalRegistry {
+            child,
+            port,
+            _dir: dir,
+            log,
+        };
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
             if let Ok(Some(status)) = reg.child.try_wait() {
-                panic!("docker-registry exited ({status}):\n{}", tail_file(&reg.log.with_file_name("registry.err"), 20));
+                panic!(
+                    "docker-registry exited ({status}):\n{}",
+                    tail_file(&reg.log.with_file_name("registry.err"), 20)
+                );
             }
-            assert!(Instant::now() < deadline, "docker-registry did not listen on {addr} within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on {addr} within 20 s"
+            );
             thread::sleep(Duration::from_millis(100));
         }
         reg
@@ -190,8 +234,15 @@ fn build_push_then_run_is_the_an0946_chain() {
     Dockerd::ensure();
     ensure_base_image(BASE);
     // dockerd must allow plain HTTP to loopback registries (its default): checked, not assumed.
-    let insecure = docker_out(&["info", "--format", "{{json .RegistryConfig.InsecureRegistryCIDRs}}"]);
-    assert!(insecure.contains("127.0.0.0/8"), "dockerd does not treat 127.0.0.0/8 as insecure: {insecure}");
+    let insecure = docker_out(&[
+        "info",
+        "--format",
+        "{{json .RegistryConfig.InsecureRegistryCIDRs}}",
+    ]);
+    assert!(
+        insecure.contains("127.0.0.0/8"),
+        "dockerd does not treat 127.0.0.0/8 as insecure: {insecure}"
+    );
     let registry = LocalRegistry::start();
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
@@ -201,19 +252,34 @@ fn build_push_then_run_is_the_an0946_chain() {
     let (repo, version) = tag.split_once(':').unwrap();
     let pushed = format!("{}/{repo}:{version}", registry.host());
     let _images = ImageGuard(vec![pushed.clone(), tag.clone()]);
-    BuildContext::new(&format!("FROM {BASE}\nRUN echo implanted > /implant\n")).build(&tag, Builder::BuildKit);
+    BuildContext::new(&format!("FROM {BASE}\nRUN echo implanted > /implant\n"))
+        .build(&tag, Builder::BuildKit);
     let build = finished(&sensor, &tag);
     let build_id = build["build_id"].as_str().unwrap().to_string();
     let image = image_id(&tag);
     assert_eq!(build["image_id"], image.as_str(), "{build}");
 
     run(docker_cli(), &["tag", &tag, &pushed]);
-    Cmd::new(docker_cli()).args(["push", &pushed]).timeout(Duration::from_secs(120)).run();
-    let repo_digest = docker_out(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &pushed]);
-    let (_, digest) = repo_digest.split_once('@').unwrap_or_else(|| panic!("no digest in {repo_digest}"));
+    Cmd::new(docker_cli())
+        .args(["push", &pushed])
+        .timeout(Duration::from_secs(120))
+        .run();
+    let repo_digest = docker_out(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &pushed,
+    ]);
+    let (_, digest) = repo_digest
+        .split_once('@')
+        .unwrap_or_else(|| panic!("no digest in {repo_digest}"));
 
     let push = sensor
-        .wait_for(|r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(), WAIT)
+        .wait_for(
+            |r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(),
+            WAIT,
+        )
         .unwrap_or_else(|e| panic!("no image_push for {pushed}: {e:#}"));
     assert_eq!(push["digest"], digest, "{push}");
     assert_eq!(push["registry"], registry.host().as_str(), "{push}");
@@ -221,13 +287,22 @@ fn build_push_then_run_is_the_an0946_chain() {
     assert_eq!(push["build_id"], build_id.as_str(), "{push}");
     assert_eq!(push["client"]["transport"], "unix", "{push}");
     assert_eq!(push["client"]["exe"], docker_cli(), "{push}");
-    assert!(push["client"]["pid"].as_u64().is_some_and(|p| p > 0), "{push}");
+    assert!(
+        push["client"]["pid"].as_u64().is_some_and(|p| p > 0),
+        "{push}"
+    );
 
     let name = format!("detect-chain-{}", std::process::id());
     let _container = ContainerGuard(name.clone());
-    run(docker_cli(), &["run", "-d", "--name", &name, &pushed, "sleep", "60"]);
+    run(
+        docker_cli(),
+        &["run", "-d", "--name", &name, &pushed, "sleep", "60"],
+    );
     let start = sensor
-        .wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT)
+        .wait_for(
+            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
+            WAIT,
+        )
         .unwrap_or_else(|e| panic!("no container_start for {name}: {e:#}"));
     assert_eq!(start["build_id"], build_id.as_str(), "{start}");
     assert_eq!(start["image_id"], image.as_str(), "{start}");
@@ -247,19 +322,42 @@ fn build_push_then_run_is_the_an0946_chain() {
     assert_eq!(chain["build_id"], build_id.as_str(), "{chain}");
     assert_eq!(chain["image_id"], image.as_str(), "{chain}");
     assert_eq!(chain["severity"], "high", "{chain}");
-    assert_eq!(chain["details"]["pushed_reference"], pushed.as_str(), "{chain}");
+    assert_eq!(
+        chain["details"]["pushed_reference"],
+        pushed.as_str(),
+        "{chain}"
+    );
     assert_eq!(chain["details"]["pushed_digest"], digest, "{chain}");
-    assert_eq!(chain["details"]["registry"], registry.host().as_str(), "{chain}");
+    assert_eq!(
+        chain["details"]["registry"],
+        registry.host().as_str(),
+        "{chain}"
+    );
 
     // The evidence points at real records of this run: the build, the push and the start.
     let records = sensor.records();
-    let ids: Vec<u64> = chain["evidence"]["record_ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap()).collect();
+    let ids: Vec<u64> = chain["evidence"]["record_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect();
     for id in &ids {
-        assert!(records.iter().any(|r| r["id"] == *id), "evidence id {id} is no record of this run: {chain}");
+        assert!(
+            records.iter().any(|r| r["id"] == *id),
+            "evidence id {id} is no record of this run: {chain}"
+        );
     }
-    for (what, rec) in [("build_finished", &build), ("image_push", &push), ("container_start", &start)] {
+    for (what, rec) in [
+        ("build_finished", &build),
+        ("image_push", &push),
+        ("container_start", &start),
+    ] {
         let id = rec["id"].as_u64().unwrap();
-        assert!(ids.contains(&id), "the chain's evidence lacks the {what} record {id}: {chain}");
+        assert!(
+            ids.contains(&id),
+            "the chain's evidence lacks the {what} record {id}: {chain}"
+        );
     }
     assert_records_match_schema(&records);
     drop(sensor);
@@ -283,15 +381,33 @@ fn push_survives_a_sensor_restart_and_completes_the_chain() {
     // Built straight under the registry's name this time: the push's tag is the build's tag.
     let pushed = format!("{}/{repo}:{version}", registry.host());
     let _images = ImageGuard(vec![pushed.clone()]);
-    BuildContext::new(&format!("FROM {BASE}\nRUN echo implanted > /implant\n")).build(&pushed, Builder::Legacy);
+    BuildContext::new(&format!("FROM {BASE}\nRUN echo implanted > /implant\n"))
+        .build(&pushed, Builder::Legacy);
     let build = finished(&sensor, &pushed);
     let build_id = build["build_id"].as_str().unwrap().to_string();
-    Cmd::new(docker_cli()).args(["push", &pushed]).timeout(Duration::from_secs(120)).run();
-    let repo_digest = docker_out(&["image", "inspect", "--format", "{{index .RepoDigests 0}}", &pushed]);
+    Cmd::new(docker_cli())
+        .args(["push", &pushed])
+        .timeout(Duration::from_secs(120))
+        .run();
+    let repo_digest = docker_out(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{index .RepoDigests 0}}",
+        &pushed,
+    ]);
     let digest = repo_digest.split_once('@').unwrap().1.to_string();
     let push = sensor
-        .wait_for(|r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(), WAIT)
-        .unwrap_or_else(|e| panic!("no image_push for {pushed}: {e:#}\n{}", api_records(&sensor)));
+        .wait_for(
+            |r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(),
+            WAIT,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "no image_push for {pushed}: {e:#}\n{}",
+                api_records(&sensor)
+            )
+        });
     assert_eq!(push["digest"], digest.as_str(), "{push}");
     assert_eq!(push["build_id"], build_id.as_str(), "{push}");
     let mut all = sensor.records();
@@ -301,20 +417,44 @@ fn push_survives_a_sensor_restart_and_completes_the_chain() {
     let name = format!("detect-chain-restart-{}", std::process::id());
     let _container = ContainerGuard(name.clone());
     // Started by digest, as a deployment pinned to what was pushed would.
-    run(docker_cli(), &["run", "-d", "--name", &name, &repo_digest, "sleep", "60"]);
-    let start = sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT).unwrap();
+    run(
+        docker_cli(),
+        &["run", "-d", "--name", &name, &repo_digest, "sleep", "60"],
+    );
+    let start = sensor
+        .wait_for(
+            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
+            WAIT,
+        )
+        .unwrap();
     assert_eq!(start["build_id"], build_id.as_str(), "{start}");
     let cid = start["container_id"].as_str().unwrap().to_string();
     let chain = sensor
         .wait_for(
-            |r| r["kind"] == "finding" && r["rule"] == "build_push_deploy_chain" && r["container_id"] == cid.as_str(),
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "build_push_deploy_chain"
+                    && r["container_id"] == cid.as_str()
+            },
             WAIT,
         )
         .unwrap();
-    assert_eq!(chain["details"]["pushed_reference"], pushed.as_str(), "{chain}");
-    assert_eq!(chain["details"]["pushed_digest"], digest.as_str(), "{chain}");
+    assert_eq!(
+        chain["details"]["pushed_reference"],
+        pushed.as_str(),
+        "{chain}"
+    );
+    assert_eq!(
+        chain["details"]["pushed_digest"],
+        digest.as_str(),
+        "{chain}"
+    );
     assert!(
-        chain["evidence"]["record_ids"].as_array().unwrap().iter().any(|i| *i == start["id"]),
+        chain["evidence"]["record_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| *i == start["id"]),
         "the chain's evidence lacks this run's container_start: {chain}"
     );
     all.extend(sensor.records());
@@ -336,7 +476,11 @@ fn overlapping_buildkit_builds_keep_their_own_outbound() {
 }
 
 fn builder_name(b: Builder) -> &'static str {
-    if b == Builder::BuildKit { "buildkit" } else { "legacy" }
+    if b == Builder::BuildKit {
+        "buildkit"
+    } else {
+        "legacy"
+    }
 }
 
 fn overlapping_builds_keep_their_own_outbound(builder_a: Builder, builder_b: Builder) {
@@ -349,25 +493,52 @@ fn overlapping_builds_keep_their_own_outbound(builder_a: Builder, builder_b: Bui
     for h in [&host_a, &host_b, &host_c] {
         h.serve_http(8091, &[("payload", b"payload\n")]);
     }
-    let ips: Vec<String> = [&host_a, &host_b, &host_c].iter().map(|h| h.ip().to_string()).collect();
-    assert!(ips[0] != ips[1] && ips[1] != ips[2] && ips[0] != ips[2], "{ips:?}");
+    let ips: Vec<String> = [&host_a, &host_b, &host_c]
+        .iter()
+        .map(|h| h.ip().to_string())
+        .collect();
+    assert!(
+        ips[0] != ips[1] && ips[1] != ips[2] && ips[0] != ips[2],
+        "{ips:?}"
+    );
     let state = tempfile::tempdir().unwrap();
-    let sensor = SensorProcess::start(&["--state-dir", state.path().join("state").to_str().unwrap()]).unwrap();
+    let sensor =
+        SensorProcess::start(&["--state-dir", state.path().join("state").to_str().unwrap()])
+            .unwrap();
 
     // Each RUN fetches several times over a few seconds, so the two builds' traffic interleaves.
-    let fetches = |url: &str| format!("for i in 1 2 3 4 5; do wget -q -O /dev/null {url}; sleep 1; done");
+    let fetches =
+        |url: &str| format!("for i in 1 2 3 4 5; do wget -q -O /dev/null {url}; sleep 1; done");
     let tag_a = unique_tag(&format!("detect-ovl-a-{}", builder_name(builder_a)));
     let tag_b = unique_tag(&format!("detect-ovl-b-{}", builder_name(builder_b)));
     let _images = ImageGuard(vec![tag_a.clone(), tag_b.clone()]);
-    let ctx_a = BuildContext::new(&format!("FROM {BASE}\nRUN {}\n", fetches(&host_a.url(8091, "payload"))));
-    let ctx_b = BuildContext::new(&format!("FROM {BASE}\nRUN {}\n", fetches(&host_b.url(8091, "payload"))));
+    let ctx_a = BuildContext::new(&format!(
+        "FROM {BASE}\nRUN {}\n",
+        fetches(&host_a.url(8091, "payload"))
+    ));
+    let ctx_b = BuildContext::new(&format!(
+        "FROM {BASE}\nRUN {}\n",
+        fetches(&host_b.url(8091, "payload"))
+    ));
     let name = format!("detect-ovl-{}", std::process::id());
     let _container = ContainerGuard(name.clone());
     let url_c = host_c.url(8091, "payload");
     thread::scope(|s| {
         let a = s.spawn(|| ctx_a.build(&tag_a, builder_a));
         let b = s.spawn(|| ctx_b.build(&tag_b, builder_b));
-        run(docker_cli(), &["run", "-d", "--name", &name, BASE, "sh", "-c", &fetches(&url_c)]);
+        run(
+            docker_cli(),
+            &[
+                "run",
+                "-d",
+                "--name",
+                &name,
+                BASE,
+                "sh",
+                "-c",
+                &fetches(&url_c),
+            ],
+        );
         a.join().unwrap();
         b.join().unwrap();
     });
@@ -380,31 +551,56 @@ fn overlapping_builds_keep_their_own_outbound(builder_a: Builder, builder_b: Bui
     // The builds really overlapped in time.
     let ts = |r: &Value, k: &str| r[k].as_str().unwrap().to_string();
     // (RFC 3339 with nanoseconds, always the same width: compared as strings; `ts` is the end.)
-    assert!(ts(&fa, "started") < ts(&fb, "ts") && ts(&fb, "started") < ts(&fa, "ts"), "{fa}\n{fb}");
-    for (f, own, others) in [(&fa, &ips[0], [&ips[1], &ips[2]]), (&fb, &ips[1], [&ips[0], &ips[2]])] {
+    assert!(
+        ts(&fa, "started") < ts(&fb, "ts") && ts(&fb, "started") < ts(&fa, "ts"),
+        "{fa}\n{fb}"
+    );
+    for (f, own, others) in [
+        (&fa, &ips[0], [&ips[1], &ips[2]]),
+        (&fb, &ips[1], [&ips[0], &ips[2]]),
+    ] {
         let out = f["outbound"].as_array().unwrap();
-        let mine: Vec<&Value> = out.iter().filter(|o| o["dst_addr"] == own.as_str()).collect();
+        let mine: Vec<&Value> = out
+            .iter()
+            .filter(|o| o["dst_addr"] == own.as_str())
+            .collect();
         assert!(!mine.is_empty(), "no outbound to its own host {own}: {f}");
         for o in &mine {
             assert_eq!(o["made_by"], "1", "{o} in {f}");
             assert_eq!(o["dst_port"], 8091, "{o}");
         }
         for other in others {
-            assert!(!out.iter().any(|o| o["dst_addr"] == other.as_str()), "outbound to {other} in {f}");
+            assert!(
+                !out.iter().any(|o| o["dst_addr"] == other.as_str()),
+                "outbound to {other} in {f}"
+            );
         }
     }
     // The container did reach its host while the builds ran, and the sensor saw it (else the
     // negative above would prove nothing).
-    let start = sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT).unwrap();
+    let start = sensor
+        .wait_for(
+            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
+            WAIT,
+        )
+        .unwrap();
     assert!(start["build_id"].is_null(), "{start}");
     let to_c = sensor
-        .wait_for(|r| r["kind"] == "connect" && r["dst_addr"] == ips[2].as_str() && r["dst_port"] == 8091, WAIT)
+        .wait_for(
+            |r| r["kind"] == "connect" && r["dst_addr"] == ips[2].as_str() && r["dst_port"] == 8091,
+            WAIT,
+        )
         .unwrap_or_else(|e| panic!("the sensor saw no connect to {}: {e:#}", ips[2]));
     let during = |f: &Value| ts(&to_c, "ts") > ts(f, "started") && ts(&to_c, "ts") < ts(f, "ts");
-    assert!(during(&fa) || during(&fb), "the container's first connect {to_c} is outside both builds");
+    assert!(
+        during(&fa) || during(&fb),
+        "the container's first connect {to_c} is outside both builds"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let logs = Cmd::new(docker_cli()).args(["inspect", "--format", "{{.State.Running}}", &name]).run();
+        let logs = Cmd::new(docker_cli())
+            .args(["inspect", "--format", "{{.State.Running}}", &name])
+            .run();
         if String::from_utf8_lossy(&logs.stdout).trim() == "false" || Instant::now() >= deadline {
             break;
         }
@@ -418,7 +614,10 @@ fn overlapping_builds_keep_their_own_outbound(builder_a: Builder, builder_b: Bui
 
 /// Builders allow-list and allowed registries that cover the build: quiet. Then reloads.
 fn policy(outbound: &str) -> String {
-    format!("[builders]\nexes = [\"{}\"]\n\n[outbound]\n{outbound}\n", docker_cli())
+    format!(
+        "[builders]\nexes = [\"{}\"]\n\n[outbound]\n{outbound}\n",
+        docker_cli()
+    )
 }
 
 /// Issue 5: the policy's allowed case stays quiet live, and SIGHUP reloads it (a malformed file
@@ -448,12 +647,21 @@ fn allowed_policy_is_quiet_and_sighup_reloads_it() {
     let mut build = |name: &str| -> (String, Value) {
         let tag = unique_tag(name);
         images.0.push(tag.clone());
-        BuildContext::new(&format!("FROM {BASE}\nRUN wget -q -O /pkg {url}\n")).build(&tag, Builder::BuildKit);
+        BuildContext::new(&format!("FROM {BASE}\nRUN wget -q -O /pkg {url}\n"))
+            .build(&tag, Builder::BuildKit);
         let f = finished(&sensor, &tag);
-        let to_mirror: Vec<Value> =
-            f["outbound"].as_array().unwrap().iter().filter(|o| o["dst_addr"] == ip.as_str()).cloned().collect();
+        let to_mirror: Vec<Value> = f["outbound"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["dst_addr"] == ip.as_str())
+            .cloned()
+            .collect();
         assert!(!to_mirror.is_empty(), "no outbound to the mirror {ip}: {f}");
-        (f["build_id"].as_str().unwrap().to_string(), Value::Array(to_mirror))
+        (
+            f["build_id"].as_str().unwrap().to_string(),
+            Value::Array(to_mirror),
+        )
     };
     let finding_for = |rule: &'static str, id: String| {
         move |r: &Value| r["kind"] == "finding" && r["rule"] == rule && r["build_id"] == id.as_str()
@@ -461,35 +669,102 @@ fn allowed_policy_is_quiet_and_sighup_reloads_it() {
 
     // 1. Allowed mirror, allowed builder: classed `allowed`, no finding.
     let (id1, out1) = build("detect-policy-allowed");
-    assert!(out1.as_array().unwrap().iter().all(|o| o["policy"] == "allowed"), "{out1}");
-    sensor.expect_none(finding_for("build_outbound_not_allowed", id1.clone()), Duration::from_secs(2)).unwrap();
-    sensor.expect_none(finding_for("build_from_unexpected_client", id1.clone()), Duration::from_millis(100)).unwrap();
+    assert!(
+        out1.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["policy"] == "allowed"),
+        "{out1}"
+    );
+    sensor
+        .expect_none(
+            finding_for("build_outbound_not_allowed", id1.clone()),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    sensor
+        .expect_none(
+            finding_for("build_from_unexpected_client", id1.clone()),
+            Duration::from_millis(100),
+        )
+        .unwrap();
 
     // 2. The allowance dropped, the mirror denied: SIGHUP, the next build fires.
-    write(&path, &policy(&format!("allowed = [\"registry.corp.example\"]\ndenied = [\"{ip}/32\"]")));
+    write(
+        &path,
+        &policy(&format!(
+            "allowed = [\"registry.corp.example\"]\ndenied = [\"{ip}/32\"]"
+        )),
+    );
     sighup(&sensor);
     let ok = wait_stderr_lines(&sensor, "policy reloaded", 1);
-    assert_eq!(ok.len(), 1, "no reload line on stderr: {}", tail_file(sensor.stderr_path(), 20));
+    assert_eq!(
+        ok.len(),
+        1,
+        "no reload line on stderr: {}",
+        tail_file(sensor.stderr_path(), 20)
+    );
     let (id2, out2) = build("detect-policy-denied");
-    assert!(out2.as_array().unwrap().iter().all(|o| o["policy"] == "denied"), "{out2}");
-    let f = sensor.wait_for(finding_for("build_outbound_not_allowed", id2.clone()), WAIT).unwrap();
+    assert!(
+        out2.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["policy"] == "denied"),
+        "{out2}"
+    );
+    let f = sensor
+        .wait_for(finding_for("build_outbound_not_allowed", id2.clone()), WAIT)
+        .unwrap();
     assert_eq!(f["severity"], "high", "{f}");
     assert!(f["summary"].as_str().unwrap().contains(&ip), "{f}");
-    sensor.expect_none(finding_for("build_from_unexpected_client", id2), Duration::from_millis(100)).unwrap();
+    sensor
+        .expect_none(
+            finding_for("build_from_unexpected_client", id2),
+            Duration::from_millis(100),
+        )
+        .unwrap();
 
     // 3. A malformed file (the allowing policy plus an unknown key): refused whole, the
     // sensor keeps running with policy 2, and says why in one stderr line.
-    write(&path, &format!("{allowing}\n[rules.deploy_soon_after_build]\nwindow = 5\n"));
+    write(
+        &path,
+        &format!("{allowing}\n[rules.deploy_soon_after_build]\nwindow = 5\n"),
+    );
     sighup(&sensor);
     let refused = wait_stderr_lines(&sensor, "keeping the previous policy", 1);
-    assert_eq!(refused.len(), 1, "stderr: {}", tail_file(sensor.stderr_path(), 20));
-    assert!(refused[0].contains("window") && refused[0].contains(path.to_str().unwrap()), "{}", refused[0]);
+    assert_eq!(
+        refused.len(),
+        1,
+        "stderr: {}",
+        tail_file(sensor.stderr_path(), 20)
+    );
+    assert!(
+        refused[0].contains("window") && refused[0].contains(path.to_str().unwrap()),
+        "{}",
+        refused[0]
+    );
     let (id3, out3) = build("detect-policy-kept");
-    assert!(out3.as_array().unwrap().iter().all(|o| o["policy"] == "denied"), "{out3}");
-    sensor.wait_for(finding_for("build_outbound_not_allowed", id3), WAIT).unwrap();
+    assert!(
+        out3.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["policy"] == "denied"),
+        "{out3}"
+    );
+    sensor
+        .wait_for(finding_for("build_outbound_not_allowed", id3), WAIT)
+        .unwrap();
     // Still one line about it, and the sensor is alive.
-    assert_eq!(wait_stderr_lines(&sensor, "keeping the previous policy", 2).len(), 1);
-    assert!(sensor.records().iter().all(|r| r["kind"] != "sensor_stopped"));
+    assert_eq!(
+        wait_stderr_lines(&sensor, "keeping the previous policy", 2).len(),
+        1
+    );
+    assert!(
+        sensor
+            .records()
+            .iter()
+            .all(|r| r["kind"] != "sensor_stopped")
+    );
     assert_records_match_schema(&sensor.records());
     drop(sensor);
     drop(images);
@@ -513,21 +788,37 @@ fn deploy_after_the_window_is_quiet() {
     .unwrap();
     let tag = unique_tag("detect-window");
     let _images = ImageGuard(vec![tag.clone()]);
-    BuildContext::new(&format!("FROM {BASE}\nRUN echo built > /built\n")).build(&tag, Builder::BuildKit);
+    BuildContext::new(&format!("FROM {BASE}\nRUN echo built > /built\n"))
+        .build(&tag, Builder::BuildKit);
     let build = finished(&sensor, &tag);
     let build_id = build["build_id"].as_str().unwrap().to_string();
     thread::sleep(Duration::from_millis(2500));
 
     let name = format!("detect-window-{}", std::process::id());
     let _container = ContainerGuard(name.clone());
-    run(docker_cli(), &["run", "-d", "--name", &name, &tag, "sleep", "30"]);
-    let start = sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), WAIT).unwrap();
+    run(
+        docker_cli(),
+        &["run", "-d", "--name", &name, &tag, "sleep", "30"],
+    );
+    let start = sensor
+        .wait_for(
+            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
+            WAIT,
+        )
+        .unwrap();
     assert_eq!(start["build_id"], build_id.as_str(), "{start}");
-    assert!(start["seconds_since_build"].as_u64().is_some_and(|s| s > 1), "{start}");
+    assert!(
+        start["seconds_since_build"].as_u64().is_some_and(|s| s > 1),
+        "{start}"
+    );
     let cid = start["container_id"].as_str().unwrap().to_string();
     sensor
         .expect_none(
-            |r| r["kind"] == "finding" && r["rule"] == "deploy_soon_after_build" && r["container_id"] == cid.as_str(),
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "deploy_soon_after_build"
+                    && r["container_id"] == cid.as_str()
+            },
             Duration::from_secs(3),
         )
         .unwrap();
