@@ -14,6 +14,10 @@ pub trait Engine: Send {
     fn tick(&mut self, _now: Timestamp, _out: &mut Vec<Body>) {}
     /// Called at shutdown: flush what is still open (e.g. builds marked partial).
     fn finish(&mut self, _now: Timestamp, _out: &mut Vec<Body>) {}
+    /// A process that was already running when the sensor started (found in /proc), shown as
+    /// the `process_exec` it would have been; never written. Called after `sensor_started`,
+    /// parents before children.
+    fn seed(&mut self, _rec: &Record, _out: &mut Vec<Body>) {}
     /// Counters for `sensor_stats.drops` (e.g. `builds_evicted`), added to the map.
     fn drops(&self, _drops: &mut BTreeMap<String, u64>) {}
 }

@@ -141,6 +141,19 @@ impl Pipeline {
         self.drain(rec.ts, queue);
     }
 
+    /// A process running before the sensor started, for the engines only (not written, id 0),
+    /// stamped with its start time.
+    pub fn seed_engines(&mut self, exec: crate::record::ProcessExec) {
+        let ts = Timestamp::from_unix_nanos(self.boot_to_wall_ns + exec.start_time_ns as i64);
+        let rec = Record { schema_version: SCHEMA_VERSION, id: 0, ts, host: self.opts.host.clone(), body: Body::ProcessExec(exec) };
+        let mut out = Vec::new();
+        for e in self.engines.iter_mut() {
+            e.seed(&rec, &mut out);
+        }
+        let now = Timestamp::now();
+        self.drain(now, out.into_iter().map(|b| (b, false)).collect());
+    }
+
     /// Stamp, write and feed a new record (and whatever the engines derive from it).
     pub fn emit(&mut self, ts: Timestamp, body: Body) {
         self.last_ts = ts;

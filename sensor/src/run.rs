@@ -120,6 +120,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
 
     // Seed twice: processes forked while the first pass ran are caught by the second.
     let mut seeded = 0u64;
+    let mut seeded_procs = Vec::new();
     for _ in 0..2 {
         for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers) {
             if loaded.tracked.get(&p.pid, 0).is_ok() {
@@ -129,6 +130,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             if loaded.tracked.insert(p.pid, t, 0).is_ok() {
                 seeded += 1;
                 pipeline.enricher.seed(&p);
+                seeded_procs.push(p);
             } else {
                 pipeline.count_drop("tracked_map_full");
             }
@@ -147,6 +149,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             raw: args.raw,
         }),
     );
+    // The engines learn what was already running (a build step the sensor started during).
+    seeded_procs.sort_by_key(|p| p.start_ticks);
+    for p in seeded_procs {
+        pipeline.seed_engines(seeded_exec(p));
+    }
     pipeline.flush();
     metrics.set_ready();
     let mut gauges = Snapshot::default();
@@ -288,4 +295,26 @@ pub fn replay(
     }
     let _ = proc::proc_root;
     Ok(())
+}
+
+/// A process found in /proc at start, as the `process_exec` the engines would have seen.
+fn seeded_exec(p: crate::proc::ProcInfo) -> crate::record::ProcessExec {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let argv = crate::builds::redact_exec_argv(&p.argv).unwrap_or(p.argv);
+    crate::record::ProcessExec {
+        process: crate::record::ProcessRef {
+            pid: p.pid,
+            ppid: p.ppid,
+            uid: p.uid,
+            gid: p.gid,
+            comm: p.comm,
+            exe: p.exe.clone(),
+            ..Default::default()
+        },
+        filename: p.exe.unwrap_or_else(|| argv.first().cloned().unwrap_or_default()),
+        argv,
+        argv_truncated: false,
+        start_time_ns: p.start_ticks.saturating_mul(1_000_000_000 / hz),
+    }
 }

@@ -7,10 +7,12 @@
 //! requests from inside the test host's network namespace (`ip netns exec NS curl ...`), so the
 //! daemon sees a remote client address.
 //!
-//! The engine has its own data root, exec root, pid file and unix socket, no bridge and no
-//! iptables rules, so it does not fight the main engine. Dropping [`TcpDockerd`] stops it
-//! (SIGTERM, then SIGKILL), unmounts what it left, removes its directories, the INPUT rules and
-//! the test host, also when the test failed.
+//! The engine has its own data root, exec root, pid file, unix socket and bridge (`stdtcp0`,
+//! 10.232.254.1/24, no uplink), and no iptables rules or forwarding changes, so it does not fight
+//! the main engine. (`--bridge=none` is not usable: dockerd then deletes `docker0`, the main
+//! engine's bridge.) Dropping [`TcpDockerd`] stops it (SIGTERM, then SIGKILL), unmounts what it
+//! left, removes its directories, bridge, INPUT rules and the test host, also when the test
+//! failed.
 
 use std::fs::{self, File};
 use std::net::SocketAddrV4;
@@ -31,6 +33,10 @@ pub const TCP_DOCKERD_SOCKET: &str = "/run/sensor-test-dockerd-tcp.sock";
 pub const TCP_DOCKERD_PORT: u16 = 2375;
 /// Everything the second engine writes lives under this directory (removed on drop).
 const ROOT: &str = "/tmp/sensor-tests-dockerd-tcp";
+/// The engine's own bridge (its containers' network), on a /24 outside the test hosts'
+/// 10.231.0.0/16, with no member but this engine's containers.
+const BRIDGE: &str = "stdtcp0";
+const BRIDGE_ADDR: &str = "10.232.254.1/24";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -42,6 +48,7 @@ pub struct TcpDockerd {
     host: Option<TestHost>,
     listener: SocketAddrV4,
     input_rules: Vec<Vec<String>>,
+    bridge: bool,
     log: PathBuf,
     _lock: FileLock,
 }
@@ -70,6 +77,7 @@ impl TcpDockerd {
             host: Some(host),
             listener,
             input_rules: Vec::new(),
+            bridge: false,
             log: log.clone(),
             _lock: lock,
         };
@@ -83,6 +91,12 @@ impl TcpDockerd {
                 .run();
             this.input_rules.push(rule);
         }
+
+        // The bridge is made before the engine uses it and removed in drop.
+        Cmd::new(tool("ip")).args(["link", "add", BRIDGE, "type", "bridge"]).run();
+        this.bridge = true;
+        Cmd::new(tool("ip")).args(["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]).run();
+        Cmd::new(tool("ip")).args(["link", "set", BRIDGE, "up"]).run();
 
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -99,8 +113,10 @@ impl TcpDockerd {
             .arg(format!("unix://{TCP_DOCKERD_SOCKET}"))
             .arg("-H")
             .arg(format!("tcp://{listener}"))
-            // No docker0 and no iptables rules of its own: the main engine owns those.
-            .args(["--bridge=none", "--iptables=false", "--ip-masq=false"])
+            // A bridge of its own and no iptables rules: docker0 and the rules are the main
+            // engine's. (`--bridge=none` would make this engine delete docker0.)
+            .arg(format!("--bridge={BRIDGE}"))
+            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -206,6 +222,9 @@ impl Drop for TcpDockerd {
                 .output();
         }
         clean_root();
+        if self.bridge {
+            let _ = Cmd::new(tool("ip")).args(["link", "del", BRIDGE]).timeout(Duration::from_secs(30)).output();
+        }
         // Removes the namespace and the veth pair (and with it the listener's address).
         self.host.take();
     }
@@ -282,6 +301,9 @@ fn remove_leftovers() {
         }
     }
     clean_root();
+    if Path::new("/sys/class/net").join(BRIDGE).exists() {
+        let _ = Cmd::new(tool("ip")).args(["link", "del", BRIDGE]).timeout(Duration::from_secs(30)).output();
+    }
 }
 
 /// Unmounts whatever is mounted under [`ROOT`] (deepest first) and removes it.

@@ -40,7 +40,9 @@ use crate::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit,
     ProcessFork, Record, Timestamp,
 };
-pub use params::{query_pairs, redact_buildargs_in, redact_exec_argv};
+pub use params::{redact_buildargs_in, redact_exec_argv};
+#[cfg(test)]
+pub use params::query_pairs;
 use procs::RuntimeProc;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};
@@ -546,6 +548,21 @@ impl Engine for BuildTracker {
             Body::FileWrite(w) => self.on_file(rec, w),
             Body::ApiResponse(r) => self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out),
             _ => {}
+        }
+    }
+
+    /// Processes running at start: BuildKit executors (`runc run --bundle .../executor/<id>`)
+    /// and what runs under them become steps of a partial build. A running container under a
+    /// shim could be anything (not only a legacy build step), so it is not taken as a step.
+    fn seed(&mut self, rec: &Record, out: &mut Vec<Body>) {
+        let Body::ProcessExec(e) = &rec.body else { return };
+        let ppid = e.process.ppid;
+        let buildkit = matches!(procs::classify(e), RuntimeProc::BuildkitRunc { .. });
+        let under_step = self.executors.get(&ppid).is_some_and(|x| !x.container)
+            || self.pending.iter().any(|p| p.pids.contains(&ppid))
+            || self.members.contains_key(&ppid);
+        if buildkit || under_step {
+            self.on_exec(rec, e, out);
         }
     }
 

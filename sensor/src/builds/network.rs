@@ -1,5 +1,6 @@
 //! A build's outbound traffic (its steps' and, when attributable, its daemon's) and the image
 //! id dockerd stores.
+use super::session::Outcome;
 use super::{BuildTracker, NetEvent};
 use crate::record::{Connect, DnsQuery, FileWrite, Record, Timestamp};
 
@@ -97,6 +98,12 @@ impl BuildTracker {
         if let (Some(b), None) = (open.next(), open.next()) {
             b.stored_image_id = Some(format!("sha256:{id}"));
             b.add_record(rec.id);
+            // BuildKit stores an image only when it exports the result, the last thing a
+            // successful build does: a partial build (whose output is not watched, so no other
+            // end can be seen) ends there. The legacy builder stores one per step.
+            if b.partial && b.conn.is_none() && b.builder == "buildkit" {
+                b.end(Outcome::Succeeded, rec.ts);
+            }
         }
     }
 }

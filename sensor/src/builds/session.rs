@@ -98,7 +98,8 @@ impl BuildSession {
     }
 
     pub fn add_record(&mut self, id: u64) {
-        if self.evidence.record_ids.len() < MAX_EVIDENCE && !self.evidence.record_ids.contains(&id) {
+        // Id 0: a process seeded from /proc at start, which has no record of its own.
+        if id != 0 && self.evidence.record_ids.len() < MAX_EVIDENCE && !self.evidence.record_ids.contains(&id) {
             self.evidence.record_ids.push(id);
         }
     }
