@@ -28,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // A local registry on loopback for the push-then-deploy chain (tests/tests/detect_more.rs).
     "docker-registry",
+    // Builder tools whose builds the sensor reconstructs (tests/tests/builds_more.rs). Debian has
+    // no buildkitd package, so standalone BuildKit (buildctl) is not installed.
+    "buildah",
+    "podman",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
