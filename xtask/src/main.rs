@@ -23,7 +23,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Tasks of the sensor project", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Tasks of the sensor project",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
