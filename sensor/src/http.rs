@@ -72,7 +72,6 @@ pub fn split_api_version(path: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builds::query_pairs;
 
     #[test]
     fn docker_cli_build_request() {

@@ -41,8 +41,6 @@ use crate::record::{
     ProcessFork, Record, Timestamp,
 };
 pub use params::{redact_buildargs_in, redact_exec_argv};
-#[cfg(test)]
-pub use params::query_pairs;
 use procs::RuntimeProc;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};

@@ -423,3 +423,64 @@ fn replay_runs_the_engine_over_records() {
     assert_eq!(kinds, ["build_started", "build_finished"]);
     assert!(derived[0].id > 0);
 }
+
+/// The sensor starts while a BuildKit step runs: the seeded runc and shell become the first step
+/// of a partial build, the next step joins it, and the image export ends it.
+#[test]
+fn seeded_buildkit_step_opens_a_partial_build_ended_by_the_export() {
+    let mut s = Stream::new();
+    let seed = |s: &mut Stream, pid: u32, ppid: u32, comm: &str, argv: &[&str]| {
+        let rec = Record {
+            schema_version: SCHEMA_VERSION,
+            id: 0,
+            ts: Timestamp::from_unix_nanos(T0 - 5_000_000_000),
+            host: "h".into(),
+            body: Body::ProcessExec(ProcessExec {
+                process: proc_ref(pid, ppid, comm),
+                filename: argv[0].into(),
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                argv_truncated: false,
+                start_time_ns: 1,
+            }),
+        };
+        s.t.seed(&rec, &mut s.out);
+    };
+    let bundle = "/var/lib/docker/buildkit/executor/abc";
+    seed(&mut s, 200, DOCKERD, "runc", &["runc", "--log", "x", "run", "--bundle", bundle, "abc"]);
+    seed(&mut s, 201, 200, "sh", &["/bin/sh", "-c", "sleep 8"]);
+    seed(&mut s, 202, 201, "sleep", &["sleep", "8"]);
+    // An ordinary running container (shim → sh) is not taken for a build step.
+    seed(&mut s, 300, 1, "containerd-shim", &["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", "c0ffee", "-address", "/x"]);
+    seed(&mut s, 301, 300, "sh", &["/bin/sh", "-c", "sleep 1000"]);
+    s.wait(1);
+    s.exit(202, 0);
+    s.exit(201, 0);
+    s.exit(200, 0);
+    let bundle2 = "/var/lib/docker/buildkit/executor/def";
+    s.exec(210, DOCKERD, "runc", &["runc", "--log", "x", "run", "--bundle", bundle2, "def"]);
+    s.exec(211, 210, "sh", &["/bin/sh", "-c", "echo second"]);
+    s.exit(211, 0);
+    s.exit(210, 0);
+    s.wait(4);
+    let id = "a".repeat(64);
+    s.feed(Body::FileWrite(crate::record::FileWrite {
+        process: proc_ref(DOCKERD, 1, "dockerd"),
+        op: "open_write".into(),
+        path: format!("/var/lib/docker/image/overlay2/imagedb/content/sha256/{id}"),
+        path_truncated: false,
+        flags: 0,
+    }));
+    s.wait(2);
+    let finished: Vec<&BuildFinished> =
+        s.out.iter().filter_map(|b| if let Body::BuildFinished(f) = b { Some(f) } else { None }).collect();
+    assert_eq!(finished.len(), 1, "{:?}", s.out);
+    let f = finished[0];
+    assert!(f.partial);
+    assert_eq!(f.builder, "buildkit");
+    assert_eq!(f.status, "succeeded");
+    assert_eq!(f.image_id.as_deref(), Some(format!("sha256:{id}").as_str()));
+    let cmds: Vec<&str> = f.steps.iter().map(|s| s.command.as_str()).collect();
+    assert_eq!(cmds, ["/bin/sh -c sleep 8", "/bin/sh -c echo second"]);
+    assert_eq!(f.steps[0].exit_code, Some(0));
+    assert!(!f.evidence.record_ids.contains(&0));
+}
