@@ -93,10 +93,16 @@ impl TcpDockerd {
         }
 
         // The bridge is made before the engine uses it and removed in drop.
-        Cmd::new(tool("ip")).args(["link", "add", BRIDGE, "type", "bridge"]).run();
+        Cmd::new(tool("ip"))
+            .args(["link", "add", BRIDGE, "type", "bridge"])
+            .run();
         this.bridge = true;
-        Cmd::new(tool("ip")).args(["addr", "add", BRIDGE_ADDR, "dev", BRIDGE]).run();
-        Cmd::new(tool("ip")).args(["link", "set", BRIDGE, "up"]).run();
+        Cmd::new(tool("ip"))
+            .args(["addr", "add", BRIDGE_ADDR, "dev", BRIDGE])
+            .run();
+        Cmd::new(tool("ip"))
+            .args(["link", "set", BRIDGE, "up"])
+            .run();
 
         let out = File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
@@ -123,7 +129,12 @@ impl TcpDockerd {
         // SAFETY: runs between fork and exec; only async-signal-safe system calls.
         unsafe {
             command.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
                 Ok(())
             })
         };
@@ -131,16 +142,29 @@ impl TcpDockerd {
         let deadline = Instant::now() + START_TIMEOUT;
         while !this.ping() {
             if let Some(Ok(Some(status))) = this.child.as_mut().map(Child::try_wait) {
-                panic!("the second dockerd exited ({status}):\n{}", tail_file(&log, 40));
+                panic!(
+                    "the second dockerd exited ({status}):\n{}",
+                    tail_file(&log, 40)
+                );
             }
             if Instant::now() >= deadline {
-                panic!("the second dockerd did not answer within {START_TIMEOUT:?}:\n{}", tail_file(&log, 40));
+                panic!(
+                    "the second dockerd did not answer within {START_TIMEOUT:?}:\n{}",
+                    tail_file(&log, 40)
+                );
             }
             thread::sleep(Duration::from_millis(250));
         }
         // The base image, copied from the main engine: no registry involved.
-        let saved = Cmd::new(docker_cli()).args(["save", base]).timeout(Duration::from_secs(120)).run();
-        this.docker().args(["load"]).stdin(saved.stdout).timeout(Duration::from_secs(120)).run();
+        let saved = Cmd::new(docker_cli())
+            .args(["save", base])
+            .timeout(Duration::from_secs(120))
+            .run();
+        this.docker()
+            .args(["load"])
+            .stdin(saved.stdout)
+            .timeout(Duration::from_secs(120))
+            .run();
         this
     }
 
@@ -170,7 +194,10 @@ impl TcpDockerd {
 
     /// The id of an image in the second engine (`docker image inspect --format {{.Id}}`).
     pub fn image_id(&self, tag: &str) -> String {
-        let out = self.docker().args(["image", "inspect", "--format", "{{.Id}}", tag]).run();
+        let out = self
+            .docker()
+            .args(["image", "inspect", "--format", "{{.Id}}", tag])
+            .run();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -188,7 +215,14 @@ impl TcpDockerd {
 
     fn ping(&self) -> bool {
         Command::new(tool("curl"))
-            .args(["-s", "--max-time", "3", "--unix-socket", TCP_DOCKERD_SOCKET, "http://x/_ping"])
+            .args([
+                "-s",
+                "--max-time",
+                "3",
+                "--unix-socket",
+                TCP_DOCKERD_SOCKET,
+                "http://x/_ping",
+            ])
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .output()
@@ -199,7 +233,14 @@ impl TcpDockerd {
     /// The host-side interface whose address is the listener's.
     fn host_interface(&self) -> String {
         let out = Cmd::new(tool("ip"))
-            .args(["-o", "-4", "addr", "show", "to", &self.listener.ip().to_string()])
+            .args([
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "to",
+                &self.listener.ip().to_string(),
+            ])
             .run();
         let text = String::from_utf8_lossy(&out.stdout);
         text.split_whitespace()
@@ -223,7 +264,10 @@ impl Drop for TcpDockerd {
         }
         clean_root();
         if self.bridge {
-            let _ = Cmd::new(tool("ip")).args(["link", "del", BRIDGE]).timeout(Duration::from_secs(30)).output();
+            let _ = Cmd::new(tool("ip"))
+                .args(["link", "del", BRIDGE])
+                .timeout(Duration::from_secs(30))
+                .output();
         }
         // Removes the namespace and the veth pair (and with it the listener's address).
         self.host.take();
@@ -270,16 +314,19 @@ fn stop(child: &mut Child) {
 /// A dockerd or containerd whose pid file is under [`ROOT`] and which is still alive.
 fn leftover_pids() -> Vec<u32> {
     let root = Path::new(ROOT);
-    [root.join("dockerd.pid"), root.join("exec/containerd/containerd.pid")]
-        .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
-        .filter_map(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/cmdline"))
-                .map(|c| c.contains(ROOT))
-                .unwrap_or(false)
-        })
-        .collect()
+    [
+        root.join("dockerd.pid"),
+        root.join("exec/containerd/containerd.pid"),
+    ]
+    .iter()
+    .filter_map(|p| fs::read_to_string(p).ok())
+    .filter_map(|s| s.trim().parse::<u32>().ok())
+    .filter(|pid| {
+        fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.contains(ROOT))
+            .unwrap_or(false)
+    })
+    .collect()
 }
 
 /// What a crashed or killed earlier run left: its engine, mounts, rules and directories.
@@ -289,20 +336,38 @@ fn remove_leftovers() {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
     loop {
-        let out = Cmd::new(tool("iptables")).args(["-w", "-S", "INPUT"]).timeout(Duration::from_secs(30)).output();
+        let out = Cmd::new(tool("iptables"))
+            .args(["-w", "-S", "INPUT"])
+            .timeout(Duration::from_secs(30))
+            .output();
         let Ok(out) = out else { break };
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let Some(line) = text.lines().find(|l| l.contains("sensor-tests:tcp-dockerd")) else { break };
-        let mut args: Vec<String> = line.split_whitespace().map(|w| w.trim_matches('"').to_string()).collect();
+        let Some(line) = text
+            .lines()
+            .find(|l| l.contains("sensor-tests:tcp-dockerd"))
+        else {
+            break;
+        };
+        let mut args: Vec<String> = line
+            .split_whitespace()
+            .map(|w| w.trim_matches('"').to_string())
+            .collect();
         args[0] = "-D".into();
-        let ok = Cmd::new(tool("iptables")).arg("-w").args(&args).timeout(Duration::from_secs(30)).output();
+        let ok = Cmd::new(tool("iptables"))
+            .arg("-w")
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .output();
         if !ok.is_ok_and(|o| o.status.success()) {
             break;
         }
     }
     clean_root();
     if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        let _ = Cmd::new(tool("ip")).args(["link", "del", BRIDGE]).timeout(Duration::from_secs(30)).output();
+        let _ = Cmd::new(tool("ip"))
+            .args(["link", "del", BRIDGE])
+            .timeout(Duration::from_secs(30))
+            .output();
     }
 }
 
@@ -320,7 +385,10 @@ fn clean_root() {
         .collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
-        let _ = Cmd::new(tool("umount")).args(["-l", &m]).timeout(Duration::from_secs(30)).output();
+        let _ = Cmd::new(tool("umount"))
+            .args(["-l", &m])
+            .timeout(Duration::from_secs(30))
+            .output();
     }
     let _ = fs::remove_dir_all(ROOT);
     let _ = fs::remove_file(TCP_DOCKERD_SOCKET);
