@@ -3,10 +3,11 @@
 /// (name, type) of the first question, when the payload is a well-formed query.
 pub fn parse_query(payload: &[u8]) -> Option<(String, String)> {
     // DNS over TCP prefixes the message with its length.
-    if payload.len() > 2 && u16::from_be_bytes([payload[0], payload[1]]) as usize == payload.len() - 2 {
-        if let Some(q) = parse_udp(&payload[2..]) {
-            return Some(q);
-        }
+    if payload.len() > 2
+        && u16::from_be_bytes([payload[0], payload[1]]) as usize == payload.len() - 2
+        && let Some(q) = parse_udp(&payload[2..])
+    {
+        return Some(q);
     }
     parse_udp(payload)
 }

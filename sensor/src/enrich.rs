@@ -313,7 +313,7 @@ impl Enricher {
             content_type: head.content_type,
             content_length: head.content_length,
             header_names: head.header_names,
-            truncated: head.truncated || d.read_len as usize > d.len as usize && head.truncated,
+            truncated: head.truncated,
             client,
         }))
     }

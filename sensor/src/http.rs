@@ -58,12 +58,12 @@ pub fn parse_request(buf: &[u8]) -> Option<RequestHead> {
 
 /// Split `/v1.41/build` into (`Some("1.41")`, `/build`).
 pub fn split_api_version(path: &str) -> (Option<String>, String) {
-    if let Some(rest) = path.strip_prefix("/v") {
-        if let Some(i) = rest.find('/') {
-            let ver = &rest[..i];
-            if !ver.is_empty() && ver.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-                return (Some(ver.to_string()), rest[i..].to_string());
-            }
+    if let Some(rest) = path.strip_prefix("/v")
+        && let Some(i) = rest.find('/')
+    {
+        let ver = &rest[..i];
+        if !ver.is_empty() && ver.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return (Some(ver.to_string()), rest[i..].to_string());
         }
     }
     (None, path.to_string())

@@ -153,6 +153,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {

@@ -134,14 +134,15 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// Whether a request line is one whose response stream is worth capturing: POST to a path
-/// containing `/build`, `/push` or `/containers/create` (scanned within the first 64 bytes).
+/// containing `/build`, `/push` or `/containers/create` (scanned within the first 248 bytes).
 #[inline(always)]
 fn is_watched(d: &ApiData) -> bool {
     if d.data[0] != b'P' || d.data[1] != b'O' {
         return false;
     }
+    // Registry-qualified push paths are long (`/v1.41/images/127.0.0.1:5000/team/app/push`).
     let mut i = 5usize;
-    while i < 56 {
+    while i < 240 {
         if d.data[i] == b' ' || d.data[i] == b'?' {
             break;
         }
