@@ -96,6 +96,9 @@ fn family_name(f: u16) -> String {
 /// Converts kernel events to record bodies, keeping the process table current.
 pub struct Enricher {
     pub table: ProcessTable,
+    /// Container id by cgroup v2 id: one /proc read per cgroup instead of one per exec
+    /// (bounded; cleared when full). Not used on cgroup v1, where every task reports id 1.
+    cgroup_containers: HashMap<u64, Option<String>>,
     self_pid: u32,
     /// Replace build-arg values in command lines and `POST /build` queries by `<redacted>`
     /// (unless `--show-build-args`): raw records must not carry what the build records hide.
@@ -104,7 +107,12 @@ pub struct Enricher {
 
 impl Enricher {
     pub fn new(cap: usize) -> Self {
-        Self { table: ProcessTable::new(cap), self_pid: std::process::id(), redact_build_args: true }
+        Self {
+            table: ProcessTable::new(cap),
+            cgroup_containers: HashMap::new(),
+            self_pid: std::process::id(),
+            redact_build_args: true,
+        }
     }
 
     fn redact_argv(&self, argv: Vec<String>) -> Vec<String> {
@@ -112,6 +120,22 @@ impl Enricher {
             return argv;
         }
         crate::builds::redact_exec_argv(&argv).unwrap_or(argv)
+    }
+
+    /// The container a process is in, from its cgroup (cached by cgroup v2 id).
+    fn container_of_cgroup(&mut self, cgroup_id: u64, pid: u32) -> Option<String> {
+        if cgroup_id <= 1 {
+            return proc::container_id_of(pid);
+        }
+        if let Some(c) = self.cgroup_containers.get(&cgroup_id) {
+            return c.clone();
+        }
+        let c = proc::container_id_of(pid);
+        if self.cgroup_containers.len() >= 16384 {
+            self.cgroup_containers.clear();
+        }
+        self.cgroup_containers.insert(cgroup_id, c.clone());
+        c
     }
 
     fn process_ref(&self, h: &EventHeader) -> ProcessRef {
@@ -154,7 +178,8 @@ impl Enricher {
                 let argv = self.redact_argv(split_argv(&d.argv[..(d.argv_len as usize).min(d.argv.len())]));
                 let pid = e.header.pid;
                 // The cgroup is read now, while the process is alive (best effort).
-                let container_id = proc::container_id_of(pid)
+                let container_id = self
+                    .container_of_cgroup(e.header.cgroup_id, pid)
                     .or_else(|| self.table.get(d.ppid).and_then(|p| p.container_id.clone()));
                 let exe = Some(filename.clone());
                 if d.old_pid != pid && d.old_pid != 0 {

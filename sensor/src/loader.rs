@@ -128,9 +128,14 @@ fn comm_key(name: &str) -> Result<[u8; COMM_LEN], LoadError> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    let kernel_btf = btf::Btf::from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
-    let (offsets, missing_offsets) = btf::resolve_offsets(&kernel_btf);
+    let (offsets, missing_offsets) = {
+        let kernel_btf = btf::Btf::from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
+        btf::resolve_offsets(&kernel_btf)
+    };
+    // One parse of the kernel BTF for aya's loader and the BTF tracepoints, dropped after attach.
+    let aya_btf = aya::Btf::from_sys_fs().ok();
     let mut ebpf = EbpfLoader::new()
+        .btf(aya_btf.as_ref())
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
@@ -168,7 +173,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
-    let (attached, failed) = attach_all(&mut ebpf);
+    let (attached, failed) = attach_all(&mut ebpf, aya_btf.as_ref());
+    drop(aya_btf);
     for name in REQUIRED {
         if let Some(reason) = failed.get(*name) {
             return Err(LoadError::Required { name, reason: reason.clone() });
@@ -185,10 +191,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 }
 
 /// Load and attach every program; returns (attached, failed with reason).
-pub fn attach_all(ebpf: &mut Ebpf) -> (Vec<String>, BTreeMap<String, String>) {
+pub fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> (Vec<String>, BTreeMap<String, String>) {
     let mut attached = Vec::new();
     let mut failed = BTreeMap::new();
-    let btf = aya::Btf::from_sys_fs().ok();
     for (name, kind, _) in PROBES {
         let r: Result<(), String> = (|| {
             let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
@@ -199,7 +204,7 @@ pub fn attach_all(ebpf: &mut Ebpf) -> (Vec<String>, BTreeMap<String, String>) {
                     p.attach(cat, tp).map_err(|e| format!("attach {cat}:{tp}: {e}"))?;
                 }
                 ProbeKind::BtfTracepoint(tp) => {
-                    let btf = btf.as_ref().ok_or("no kernel BTF")?;
+                    let btf = btf.ok_or("no kernel BTF")?;
                     let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
                     p.load(tp, btf).map_err(|e| format!("load: {e}"))?;
                     p.attach().map_err(|e| format!("attach {tp}: {e}"))?;
