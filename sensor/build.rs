@@ -6,6 +6,7 @@ fn main() -> anyhow::Result<()> {
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../sensor-ebpf"),
         ..Default::default()
     };
-    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
-        .context("building the kernel programs (needs `cargo xtask setup`: nightly rust-src and bpf-linker)")
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default()).context(
+        "building the kernel programs (needs `cargo xtask setup`: nightly rust-src and bpf-linker)",
+    )
 }

@@ -112,7 +112,13 @@ pub struct SockAddrs {
 #[inline(always)]
 pub fn sock_addrs(o: &KernelOffsets, sk: u64) -> Option<SockAddrs> {
     let family: u16 = read_at(sk, o.sk_family)?;
-    let mut a = SockAddrs { family, local_port: 0, peer_port: 0, local: [0; 16], peer: [0; 16] };
+    let mut a = SockAddrs {
+        family,
+        local_port: 0,
+        peer_port: 0,
+        local: [0; 16],
+        peer: [0; 16],
+    };
     if family == sensor_common::AF_INET || family == sensor_common::AF_INET6 {
         let dport: u16 = read_at(sk, o.sk_dport).unwrap_or(0);
         a.peer_port = u16::from_be(dport);

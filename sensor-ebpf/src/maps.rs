@@ -40,7 +40,8 @@ pub struct PendingConnect {
 /// TCP connects in SYN_SENT, keyed by the socket's address, waiting for their outcome (which is
 /// seen in softirq context, where the current task is unrelated).
 #[map]
-pub static PENDING_CONNECT: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16384, 0);
+pub static PENDING_CONNECT: LruHashMap<u64, PendingConnect> =
+    LruHashMap::with_max_entries(16384, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -94,9 +94,12 @@ pub fn check_tracefs() -> Result<(), CapsError> {
     }
     match std::fs::read_to_string(TRACEFS_PROBE) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(CapsError::TracefsUnreadable(e)),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(CapsError::TracefsUnreadable(e))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mounted = std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.contains(" tracefs "));
+            let mounted =
+                std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.contains(" tracefs "));
             if mounted {
                 // Mounted, and the event is missing: let the loader say which probe failed.
                 Ok(())

@@ -19,12 +19,19 @@ pub fn check() -> ExitCode {
     let detail = if root {
         "CAP_BPF and CAP_PERFMON held".to_string()
     } else {
-        format!("missing {}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE", missing.join(", "))
+        format!(
+            "missing {}: run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE",
+            missing.join(", ")
+        )
     };
     line(root, "privileges", &detail);
     fatal |= !root;
     if root && !caps::has(set, caps::CAP_SYS_PTRACE) {
-        line(false, "CAP_SYS_PTRACE", "missing: executables of more privileged processes (dockerd) cannot be read, records miss `exe`");
+        line(
+            false,
+            "CAP_SYS_PTRACE",
+            "missing: executables of more privileged processes (dockerd) cannot be read, records miss `exe`",
+        );
     }
 
     match btf::Btf::from_file(Path::new(btf::VMLINUX_BTF)) {
@@ -32,10 +39,21 @@ pub fn check() -> ExitCode {
             line(true, "kernel BTF", btf::VMLINUX_BTF);
             let (_, missing) = btf::resolve_offsets(&b);
             if missing.is_empty() {
-                line(true, "kernel struct offsets", "all fields found in BTF (offsets are read from this kernel, not compiled in)");
+                line(
+                    true,
+                    "kernel struct offsets",
+                    "all fields found in BTF (offsets are read from this kernel, not compiled in)",
+                );
             }
             for m in missing {
-                line(false, "kernel struct offsets", &format!("{}: {} (the probes that read it report less)", m.field, m.reason));
+                line(
+                    false,
+                    "kernel struct offsets",
+                    &format!(
+                        "{}: {} (the probes that read it report less)",
+                        m.field, m.reason
+                    ),
+                );
             }
         }
         Err(e) => {
@@ -45,7 +63,15 @@ pub fn check() -> ExitCode {
     }
 
     let tracefs = Path::new("/sys/kernel/tracing/events").exists();
-    line(tracefs, "tracefs", if tracefs { "mounted at /sys/kernel/tracing" } else { "not mounted: `mount -t tracefs nodev /sys/kernel/tracing` (sensor run tries this itself)" });
+    line(
+        tracefs,
+        "tracefs",
+        if tracefs {
+            "mounted at /sys/kernel/tracing"
+        } else {
+            "not mounted: `mount -t tracefs nodev /sys/kernel/tracing` (sensor run tries this itself)"
+        },
+    );
 
     if !root {
         line(false, "probes", "not tried without privileges");
@@ -59,7 +85,14 @@ pub fn check() -> ExitCode {
                     Some(why) => {
                         let required = loader::REQUIRED.contains(name);
                         fatal |= required;
-                        line(false, &format!("probe {name}"), &format!("{purpose} unavailable: {why}{}", if required { " (required)" } else { "" }));
+                        line(
+                            false,
+                            &format!("probe {name}"),
+                            &format!(
+                                "{purpose} unavailable: {why}{}",
+                                if required { " (required)" } else { "" }
+                            ),
+                        );
                     }
                 }
             }

@@ -29,7 +29,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     #[error("config {path}: line {line}{field}: {message}")]
-    Invalid { path: PathBuf, line: usize, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        message: String,
+    },
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
 }
@@ -61,9 +66,14 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            let table = l.trim_start_matches('[').trim_end().trim_end_matches(']').trim();
+            let table = l
+                .trim_start_matches('[')
+                .trim_end()
+                .trim_end_matches(']')
+                .trim();
             (l.starts_with('[') && table == key)
-                || l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
 }
@@ -74,14 +84,26 @@ fn parse_toml(text: &str, path: &Path) -> Result<Table, ConfigError> {
             Some(span) => {
                 let before = &text[..span.start.min(text.len())];
                 let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-                (before.matches('\n').count() + 1, text[line_start..].lines().next().unwrap_or("").trim().to_string())
+                (
+                    before.matches('\n').count() + 1,
+                    text[line_start..]
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
+                )
             }
             None => (0, String::new()),
         };
         ConfigError::Invalid {
             path: path.to_path_buf(),
             line,
-            field: if src.is_empty() { String::new() } else { format!(" (`{src}`)") },
+            field: if src.is_empty() {
+                String::new()
+            } else {
+                format!(" (`{src}`)")
+            },
             message: e.message().trim().to_string(),
         }
     })
@@ -104,17 +126,28 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
     let ty = get("type").ok_or("a sink needs `type` (stdout, file, tcp or unix)")?;
     let target = match ty.as_str() {
         "stdout" => String::new(),
-        "file" | "unix" => format!(":{}", get("path").ok_or(format!("a {ty} sink needs `path`"))?),
-        "tcp" => format!(":{}", get("addr").ok_or("a tcp sink needs `addr` (HOST:PORT)")?),
-        other => return Err(format!("unknown sink type {other:?}: use stdout, file, tcp or unix")),
+        "file" | "unix" => format!(
+            ":{}",
+            get("path").ok_or(format!("a {ty} sink needs `path`"))?
+        ),
+        "tcp" => format!(
+            ":{}",
+            get("addr").ok_or("a tcp sink needs `addr` (HOST:PORT)")?
+        ),
+        other => {
+            return Err(format!(
+                "unknown sink type {other:?}: use stdout, file, tcp or unix"
+            ));
+        }
     };
     let mut opts = Vec::new();
     for (k, v) in t {
         match k.as_str() {
             "type" | "path" | "addr" => {}
-            "name" | "queue" | "max_size" | "keep" => {
-                opts.push(format!("{k}={}", scalar(v).ok_or(format!("sink `{k}` must be a single value"))?))
-            }
+            "name" | "queue" | "max_size" | "keep" => opts.push(format!(
+                "{k}={}",
+                scalar(v).ok_or(format!("sink `{k}` must be a single value"))?
+            )),
             "kinds" => {
                 let list: Vec<String> = match v {
                     Value::Array(a) => a.iter().map(|x| scalar(x).unwrap_or_default()).collect(),
@@ -129,18 +162,34 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
             }
         }
     }
-    let q = if opts.is_empty() { String::new() } else { format!("?{}", opts.join("&")) };
+    let q = if opts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", opts.join("&"))
+    };
     Ok(format!("{ty}{target}{q}"))
 }
 
 /// The config file as `sensor run` arguments, leaving out keys for which `explicit` is true.
-fn to_args(table: &Table, text: &str, path: &Path, explicit: &dyn Fn(&str) -> bool) -> Result<Vec<OsString>, ConfigError> {
+fn to_args(
+    table: &Table,
+    text: &str,
+    path: &Path,
+    explicit: &dyn Fn(&str) -> bool,
+) -> Result<Vec<OsString>, ConfigError> {
     let cmd = run_command();
     let mut out = Vec::new();
     for (key, value) in table {
-        let arg = cmd.get_arguments().find(|a| a.get_id() == key && !NOT_KEYS.contains(&key.as_str()));
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == key && !NOT_KEYS.contains(&key.as_str()));
         let Some(arg) = arg else {
-            return Err(invalid(path, text, key, format!("unknown key `{key}` (keys: {})", keys().join(", "))));
+            return Err(invalid(
+                path,
+                text,
+                key,
+                format!("unknown key `{key}` (keys: {})", keys().join(", ")),
+            ));
         };
         if explicit(key) {
             continue;
@@ -164,20 +213,27 @@ fn to_args(table: &Table, text: &str, path: &Path, explicit: &dyn Fn(&str) -> bo
                         Value::Table(t) if key == "sinks" => {
                             sink_table_to_spec(t).map_err(|m| invalid(path, text, key, m))?
                         }
-                        v => scalar(v).ok_or_else(|| invalid(path, text, key, "expected a list of values"))?,
+                        v => scalar(v)
+                            .ok_or_else(|| invalid(path, text, key, "expected a list of values"))?,
                     };
                     args.push(format!("{flag}={v}"));
                 }
             }
             _ => {
-                let v = scalar(value).ok_or_else(|| invalid(path, text, key, "expected a single value"))?;
+                let v = scalar(value)
+                    .ok_or_else(|| invalid(path, text, key, "expected a single value"))?;
                 args.push(format!("{flag}={v}"));
             }
         }
         // Each key checked on its own, by the flag's own parser, so the error names the key.
         if let Err(e) = run_command().try_get_matches_from(&args) {
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid value").trim_start_matches("error: ").to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim_start_matches("error: ")
+                .to_string();
             return Err(invalid(path, text, key, first));
         }
         out.extend(args.into_iter().map(OsString::from));
@@ -186,7 +242,10 @@ fn to_args(table: &Table, text: &str, path: &Path, explicit: &dyn Fn(&str) -> bo
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// `sensor run` arguments from the config file at `path` and the command line (`cli`, the
@@ -194,20 +253,30 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 pub fn merge(path: &Path, cli: &[OsString]) -> Result<RunArgs, ConfigError> {
     let text = read(path)?;
     let table = parse_toml(&text, path)?;
-    let given = run_command().try_get_matches_from(cli).map_err(|e| ConfigError::Invalid {
-        path: PathBuf::from("(command line)"),
-        line: 0,
-        field: String::new(),
-        message: e.to_string().lines().next().unwrap_or("").to_string(),
-    })?;
+    let given = run_command()
+        .try_get_matches_from(cli)
+        .map_err(|e| ConfigError::Invalid {
+            path: PathBuf::from("(command line)"),
+            line: 0,
+            field: String::new(),
+            message: e.to_string().lines().next().unwrap_or("").to_string(),
+        })?;
     let explicit = |id: &str| {
-        matches!(given.value_source(id), Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable))
+        matches!(
+            given.value_source(id),
+            Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable)
+        )
     };
     let mut args = to_args(&table, &text, path, &explicit)?;
     args.extend(cli.iter().cloned());
-    let m = run_command()
-        .try_get_matches_from(&args)
-        .map_err(|e| invalid(path, &text, "", e.to_string().lines().next().unwrap_or("").to_string()))?;
+    let m = run_command().try_get_matches_from(&args).map_err(|e| {
+        invalid(
+            path,
+            &text,
+            "",
+            e.to_string().lines().next().unwrap_or("").to_string(),
+        )
+    })?;
     RunArgs::from_arg_matches(&m).map_err(|e| invalid(path, &text, "", e.to_string()))
 }
 
@@ -220,14 +289,22 @@ pub fn check(path: &Path) -> Result<String, ConfigError> {
         return Ok(policy::check_file(path)?);
     }
     let args = to_args(&table, &text, path, &|_| false)?;
-    let m = run_command().try_get_matches_from(&args).map_err(|e| invalid(path, &text, "", e.to_string()))?;
+    let m = run_command()
+        .try_get_matches_from(&args)
+        .map_err(|e| invalid(path, &text, "", e.to_string()))?;
     let run = RunArgs::from_arg_matches(&m).map_err(|e| invalid(path, &text, "", e.to_string()))?;
     let sinks: Vec<String> = run.sinks.iter().map(SinkSpec::to_string).collect();
     let mut summary = format!(
         "config {} is valid: sinks {}, metrics {}",
         path.display(),
-        if sinks.is_empty() { "stdout".to_string() } else { sinks.join(", ") },
-        run.metrics_addr.map(|a| format!("on {a}")).unwrap_or_else(|| "off".into()),
+        if sinks.is_empty() {
+            "stdout".to_string()
+        } else {
+            sinks.join(", ")
+        },
+        run.metrics_addr
+            .map(|a| format!("on {a}"))
+            .unwrap_or_else(|| "off".into()),
     );
     if let Some(p) = &run.policy {
         // Relative to the working directory, as `sensor run` reads it.
@@ -241,7 +318,8 @@ mod tests {
     use super::*;
 
     fn write(name: &str, text: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("sensor-config-{}-{name}.toml", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("sensor-config-{}-{name}.toml", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p
     }
@@ -249,7 +327,16 @@ mod tests {
     #[test]
     fn every_flag_is_a_key() {
         let keys = keys();
-        for k in ["raw", "stats_interval", "host", "runtime_names", "kinds", "sinks", "metrics_addr", "policy"] {
+        for k in [
+            "raw",
+            "stats_interval",
+            "host",
+            "runtime_names",
+            "kinds",
+            "sinks",
+            "metrics_addr",
+            "policy",
+        ] {
             assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
         }
         assert!(!keys.iter().any(|k| k == "config"));
@@ -268,8 +355,19 @@ mod tests {
         assert!(a.raw);
         assert_eq!(a.runtime_names, vec!["podman"]);
         assert_eq!(a.sinks.len(), 2);
-        assert_eq!(a.sinks[0].kinds, vec!["build_finished", "build_started", "finding"]);
-        let a = merge(&p, &["--stats-interval".into(), "7".into(), "--runtime-name=x".into()]).unwrap();
+        assert_eq!(
+            a.sinks[0].kinds,
+            vec!["build_finished", "build_started", "finding"]
+        );
+        let a = merge(
+            &p,
+            &[
+                "--stats-interval".into(),
+                "7".into(),
+                "--runtime-name=x".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(a.stats_interval, 7);
         assert_eq!(a.runtime_names, vec!["x"]);
         assert_eq!(a.sinks.len(), 2);
@@ -280,10 +378,16 @@ mod tests {
     fn errors_name_line_and_key() {
         let p = write("unknown", "stats_interval = 5\nstats_intervall = 6\n");
         let e = merge(&p, &[]).unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("unknown key `stats_intervall`"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("unknown key `stats_intervall`"),
+            "{e}"
+        );
         let p2 = write("badvalue", "\nringbuf_mib = 3\n");
         let e = check(&p2).unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("ringbuf_mib") && e.contains("power of two"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("ringbuf_mib") && e.contains("power of two"),
+            "{e}"
+        );
         let p3 = write("syntax", "raw = true\nstats_interval = = 3\n");
         let e = check(&p3).unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");

@@ -40,7 +40,10 @@ impl DecodeError {
 fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if buf.len() < need {
-        return Err(DecodeError::Short { got: buf.len(), need });
+        return Err(DecodeError::Short {
+            got: buf.len(),
+            need,
+        });
     }
     // SAFETY: length checked; T is a repr(C) Copy struct of integers and byte arrays, for which
     // every bit pattern is valid; read_unaligned handles any alignment.

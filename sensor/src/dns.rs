@@ -33,11 +33,20 @@ fn parse_udp(p: &[u8]) -> Option<(String, String)> {
             return None; // compression pointers are not valid in a question; hostile input
         }
         let label = p.get(i..i + len)?;
-        labels.push(label.iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '?' }).collect());
+        labels.push(
+            label
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                .collect(),
+        );
         i += len;
     }
     let qtype = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]);
-    let name = if labels.is_empty() { ".".to_string() } else { labels.join(".") };
+    let name = if labels.is_empty() {
+        ".".to_string()
+    } else {
+        labels.join(".")
+    };
     Some((name, qtype_name(qtype)))
 }
 
@@ -76,7 +85,10 @@ mod tests {
     #[test]
     fn parses_udp_and_tcp_queries() {
         let q = query("evil.example.test", 28);
-        assert_eq!(parse_query(&q), Some(("evil.example.test".into(), "AAAA".into())));
+        assert_eq!(
+            parse_query(&q),
+            Some(("evil.example.test".into(), "AAAA".into()))
+        );
         let mut tcp = (q.len() as u16).to_be_bytes().to_vec();
         tcp.extend_from_slice(&q);
         assert_eq!(parse_query(&tcp).unwrap().0, "evil.example.test");
@@ -90,7 +102,9 @@ mod tests {
         q.truncate(15);
         assert_eq!(parse_query(&q), None);
         for n in 0..200u32 {
-            let bytes: Vec<u8> = (0..n).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+            let bytes: Vec<u8> = (0..n)
+                .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+                .collect();
             let _ = parse_query(&bytes);
         }
     }

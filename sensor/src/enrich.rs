@@ -33,7 +33,11 @@ pub struct ProcessTable {
 
 impl ProcessTable {
     pub fn new(cap: usize) -> Self {
-        Self { procs: HashMap::new(), cap, overflow: 0 }
+        Self {
+            procs: HashMap::new(),
+            cap,
+            overflow: 0,
+        }
     }
 
     pub fn insert(&mut self, pid: u32, e: ProcEntry) {
@@ -150,7 +154,9 @@ impl Enricher {
             exe: e.and_then(|e| e.exe.clone()),
             cgroup_id: h.cgroup_id,
             container_id: e.and_then(|e| e.container_id.clone()),
-            pod: e.and_then(|e| e.container_id.as_deref()).and_then(proc::pod_of_container),
+            pod: e
+                .and_then(|e| e.container_id.as_deref())
+                .and_then(proc::pod_of_container),
             role: role(h.track_flags),
         }
     }
@@ -174,8 +180,11 @@ impl Enricher {
         match ev {
             KernelEvent::Exec(e) => {
                 let d = &e.data;
-                let filename = lossy(&d.filename[..(d.filename_len as usize).min(d.filename.len())]);
-                let argv = self.redact_argv(split_argv(&d.argv[..(d.argv_len as usize).min(d.argv.len())]));
+                let filename =
+                    lossy(&d.filename[..(d.filename_len as usize).min(d.filename.len())]);
+                let argv = self.redact_argv(split_argv(
+                    &d.argv[..(d.argv_len as usize).min(d.argv.len())],
+                ));
                 let pid = e.header.pid;
                 // The cgroup is read now, while the process is alive (best effort).
                 let container_id = self
@@ -185,12 +194,22 @@ impl Enricher {
                 if d.old_pid != pid && d.old_pid != 0 {
                     self.table.remove(d.old_pid);
                 }
-                self.table.insert(pid, ProcEntry { ppid: d.ppid, exe, container_id, start_ns: d.start_time_ns });
+                self.table.insert(
+                    pid,
+                    ProcEntry {
+                        ppid: d.ppid,
+                        exe,
+                        container_id,
+                        start_ns: d.start_time_ns,
+                    },
+                );
                 Some(Body::ProcessExec(ProcessExec {
                     process: self.process_ref(&e.header),
                     filename,
                     argv,
-                    argv_truncated: d.truncated & (exec_flags::ARGV_TRUNCATED | exec_flags::ARGV_UNREADABLE) != 0,
+                    argv_truncated: d.truncated
+                        & (exec_flags::ARGV_TRUNCATED | exec_flags::ARGV_UNREADABLE)
+                        != 0,
                     start_time_ns: d.start_time_ns,
                 }))
             }
@@ -199,7 +218,11 @@ impl Enricher {
                 let parent = self.table.get(d.parent_pid).cloned().unwrap_or_default();
                 self.table.insert(
                     d.child_pid,
-                    ProcEntry { ppid: d.parent_pid, start_ns: d.child_start_time_ns, ..parent },
+                    ProcEntry {
+                        ppid: d.parent_pid,
+                        start_ns: d.child_start_time_ns,
+                        ..parent
+                    },
                 );
                 Some(Body::ProcessFork(ProcessFork {
                     process: self.process_ref(&e.header),
@@ -219,7 +242,12 @@ impl Enricher {
                 let duration_ms = entry
                     .filter(|p| p.start_ns != 0 && e.header.ts_ns > p.start_ns)
                     .map(|p| (e.header.ts_ns - p.start_ns) / 1_000_000);
-                Some(Body::ProcessExit(ProcessExit { process, exit_code, signal, duration_ms }))
+                Some(Body::ProcessExit(ProcessExit {
+                    process,
+                    exit_code,
+                    signal,
+                    duration_ms,
+                }))
             }
             KernelEvent::Connect(e) => {
                 let d = &e.data;
@@ -232,8 +260,12 @@ impl Enricher {
                     dst_addr: Some(ip_string(d.family, &d.daddr)),
                     dst_port: Some(d.dport),
                     path: None,
-                    result: if d.result == connect_result::ESTABLISHED { "established" } else { "failed" }
-                        .into(),
+                    result: if d.result == connect_result::ESTABLISHED {
+                        "established"
+                    } else {
+                        "failed"
+                    }
+                    .into(),
                     latency_us: e.header.ts_ns.checked_sub(d.start_ns).map(|ns| ns / 1000),
                 }))
             }
@@ -251,7 +283,11 @@ impl Enricher {
             KernelEvent::UnixConnect(e) => {
                 let d = &e.data;
                 let name = lossy(&d.path[..(d.path_len as usize).min(d.path.len())]);
-                let path = if d.abstract_ns != 0 { format!("@{name}") } else { name };
+                let path = if d.abstract_ns != 0 {
+                    format!("@{name}")
+                } else {
+                    name
+                };
                 Some(Body::Connect(Connect {
                     process: self.process_ref(&e.header),
                     protocol: "unix".into(),
@@ -280,7 +316,12 @@ impl Enricher {
                 let d = &e.data;
                 Some(Body::FileWrite(FileWrite {
                     process: self.process_ref(&e.header),
-                    op: if d.op == file_op::RENAME { "rename" } else { "open_write" }.into(),
+                    op: if d.op == file_op::RENAME {
+                        "rename"
+                    } else {
+                        "open_write"
+                    }
+                    .into(),
                     path: lossy(&d.path[..(d.path_len as usize).min(d.path.len())]),
                     path_truncated: d.truncated != 0,
                     flags: d.flags,
@@ -315,10 +356,17 @@ impl Enricher {
                 transport: "tcp".into(),
                 addr: Some(ip_string(d.peer_family, &d.peer_addr)),
                 port: Some(d.peer_port),
-                listener: Some(format!("{}:{}", ip_string(d.peer_family, &d.local_addr), d.local_port)),
+                listener: Some(format!(
+                    "{}:{}",
+                    ip_string(d.peer_family, &d.local_addr),
+                    d.local_port
+                )),
                 ..Default::default()
             },
-            _ => ApiClient { transport: "unknown".into(), ..Default::default() },
+            _ => ApiClient {
+                transport: "unknown".into(),
+                ..Default::default()
+            },
         };
         let mut client = client;
         client.argv = self.redact_argv(client.argv);
@@ -347,7 +395,11 @@ impl Enricher {
 /// A local (unix socket) API client, described from /proc while it is alive.
 pub fn api_client_local(pid: u32, uid: u32) -> ApiClient {
     let info = if pid != 0 { proc::read_proc(pid) } else { None };
-    let uid = if uid != u32::MAX { Some(uid) } else { info.as_ref().map(|p| p.uid) };
+    let uid = if uid != u32::MAX {
+        Some(uid)
+    } else {
+        info.as_ref().map(|p| p.uid)
+    };
     ApiClient {
         transport: "unix".into(),
         pid: (pid != 0).then_some(pid),
@@ -355,7 +407,11 @@ pub fn api_client_local(pid: u32, uid: u32) -> ApiClient {
         user: uid.and_then(proc::user_name),
         exe: info.as_ref().and_then(|p| p.exe.clone()),
         argv: info.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
-        ancestors: if pid != 0 { proc::ancestors(pid, 8) } else { Vec::new() },
+        ancestors: if pid != 0 {
+            proc::ancestors(pid, 8)
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     }
 }
@@ -383,7 +439,13 @@ mod tests {
         }
         assert_eq!(t.procs.len(), 2);
         assert_eq!(t.overflow, 1);
-        t.insert(1, ProcEntry { ppid: 9, ..Default::default() });
+        t.insert(
+            1,
+            ProcEntry {
+                ppid: 9,
+                ..Default::default()
+            },
+        );
         assert_eq!(t.get(1).unwrap().ppid, 9);
     }
 

@@ -26,7 +26,10 @@ pub fn parse_request(buf: &[u8]) -> Option<RequestHead> {
     let method = parts.next()?.to_string();
     let target = parts.next()?;
     let version = parts.next().unwrap_or("");
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) || !target.starts_with('/') {
+    if method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !target.starts_with('/')
+    {
         return None;
     }
     // A request line cut off by the capture has no version yet.
@@ -35,7 +38,12 @@ pub fn parse_request(buf: &[u8]) -> Option<RequestHead> {
         Some((p, q)) => (p.to_string(), Some(q.to_string())),
         None => (target.to_string(), None),
     };
-    let mut h = RequestHead { method, path, query, ..Default::default() };
+    let mut h = RequestHead {
+        method,
+        path,
+        query,
+        ..Default::default()
+    };
     let mut last_partial = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -79,12 +87,18 @@ mod tests {
         let h = parse_request(raw).unwrap();
         assert_eq!(h.method, "POST");
         assert_eq!(h.path, "/v1.41/build");
-        assert_eq!(h.user_agent.as_deref(), Some("Docker-Client/20.10.24 (linux)"));
+        assert_eq!(
+            h.user_agent.as_deref(),
+            Some("Docker-Client/20.10.24 (linux)")
+        );
         assert_eq!(h.content_type.as_deref(), Some("application/x-tar"));
         assert_eq!(h.content_length, Some(2048));
         assert!(!h.truncated);
         assert_eq!(h.query.as_deref(), Some("buildargs=%7B%7D&t=evil%3A1&t=x"));
-        assert_eq!(split_api_version(&h.path), (Some("1.41".into()), "/build".into()));
+        assert_eq!(
+            split_api_version(&h.path),
+            (Some("1.41".into()), "/build".into())
+        );
     }
 
     #[test]

@@ -16,8 +16,18 @@ use crate::{btf, proc};
 /// Names whose processes (and descendants) are tracked. `containerd-shim` covers every
 /// `containerd-shim-*` (the kernel keeps 15 bytes of a name); `executor` is kaniko's.
 pub const DEFAULT_RUNTIME_NAMES: &[&str] = &[
-    "dockerd", "containerd", "containerd-shim", "runc", "crun", "buildkitd", "buildctl", "buildah",
-    "podman", "conmon", "executor", "kaniko",
+    "dockerd",
+    "containerd",
+    "containerd-shim",
+    "runc",
+    "crun",
+    "buildkitd",
+    "buildctl",
+    "buildah",
+    "podman",
+    "conmon",
+    "executor",
+    "kaniko",
 ];
 /// Runtimes that serve an HTTP Engine API whose requests are captured.
 pub const DEFAULT_API_SERVERS: &[&str] = &["dockerd", "podman"];
@@ -38,31 +48,119 @@ pub enum ProbeKind {
 
 /// Every program: (name in the object, how it attaches, what it is for).
 pub const PROBES: &[(&str, ProbeKind, &str)] = &[
-    ("sched_process_exec", ProbeKind::Tracepoint("sched", "sched_process_exec"), "process exec"),
-    ("sched_process_fork", ProbeKind::BtfTracepoint("sched_process_fork"), "process tree tracking"),
-    ("sched_process_exit", ProbeKind::Tracepoint("sched", "sched_process_exit"), "process exit"),
-    ("inet_sock_set_state", ProbeKind::Tracepoint("sock", "inet_sock_set_state"), "TCP connect"),
-    ("sys_enter_connect", ProbeKind::Tracepoint("syscalls", "sys_enter_connect"), "unix connect"),
-    ("sys_exit_accept4", ProbeKind::Tracepoint("syscalls", "sys_exit_accept4"), "TCP accept"),
-    ("sys_exit_accept", ProbeKind::Tracepoint("syscalls", "sys_exit_accept"), "TCP accept"),
-    ("sys_enter_sendto", ProbeKind::Tracepoint("syscalls", "sys_enter_sendto"), "DNS"),
-    ("sys_enter_sendmsg", ProbeKind::Tracepoint("syscalls", "sys_enter_sendmsg"), "DNS"),
-    ("sys_enter_sendmmsg", ProbeKind::Tracepoint("syscalls", "sys_enter_sendmmsg"), "DNS"),
-    ("sys_enter_openat", ProbeKind::Tracepoint("syscalls", "sys_enter_openat"), "file writes"),
-    ("sys_enter_openat2", ProbeKind::Tracepoint("syscalls", "sys_enter_openat2"), "file writes"),
-    ("sys_enter_open", ProbeKind::Tracepoint("syscalls", "sys_enter_open"), "file writes"),
-    ("sys_enter_creat", ProbeKind::Tracepoint("syscalls", "sys_enter_creat"), "file writes"),
-    ("sys_enter_rename", ProbeKind::Tracepoint("syscalls", "sys_enter_rename"), "file renames"),
-    ("sys_enter_renameat", ProbeKind::Tracepoint("syscalls", "sys_enter_renameat"), "file renames"),
-    ("sys_enter_renameat2", ProbeKind::Tracepoint("syscalls", "sys_enter_renameat2"), "file renames"),
-    ("sys_enter_read", ProbeKind::Tracepoint("syscalls", "sys_enter_read"), "Engine API requests"),
-    ("sys_exit_read", ProbeKind::Tracepoint("syscalls", "sys_exit_read"), "Engine API requests"),
-    ("sys_enter_write", ProbeKind::Tracepoint("syscalls", "sys_enter_write"), "Engine API responses"),
-    ("sys_enter_close", ProbeKind::Tracepoint("syscalls", "sys_enter_close"), "Engine API responses"),
+    (
+        "sched_process_exec",
+        ProbeKind::Tracepoint("sched", "sched_process_exec"),
+        "process exec",
+    ),
+    (
+        "sched_process_fork",
+        ProbeKind::BtfTracepoint("sched_process_fork"),
+        "process tree tracking",
+    ),
+    (
+        "sched_process_exit",
+        ProbeKind::Tracepoint("sched", "sched_process_exit"),
+        "process exit",
+    ),
+    (
+        "inet_sock_set_state",
+        ProbeKind::Tracepoint("sock", "inet_sock_set_state"),
+        "TCP connect",
+    ),
+    (
+        "sys_enter_connect",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_connect"),
+        "unix connect",
+    ),
+    (
+        "sys_exit_accept4",
+        ProbeKind::Tracepoint("syscalls", "sys_exit_accept4"),
+        "TCP accept",
+    ),
+    (
+        "sys_exit_accept",
+        ProbeKind::Tracepoint("syscalls", "sys_exit_accept"),
+        "TCP accept",
+    ),
+    (
+        "sys_enter_sendto",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_sendto"),
+        "DNS",
+    ),
+    (
+        "sys_enter_sendmsg",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_sendmsg"),
+        "DNS",
+    ),
+    (
+        "sys_enter_sendmmsg",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_sendmmsg"),
+        "DNS",
+    ),
+    (
+        "sys_enter_openat",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_openat"),
+        "file writes",
+    ),
+    (
+        "sys_enter_openat2",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_openat2"),
+        "file writes",
+    ),
+    (
+        "sys_enter_open",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_open"),
+        "file writes",
+    ),
+    (
+        "sys_enter_creat",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_creat"),
+        "file writes",
+    ),
+    (
+        "sys_enter_rename",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_rename"),
+        "file renames",
+    ),
+    (
+        "sys_enter_renameat",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_renameat"),
+        "file renames",
+    ),
+    (
+        "sys_enter_renameat2",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_renameat2"),
+        "file renames",
+    ),
+    (
+        "sys_enter_read",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_read"),
+        "Engine API requests",
+    ),
+    (
+        "sys_exit_read",
+        ProbeKind::Tracepoint("syscalls", "sys_exit_read"),
+        "Engine API requests",
+    ),
+    (
+        "sys_enter_write",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_write"),
+        "Engine API responses",
+    ),
+    (
+        "sys_enter_close",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_close"),
+        "Engine API responses",
+    ),
 ];
 
 /// Programs without which the sensor cannot do its job: it refuses to start without them.
-pub const REQUIRED: &[&str] = &["sched_process_exec", "sched_process_fork", "sched_process_exit"];
+pub const REQUIRED: &[&str] = &[
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+];
 
 /// The compiled kernel object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -71,7 +169,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub enum LoadError {
     #[error("{0}")]
     Btf(#[from] btf::BtfError),
-    #[error("loading the kernel programs failed: {0} (run `sensor check` to see what this kernel lacks)")]
+    #[error(
+        "loading the kernel programs failed: {0} (run `sensor check` to see what this kernel lacks)"
+    )]
     Load(#[source] aya::EbpfError),
     #[error("kernel object lacks map {0} (a build mismatch)")]
     MissingMap(&'static str),
@@ -96,11 +196,17 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            runtime_names: DEFAULT_RUNTIME_NAMES.iter().map(|s| s.to_string()).collect(),
+            runtime_names: DEFAULT_RUNTIME_NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             api_servers: DEFAULT_API_SERVERS.iter().map(|s| s.to_string()).collect(),
             api_sockets: DEFAULT_API_SOCKETS.iter().map(|s| s.to_string()).collect(),
             ringbuf_bytes: 8 * 1024 * 1024,
-            features: feature::FILE_EVENTS | feature::NET_EVENTS | feature::API_EVENTS | feature::DNS_EVENTS,
+            features: feature::FILE_EVENTS
+                | feature::NET_EVENTS
+                | feature::API_EVENTS
+                | feature::DNS_EVENTS,
         }
     }
 }
@@ -141,25 +247,39 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(LoadError::Load)?;
 
     {
-        let mut cfg: Array<_, Config> =
-            Array::try_from(ebpf.map_mut("CONFIG").ok_or(LoadError::MissingMap("CONFIG"))?)
-                .map_err(|e| LoadError::Map("CONFIG", e))?;
-        let c = Config { self_tgid: std::process::id(), features: opts.features, offsets };
+        let mut cfg: Array<_, Config> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or(LoadError::MissingMap("CONFIG"))?,
+        )
+        .map_err(|e| LoadError::Map("CONFIG", e))?;
+        let c = Config {
+            self_tgid: std::process::id(),
+            features: opts.features,
+            offsets,
+        };
         cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))?;
     }
     {
         let mut names: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
-            ebpf.map_mut("RUNTIME_NAMES").ok_or(LoadError::MissingMap("RUNTIME_NAMES"))?,
+            ebpf.map_mut("RUNTIME_NAMES")
+                .ok_or(LoadError::MissingMap("RUNTIME_NAMES"))?,
         )
         .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
         for n in &opts.runtime_names {
-            let flags = if opts.api_servers.contains(n) { track::API_SERVER } else { 0 };
-            names.insert(comm_key(n)?, RuntimeName { flags }, 0).map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
+            let flags = if opts.api_servers.contains(n) {
+                track::API_SERVER
+            } else {
+                0
+            };
+            names
+                .insert(comm_key(n)?, RuntimeName { flags }, 0)
+                .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
         }
     }
     {
         let mut socks: BpfHashMap<_, [u8; UNIX_PATH_CAP], u32> = BpfHashMap::try_from(
-            ebpf.map_mut("RUNTIME_SOCKETS").ok_or(LoadError::MissingMap("RUNTIME_SOCKETS"))?,
+            ebpf.map_mut("RUNTIME_SOCKETS")
+                .ok_or(LoadError::MissingMap("RUNTIME_SOCKETS"))?,
         )
         .map_err(|e| LoadError::Map("RUNTIME_SOCKETS", e))?;
         for s in &opts.api_sockets {
@@ -169,7 +289,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             }
             let mut k = [0u8; UNIX_PATH_CAP];
             k[..b.len()].copy_from_slice(b);
-            socks.insert(k, 1, 0).map_err(|e| LoadError::Map("RUNTIME_SOCKETS", e))?;
+            socks
+                .insert(k, 1, 0)
+                .map_err(|e| LoadError::Map("RUNTIME_SOCKETS", e))?;
         }
     }
 
@@ -177,21 +299,44 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     drop(aya_btf);
     for name in REQUIRED {
         if let Some(reason) = failed.get(*name) {
-            return Err(LoadError::Required { name, reason: reason.clone() });
+            return Err(LoadError::Required {
+                name,
+                reason: reason.clone(),
+            });
         }
     }
 
-    let ringbuf = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(LoadError::MissingMap("EVENTS"))?)
-        .map_err(|e| LoadError::Map("EVENTS", e))?;
-    let stats = PerCpuArray::try_from(ebpf.take_map("STATS").ok_or(LoadError::MissingMap("STATS"))?)
-        .map_err(|e| LoadError::Map("STATS", e))?;
-    let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").ok_or(LoadError::MissingMap("TRACKED"))?)
-        .map_err(|e| LoadError::Map("TRACKED", e))?;
-    Ok(Loaded { ebpf, ringbuf, stats, tracked, attached, failed, missing_offsets })
+    let ringbuf = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .ok_or(LoadError::MissingMap("EVENTS"))?,
+    )
+    .map_err(|e| LoadError::Map("EVENTS", e))?;
+    let stats = PerCpuArray::try_from(
+        ebpf.take_map("STATS")
+            .ok_or(LoadError::MissingMap("STATS"))?,
+    )
+    .map_err(|e| LoadError::Map("STATS", e))?;
+    let tracked = BpfHashMap::try_from(
+        ebpf.take_map("TRACKED")
+            .ok_or(LoadError::MissingMap("TRACKED"))?,
+    )
+    .map_err(|e| LoadError::Map("TRACKED", e))?;
+    Ok(Loaded {
+        ebpf,
+        ringbuf,
+        stats,
+        tracked,
+        attached,
+        failed,
+        missing_offsets,
+    })
 }
 
 /// Load and attach every program; returns (attached, failed with reason).
-pub fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> (Vec<String>, BTreeMap<String, String>) {
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+) -> (Vec<String>, BTreeMap<String, String>) {
     let mut attached = Vec::new();
     let mut failed = BTreeMap::new();
     for (name, kind, _) in PROBES {
@@ -201,7 +346,8 @@ pub fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> (Vec<String>, BTre
                 ProbeKind::Tracepoint(cat, tp) => {
                     let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
                     p.load().map_err(|e| format!("load: {e}"))?;
-                    p.attach(cat, tp).map_err(|e| format!("attach {cat}:{tp}: {e}"))?;
+                    p.attach(cat, tp)
+                        .map_err(|e| format!("attach {cat}:{tp}: {e}"))?;
                 }
                 ProbeKind::BtfTracepoint(tp) => {
                     let btf = btf.ok_or("no kernel BTF")?;
@@ -229,15 +375,24 @@ pub fn attach_all(ebpf: &mut Ebpf, btf: Option<&aya::Btf>) -> (Vec<String>, BTre
 pub fn read_kernel_drops(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for (i, reason) in StatReason::ALL.iter().enumerate().take(STAT_REASONS) {
-        let v = stats.get(&(i as u32), 0).map(|vals| vals.iter().sum::<u64>()).unwrap_or(0);
+        let v = stats
+            .get(&(i as u32), 0)
+            .map(|vals| vals.iter().sum::<u64>())
+            .unwrap_or(0);
         out.insert(reason.name().to_string(), v);
     }
     out
 }
 
 /// Processes already running in runtime trees: roots by name, then their descendants.
-pub fn find_runtime_trees(runtime_names: &[String], api_servers: &[String]) -> Vec<(proc::ProcInfo, u32, u32)> {
-    let all: Vec<proc::ProcInfo> = proc::all_pids().into_iter().filter_map(proc::read_proc).collect();
+pub fn find_runtime_trees(
+    runtime_names: &[String],
+    api_servers: &[String],
+) -> Vec<(proc::ProcInfo, u32, u32)> {
+    let all: Vec<proc::ProcInfo> = proc::all_pids()
+        .into_iter()
+        .filter_map(proc::read_proc)
+        .collect();
     let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
     for (i, p) in all.iter().enumerate() {
         children.entry(p.ppid).or_default().push(i);

@@ -29,7 +29,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::sinks::SinkSpec;
 
 #[derive(Parser)]
-#[command(name = "sensor", version, about = "eBPF sensor for container image builds on this host (MITRE ATT&CK T1612)")]
+#[command(
+    name = "sensor",
+    version,
+    about = "eBPF sensor for container image builds on this host (MITRE ATT&CK T1612)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -127,22 +131,34 @@ struct ReplayArgs {
 }
 
 fn parse_kind(s: &str) -> Result<String, String> {
-    sinks::expand_kinds(&[s]).map(|_| s.trim().to_string()).map_err(|e| e.to_string())
+    sinks::expand_kinds(&[s])
+        .map(|_| s.trim().to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_ringbuf_mib(s: &str) -> Result<u32, String> {
-    let v: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
     if !v.is_power_of_two() || !(1..=1024).contains(&v) {
-        return Err(format!("{v} MiB: the ring buffer size must be a power of two from 1 to 1024"));
+        return Err(format!(
+            "{v} MiB: the ring buffer size must be a power of two from 1 to 1024"
+        ));
     }
     Ok(v)
 }
 
 /// With `--config FILE`: the file's options under the command line's.
 fn with_config(args: RunArgs) -> anyhow::Result<RunArgs> {
-    let Some(path) = args.config.clone() else { return Ok(args) };
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let after_run = argv.iter().position(|a| a == "run").map(|i| argv[i + 1..].to_vec()).unwrap_or_default();
+    let after_run = argv
+        .iter()
+        .position(|a| a == "run")
+        .map(|i| argv[i + 1..].to_vec())
+        .unwrap_or_default();
     Ok(config::merge(&path, &after_run)?)
 }
 
@@ -150,7 +166,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SENSOR_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -159,14 +176,19 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run(args) => with_config(args).and_then(run::run),
         Cmd::Check => return check::check(),
-        Cmd::Replay(args) => {
-            run::replay(&args.file, args.policy.as_deref(), args.state_dir.as_deref(), args.show_build_args)
-        }
+        Cmd::Replay(args) => run::replay(
+            &args.file,
+            args.policy.as_deref(),
+            args.state_dir.as_deref(),
+            args.show_build_args,
+        ),
         Cmd::Schema => {
             print!("{}", schema::records_schema_json());
             return ExitCode::SUCCESS;
         }
-        Cmd::Config(ConfigCmd::Check { file }) => config::check(&file).map(|ok| println!("{ok}")).map_err(Into::into),
+        Cmd::Config(ConfigCmd::Check { file }) => config::check(&file)
+            .map(|ok| println!("{ok}"))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,13 +38,21 @@ pub struct StdoutSink {
 
 impl StdoutSink {
     pub fn new() -> Self {
-        Self { out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()), failed: 0 }
+        Self {
+            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            failed: 0,
+        }
     }
 }
 
 impl Sink for StdoutSink {
     fn write_line(&mut self, line: &str) {
-        if self.out.write_all(line.as_bytes()).and_then(|_| self.out.write_all(b"\n")).is_err() {
+        if self
+            .out
+            .write_all(line.as_bytes())
+            .and_then(|_| self.out.write_all(b"\n"))
+            .is_err()
+        {
             self.failed += 1;
         }
     }
@@ -84,7 +92,10 @@ pub struct Pipeline {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -94,7 +105,12 @@ impl Pipeline {
     pub fn new(opts: PipelineOptions, engines: Vec<Box<dyn Engine>>, sink: Box<dyn Sink>) -> Self {
         let boot_to_wall_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
         let mut user_drops = BTreeMap::new();
-        for r in ["decode_short", "decode_unknown_kind", "process_table_full", "replay_bad_line"] {
+        for r in [
+            "decode_short",
+            "decode_unknown_kind",
+            "process_table_full",
+            "replay_bad_line",
+        ] {
             user_drops.insert(r.to_string(), 0);
         }
         Self {
@@ -145,7 +161,13 @@ impl Pipeline {
     /// stamped with its start time.
     pub fn seed_engines(&mut self, exec: crate::record::ProcessExec) {
         let ts = Timestamp::from_unix_nanos(self.boot_to_wall_ns + exec.start_time_ns as i64);
-        let rec = Record { schema_version: SCHEMA_VERSION, id: 0, ts, host: self.opts.host.clone(), body: Body::ProcessExec(exec) };
+        let rec = Record {
+            schema_version: SCHEMA_VERSION,
+            id: 0,
+            ts,
+            host: self.opts.host.clone(),
+            body: Body::ProcessExec(exec),
+        };
         let mut out = Vec::new();
         for e in self.engines.iter_mut() {
             e.seed(&rec, &mut out);
@@ -167,9 +189,16 @@ impl Pipeline {
 
     fn drain_inner(&mut self, ts: Timestamp, queue: &mut VecDeque<(Body, bool)>) {
         while let Some((body, is_input)) = queue.pop_front() {
-            let rec = Record { schema_version: SCHEMA_VERSION, id: self.next_id, ts, host: self.opts.host.clone(), body };
+            let rec = Record {
+                schema_version: SCHEMA_VERSION,
+                id: self.next_id,
+                ts,
+                host: self.opts.host.clone(),
+                body,
+            };
             self.next_id += 1;
-            let write = (!is_input || self.opts.write_inputs) && (self.opts.raw || !rec.body.raw_only());
+            let write =
+                (!is_input || self.opts.write_inputs) && (self.opts.raw || !rec.body.raw_only());
             if write {
                 self.write(&rec);
             }
@@ -237,7 +266,12 @@ impl Pipeline {
     }
 
     /// A `sensor_stats` record with kernel drop counters merged in.
-    pub fn write_stats(&mut self, kernel_drops: BTreeMap<String, u64>, tracked: u64, final_report: bool) {
+    pub fn write_stats(
+        &mut self,
+        kernel_drops: BTreeMap<String, u64>,
+        tracked: u64,
+        final_report: bool,
+    ) {
         let drops = self.drops(kernel_drops);
         let stats = SensorStats {
             uptime_s: self.started.elapsed().as_secs(),
@@ -259,7 +293,8 @@ impl Pipeline {
         for r in StatReason::ALL {
             drops.entry(r.name().to_string()).or_insert(0);
         }
-        self.user_drops.insert("process_table_full".into(), self.enricher.table.overflow);
+        self.user_drops
+            .insert("process_table_full".into(), self.enricher.table.overflow);
         drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
         for e in &self.engines {
             e.drops(&mut drops);

@@ -33,7 +33,13 @@ pub enum PolicyError {
     },
     /// Parse or validation error, located in the file.
     #[error("policy {path}: line {line}, column {column}{field}: {message}")]
-    Invalid { path: PathBuf, line: usize, column: usize, field: String, message: String },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -85,7 +91,10 @@ pub struct Builders {
 
 impl Builders {
     pub fn is_empty(&self) -> bool {
-        self.users.is_empty() && self.uids.is_empty() && self.exes.is_empty() && self.addresses.is_empty()
+        self.users.is_empty()
+            && self.uids.is_empty()
+            && self.exes.is_empty()
+            && self.addresses.is_empty()
     }
 
     /// Which entry of the allow-list the client matches, if any.
@@ -100,7 +109,10 @@ impl Builders {
         {
             return Some(format!("uid {uid}"));
         }
-        let exes = c.exe.iter().chain(c.ancestors.iter().filter_map(|a| a.exe.as_ref()));
+        let exes = c
+            .exe
+            .iter()
+            .chain(c.ancestors.iter().filter_map(|a| a.exe.as_ref()));
         for exe in exes {
             if self.exes.iter().any(|e| e == exe) {
                 return Some(format!("exe {exe}"));
@@ -129,11 +141,19 @@ pub struct OutboundPolicy {
 impl Default for OutboundPolicy {
     fn default() -> Self {
         // Docker Hub's registry, auth and blob CDN: what a `FROM` of a Hub image talks to.
-        let allowed = ["registry-1.docker.io", "auth.docker.io", "*.docker.io", "production.cloudflare.docker.com"]
-            .iter()
-            .filter_map(|s| AddrPattern::from_str(s).ok())
-            .collect();
-        OutboundPolicy { allowed, denied: Vec::new() }
+        let allowed = [
+            "registry-1.docker.io",
+            "auth.docker.io",
+            "*.docker.io",
+            "production.cloudflare.docker.com",
+        ]
+        .iter()
+        .filter_map(|s| AddrPattern::from_str(s).ok())
+        .collect();
+        OutboundPolicy {
+            allowed,
+            denied: Vec::new(),
+        }
     }
 }
 
@@ -146,7 +166,8 @@ impl OutboundPolicy {
         }
         let ip = parse_ip(addr);
         let hit = |p: &AddrPattern| {
-            ip.is_some_and(|ip| p.matches_ip(ip, Some(port))) || dns_name.is_some_and(|n| p.matches_name(n, port))
+            ip.is_some_and(|ip| p.matches_ip(ip, Some(port)))
+                || dns_name.is_some_and(|n| p.matches_name(n, port))
         };
         if self.denied.iter().any(hit) {
             DENIED
@@ -177,7 +198,10 @@ pub struct ClientRule {
 
 impl Default for ClientRule {
     fn default() -> Self {
-        ClientRule { enabled: true, severity: Severity::Medium }
+        ClientRule {
+            enabled: true,
+            severity: Severity::Medium,
+        }
     }
 }
 
@@ -192,7 +216,11 @@ pub struct TcpApiRule {
 
 impl Default for TcpApiRule {
     fn default() -> Self {
-        TcpApiRule { enabled: true, severity: Severity::High, allowed_addresses: Vec::new() }
+        TcpApiRule {
+            enabled: true,
+            severity: Severity::High,
+            allowed_addresses: Vec::new(),
+        }
     }
 }
 
@@ -252,7 +280,11 @@ pub struct ChainRule {
 
 impl Default for ChainRule {
     fn default() -> Self {
-        ChainRule { enabled: true, window_secs: 7 * 24 * 3600, severity: Severity::High }
+        ChainRule {
+            enabled: true,
+            window_secs: 7 * 24 * 3600,
+            severity: Severity::High,
+        }
     }
 }
 
@@ -268,28 +300,35 @@ pub struct LineagePolicy {
 
 impl Default for LineagePolicy {
     fn default() -> Self {
-        LineagePolicy { max_images: 10_000, retention_days: 30 }
+        LineagePolicy {
+            max_images: 10_000,
+            retention_days: 30,
+        }
     }
 }
 
 impl Policy {
     /// Reads and validates a policy file: all of it or an error.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Policy::parse(&text, path)
     }
 
     /// Parses policy text; `path` is only used in the error.
     pub fn parse(text: &str, path: &Path) -> Result<Policy, PolicyError> {
         let policy: Policy = toml::from_str(text).map_err(|e| located(text, path, &e))?;
-        policy.validate().map_err(|(field, message)| PolicyError::Invalid {
-            path: path.to_path_buf(),
-            line: find_key_line(text, &field).unwrap_or(0),
-            column: 1,
-            field: format!(" (`{field}`)"),
-            message,
-        })?;
+        policy
+            .validate()
+            .map_err(|(field, message)| PolicyError::Invalid {
+                path: path.to_path_buf(),
+                line: find_key_line(text, &field).unwrap_or(0),
+                column: 1,
+                field: format!(" (`{field}`)"),
+                message,
+            })?;
         Ok(policy)
     }
 
@@ -297,16 +336,25 @@ impl Policy {
     fn validate(&self) -> Result<(), (String, String)> {
         let r = &self.rules;
         if r.deploy_soon_after_build.window_secs == 0 {
-            return Err(("window_secs".into(), "rules.deploy_soon_after_build.window_secs must be > 0".into()));
+            return Err((
+                "window_secs".into(),
+                "rules.deploy_soon_after_build.window_secs must be > 0".into(),
+            ));
         }
         if r.build_push_deploy_chain.window_secs == 0 {
-            return Err(("window_secs".into(), "rules.build_push_deploy_chain.window_secs must be > 0".into()));
+            return Err((
+                "window_secs".into(),
+                "rules.build_push_deploy_chain.window_secs must be > 0".into(),
+            ));
         }
         if self.lineage.max_images == 0 {
             return Err(("max_images".into(), "lineage.max_images must be > 0".into()));
         }
         if self.lineage.retention_days == 0 {
-            return Err(("retention_days".into(), "lineage.retention_days must be > 0".into()));
+            return Err((
+                "retention_days".into(),
+                "lineage.retention_days must be > 0".into(),
+            ));
         }
         Ok(())
     }
@@ -320,7 +368,12 @@ fn located(text: &str, path: &Path, e: &toml::de::Error) -> PolicyError {
             let line = before.matches('\n').count() + 1;
             let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
             let column = before[line_start..].chars().count() + 1;
-            let src = text[line_start..].lines().next().unwrap_or("").trim().to_string();
+            let src = text[line_start..]
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             (line, column, src)
         }
         None => (0, 0, String::new()),
@@ -329,7 +382,11 @@ fn located(text: &str, path: &Path, e: &toml::de::Error) -> PolicyError {
         path: path.to_path_buf(),
         line,
         column,
-        field: if src.is_empty() { String::new() } else { format!(" (`{src}`)") },
+        field: if src.is_empty() {
+            String::new()
+        } else {
+            format!(" (`{src}`)")
+        },
         message: e.message().trim().to_string(),
     }
 }
@@ -339,7 +396,8 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
     text.lines()
         .position(|l| {
             let l = l.trim_start();
-            l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
 }
@@ -396,7 +454,9 @@ impl FromStr for AddrPattern {
         let bad_port = |p: &str| format!("`{text}`: bad port `{p}`");
         // Split an optional port: `[v6]:p`, `v4:p`, `name:p`; a bare IPv6 has several colons.
         let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (h, after) = rest.split_once(']').ok_or_else(|| format!("`{text}`: missing `]`"))?;
+            let (h, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("`{text}`: missing `]`"))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => Some(p.parse::<u16>().map_err(|_| bad_port(p))?),
                 None if after.is_empty() => None,
@@ -405,12 +465,16 @@ impl FromStr for AddrPattern {
             (h.to_string(), port)
         } else if text.matches(':').count() == 1 {
             let (h, p) = text.split_once(':').unwrap_or((&text, ""));
-            (h.to_string(), Some(p.parse::<u16>().map_err(|_| bad_port(p))?))
+            (
+                h.to_string(),
+                Some(p.parse::<u16>().map_err(|_| bad_port(p))?),
+            )
         } else {
             (text.clone(), None)
         };
         let host = if let Some((a, bits)) = host.split_once('/') {
-            let addr = parse_ip(a).ok_or_else(|| format!("`{text}`: `{a}` is not an IP address"))?;
+            let addr =
+                parse_ip(a).ok_or_else(|| format!("`{text}`: `{a}` is not an IP address"))?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
             let prefix = bits
                 .parse::<u8>()
@@ -419,14 +483,21 @@ impl FromStr for AddrPattern {
                 .ok_or_else(|| format!("`{text}`: prefix length must be 0..={max}"))?;
             HostPattern::Net { addr, prefix }
         } else if let Some(addr) = parse_ip(&host) {
-            HostPattern::Net { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } }
+            HostPattern::Net {
+                addr,
+                prefix: if addr.is_ipv4() { 32 } else { 128 },
+            }
         } else {
             let name = host.to_ascii_lowercase();
             let bare = name.strip_prefix("*.").unwrap_or(&name);
             let ok = !bare.is_empty()
-                && bare.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+                && bare.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
             if !ok {
-                return Err(format!("`{text}` is not a host name, `*.domain`, IP address or CIDR"));
+                return Err(format!(
+                    "`{text}` is not a host name, `*.domain`, IP address or CIDR"
+                ));
             }
             HostPattern::Name(name)
         };
@@ -444,18 +515,24 @@ impl AddrPattern {
     }
 
     pub fn matches_ip(&self, ip: IpAddr, port: Option<u16>) -> bool {
-        let HostPattern::Net { addr, prefix } = self.host else { return false };
+        let HostPattern::Net { addr, prefix } = self.host else {
+            return false;
+        };
         self.port_ok(port) && in_net(ip, addr, prefix)
     }
 
     pub fn matches_name(&self, name: &str, port: u16) -> bool {
-        let HostPattern::Name(pat) = &self.host else { return false };
+        let HostPattern::Name(pat) = &self.host else {
+            return false;
+        };
         if !self.port_ok(Some(port)) {
             return false;
         }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
         match pat.strip_prefix("*.") {
-            Some(domain) => name.strip_suffix(domain).is_some_and(|head| head.ends_with('.') && head.len() > 1),
+            Some(domain) => name
+                .strip_suffix(domain)
+                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
             None => name == *pat,
         }
     }
@@ -464,11 +541,19 @@ impl AddrPattern {
 fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix))
+            };
             u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            let mask = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix))
+            };
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -488,7 +573,9 @@ pub struct PolicyHandle {
 
 impl PolicyHandle {
     pub fn new(policy: Policy) -> Self {
-        PolicyHandle { inner: Arc::new(RwLock::new(Arc::new(policy))) }
+        PolicyHandle {
+            inner: Arc::new(RwLock::new(Arc::new(policy))),
+        }
     }
 
     /// Loads `path`, or the built-in defaults when `None`.
@@ -514,7 +601,9 @@ impl PolicyHandle {
     /// The classifier for build outbound connections; follows reloads.
     pub fn classifier(&self) -> OutboundClassifier {
         let h = self.clone();
-        Arc::new(move |addr, port, name| h.current().outbound.classify(addr, port, name).to_string())
+        Arc::new(move |addr, port, name| {
+            h.current().outbound.classify(addr, port, name).to_string()
+        })
     }
 }
 
@@ -524,7 +613,10 @@ pub fn check_file(path: &Path) -> Result<String, PolicyError> {
     Ok(format!(
         "policy {} is valid: {} builder entries, {} allowed and {} denied destinations",
         path.display(),
-        p.builders.users.len() + p.builders.uids.len() + p.builders.exes.len() + p.builders.addresses.len(),
+        p.builders.users.len()
+            + p.builders.uids.len()
+            + p.builders.exes.len()
+            + p.builders.addresses.len(),
         p.outbound.allowed.len(),
         p.outbound.denied.len()
     ))
@@ -552,13 +644,19 @@ mod tests {
         let p = parse("").unwrap();
         assert!(p.builders.is_empty());
         assert_eq!(p.rules.deploy_soon_after_build.window_secs, 600);
-        assert_eq!(p.outbound.classify("1.2.3.4", 443, Some("registry-1.docker.io")), ALLOWED);
+        assert_eq!(
+            p.outbound
+                .classify("1.2.3.4", 443, Some("registry-1.docker.io")),
+            ALLOWED
+        );
         assert_eq!(p.outbound.classify("1.2.3.4", 443, None), UNKNOWN);
     }
 
     #[test]
     fn unknown_field_gives_line_and_field() {
-        let e = parse("[rules.deploy_soon_after_build]\nwindow_secs = 60\nwindow_sec = 5\n").unwrap_err().to_string();
+        let e = parse("[rules.deploy_soon_after_build]\nwindow_secs = 60\nwindow_sec = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3"), "{e}");
         assert!(e.contains("window_sec"), "{e}");
         assert!(!e.contains('\n'), "{e}");
@@ -566,14 +664,25 @@ mod tests {
 
     #[test]
     fn wrong_type_and_bad_pattern_and_bad_severity_are_located() {
-        let e = parse("[rules.deploy_soon_after_build]\nwindow_secs = \"ten\"\n").unwrap_err().to_string();
+        let e = parse("[rules.deploy_soon_after_build]\nwindow_secs = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("window_secs"), "{e}");
-        let e = parse("[outbound]\nallowed = [\n  \"ok.example\",\n  \"10.0.0.0/40\",\n]\n").unwrap_err().to_string();
+        let e = parse("[outbound]\nallowed = [\n  \"ok.example\",\n  \"10.0.0.0/40\",\n]\n")
+            .unwrap_err()
+            .to_string();
         // toml locates an element's error at its array: the field and the bad entry are named.
-        assert!(e.contains("line 2") && e.contains("allowed") && e.contains("10.0.0.0/40"), "{e}");
-        let e = parse("[rules.build_via_tcp_api]\nseverity = \"urgent\"\n").unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("allowed") && e.contains("10.0.0.0/40"),
+            "{e}"
+        );
+        let e = parse("[rules.build_via_tcp_api]\nseverity = \"urgent\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("severity"), "{e}");
-        let e = parse("[lineage]\nmax_images = 0\n").unwrap_err().to_string();
+        let e = parse("[lineage]\nmax_images = 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("max_images"), "{e}");
         let e = parse("[builders\nusers = []").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
@@ -592,10 +701,16 @@ mod tests {
         assert_eq!(o.classify("192.0.2.7", 5000, None), ALLOWED);
         assert_eq!(o.classify("192.0.2.7", 80, None), UNKNOWN);
         assert_eq!(o.classify("2001:db8::1", 443, None), ALLOWED);
-        assert_eq!(o.classify("8.8.8.8", 443, Some("Registry-1.Docker.IO.")), ALLOWED);
+        assert_eq!(
+            o.classify("8.8.8.8", 443, Some("Registry-1.Docker.IO.")),
+            ALLOWED
+        );
         assert_eq!(o.classify("8.8.8.8", 443, Some("docker.io")), UNKNOWN);
         assert_eq!(o.classify("8.8.8.8", 443, Some("mirror.corp")), ALLOWED);
-        assert_eq!(o.classify("8.8.8.8", 443, Some("evil.mirror.corp")), UNKNOWN);
+        assert_eq!(
+            o.classify("8.8.8.8", 443, Some("evil.mirror.corp")),
+            UNKNOWN
+        );
         assert_eq!(o.classify("/var/run/nscd/socket", 0, None), ALLOWED);
     }
 
@@ -627,7 +742,10 @@ mod tests {
             ..Default::default()
         };
         assert!(b.matches(&tcp).is_some());
-        let far = ApiClient { addr: Some("192.0.2.1".into()), ..tcp };
+        let far = ApiClient {
+            addr: Some("192.0.2.1".into()),
+            ..tcp
+        };
         assert!(b.matches(&far).is_none());
     }
 
@@ -640,7 +758,11 @@ mod tests {
         let h = PolicyHandle::load(Some(&f)).unwrap();
         let classify = h.classifier();
         assert_eq!(h.current().rules.deploy_soon_after_build.window_secs, 42);
-        std::fs::write(&f, "[rules.deploy_soon_after_build]\nwindow_secs = 43\nbogus = 1\n").unwrap();
+        std::fs::write(
+            &f,
+            "[rules.deploy_soon_after_build]\nwindow_secs = 43\nbogus = 1\n",
+        )
+        .unwrap();
         assert!(h.reload(&f).is_err());
         assert_eq!(h.current().rules.deploy_soon_after_build.window_secs, 42);
         std::fs::write(&f, "[outbound]\nallowed = [\"10.9.9.9\"]\n").unwrap();

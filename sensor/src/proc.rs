@@ -60,20 +60,44 @@ pub fn read_proc(pid: u32) -> Option<ProcInfo> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(u32::MAX)
     };
-    let exe = fs::read_link(dir.join("exe")).ok().map(|p| lossy(p.as_os_str().as_encoded_bytes()));
-    let argv = fs::read(dir.join("cmdline")).map(|b| split_argv(&b)).unwrap_or_default();
-    Some(ProcInfo { pid, ppid, comm, uid: id_line("Uid:"), gid: id_line("Gid:"), exe, argv, start_ticks })
+    let exe = fs::read_link(dir.join("exe"))
+        .ok()
+        .map(|p| lossy(p.as_os_str().as_encoded_bytes()));
+    let argv = fs::read(dir.join("cmdline"))
+        .map(|b| split_argv(&b))
+        .unwrap_or_default();
+    Some(ProcInfo {
+        pid,
+        ppid,
+        comm,
+        uid: id_line("Uid:"),
+        gid: id_line("Gid:"),
+        exe,
+        argv,
+        start_ticks,
+    })
 }
 
 /// All pids in /proc.
 pub fn all_pids() -> Vec<u32> {
-    let Ok(rd) = fs::read_dir(proc_root()) else { return Vec::new() };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(rd) = fs::read_dir(proc_root()) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Names of processes that end a client's parent chain: a login shell's parent, a service
 /// manager, a terminal server.
-const CHAIN_STOPS: &[&str] = &["systemd", "init", "sshd", "login", "containerd-shim", "tmux: server", "screen"];
+const CHAIN_STOPS: &[&str] = &[
+    "systemd",
+    "init",
+    "sshd",
+    "login",
+    "containerd-shim",
+    "tmux: server",
+    "screen",
+];
 
 /// The parent chain of `pid`, nearest first, up to a login shell, a service manager or pid 1.
 pub fn ancestors(pid: u32, max: usize) -> Vec<Ancestor> {
@@ -83,7 +107,12 @@ pub fn ancestors(pid: u32, max: usize) -> Vec<Ancestor> {
         let Some(p) = read_proc(cur) else { break };
         let stop = CHAIN_STOPS.contains(&p.comm.as_str()) || p.pid == 1;
         let login_shell = p.argv.first().is_some_and(|a| a.starts_with('-'));
-        out.push(Ancestor { pid: p.pid, comm: p.comm.clone(), exe: p.exe.clone(), uid: Some(p.uid) });
+        out.push(Ancestor {
+            pid: p.pid,
+            comm: p.comm.clone(),
+            exe: p.exe.clone(),
+            uid: Some(p.uid),
+        });
         if stop || login_shell {
             break;
         }
@@ -136,7 +165,10 @@ pub fn host_root() -> PathBuf {
 fn pod_from_map(m: &serde_json::Value, name_key: &str, ns_key: &str) -> Option<PodRef> {
     let name = m.get(name_key)?.as_str()?;
     let namespace = m.get(ns_key)?.as_str()?;
-    Some(PodRef { name: name.to_string(), namespace: namespace.to_string() })
+    Some(PodRef {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+    })
 }
 
 fn read_json(path: &std::path::Path) -> Option<serde_json::Value> {
@@ -151,23 +183,42 @@ fn pod_from_runtime(root: &std::path::Path, id: &str) -> Option<PodRef> {
         for ns in rd.flatten() {
             if let Some(spec) = read_json(&ns.path().join(id).join("config.json")) {
                 let a = &spec["annotations"];
-                if let Some(p) = pod_from_map(a, "io.kubernetes.cri.sandbox-name", "io.kubernetes.cri.sandbox-namespace")
-                    .or_else(|| pod_from_map(a, "io.kubernetes.pod.name", "io.kubernetes.pod.namespace"))
-                {
+                if let Some(p) = pod_from_map(
+                    a,
+                    "io.kubernetes.cri.sandbox-name",
+                    "io.kubernetes.cri.sandbox-namespace",
+                )
+                .or_else(|| {
+                    pod_from_map(a, "io.kubernetes.pod.name", "io.kubernetes.pod.namespace")
+                }) {
                     return Some(p);
                 }
             }
         }
     }
     // CRI-O.
-    let crio = root.join("run/containers/storage/overlay-containers").join(id).join("userdata/config.json");
+    let crio = root
+        .join("run/containers/storage/overlay-containers")
+        .join(id)
+        .join("userdata/config.json");
     if let Some(spec) = read_json(&crio) {
-        return pod_from_map(&spec["annotations"], "io.kubernetes.pod.name", "io.kubernetes.pod.namespace");
+        return pod_from_map(
+            &spec["annotations"],
+            "io.kubernetes.pod.name",
+            "io.kubernetes.pod.namespace",
+        );
     }
     // Docker (cri-dockerd, or kubelet's dockershim): labels in the container's config.
-    let docker = root.join("var/lib/docker/containers").join(id).join("config.v2.json");
+    let docker = root
+        .join("var/lib/docker/containers")
+        .join(id)
+        .join("config.v2.json");
     let cfg = read_json(&docker)?;
-    pod_from_map(&cfg["Config"]["Labels"], "io.kubernetes.pod.name", "io.kubernetes.pod.namespace")
+    pod_from_map(
+        &cfg["Config"]["Labels"],
+        "io.kubernetes.pod.name",
+        "io.kubernetes.pod.namespace",
+    )
 }
 
 /// The pod of container `id`, looked up once per container (the runtime writes its metadata
@@ -207,7 +258,10 @@ mod tests {
 
     #[test]
     fn argv_split_keeps_empty_args_and_bad_bytes() {
-        assert_eq!(split_argv(b"sh\0-c\0\0x\xff\0"), vec!["sh", "-c", "", "x\u{FFFD}"]);
+        assert_eq!(
+            split_argv(b"sh\0-c\0\0x\xff\0"),
+            vec!["sh", "-c", "", "x\u{FFFD}"]
+        );
         assert!(split_argv(b"").is_empty());
     }
 
@@ -220,9 +274,16 @@ mod tests {
             format!("0::/kubepods/burstable/pod1/cri-containerd-{id}.scope\n"),
             format!("0::/machine.slice/libpod-{id}.scope\n"),
         ] {
-            assert_eq!(container_id_from_cgroup(&text).as_deref(), Some(id.as_str()), "{text}");
+            assert_eq!(
+                container_id_from_cgroup(&text).as_deref(),
+                Some(id.as_str()),
+                "{text}"
+            );
         }
-        assert_eq!(container_id_from_cgroup("0::/user.slice/session-1.scope\n"), None);
+        assert_eq!(
+            container_id_from_cgroup("0::/user.slice/session-1.scope\n"),
+            None
+        );
     }
 
     #[test]
@@ -230,20 +291,30 @@ mod tests {
         let root = std::env::temp_dir().join(format!("sensor-pods-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         let (a, b, c) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
-        let bundle = root.join("run/containerd/io.containerd.runtime.v2.task/k8s.io").join(&a);
+        let bundle = root
+            .join("run/containerd/io.containerd.runtime.v2.task/k8s.io")
+            .join(&a);
         fs::create_dir_all(&bundle).unwrap();
         fs::write(
             bundle.join("config.json"),
             r#"{"annotations":{"io.kubernetes.cri.sandbox-name":"web-0","io.kubernetes.cri.sandbox-namespace":"shop"}}"#,
         )
         .unwrap();
-        let crio = root.join("run/containers/storage/overlay-containers").join(&b).join("userdata");
+        let crio = root
+            .join("run/containers/storage/overlay-containers")
+            .join(&b)
+            .join("userdata");
         fs::create_dir_all(&crio).unwrap();
         fs::write(crio.join("config.json"), r#"{"annotations":{"io.kubernetes.pod.name":"db-1","io.kubernetes.pod.namespace":"data"}}"#).unwrap();
         let docker = root.join("var/lib/docker/containers").join(&c);
         fs::create_dir_all(&docker).unwrap();
         fs::write(docker.join("config.v2.json"), r#"{"Config":{"Labels":{"io.kubernetes.pod.name":"x","io.kubernetes.pod.namespace":"y"}}}"#).unwrap();
-        let pod = |n: &str, ns: &str| Some(PodRef { name: n.into(), namespace: ns.into() });
+        let pod = |n: &str, ns: &str| {
+            Some(PodRef {
+                name: n.into(),
+                namespace: ns.into(),
+            })
+        };
         assert_eq!(pod_from_runtime(&root, &a), pod("web-0", "shop"));
         assert_eq!(pod_from_runtime(&root, &b), pod("db-1", "data"));
         assert_eq!(pod_from_runtime(&root, &c), pod("x", "y"));

@@ -596,7 +596,12 @@ mod tests {
             ts: Timestamp::from_unix_nanos(1_700_000_000_123_456_789),
             host: "h".into(),
             body: Body::FileWrite(FileWrite {
-                process: ProcessRef { pid: 1, comm: "x".into(), role: "runtime".into(), ..Default::default() },
+                process: ProcessRef {
+                    pid: 1,
+                    comm: "x".into(),
+                    role: "runtime".into(),
+                    ..Default::default()
+                },
                 op: "open_write".into(),
                 path: lossy(b"/tmp/\xff\x00\n\"q"),
                 path_truncated: false,
@@ -610,7 +615,10 @@ mod tests {
         let r = sample();
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.contains(r#""kind":"file_write""#), "{line}");
-        assert!(line.contains(r#""ts":"2023-11-14T22:13:20.123456789Z""#), "{line}");
+        assert!(
+            line.contains(r#""ts":"2023-11-14T22:13:20.123456789Z""#),
+            "{line}"
+        );
         assert!(!line.contains('\n'));
         let back: Record = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);

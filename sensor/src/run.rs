@@ -13,8 +13,9 @@ use tokio::{
 };
 
 use crate::{
-    RunArgs, caps,
+    RunArgs,
     builds::{BuildConfig, BuildTracker},
+    caps,
     detect::{self, HostPaths, SharedLineage},
     engine::Engine,
     loader::{self, LoadOptions},
@@ -33,17 +34,31 @@ pub fn host_name() -> String {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// How long the reader lets events gather after a batch (see the loop).
 const COALESCE: Duration = Duration::from_millis(4);
 
 /// The engines, in the order they see records: builds, then lineage, then findings.
-fn engines(policy: &PolicyHandle, lineage: SharedLineage, show_build_args: bool) -> Vec<Box<dyn Engine>> {
-    let config = BuildConfig { show_build_args, classify: policy.classifier(), ..Default::default() };
+fn engines(
+    policy: &PolicyHandle,
+    lineage: SharedLineage,
+    show_build_args: bool,
+) -> Vec<Box<dyn Engine>> {
+    let config = BuildConfig {
+        show_build_args,
+        classify: policy.classifier(),
+        ..Default::default()
+    };
     let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(BuildTracker::new(config))];
-    engines.extend(detect::engines(policy.clone(), lineage, HostPaths::default()));
+    engines.extend(detect::engines(
+        policy.clone(),
+        lineage,
+        HostPaths::default(),
+    ));
     engines
 }
 
@@ -75,14 +90,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.no_file_events {
         opts.features &= !feature::FILE_EVENTS;
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(run_async(args, opts))
 }
 
 fn ensure_tracefs() {
-    let mounted = std::fs::read_to_string("/proc/mounts").map(|m| m.contains(" tracefs ")).unwrap_or(false);
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.contains(" tracefs "))
+        .unwrap_or(false);
     if !mounted && !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
     }
 }
 
@@ -93,7 +115,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut loaded = loader::load(&opts)?;
     for m in &loaded.missing_offsets {
-        tracing::warn!("kernel field not found, some details will be missing: {}: {}", m.field, m.reason);
+        tracing::warn!(
+            "kernel field not found, some details will be missing: {}: {}",
+            m.field,
+            m.reason
+        );
     }
     for (name, why) in &loaded.failed {
         tracing::warn!("probe {name} not attached: {why}");
@@ -103,18 +129,29 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = detect::open_store(&policy, Some(&args.state_dir))?;
     let kinds = sinks::expand_kinds(&args.kinds)?;
-    let specs = if args.sinks.is_empty() { vec![SinkSpec::stdout()] } else { args.sinks.clone() };
+    let specs = if args.sinks.is_empty() {
+        vec![SinkSpec::stdout()]
+    } else {
+        args.sinks.clone()
+    };
     let sink_set = SinkSet::start(&specs)?;
     let metrics = Metrics::new(sink_set.statuses());
     if let Some(addr) = args.metrics_addr {
         if !addr.ip().is_loopback() {
-            tracing::warn!("metrics on {addr}: not a loopback address, anyone who reaches it can read them");
+            tracing::warn!(
+                "metrics on {addr}: not a loopback address, anyone who reaches it can read them"
+            );
         }
         let bound = metrics.serve(addr).await?;
         tracing::info!("metrics on http://{bound}/metrics");
     }
     let mut pipeline = Pipeline::new(
-        PipelineOptions { host, raw: args.raw, kinds, write_inputs: true },
+        PipelineOptions {
+            host,
+            raw: args.raw,
+            kinds,
+            write_inputs: true,
+        },
         engines(&policy, lineage, args.show_build_args),
         Box::new(sink_set),
     );
@@ -125,7 +162,8 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let mut seeded = 0u64;
     let mut seeded_procs = Vec::new();
     for _ in 0..2 {
-        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers) {
+        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
+        {
             if loaded.tracked.get(&p.pid, 0).is_ok() {
                 continue;
             }
@@ -139,7 +177,10 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("attached {} probes, tracking {seeded} running processes", loaded.attached.len());
+    tracing::info!(
+        "attached {} probes, tracking {seeded} running processes",
+        loaded.attached.len()
+    );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap memory.
@@ -274,7 +315,12 @@ pub fn replay(
         ))
     };
     let mut pipeline = Pipeline::new(
-        PipelineOptions { host: host_name(), raw: true, kinds: Vec::new(), write_inputs: false },
+        PipelineOptions {
+            host: host_name(),
+            raw: true,
+            kinds: Vec::new(),
+            write_inputs: false,
+        },
         engines(&policy, lineage, show_build_args),
         Box::new(StdoutSink::new()),
     );
@@ -327,7 +373,9 @@ fn seeded_exec(p: crate::proc::ProcInfo) -> crate::record::ProcessExec {
             exe: p.exe.clone(),
             ..Default::default()
         },
-        filename: p.exe.unwrap_or_else(|| argv.first().cloned().unwrap_or_default()),
+        filename: p
+            .exe
+            .unwrap_or_else(|| argv.first().cloned().unwrap_or_default()),
         argv,
         argv_truncated: false,
         start_time_ns: p.start_ticks.saturating_mul(1_000_000_000 / hz),

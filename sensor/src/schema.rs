@@ -10,15 +10,25 @@ pub fn records_schema_json() -> String {
     let mut schema = schemars::schema_for!(Record);
     schema.insert(
         "$id".into(),
-        serde_json::Value::String(format!("https://github.com/sensor/sensor/schema/records.v{SCHEMA_VERSION}.json")),
+        serde_json::Value::String(format!(
+            "https://github.com/sensor/sensor/schema/records.v{SCHEMA_VERSION}.json"
+        )),
     );
     schema.insert("title".into(), "sensor NDJSON record".into());
-    schema.insert("x-schema-version".into(), serde_json::Value::Number(SCHEMA_VERSION.into()));
+    schema.insert(
+        "x-schema-version".into(),
+        serde_json::Value::Number(SCHEMA_VERSION.into()),
+    );
     // Every record of this contract carries exactly this version.
-    if let Some(v) =
-        schema.get_mut("properties").and_then(|p| p.get_mut("schema_version")).and_then(|v| v.as_object_mut())
+    if let Some(v) = schema
+        .get_mut("properties")
+        .and_then(|p| p.get_mut("schema_version"))
+        .and_then(|v| v.as_object_mut())
     {
-        v.insert("const".into(), serde_json::Value::Number(SCHEMA_VERSION.into()));
+        v.insert(
+            "const".into(),
+            serde_json::Value::Number(SCHEMA_VERSION.into()),
+        );
     }
     let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
     s.push('\n');
@@ -34,7 +44,9 @@ mod tests {
 
     #[test]
     fn checked_in_schema_matches_record_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(SCHEMA_PATH);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(SCHEMA_PATH);
         let fresh = records_schema_json();
         if std::env::var_os("SENSOR_UPDATE_SCHEMA").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

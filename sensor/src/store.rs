@@ -100,7 +100,8 @@ impl LineageStore {
             path: None,
             images: BTreeMap::new(),
             max_images: max_images.max(1),
-            retention_ns: i64::try_from(retention_days.saturating_mul(86_400_000_000_000)).unwrap_or(i64::MAX),
+            retention_ns: i64::try_from(retention_days.saturating_mul(86_400_000_000_000))
+                .unwrap_or(i64::MAX),
             evicted: 0,
             write_failures: 0,
         }
@@ -108,11 +109,21 @@ impl LineageStore {
 
     /// Opens (creating the directory if needed) `<dir>/lineage.json`. A file that does not parse
     /// is set aside as `lineage.json.corrupt` and the store starts empty, with a warning.
-    pub fn open(dir: &Path, max_images: usize, retention_days: u64, now: Timestamp) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: dir.to_path_buf(), source })?;
+    pub fn open(
+        dir: &Path,
+        max_images: usize,
+        retention_days: u64,
+        now: Timestamp,
+    ) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(STORE_FILE);
-        let mut store =
-            LineageStore { path: Some(path.clone()), ..LineageStore::in_memory(max_images, retention_days) };
+        let mut store = LineageStore {
+            path: Some(path.clone()),
+            ..LineageStore::in_memory(max_images, retention_days)
+        };
         match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<StoreFile>(&bytes) {
                 Ok(file) => {
@@ -173,7 +184,9 @@ impl LineageStore {
 
     /// Adds a push to a known image; returns false when the image is not in the store.
     pub fn add_push(&mut self, image_id: &str, push: PushSeen) -> bool {
-        let Some(img) = self.images.get_mut(image_id) else { return false };
+        let Some(img) = self.images.get_mut(image_id) else {
+            return false;
+        };
         if let Some(d) = &push.digest
             && !img.digests.contains(d)
         {
@@ -194,8 +207,11 @@ impl LineageStore {
         let cutoff = now.unix_nanos().saturating_sub(self.retention_ns);
         self.images.retain(|_, i| i.built_at.unix_nanos() >= cutoff);
         if self.images.len() > self.max_images {
-            let mut by_age: Vec<(Timestamp, String)> =
-                self.images.values().map(|i| (i.built_at, i.image_id.clone())).collect();
+            let mut by_age: Vec<(Timestamp, String)> = self
+                .images
+                .values()
+                .map(|i| (i.built_at, i.image_id.clone()))
+                .collect();
             by_age.sort();
             let excess = self.images.len() - self.max_images;
             for (_, id) in by_age.into_iter().take(excess) {
@@ -216,11 +232,19 @@ impl LineageStore {
 
     /// Writes the whole store: temp file, fsync, rename over, fsync the directory.
     pub fn save(&self) -> Result<(), StoreError> {
-        let Some(path) = &self.path else { return Ok(()) };
-        let file = StoreFile { version: STORE_VERSION, images: self.images.values().cloned().collect() };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let file = StoreFile {
+            version: STORE_VERSION,
+            images: self.images.values().cloned().collect(),
+        };
         let bytes = serde_json::to_vec(&file)?;
         let tmp = path.with_extension("json.tmp");
-        let werr = |source| StoreError::Write { path: path.clone(), source };
+        let werr = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
         let mut f = File::create(&tmp).map_err(werr)?;
         f.write_all(&bytes).map_err(werr)?;
         f.sync_all().map_err(werr)?;
@@ -240,8 +264,15 @@ impl LineageStore {
 pub fn normalize_ref(r: &str) -> String {
     let r = r.split('@').next().unwrap_or(r);
     let last_slash = r.rfind('/').map(|i| i + 1).unwrap_or(0);
-    let s = if r[last_slash..].contains(':') { r.to_string() } else { format!("{r}:latest") };
-    let s = s.strip_prefix("docker.io/").or_else(|| s.strip_prefix("index.docker.io/")).unwrap_or(&s);
+    let s = if r[last_slash..].contains(':') {
+        r.to_string()
+    } else {
+        format!("{r}:latest")
+    };
+    let s = s
+        .strip_prefix("docker.io/")
+        .or_else(|| s.strip_prefix("index.docker.io/"))
+        .unwrap_or(&s);
     s.strip_prefix("library/").unwrap_or(s).to_string()
 }
 
@@ -279,13 +310,24 @@ mod tests {
         s.insert(img("sha256:a", "b1", 0, &["x:1"]), ts(0));
         assert!(s.add_push(
             "sha256:a",
-            PushSeen { reference: "reg:5000/x:1".into(), digest: Some("sha256:d".into()), at: ts(5), record_id: 3 }
+            PushSeen {
+                reference: "reg:5000/x:1".into(),
+                digest: Some("sha256:d".into()),
+                at: ts(5),
+                record_id: 3
+            }
         ));
         drop(s);
         let s = LineageStore::open(&dir, 10, 30, ts(10)).unwrap();
         assert_eq!(s.get("sha256:a").unwrap().build_id, "b1");
-        assert_eq!(s.find_by_ref("docker.io/library/x:1").unwrap().image_id, "sha256:a");
-        assert_eq!(s.find_by_ref("reg:5000/x@sha256:d").unwrap().image_id, "sha256:a");
+        assert_eq!(
+            s.find_by_ref("docker.io/library/x:1").unwrap().image_id,
+            "sha256:a"
+        );
+        assert_eq!(
+            s.find_by_ref("reg:5000/x@sha256:d").unwrap().image_id,
+            "sha256:a"
+        );
         assert!(!dir.join("lineage.json.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
     }

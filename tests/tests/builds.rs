@@ -7,22 +7,29 @@
 use std::thread;
 use std::time::Duration;
 
-use serde_json::Value;
 use sensor_tests::{
     BuildContext, Builder, Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli,
     ensure_base_image, remove_image, require_root, run, unique_tag,
 };
+use serde_json::Value;
 
 const BASE: &str = "localbase:1";
 const WAIT: Duration = Duration::from_secs(90);
 
 fn start_sensor() -> SensorProcess {
-    SensorProcess::start(&["--stats-interval", "0", "--kinds", "sensor_started,build_started,build_finished,sensor_stats"])
-        .expect("sensor start")
+    SensorProcess::start(&[
+        "--stats-interval",
+        "0",
+        "--kinds",
+        "sensor_started,build_started,build_finished,sensor_stats",
+    ])
+    .expect("sensor start")
 }
 
 fn has_tag(r: &Value, tag: &str) -> bool {
-    r["params"]["tags"].as_array().is_some_and(|a| a.iter().any(|t| t == tag))
+    r["params"]["tags"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|t| t == tag))
 }
 
 fn finished(sensor: &SensorProcess, tag: &str) -> Value {
@@ -38,7 +45,10 @@ fn started(sensor: &SensorProcess, tag: &str) -> Value {
 }
 
 fn image_id(tag: &str) -> String {
-    let out = run(docker_cli(), &["image", "inspect", "--format", "{{.Id}}", tag]);
+    let out = run(
+        docker_cli(),
+        &["image", "inspect", "--format", "{{.Id}}", tag],
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -47,7 +57,12 @@ fn steps(f: &Value) -> Vec<(String, Option<i64>)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| (s["command"].as_str().unwrap().to_string(), s["exit_code"].as_i64()))
+        .map(|s| {
+            (
+                s["command"].as_str().unwrap().to_string(),
+                s["exit_code"].as_i64(),
+            )
+        })
         .collect()
 }
 
@@ -64,13 +79,19 @@ fn docker_build_is_reconstructed(builder: Builder, name: &str) {
     let host = setup();
     let mut sensor = start_sensor();
     let url = host.url(8090, "payload");
-    let ctx = BuildContext::new(&format!("FROM {BASE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"));
+    let ctx = BuildContext::new(&format!(
+        "FROM {BASE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
+    ));
     let tag = unique_tag(name);
     ctx.build(&tag, builder);
     let s = started(&sensor, &tag);
     let f = finished(&sensor, &tag);
     eprintln!("{f}");
-    let expect_builder = if builder == Builder::BuildKit { "buildkit" } else { "legacy" };
+    let expect_builder = if builder == Builder::BuildKit {
+        "buildkit"
+    } else {
+        "legacy"
+    };
     assert_eq!(s["build_id"], f["build_id"]);
     assert_eq!(f["builder"], expect_builder);
     assert_eq!(f["status"], "succeeded");
@@ -78,20 +99,42 @@ fn docker_build_is_reconstructed(builder: Builder, name: &str) {
     assert_eq!(f["client"]["transport"], "unix");
     assert_eq!(f["client"]["exe"], "/usr/bin/docker");
     assert!(f["client"]["pid"].as_u64().is_some_and(|p| p > 0), "{f}");
-    assert!(f["user_agent"].as_str().is_some_and(|u| u.starts_with("Docker-Client/")), "{f}");
-    assert!(f["tags"].as_array().unwrap().iter().any(|t| t == tag.as_str()), "{f}");
+    assert!(
+        f["user_agent"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("Docker-Client/")),
+        "{f}"
+    );
+    assert!(
+        f["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == tag.as_str()),
+        "{f}"
+    );
     assert_eq!(f["image_id"].as_str().unwrap(), image_id(&tag));
     assert_eq!(
         steps(&f),
-        [(format!("/bin/sh -c wget -q -O /x {url}"), Some(0)), ("/bin/sh -c echo second > /y".to_string(), Some(0))]
+        [
+            (format!("/bin/sh -c wget -q -O /x {url}"), Some(0)),
+            ("/bin/sh -c echo second > /y".to_string(), Some(0))
+        ]
     );
     let ip = host.ip().to_string();
     let out = f["outbound"].as_array().unwrap();
     assert!(
-        out.iter().any(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == 8090 && o["made_by"] == "1"),
+        out.iter()
+            .any(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == 8090 && o["made_by"] == "1"),
         "outbound to the test host by step 1 expected: {f}"
     );
-    assert!(f["base_images"].as_array().unwrap().iter().any(|b| b["reference"].as_str().unwrap().ends_with(BASE)));
+    assert!(
+        f["base_images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["reference"].as_str().unwrap().ends_with(BASE))
+    );
     sensor.stop().unwrap();
     remove_image(&tag);
 }
@@ -111,7 +154,16 @@ fn curl_build(dockerfile: &str, query: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     let tar = dir.path().join("context.tar");
-    run("tar", &["-C", dir.path().to_str().unwrap(), "-cf", tar.to_str().unwrap(), "Dockerfile"]);
+    run(
+        "tar",
+        &[
+            "-C",
+            dir.path().to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            "Dockerfile",
+        ],
+    );
     let out = Cmd::new("curl")
         .args(["-sS", "--unix-socket", DOCKER_SOCKET, "-X", "POST"])
         .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
@@ -136,12 +188,20 @@ fn curl_post_build_over_the_unix_socket() {
     assert_eq!(f["builder"], "legacy");
     assert_eq!(f["status"], "succeeded");
     assert_eq!(f["client"]["exe"], "/usr/bin/curl");
-    assert!(f["user_agent"].as_str().is_some_and(|u| u.starts_with("curl/")), "{f}");
+    assert!(
+        f["user_agent"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("curl/")),
+        "{f}"
+    );
     assert_eq!(f["params"]["build_args"]["TOKEN"], "<redacted>");
     assert_eq!(f["params"]["context_upload"], true);
     assert!(!f.to_string().contains("s3cr3t-value"));
     assert_eq!(f["image_id"].as_str().unwrap(), image_id(&tag));
-    assert_eq!(steps(&f), [("/bin/sh -c echo built-by-curl".to_string(), Some(0))]);
+    assert_eq!(
+        steps(&f),
+        [("/bin/sh -c echo built-by-curl".to_string(), Some(0))]
+    );
     sensor.stop().unwrap();
     remove_image(&tag);
 }
@@ -171,7 +231,13 @@ fn failed_builds_name_the_failing_step() {
     }
     // A Dockerfile that does not parse, and a missing base image (its registry is a closed port on
     // loopback, so nothing leaves the host): failed, no step.
-    for (i, dockerfile) in ["FROM localbase:1\nNOTANINSTRUCTION x\n", "FROM 127.0.0.1:9/no-such-base:0\nRUN true\n"].iter().enumerate() {
+    for (i, dockerfile) in [
+        "FROM localbase:1\nNOTANINSTRUCTION x\n",
+        "FROM 127.0.0.1:9/no-such-base:0\nRUN true\n",
+    ]
+    .iter()
+    .enumerate()
+    {
         let tag = unique_tag(&format!("builds-bad-{i}"));
         curl_build(dockerfile, &format!("t={tag}"));
         let f = finished(&sensor, &tag);
@@ -186,7 +252,9 @@ fn overlapping_builds_are_never_mixed_up() {
     let _host = setup();
     let mut sensor = start_sensor();
     for builder in [Builder::Legacy, Builder::BuildKit] {
-        let tags: Vec<String> = (0..2).map(|i| unique_tag(&format!("builds-overlap-{builder:?}-{i}"))).collect();
+        let tags: Vec<String> = (0..2)
+            .map(|i| unique_tag(&format!("builds-overlap-{builder:?}-{i}")))
+            .collect();
         let handles: Vec<_> = tags
             .iter()
             .enumerate()

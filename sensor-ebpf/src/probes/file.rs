@@ -75,19 +75,34 @@ pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
     let how = syscall_arg(&ctx, 2);
     // struct open_how { u64 flags; ... }
     let flags: u64 = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    let _ = emit(file_op::OPEN_WRITE, syscall_arg(&ctx, 0) as i32, syscall_arg(&ctx, 1), flags);
+    let _ = emit(
+        file_op::OPEN_WRITE,
+        syscall_arg(&ctx, 0) as i32,
+        syscall_arg(&ctx, 1),
+        flags,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let _ = emit(file_op::OPEN_WRITE, AT_FDCWD, syscall_arg(&ctx, 0), syscall_arg(&ctx, 1));
+    let _ = emit(
+        file_op::OPEN_WRITE,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        syscall_arg(&ctx, 1),
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_creat")]
 pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    let _ = emit(file_op::OPEN_WRITE, AT_FDCWD, syscall_arg(&ctx, 0), O_CREAT | O_WRONLY | O_TRUNC);
+    let _ = emit(
+        file_op::OPEN_WRITE,
+        AT_FDCWD,
+        syscall_arg(&ctx, 0),
+        O_CREAT | O_WRONLY | O_TRUNC,
+    );
     0
 }
 
@@ -99,12 +114,22 @@ pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
 pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    let _ = emit(file_op::RENAME, syscall_arg(&ctx, 2) as i32, syscall_arg(&ctx, 3), 0);
+    let _ = emit(
+        file_op::RENAME,
+        syscall_arg(&ctx, 2) as i32,
+        syscall_arg(&ctx, 3),
+        0,
+    );
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_renameat2")]
 pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    let _ = emit(file_op::RENAME, syscall_arg(&ctx, 2) as i32, syscall_arg(&ctx, 3), 0);
+    let _ = emit(
+        file_op::RENAME,
+        syscall_arg(&ctx, 2) as i32,
+        syscall_arg(&ctx, 3),
+        0,
+    );
     0
 }

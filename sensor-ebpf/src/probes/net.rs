@@ -69,7 +69,9 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
             return None;
         }
         let (_, t) = tracked_current(cfg)?;
-        let mut p = PendingConnect { header: unsafe { core::mem::zeroed() } };
+        let mut p = PendingConnect {
+            header: unsafe { core::mem::zeroed() },
+        };
         fill_header(&mut p.header, EventKind::Connect as u32, t.flags);
         if PENDING_CONNECT.insert(&skaddr, &p, 0).is_err() {
             count(StatReason::ScratchMapFull);
@@ -145,7 +147,8 @@ fn try_connect(ctx: &TracePointContext) -> Option<()> {
     let (_, port, _) = read_sockaddr(addr)?;
     if port == 53 {
         let fd = sys_arg(ctx, 0);
-        let key = (aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+        let key = (aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000)
+            | (fd & 0xffff_ffff);
         let _ = WATCH_FDS.insert(&key, &WATCH_DNS, 0);
     }
     None
@@ -281,7 +284,13 @@ fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
 
 /// Report a datagram to port 53. `dest` is the user sockaddr (0 when the socket is connected).
 #[inline(always)]
-pub(crate) fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, len: u64) -> Option<()> {
+pub(crate) fn dns_send(
+    ctx: &TracePointContext,
+    fd: u64,
+    dest: u64,
+    buf: u64,
+    len: u64,
+) -> Option<()> {
     let cfg = config()?;
     if cfg.features & feature::DNS_EVENTS == 0 {
         return None;
@@ -311,7 +320,11 @@ pub(crate) fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, le
     d.dport = port;
     d.daddr = ip;
     d._pad = 0;
-    let n = if len > DNS_CAP as u64 { DNS_CAP } else { len as usize };
+    let n = if len > DNS_CAP as u64 {
+        DNS_CAP
+    } else {
+        len as usize
+    };
     d.len = match unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut d.payload[..n]) } {
         Ok(()) => n as u16,
         Err(_) => 0,
@@ -322,7 +335,13 @@ pub(crate) fn dns_send(ctx: &TracePointContext, fd: u64, dest: u64, buf: u64, le
 
 #[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    let _ = dns_send(&ctx, sys_arg(&ctx, 0), sys_arg(&ctx, 4), sys_arg(&ctx, 1), sys_arg(&ctx, 2));
+    let _ = dns_send(
+        &ctx,
+        sys_arg(&ctx, 0),
+        sys_arg(&ctx, 4),
+        sys_arg(&ctx, 1),
+        sys_arg(&ctx, 2),
+    );
     0
 }
 
@@ -351,4 +370,3 @@ pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
     let _ = dns_msghdr(&ctx, sys_arg(&ctx, 0), sys_arg(&ctx, 1));
     0
 }
-

@@ -6,7 +6,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sensor_common::{
-    ARGV_CAP, Event, EventKind, ExecData, KernelOffsets, ExitData, ForkData, StatReason, exec_flags, track,
+    ARGV_CAP, Event, EventKind, ExecData, ExitData, ForkData, KernelOffsets, StatReason,
+    exec_flags, track,
 };
 
 use crate::{
@@ -112,7 +113,8 @@ fn read_argv(task: u64, o: &KernelOffsets, d: &mut ExecData) -> Option<()> {
         count(StatReason::Truncated);
     }
     // SAFETY: n <= ARGV_CAP, the destination's size.
-    let r = unsafe { bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, start as *const _) };
+    let r =
+        unsafe { bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, start as *const _) };
     if r != 0 {
         return None;
     }
@@ -172,7 +174,8 @@ fn try_exit() -> Option<()> {
     let o = &cfg.offsets;
     let task = current_task();
     // Only the last thread of the group ends the process.
-    let live: Option<i32> = read_at::<u64>(task, o.task_signal).and_then(|s| read_at(s, o.signal_live));
+    let live: Option<i32> =
+        read_at::<u64>(task, o.task_signal).and_then(|s| read_at(s, o.signal_live));
     let last = match live {
         Some(n) => n == 0,
         None => {

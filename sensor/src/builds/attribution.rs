@@ -19,9 +19,17 @@ impl BuildTracker {
                     self.unattributed += 1;
                     self.pending.swap_remove(i);
                 }
-                Resolution::Build { key, attribution, instruction } => {
+                Resolution::Build {
+                    key,
+                    attribution,
+                    instruction,
+                } => {
                     let p = self.pending.swap_remove(i);
-                    let key = if key == 0 { self.open_partial(&p, out) } else { key };
+                    let key = if key == 0 {
+                        self.open_partial(&p, out)
+                    } else {
+                        key
+                    };
                     self.attach_pending(key, p, attribution, instruction);
                 }
             }
@@ -33,25 +41,42 @@ impl BuildTracker {
             PendingKind::Container(cid) => {
                 let short: String = cid.chars().take(12).collect();
                 if let Some((key, instr)) = self.running_in.get(&short) {
-                    return Resolution::Build { key: *key, attribution: "response", instruction: instr.clone() };
+                    return Resolution::Build {
+                        key: *key,
+                        attribution: "response",
+                        instruction: instr.clone(),
+                    };
                 }
-                if self.api_containers.iter().any(|c| cid.starts_with(c.as_str()) || c.starts_with(&short)) {
+                if self
+                    .api_containers
+                    .iter()
+                    .any(|c| cid.starts_with(c.as_str()) || c.starts_with(&short))
+                {
                     return Resolution::NotABuild;
                 }
                 if !expired {
                     return Resolution::Wait;
                 }
-                let legacy: Vec<(&u64, &BuildSession)> =
-                    self.builds.iter().filter(|(_, b)| b.builder == "legacy" && b.outcome.is_none()).collect();
+                let legacy: Vec<(&u64, &BuildSession)> = self
+                    .builds
+                    .iter()
+                    .filter(|(_, b)| b.builder == "legacy" && b.outcome.is_none())
+                    .collect();
                 match legacy.as_slice() {
                     // Without the builder's output (not captured), the one open legacy build.
-                    [(k, b)] if b.responses_seen == 0 => {
-                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
-                    }
+                    [(k, b)] if b.responses_seen == 0 => Resolution::Build {
+                        key: **k,
+                        attribution: "only_open_build",
+                        instruction: None,
+                    },
                     // Output is captured and did not name this container: not a build step.
                     [] | [_] => {
                         if legacy.is_empty() && self.started_recently(now) {
-                            Resolution::Build { key: 0, attribution: "only_open_build", instruction: None }
+                            Resolution::Build {
+                                key: 0,
+                                attribution: "only_open_build",
+                                instruction: None,
+                            }
                         } else {
                             Resolution::NotABuild
                         }
@@ -66,21 +91,30 @@ impl BuildTracker {
                     .filter(|(_, b)| {
                         b.outcome.is_none()
                             && ((b.builder == "buildkit" && b.daemon_pid == *daemon)
-                                || (b.builder == "buildctl" && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
+                                || (b.builder == "buildctl"
+                                    && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
                     })
                     .collect();
-                let matching: Vec<&(&u64, &BuildSession)> =
-                    cands.iter().filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some()).collect();
+                let matching: Vec<&(&u64, &BuildSession)> = cands
+                    .iter()
+                    .filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some())
+                    .collect();
                 match (cands.as_slice(), matching.as_slice()) {
-                    ([], _) => Resolution::Build { key: 0, attribution: "only_open_build", instruction: None },
+                    ([], _) => Resolution::Build {
+                        key: 0,
+                        attribution: "only_open_build",
+                        instruction: None,
+                    },
                     (_, [(k, b)]) => Resolution::Build {
                         key: **k,
                         attribution: "response",
                         instruction: b.vertex_for_run(&p.run_text).map(str::to_string),
                     },
-                    ([(k, b)], []) if expired || b.responses_seen == 0 => {
-                        Resolution::Build { key: **k, attribution: "only_open_build", instruction: None }
-                    }
+                    ([(k, b)], []) if expired || b.responses_seen == 0 => Resolution::Build {
+                        key: **k,
+                        attribution: "only_open_build",
+                        instruction: None,
+                    },
                     _ if expired => Resolution::Unattributed,
                     _ => Resolution::Wait,
                 }
@@ -99,13 +133,23 @@ impl BuildTracker {
             PendingKind::Container(_) => ("legacy", 0),
             PendingKind::Executor { daemon, .. } => ("buildkit", *daemon),
         };
-        let id = format!("b-{}-{}-p", p.start.unix_nanos(), if daemon == 0 { p.pid } else { daemon });
+        let id = format!(
+            "b-{}-{}-p",
+            p.start.unix_nanos(),
+            if daemon == 0 { p.pid } else { daemon }
+        );
         let mut s = BuildSession::new(id, builder, p.start, daemon);
         s.partial = true;
         self.open(s, p.start, out)
     }
 
-    pub(super) fn attach_pending(&mut self, key: u64, p: PendingStep, attribution: &'static str, instruction: Option<String>) {
+    pub(super) fn attach_pending(
+        &mut self,
+        key: u64,
+        p: PendingStep,
+        attribution: &'static str,
+        instruction: Option<String>,
+    ) {
         let Some(b) = self.builds.get_mut(&key) else {
             self.unattributed += 1;
             return;
@@ -143,12 +187,17 @@ impl BuildTracker {
         let exited = p.exit.is_some();
         for &pid in &p.pids {
             if !(exited && pid == p.pid) {
-                self.add_member(pid, Member { key, step: Some(idx) });
+                self.add_member(
+                    pid,
+                    Member {
+                        key,
+                        step: Some(idx),
+                    },
+                );
             }
         }
         for n in p.net {
             self.add_net(key, Some(idx), n);
         }
     }
-
 }

@@ -23,7 +23,11 @@ pub(super) fn open_cli_build(
         pid: Some(pid),
         uid: Some(e.process.uid),
         exe: e.process.exe.clone().or_else(|| Some(e.filename.clone())),
-        argv: if t.cfg.show_build_args { e.argv.clone() } else { params::redact_argv(&e.argv) },
+        argv: if t.cfg.show_build_args {
+            e.argv.clone()
+        } else {
+            params::redact_argv(&e.argv)
+        },
         ..Default::default()
     };
     s.params = params::parse_cli_args(args, t.cfg.show_build_args);

@@ -1,13 +1,15 @@
 //! The engine over streams recorded live with `sensor run --raw` (tests/fixtures/builds-*.ndjson).
 use std::path::PathBuf;
 
-use super::*;
 use super::params::REDACTED;
 use super::replay::replay_records;
+use super::*;
 use crate::record::BuildFinished;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 pub(super) fn replay_file(path: &std::path::Path) -> Vec<Record> {
@@ -18,7 +20,15 @@ pub(super) fn replay_file(path: &std::path::Path) -> Vec<Record> {
 }
 
 fn finished(recs: &[Record]) -> Vec<&BuildFinished> {
-    recs.iter().filter_map(|r| if let Body::BuildFinished(b) = &r.body { Some(b) } else { None }).collect()
+    recs.iter()
+        .filter_map(|r| {
+            if let Body::BuildFinished(b) = &r.body {
+                Some(b)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 /// `SENSOR_REPLAY=file cargo test -p sensor --bin sensor print_replay -- --ignored --nocapture`
@@ -33,13 +43,21 @@ fn print_replay() {
 
 fn one_build(name: &str) -> BuildFinished {
     let recs = replay_file(&fixture(name));
-    let started: Vec<_> = recs.iter().filter(|r| r.body.kind() == "build_started").collect();
+    let started: Vec<_> = recs
+        .iter()
+        .filter(|r| r.body.kind() == "build_started")
+        .collect();
     let f = finished(&recs);
-    assert_eq!((started.len(), f.len()), (1, 1), "{name}: one build expected");
+    assert_eq!(
+        (started.len(), f.len()),
+        (1, 1),
+        "{name}: one build expected"
+    );
     f[0].clone()
 }
 
-const NC: &str = "/bin/sh -c printf \"GET /payload HTTP/1.0\\r\\n\\r\\n\" | nc -w 3 10.251.0.2 8080";
+const NC: &str =
+    "/bin/sh -c printf \"GET /payload HTTP/1.0\\r\\n\\r\\n\" | nc -w 3 10.251.0.2 8080";
 
 fn assert_ok_build(f: &BuildFinished, builder: &str, tag: &str, image: &str, exe: &str) {
     assert_eq!(f.builder, builder);
@@ -50,42 +68,95 @@ fn assert_ok_build(f: &BuildFinished, builder: &str, tag: &str, image: &str, exe
     assert_eq!(f.client.transport, "unix");
     assert!(f.client.pid.is_some());
     assert_eq!(f.client.exe.as_deref(), Some(exe));
-    let steps: Vec<(&str, Option<i32>)> = f.steps.iter().map(|s| (s.command.as_str(), s.exit_code)).collect();
-    assert_eq!(steps, [(NC, Some(0)), ("/bin/sh -c echo done > /done", Some(0))]);
-    assert!(f.steps.iter().all(|s| s.attribution.as_deref() == Some("response")));
+    let steps: Vec<(&str, Option<i32>)> = f
+        .steps
+        .iter()
+        .map(|s| (s.command.as_str(), s.exit_code))
+        .collect();
+    assert_eq!(
+        steps,
+        [(NC, Some(0)), ("/bin/sh -c echo done > /done", Some(0))]
+    );
+    assert!(
+        f.steps
+            .iter()
+            .all(|s| s.attribution.as_deref() == Some("response"))
+    );
     assert_eq!(f.outbound.len(), 1, "{:?}", f.outbound);
     let o = &f.outbound[0];
-    assert_eq!((o.dst_addr.as_str(), o.dst_port, o.made_by.as_str()), ("10.251.0.2", 8080, "1"));
-    assert!(f.base_images.iter().any(|b| b.reference.ends_with("localbase:1")));
+    assert_eq!(
+        (o.dst_addr.as_str(), o.dst_port, o.made_by.as_str()),
+        ("10.251.0.2", 8080, "1")
+    );
+    assert!(
+        f.base_images
+            .iter()
+            .any(|b| b.reference.ends_with("localbase:1"))
+    );
 }
 
 #[test]
 fn recorded_buildkit_build() {
     let f = one_build("builds-buildkit.ndjson");
-    assert_ok_build(&f, "buildkit", "fx-bk:1", "sha256:065cd681a6faab77ca0e4f76e331fc5c15d33a7844db4884c43b7982e76882ac", "/usr/bin/docker");
-    assert_eq!(f.steps[1].instruction.as_deref(), Some("[3/3] RUN echo done > /done"));
+    assert_ok_build(
+        &f,
+        "buildkit",
+        "fx-bk:1",
+        "sha256:065cd681a6faab77ca0e4f76e331fc5c15d33a7844db4884c43b7982e76882ac",
+        "/usr/bin/docker",
+    );
+    assert_eq!(
+        f.steps[1].instruction.as_deref(),
+        Some("[3/3] RUN echo done > /done")
+    );
 }
 
 #[test]
 fn recorded_legacy_build() {
     let f = one_build("builds-legacy.ndjson");
-    assert_ok_build(&f, "legacy", "fx-legacy:1", "sha256:b60f47a3c3eda9c9f21a559f315de49aee6481991dd55d8ae28c2c767f7798e7", "/usr/bin/docker");
+    assert_ok_build(
+        &f,
+        "legacy",
+        "fx-legacy:1",
+        "sha256:b60f47a3c3eda9c9f21a559f315de49aee6481991dd55d8ae28c2c767f7798e7",
+        "/usr/bin/docker",
+    );
     assert_eq!(f.base_images[0].image_id.as_deref(), Some("bb7d97d85cab"));
-    assert!(f.steps.iter().all(|s| s.container_id.as_ref().is_some_and(|c| c.len() == 64)));
+    assert!(
+        f.steps
+            .iter()
+            .all(|s| s.container_id.as_ref().is_some_and(|c| c.len() == 64))
+    );
 }
 
 #[test]
 fn recorded_curl_post_build() {
     let f = one_build("builds-curl.ndjson");
-    assert_ok_build(&f, "legacy", "fx-curl:1", "sha256:7c397ef6b4e5932fcb444bdc8ea1fd442ff7edd144fdf9382fd49b02fc890691", "/usr/bin/curl");
-    assert!(f.user_agent.as_deref().is_some_and(|u| u.starts_with("curl/")));
-    assert_eq!(f.params.build_args.get("TOKEN").map(String::as_str), Some(REDACTED));
+    assert_ok_build(
+        &f,
+        "legacy",
+        "fx-curl:1",
+        "sha256:7c397ef6b4e5932fcb444bdc8ea1fd442ff7edd144fdf9382fd49b02fc890691",
+        "/usr/bin/curl",
+    );
+    assert!(
+        f.user_agent
+            .as_deref()
+            .is_some_and(|u| u.starts_with("curl/"))
+    );
+    assert_eq!(
+        f.params.build_args.get("TOKEN").map(String::as_str),
+        Some(REDACTED)
+    );
     assert!(f.params.context_upload && f.params.no_cache);
 }
 
 #[test]
 fn recorded_failed_builds() {
-    for (name, builder) in [("builds-legacy-failed.ndjson", "legacy"), ("builds-buildkit-failed.ndjson", "buildkit")] {
+    for (name, builder) in [
+        ("builds-legacy-failed.ndjson", "legacy"),
+        ("builds-buildkit-failed.ndjson", "buildkit"),
+    ] {
         let f = one_build(name);
         assert_eq!(f.builder, builder);
         assert_eq!(f.status, "failed", "{name}");
@@ -93,7 +164,11 @@ fn recorded_failed_builds() {
         assert_eq!(f.steps[1].command, "/bin/sh -c exit 3");
         assert_eq!(f.steps[1].exit_code, Some(3));
         assert_eq!(f.steps[0].exit_code, Some(0));
-        assert!(f.error.as_deref().is_some_and(|e| e.contains("exit 3")), "{name}: {:?}", f.error);
+        assert!(
+            f.error.as_deref().is_some_and(|e| e.contains("exit 3")),
+            "{name}: {:?}",
+            f.error
+        );
         assert!(f.image_id.is_none() && f.tags.is_empty());
     }
 }

@@ -27,9 +27,9 @@ mod procs;
 mod replay;
 mod response;
 mod session;
-mod trace;
 #[cfg(test)]
 mod tests;
+mod trace;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -37,8 +37,7 @@ use std::time::Duration;
 
 use crate::engine::Engine;
 use crate::record::{
-    ApiRequest, Body, BuildStep, ProcessExec, ProcessExit,
-    ProcessFork, Record, Timestamp,
+    ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
 };
 pub use params::{redact_buildargs_in, redact_exec_argv};
 use procs::RuntimeProc;
@@ -133,7 +132,11 @@ struct NetEvent {
 }
 
 enum Resolution {
-    Build { key: u64, attribution: &'static str, instruction: Option<String> },
+    Build {
+        key: u64,
+        attribution: &'static str,
+        instruction: Option<String>,
+    },
     /// Not a build step (e.g. a container started through the API).
     NotABuild,
     Wait,
@@ -195,10 +198,17 @@ impl BuildTracker {
     /// Opens a build, ending the least recently active one if too many are open.
     fn open(&mut self, mut s: BuildSession, now: Timestamp, out: &mut Vec<Body>) -> u64 {
         while self.builds.len() >= self.cfg.max_open_builds.max(1) {
-            let oldest = self.builds.iter().min_by_key(|(_, b)| b.last_activity).map(|(k, _)| *k);
+            let oldest = self
+                .builds
+                .iter()
+                .min_by_key(|(_, b)| b.last_activity)
+                .map(|(k, _)| *k);
             let Some(oldest) = oldest else { break };
             self.evicted += 1;
-            let why = format!("evicted: more than {} builds open", self.cfg.max_open_builds);
+            let why = format!(
+                "evicted: more than {} builds open",
+                self.cfg.max_open_builds
+            );
             self.close(oldest, now, Some(&why), out);
         }
         let key = self.next_key;
@@ -213,7 +223,9 @@ impl BuildTracker {
     }
 
     fn close(&mut self, key: u64, now: Timestamp, why: Option<&str>, out: &mut Vec<Body>) {
-        let Some(s) = self.builds.remove(&key) else { return };
+        let Some(s) = self.builds.remove(&key) else {
+            return;
+        };
         self.by_conn.retain(|_, k| *k != key);
         self.members.retain(|_, m| m.key != key);
         self.running_in.retain(|_, (k, _)| *k != key);
@@ -231,7 +243,11 @@ impl BuildTracker {
         let ep = r.endpoint.as_str();
         let query = r.query.as_deref();
         if r.method == "POST" && ep == "/build" {
-            let req = params::parse_build_query(query, r.content_type.as_deref(), self.cfg.show_build_args);
+            let req = params::parse_build_query(
+                query,
+                r.content_type.as_deref(),
+                self.cfg.show_build_args,
+            );
             let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
             let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
             s.client = r.client.clone();
@@ -253,9 +269,16 @@ impl BuildTracker {
                 .into_iter()
                 .find(|(k, _)| k == "id")
                 .map(|(_, v)| v);
-            if let Some(b) = self.builds.values_mut().find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id) {
+            if let Some(b) = self
+                .builds
+                .values_mut()
+                .find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id)
+            {
                 b.add_record(rec.id);
-                b.end(Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()), rec.ts);
+                b.end(
+                    Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()),
+                    rec.ts,
+                );
             }
         } else if let Some(rest) = ep.strip_prefix("/containers/") {
             if let Some(id) = rest.strip_suffix("/start") {
@@ -284,11 +307,18 @@ impl BuildTracker {
             Some(k) => *k,
             None => {
                 // A build whose request came before the sensor started.
-                let Some(builder) = response::looks_like_build(&events) else { return };
+                let Some(builder) = response::looks_like_build(&events) else {
+                    return;
+                };
                 let adopt = self
                     .builds
                     .iter()
-                    .find(|(_, b)| b.partial && b.conn.is_none() && b.builder == builder && (b.daemon_pid == pid || b.daemon_pid == 0))
+                    .find(|(_, b)| {
+                        b.partial
+                            && b.conn.is_none()
+                            && b.builder == builder
+                            && (b.daemon_pid == pid || b.daemon_pid == 0)
+                    })
                     .map(|(k, _)| *k);
                 match adopt {
                     Some(k) => {
@@ -309,7 +339,9 @@ impl BuildTracker {
                 }
             }
         };
-        let Some(b) = self.builds.get_mut(&key) else { return };
+        let Some(b) = self.builds.get_mut(&key) else {
+            return;
+        };
         b.responses_seen += 1;
         b.add_record(record_id);
         b.touch(ts);
@@ -323,13 +355,20 @@ impl BuildTracker {
                 }
                 StreamEvent::RunningIn(short) => {
                     if self.running_in.len() < MAX_PENDING * 4 {
-                        self.running_in.insert(short, (key, b.current_instruction.clone()));
+                        self.running_in
+                            .insert(short, (key, b.current_instruction.clone()));
                     }
                 }
                 StreamEvent::Layer(short) => {
-                    let after_from = b.current_instruction.as_deref().and_then(response::from_reference);
+                    let after_from = b
+                        .current_instruction
+                        .as_deref()
+                        .and_then(response::from_reference);
                     if let Some(r) = after_from
-                        && let Some(base) = b.base_images.iter_mut().find(|x| x.reference == r && x.image_id.is_none())
+                        && let Some(base) = b
+                            .base_images
+                            .iter_mut()
+                            .find(|x| x.reference == r && x.image_id.is_none())
                     {
                         base.image_id = Some(short);
                     }
@@ -363,11 +402,25 @@ impl BuildTracker {
         let (pid, ppid) = (e.process.pid, e.process.ppid);
         match procs::classify(e) {
             RuntimeProc::BuildkitRunc { executor_id } => {
-                self.add_runtime(pid, Executor { daemon: ppid, id: executor_id, container: false });
+                self.add_runtime(
+                    pid,
+                    Executor {
+                        daemon: ppid,
+                        id: executor_id,
+                        container: false,
+                    },
+                );
                 return;
             }
             RuntimeProc::ContainerRunc { container_id } => {
-                self.add_runtime(pid, Executor { daemon: ppid, id: container_id, container: true });
+                self.add_runtime(
+                    pid,
+                    Executor {
+                        daemon: ppid,
+                        id: container_id,
+                        container: true,
+                    },
+                );
                 return;
             }
             RuntimeProc::Shim { container_id } => {
@@ -386,7 +439,12 @@ impl BuildTracker {
             RuntimeProc::Other => {}
         }
         // A process of a build already known: a step's descendant, or a builder tool's step.
-        if let Some(m) = self.members.get(&pid).or_else(|| self.members.get(&ppid)).copied() {
+        if let Some(m) = self
+            .members
+            .get(&pid)
+            .or_else(|| self.members.get(&ppid))
+            .copied()
+        {
             let new_step = m.step.is_none() && procs::is_shell_step(e);
             if new_step {
                 let cid = self.executors.get(&ppid).map(|x| x.id.clone());
@@ -400,7 +458,11 @@ impl BuildTracker {
             }
             return;
         }
-        if let Some(p) = self.pending.iter_mut().find(|p| p.pids.contains(&pid) || p.pids.contains(&ppid)) {
+        if let Some(p) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.pids.contains(&pid) || p.pids.contains(&ppid))
+        {
             if !p.pids.contains(&pid) && p.pids.len() < 64 {
                 p.pids.push(pid);
             }
@@ -413,7 +475,10 @@ impl BuildTracker {
             if x.container {
                 PendingKind::Container(x.id.clone())
             } else {
-                PendingKind::Executor { daemon: x.daemon, id: x.id.clone() }
+                PendingKind::Executor {
+                    daemon: x.daemon,
+                    id: x.id.clone(),
+                }
             }
         } else if let Some(cid) = self.shims.get(&ppid) {
             PendingKind::Container(cid.clone())
@@ -431,7 +496,11 @@ impl BuildTracker {
             run_text: procs::run_text(&e.argv),
             start: rec.ts,
             record_id: rec.id,
-            deadline: Timestamp::from_unix_nanos(rec.ts.unix_nanos().saturating_add(PENDING_WAIT.as_nanos() as i64)),
+            deadline: Timestamp::from_unix_nanos(
+                rec.ts
+                    .unix_nanos()
+                    .saturating_add(PENDING_WAIT.as_nanos() as i64),
+            ),
             pids: vec![pid],
             exit: None,
             net: Vec::new(),
@@ -466,7 +535,10 @@ impl BuildTracker {
             return None;
         }
         let idx = b.steps.len();
-        let instruction = instruction.or_else(|| b.vertex_for_run(&procs::run_text(&e.argv)).map(str::to_string));
+        let instruction = instruction.or_else(|| {
+            b.vertex_for_run(&procs::run_text(&e.argv))
+                .map(str::to_string)
+        });
         b.steps.push(BuildStep {
             index: idx as u32 + 1,
             command: procs::step_command(&e.argv),
@@ -480,7 +552,13 @@ impl BuildTracker {
         b.add_record(rec.id);
         b.add_pid(e.process.pid);
         b.touch(rec.ts);
-        self.add_member(e.process.pid, Member { key, step: Some(idx) });
+        self.add_member(
+            e.process.pid,
+            Member {
+                key,
+                step: Some(idx),
+            },
+        );
         Some(idx)
     }
 
@@ -505,8 +583,12 @@ impl BuildTracker {
         if let Some(p) = self.pending.iter_mut().find(|p| p.pid == pid) {
             p.exit = Some((rec.ts, x.exit_code, x.signal));
         }
-        let Some(m) = self.members.remove(&pid) else { return };
-        let Some(b) = self.builds.get_mut(&m.key) else { return };
+        let Some(m) = self.members.remove(&pid) else {
+            return;
+        };
+        let Some(b) = self.builds.get_mut(&m.key) else {
+            return;
+        };
         b.touch(rec.ts);
         match m.step {
             Some(i) => {
@@ -528,7 +610,6 @@ impl BuildTracker {
             None => {}
         }
     }
-
 }
 
 impl Engine for BuildTracker {
@@ -544,7 +625,9 @@ impl Engine for BuildTracker {
             Body::Connect(c) => self.on_connect(rec, c),
             Body::DnsQuery(d) => self.on_dns(rec, d),
             Body::FileWrite(w) => self.on_file(rec, w),
-            Body::ApiResponse(r) => self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out),
+            Body::ApiResponse(r) => {
+                self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out)
+            }
             _ => {}
         }
     }
@@ -553,7 +636,9 @@ impl Engine for BuildTracker {
     /// and what runs under them become steps of a partial build. A running container under a
     /// shim could be anything (not only a legacy build step), so it is not taken as a step.
     fn seed(&mut self, rec: &Record, out: &mut Vec<Body>) {
-        let Body::ProcessExec(e) = &rec.body else { return };
+        let Body::ProcessExec(e) = &rec.body else {
+            return;
+        };
         let ppid = e.process.ppid;
         let buildkit = matches!(procs::classify(e), RuntimeProc::BuildkitRunc { .. });
         let under_step = self.executors.get(&ppid).is_some_and(|x| !x.container)
@@ -581,7 +666,9 @@ impl Engine for BuildTracker {
             }
             let quiet = t.saturating_sub(b.last_activity.unix_nanos());
             let running = b.steps.iter().any(|s| s.end.is_none());
-            if quiet >= timeout || (b.partial && b.conn.is_none() && !running && quiet >= partial_idle.min(timeout)) {
+            if quiet >= timeout
+                || (b.partial && b.conn.is_none() && !running && quiet >= partial_idle.min(timeout))
+            {
                 idle.push(*k);
             }
         }
@@ -594,9 +681,13 @@ impl Engine for BuildTracker {
                 self.timed_out += 1;
             }
             let why = if partial {
-                "partial build: no activity since its last step (its end cannot be seen)".to_string()
+                "partial build: no activity since its last step (its end cannot be seen)"
+                    .to_string()
             } else {
-                format!("timed out: no activity for {}s", self.cfg.build_timeout.as_secs())
+                format!(
+                    "timed out: no activity for {}s",
+                    self.cfg.build_timeout.as_secs()
+                )
             };
             self.close(k, now, Some(&why), out);
         }
@@ -606,7 +697,12 @@ impl Engine for BuildTracker {
         self.resolve_pending(now, true, out);
         let keys: Vec<u64> = self.builds.keys().copied().collect();
         for k in keys {
-            self.close(k, now, Some("the sensor stopped before the build ended"), out);
+            self.close(
+                k,
+                now,
+                Some("the sensor stopped before the build ended"),
+                out,
+            );
         }
     }
 

@@ -6,7 +6,12 @@ use crate::record::{Connect, DnsQuery, FileWrite, Record, Timestamp};
 
 impl BuildTracker {
     /// The build a network event belongs to, and the step index (None: the daemon/tool).
-    pub(super) fn net_owner(&self, pid: u32, ts: Timestamp, tcp: bool) -> Option<(u64, Option<usize>)> {
+    pub(super) fn net_owner(
+        &self,
+        pid: u32,
+        ts: Timestamp,
+        tcp: bool,
+    ) -> Option<(u64, Option<usize>)> {
         if let Some(m) = self.members.get(&pid) {
             return Some((m.key, m.step));
         }
@@ -15,12 +20,19 @@ impl BuildTracker {
         }
         // The daemon on a build's behalf: only when exactly one build is open on it and it was
         // not pulling or pushing images for someone else meanwhile.
-        let mut open = self.builds.iter().filter(|(_, b)| b.daemon_pid == pid && b.outcome.is_none());
+        let mut open = self
+            .builds
+            .iter()
+            .filter(|(_, b)| b.daemon_pid == pid && b.outcome.is_none());
         let (k, b) = open.next()?;
         if open.next().is_some() {
             return None;
         }
-        if self.daemon_image_requests.get(&pid).is_some_and(|t| *t >= b.started && *t <= ts) {
+        if self
+            .daemon_image_requests
+            .get(&pid)
+            .is_some_and(|t| *t >= b.started && *t <= ts)
+        {
             return None;
         }
         Some((*k, None))
@@ -42,7 +54,9 @@ impl BuildTracker {
 
     pub(super) fn add_net(&mut self, key: u64, step: Option<usize>, n: NetEvent) {
         let classify = self.cfg.classify.clone();
-        let Some(b) = self.builds.get_mut(&key) else { return };
+        let Some(b) = self.builds.get_mut(&key) else {
+            return;
+        };
         let made_by = match step {
             Some(i) => (i + 1).to_string(),
             None => "daemon".to_string(),
@@ -50,9 +64,16 @@ impl BuildTracker {
         b.add_record(n.record_id);
         b.touch(n.ts);
         let (addr, port, dns) = (n.addr.clone(), n.port, n.dns_name.clone());
-        b.add_outbound(&n.addr, n.port, &n.protocol, n.dns_name.as_deref(), made_by, n.failed, n.ts, || {
-            classify(&addr, port, dns.as_deref())
-        });
+        b.add_outbound(
+            &n.addr,
+            n.port,
+            &n.protocol,
+            n.dns_name.as_deref(),
+            made_by,
+            n.failed,
+            n.ts,
+            || classify(&addr, port, dns.as_deref()),
+        );
     }
 
     pub(super) fn on_connect(&mut self, rec: &Record, c: &Connect) {
@@ -89,12 +110,17 @@ impl BuildTracker {
     /// dockerd stores an image as `.../imagedb/content/sha256/<id>`: the id of the build's
     /// image when one build is open on that daemon (a fallback when the output is not seen).
     pub(super) fn on_file(&mut self, rec: &Record, w: &FileWrite) {
-        let Some((_, id)) = w.path.rsplit_once("/imagedb/content/sha256/") else { return };
+        let Some((_, id)) = w.path.rsplit_once("/imagedb/content/sha256/") else {
+            return;
+        };
         if id.len() != 64 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
             return;
         }
         let pid = w.process.pid;
-        let mut open = self.builds.values_mut().filter(|b| b.daemon_pid == pid && b.outcome.is_none());
+        let mut open = self
+            .builds
+            .values_mut()
+            .filter(|b| b.daemon_pid == pid && b.outcome.is_none());
         if let (Some(b), None) = (open.next(), open.next()) {
             b.stored_image_id = Some(format!("sha256:{id}"));
             b.add_record(rec.id);

@@ -15,15 +15,13 @@ pub fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -113,7 +111,10 @@ fn build_args(json: &str, show: bool) -> BTreeMap<String, String> {
 /// Parameters from a builder's command line (`buildah bud`, `podman build`, `docker build`
 /// run by another tool, `buildctl build`). Unknown flags are skipped.
 pub fn parse_cli_args(args: &[String], show_build_args: bool) -> BuildParams {
-    let mut p = BuildParams { context_upload: false, ..Default::default() };
+    let mut p = BuildParams {
+        context_upload: false,
+        ..Default::default()
+    };
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -123,8 +124,18 @@ pub fn parse_cli_args(args: &[String], show_build_args: bool) -> BuildParams {
         };
         let takes = matches!(
             flag,
-            "-t" | "--tag" | "-f" | "--file" | "--target" | "--platform" | "--network"
-                | "--build-arg" | "--opt" | "--output" | "--frontend" | "--local" | "--layers"
+            "-t" | "--tag"
+                | "-f"
+                | "--file"
+                | "--target"
+                | "--platform"
+                | "--network"
+                | "--build-arg"
+                | "--opt"
+                | "--output"
+                | "--frontend"
+                | "--local"
+                | "--layers"
         );
         let value = if takes {
             match inline {
@@ -146,11 +157,19 @@ pub fn parse_cli_args(args: &[String], show_build_args: bool) -> BuildParams {
             ("--no-cache", _) => p.no_cache = true,
             // `--pull=never|missing|false` does not ask for a pull; bare `--pull`, `=true`,
             // `=always` and `--pull-always` do.
-            ("--pull", v) => p.pull = v.is_none_or(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "always" | "1")),
+            ("--pull", v) => {
+                p.pull = v.is_none_or(|v| {
+                    matches!(v.to_ascii_lowercase().as_str(), "true" | "always" | "1")
+                })
+            }
             ("--pull-always", _) => p.pull = true,
             ("--build-arg", Some(v)) => {
                 let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
-                let val = if show_build_args { val.to_string() } else { REDACTED.to_string() };
+                let val = if show_build_args {
+                    val.to_string()
+                } else {
+                    REDACTED.to_string()
+                };
                 p.build_args.insert(k.to_string(), val);
             }
             // buildctl: --opt build-arg:NAME=V, --opt target=x, --output type=image,name=T
@@ -240,10 +259,15 @@ pub fn redact_buildargs_in(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find(KEY) {
         let start = i + KEY.len();
-        let end = rest[start..].find(['&', '#', ' ']).map(|e| start + e).unwrap_or(rest.len());
+        let end = rest[start..]
+            .find(['&', '#', ' '])
+            .map(|e| start + e)
+            .unwrap_or(rest.len());
         out.push_str(&rest[..start]);
         let value = &rest[start..end];
-        let redacted = match serde_json::from_str::<BTreeMap<String, Option<String>>>(&percent_decode(value)) {
+        let redacted = match serde_json::from_str::<BTreeMap<String, Option<String>>>(
+            &percent_decode(value),
+        ) {
             Ok(m) => {
                 let m: BTreeMap<String, &str> = m.into_keys().map(|k| (k, REDACTED)).collect();
                 percent_encode(&serde_json::to_string(&m).unwrap_or_default())
@@ -259,16 +283,30 @@ pub fn redact_buildargs_in(s: &str) -> String {
 }
 
 /// Programs whose command line may carry `--build-arg K=V` (or `--opt build-arg:K=V`).
-const BUILD_COMMANDS: &[&str] =
-    &["docker", "buildah", "podman", "buildctl", "nerdctl", "docker-buildx", "kaniko", "executor"];
+const BUILD_COMMANDS: &[&str] = &[
+    "docker",
+    "buildah",
+    "podman",
+    "buildctl",
+    "nerdctl",
+    "docker-buildx",
+    "kaniko",
+    "executor",
+];
 
 /// The argv of a process with build-arg values redacted: builder command lines
 /// ([`redact_argv`]) and, in any program, a `buildargs=` query in an argument (a curl URL).
 /// `None` when nothing needed redacting.
 pub fn redact_exec_argv(argv: &[String]) -> Option<Vec<String>> {
-    let prog = argv.first().map(|a| a.rsplit('/').next().unwrap_or(a)).unwrap_or("");
+    let prog = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or("");
     let out: Vec<String> = if BUILD_COMMANDS.contains(&prog) {
-        redact_argv(argv).into_iter().map(|a| redact_buildargs_in(&a)).collect()
+        redact_argv(argv)
+            .into_iter()
+            .map(|a| redact_buildargs_in(&a))
+            .collect()
     } else if argv.iter().any(|a| a.contains("buildargs=")) {
         argv.iter().map(|a| redact_buildargs_in(a)).collect()
     } else {
@@ -292,17 +330,43 @@ mod redaction_tests {
         assert!(!r.contains("hunter2"), "{r}");
         assert!(r.ends_with("&nocache=1"), "{r}");
         let req = parse_build_query(Some(&r), None, true);
-        assert_eq!(req.params.build_args.get("TOKEN").map(String::as_str), Some(REDACTED));
-        assert_eq!(redact_buildargs_in("buildargs=notjson-hunter2"), "buildargs=<redacted>");
+        assert_eq!(
+            req.params.build_args.get("TOKEN").map(String::as_str),
+            Some(REDACTED)
+        );
+        assert_eq!(
+            redact_buildargs_in("buildargs=notjson-hunter2"),
+            "buildargs=<redacted>"
+        );
         assert_eq!(redact_buildargs_in("t=a&b=c"), "t=a&b=c");
     }
 
     #[test]
     fn exec_argv_of_builders_and_curl() {
-        let d = v(&["/usr/bin/docker", "build", "--build-arg", "SECRET=hunter2", "--build-arg=B=x", "."]);
+        let d = v(&[
+            "/usr/bin/docker",
+            "build",
+            "--build-arg",
+            "SECRET=hunter2",
+            "--build-arg=B=x",
+            ".",
+        ]);
         let r = redact_exec_argv(&d).unwrap();
-        assert_eq!(r, v(&["/usr/bin/docker", "build", "--build-arg", "SECRET=<redacted>", "--build-arg=B=<redacted>", "."]));
-        let c = v(&["curl", "http://h/v1.41/build?buildargs=%7B%22A%22%3A%22hunter2%22%7D"]);
+        assert_eq!(
+            r,
+            v(&[
+                "/usr/bin/docker",
+                "build",
+                "--build-arg",
+                "SECRET=<redacted>",
+                "--build-arg=B=<redacted>",
+                "."
+            ])
+        );
+        let c = v(&[
+            "curl",
+            "http://h/v1.41/build?buildargs=%7B%22A%22%3A%22hunter2%22%7D",
+        ]);
         assert!(!redact_exec_argv(&c).unwrap().concat().contains("hunter2"));
         // Other programs' `--opt k=v` is left alone.
         assert_eq!(redact_exec_argv(&v(&["mount", "--opt", "a=b"])), None);

@@ -13,15 +13,24 @@ const CONTAINERD_TASK: &str = "io.containerd.runtime.v2.task/";
 #[derive(Debug, PartialEq)]
 pub enum RuntimeProc {
     /// `runc ... run --bundle .../buildkit/executor/<id> <id>`: one BuildKit RUN step.
-    BuildkitRunc { executor_id: String },
+    BuildkitRunc {
+        executor_id: String,
+    },
     /// `runc ... create|run --bundle .../io.containerd.runtime.v2.task/<ns>/<id>`.
-    ContainerRunc { container_id: String },
+    ContainerRunc {
+        container_id: String,
+    },
     /// `containerd-shim-runc-v2 -namespace moby -id <id> ...`.
-    Shim { container_id: String },
+    Shim {
+        container_id: String,
+    },
     /// `runc init` (a container's process before it execs the command).
     RuncInit,
     /// A builder tool's build command: buildah/podman/buildctl.
-    BuilderCli { builder: &'static str, args: Vec<String> },
+    BuilderCli {
+        builder: &'static str,
+        args: Vec<String>,
+    },
     Other,
 }
 
@@ -45,7 +54,12 @@ pub fn classify(exec: &ProcessExec) -> RuntimeProc {
             return RuntimeProc::RuncInit;
         }
         if let Some(bundle) = flag_value(argv, "--bundle").or_else(|| flag_value(argv, "-b")) {
-            let id = bundle.trim_end_matches('/').rsplit('/').next().unwrap_or("").to_string();
+            let id = bundle
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
             if bundle.contains("buildkit") && bundle.contains(BUILDKIT_EXECUTOR) {
                 return RuntimeProc::BuildkitRunc { executor_id: id };
             }
@@ -57,20 +71,34 @@ pub fn classify(exec: &ProcessExec) -> RuntimeProc {
     }
     if prog.starts_with("containerd-shim") {
         if let Some(id) = flag_value(argv, "-id") {
-            return RuntimeProc::Shim { container_id: id.to_string() };
+            return RuntimeProc::Shim {
+                container_id: id.to_string(),
+            };
         }
         return RuntimeProc::Other;
     }
-    let sub: Vec<&str> = argv.iter().skip(1).map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    let sub: Vec<&str> = argv
+        .iter()
+        .skip(1)
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let builder = match prog.as_str() {
         "buildah" if matches!(sub.first(), Some(&"bud") | Some(&"build")) => Some("buildah"),
-        "podman" if matches!(sub.first(), Some(&"build"))
-            || matches!(sub.get(..2), Some(["image", "build"])) => Some("podman"),
+        "podman"
+            if matches!(sub.first(), Some(&"build"))
+                || matches!(sub.get(..2), Some(["image", "build"])) =>
+        {
+            Some("podman")
+        }
         "buildctl" if sub.contains(&"build") => Some("buildctl"),
         _ => None,
     };
     match builder {
-        Some(builder) => RuntimeProc::BuilderCli { builder, args: argv.iter().skip(1).cloned().collect() },
+        Some(builder) => RuntimeProc::BuilderCli {
+            builder,
+            args: argv.iter().skip(1).cloned().collect(),
+        },
         None => RuntimeProc::Other,
     }
 }
@@ -93,8 +121,10 @@ fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
 /// hooks (dockerd's `libnetwork-setkey`), runc's own start/kill/delete calls, shims.
 pub fn is_runtime_helper(exec: &ProcessExec) -> bool {
     let prog = program(exec);
-    matches!(prog.as_str(), "runc" | "crun" | "libnetwork-setkey" | "dockerd" | "containerd" | "docker-proxy")
-        || prog.starts_with("containerd-shim")
+    matches!(
+        prog.as_str(),
+        "runc" | "crun" | "libnetwork-setkey" | "dockerd" | "containerd" | "docker-proxy"
+    ) || prog.starts_with("containerd-shim")
         || exec.process.comm.starts_with("runc:")
         || exec.argv.get(1).is_some_and(|a| a == "libnetwork-setkey")
 }
@@ -107,7 +137,8 @@ pub fn step_command(argv: &[String]) -> String {
 /// Whether an exec is a shell-form RUN (`/bin/sh -c ...`), as builder tools run them.
 pub fn is_shell_step(exec: &ProcessExec) -> bool {
     let prog = program(exec);
-    matches!(prog.as_str(), "sh" | "bash" | "ash" | "dash") && exec.argv.get(1).map(String::as_str) == Some("-c")
+    matches!(prog.as_str(), "sh" | "bash" | "ash" | "dash")
+        && exec.argv.get(1).map(String::as_str) == Some("-c")
 }
 
 /// The RUN text a step's argv carries: what follows `-c` of a shell, or the argv joined.
@@ -125,7 +156,13 @@ mod tests {
 
     fn exec(comm: &str, argv: &[&str]) -> ProcessExec {
         ProcessExec {
-            process: ProcessRef { pid: 10, ppid: 1, comm: comm.into(), role: "descendant".into(), ..Default::default() },
+            process: ProcessRef {
+                pid: 10,
+                ppid: 1,
+                comm: comm.into(),
+                role: "descendant".into(),
+                ..Default::default()
+            },
             filename: "/proc/self/exe".into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             argv_truncated: false,
@@ -137,24 +174,101 @@ mod tests {
     fn classifies_runtime_processes_and_builders() {
         let id = "k3jz9x8w7v6u5t4s";
         assert_eq!(
-            classify(&exec("runc", &["runc", "--log", "/var/lib/docker/buildkit/executor/runc-log.json", "--log-format", "json", "run", "--bundle", &format!("/var/lib/docker/buildkit/executor/{id}"), id])),
-            RuntimeProc::BuildkitRunc { executor_id: id.into() }
+            classify(&exec(
+                "runc",
+                &[
+                    "runc",
+                    "--log",
+                    "/var/lib/docker/buildkit/executor/runc-log.json",
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--bundle",
+                    &format!("/var/lib/docker/buildkit/executor/{id}"),
+                    id
+                ]
+            )),
+            RuntimeProc::BuildkitRunc {
+                executor_id: id.into()
+            }
         );
         assert_eq!(
-            classify(&exec("runc", &["runc", "--root", "/var/run/docker/runtime-runc/moby", "create", "--bundle", "/run/containerd/io.containerd.runtime.v2.task/moby/abc123", "abc123"])),
-            RuntimeProc::ContainerRunc { container_id: "abc123".into() }
+            classify(&exec(
+                "runc",
+                &[
+                    "runc",
+                    "--root",
+                    "/var/run/docker/runtime-runc/moby",
+                    "create",
+                    "--bundle",
+                    "/run/containerd/io.containerd.runtime.v2.task/moby/abc123",
+                    "abc123"
+                ]
+            )),
+            RuntimeProc::ContainerRunc {
+                container_id: "abc123".into()
+            }
         );
         assert_eq!(
-            classify(&exec("containerd-shim", &["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", "abc123", "-address", "/run/containerd/containerd.sock"])),
-            RuntimeProc::Shim { container_id: "abc123".into() }
+            classify(&exec(
+                "containerd-shim",
+                &[
+                    "/usr/bin/containerd-shim-runc-v2",
+                    "-namespace",
+                    "moby",
+                    "-id",
+                    "abc123",
+                    "-address",
+                    "/run/containerd/containerd.sock"
+                ]
+            )),
+            RuntimeProc::Shim {
+                container_id: "abc123".into()
+            }
         );
-        assert_eq!(classify(&exec("runc:[2:INIT]", &["runc", "init"])), RuntimeProc::RuncInit);
-        assert!(matches!(classify(&exec("buildah", &["buildah", "bud", "-t", "x"])), RuntimeProc::BuilderCli { builder: "buildah", .. }));
-        assert!(matches!(classify(&exec("podman", &["podman", "--log-level", "image", "build", "."])), RuntimeProc::Other | RuntimeProc::BuilderCli { .. }));
-        assert!(matches!(classify(&exec("podman", &["podman", "build", "-t", "x", "."])), RuntimeProc::BuilderCli { builder: "podman", .. }));
-        assert!(matches!(classify(&exec("buildctl", &["buildctl", "build", "--frontend", "dockerfile.v0"])), RuntimeProc::BuilderCli { builder: "buildctl", .. }));
-        assert_eq!(classify(&exec("sh", &["/bin/sh", "-c", "echo"])), RuntimeProc::Other);
+        assert_eq!(
+            classify(&exec("runc:[2:INIT]", &["runc", "init"])),
+            RuntimeProc::RuncInit
+        );
+        assert!(matches!(
+            classify(&exec("buildah", &["buildah", "bud", "-t", "x"])),
+            RuntimeProc::BuilderCli {
+                builder: "buildah",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&exec(
+                "podman",
+                &["podman", "--log-level", "image", "build", "."]
+            )),
+            RuntimeProc::Other | RuntimeProc::BuilderCli { .. }
+        ));
+        assert!(matches!(
+            classify(&exec("podman", &["podman", "build", "-t", "x", "."])),
+            RuntimeProc::BuilderCli {
+                builder: "podman",
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(&exec(
+                "buildctl",
+                &["buildctl", "build", "--frontend", "dockerfile.v0"]
+            )),
+            RuntimeProc::BuilderCli {
+                builder: "buildctl",
+                ..
+            }
+        ));
+        assert_eq!(
+            classify(&exec("sh", &["/bin/sh", "-c", "echo"])),
+            RuntimeProc::Other
+        );
         assert!(is_shell_step(&exec("sh", &["/bin/sh", "-c", "echo hi"])));
-        assert_eq!(run_text(&["/bin/sh".into(), "-c".into(), "echo hi".into()]), "echo hi");
+        assert_eq!(
+            run_text(&["/bin/sh".into(), "-c".into(), "echo hi".into()]),
+            "echo hi"
+        );
     }
 }

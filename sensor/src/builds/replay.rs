@@ -22,7 +22,9 @@ pub enum ReplayError {
 
 /// Records of a recorded stream, in order. Lines of kinds this build of the sensor does not
 /// know (a newer recorder) are skipped and counted, by kind.
-pub fn read_records(reader: impl BufRead) -> Result<(Vec<Record>, BTreeMap<String, u64>), ReplayError> {
+pub fn read_records(
+    reader: impl BufRead,
+) -> Result<(Vec<Record>, BTreeMap<String, u64>), ReplayError> {
     let mut records = Vec::new();
     let mut skipped = BTreeMap::new();
     for (i, line) in reader.lines().enumerate() {
@@ -31,11 +33,18 @@ pub fn read_records(reader: impl BufRead) -> Result<(Vec<Record>, BTreeMap<Strin
             continue;
         }
         let v: serde_json::Value =
-            serde_json::from_str(&line).map_err(|source| ReplayError::NotJson { line: i + 1, source })?;
+            serde_json::from_str(&line).map_err(|source| ReplayError::NotJson {
+                line: i + 1,
+                source,
+            })?;
         match serde_json::from_value::<Record>(v.clone()) {
             Ok(r) => records.push(r),
             Err(_) => {
-                let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("?").to_string();
+                let kind = v
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or("?")
+                    .to_string();
                 *skipped.entry(kind).or_default() += 1;
             }
         }
@@ -46,7 +55,10 @@ pub fn read_records(reader: impl BufRead) -> Result<(Vec<Record>, BTreeMap<Strin
 /// Runs `engines` over `records` as the live pipeline does: each record goes to every engine,
 /// what an engine derives is stamped and fed to every engine in turn; `tick` is called each second of the stream's own time, `finish` at its end.
 /// Returns the derived records, with ids continuing after the largest recorded id.
-pub fn replay_records(records: impl IntoIterator<Item = Record>, engines: &mut [&mut dyn Engine]) -> Vec<Record> {
+pub fn replay_records(
+    records: impl IntoIterator<Item = Record>,
+    engines: &mut [&mut dyn Engine],
+) -> Vec<Record> {
     let mut derived = Vec::new();
     let mut next_id = 0u64;
     let mut host = String::new();
@@ -97,7 +109,13 @@ fn feed(
         rounds += 1;
         let mut next = Vec::new();
         for body in bodies {
-            let rec = Record { schema_version: SCHEMA_VERSION, id: *next_id, ts, host: host.to_string(), body };
+            let rec = Record {
+                schema_version: SCHEMA_VERSION,
+                id: *next_id,
+                ts,
+                host: host.to_string(),
+                body,
+            };
             *next_id += 1;
             for e in engines.iter_mut() {
                 e.observe(&rec, &mut next);

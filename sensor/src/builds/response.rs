@@ -59,7 +59,9 @@ pub fn parse(text: &str) -> Vec<StreamEvent> {
     }
     for line in text.split('\n') {
         let line = line.trim();
-        let Some(start) = line.find('{') else { continue };
+        let Some(start) = line.find('{') else {
+            continue;
+        };
         let json = &line[start..];
         match serde_json::from_str::<Value>(json) {
             Ok(v) => message(&v, &mut out),
@@ -89,7 +91,10 @@ fn message(v: &Value, out: &mut Vec<StreamEvent>) {
         }
         _ => {}
     }
-    let detail = v.get("errorDetail").and_then(|d| d.get("message")).and_then(Value::as_str);
+    let detail = v
+        .get("errorDetail")
+        .and_then(|d| d.get("message"))
+        .and_then(Value::as_str);
     if let Some(e) = detail.or_else(|| v.get("error").and_then(Value::as_str)) {
         out.push(StreamEvent::Error(e.to_string()));
     }
@@ -196,7 +201,9 @@ pub fn from_reference(line: &str) -> Option<&str> {
             _ => return None,
         },
     };
-    let r = rest.strip_prefix("FROM ").or_else(|| rest.strip_prefix("from "))?;
+    let r = rest
+        .strip_prefix("FROM ")
+        .or_else(|| rest.strip_prefix("from "))?;
     let r = r.split_whitespace().find(|w| !w.starts_with("--"))?;
     Some(r)
 }
@@ -205,8 +212,10 @@ pub fn from_reference(line: &str) -> Option<&str> {
 pub fn failure_exit_code(msg: &str) -> Option<i32> {
     for pat in ["returned a non-zero code: ", "exit code: "] {
         if let Some(i) = msg.rfind(pat) {
-            let digits: String =
-                msg[i + pat.len()..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            let digits: String = msg[i + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
             if let Ok(n) = digits.parse() {
                 return Some(n);
             }
@@ -242,16 +251,22 @@ mod tests {
         let id = format!("sha256:{}", "a".repeat(64));
         let ev = parse(&format!("{{\"aux\":{{\"ID\":\"{id}\"}}}}\n"));
         assert_eq!(ev, vec![StreamEvent::ImageId(id.clone())]);
-        let ev = parse(&format!("{{\"id\":\"moby.image.id\",\"aux\":{{\"ID\":\"{id}\"}}}}"));
+        let ev = parse(&format!(
+            "{{\"id\":\"moby.image.id\",\"aux\":{{\"ID\":\"{id}\"}}}}"
+        ));
         assert_eq!(ev, vec![StreamEvent::ImageId(id)]);
         let ev = parse(
             "{\"errorDetail\":{\"code\":3,\"message\":\"The command '/bin/sh -c exit 3' returned a non-zero code: 3\"},\"error\":\"x\"}",
         );
-        assert_eq!(failure_exit_code(match &ev[0] {
-            StreamEvent::Error(m) => m,
-            _ => panic!(),
-        }), Some(3));
-        let ev = parse("{\"stream\":\"Successfully built 0123456789ab\\nSuccessfully tagged x:1\\nSucc");
+        assert_eq!(
+            failure_exit_code(match &ev[0] {
+                StreamEvent::Error(m) => m,
+                _ => panic!(),
+            }),
+            Some(3)
+        );
+        let ev =
+            parse("{\"stream\":\"Successfully built 0123456789ab\\nSuccessfully tagged x:1\\nSucc");
         assert_eq!(
             ev,
             vec![
@@ -263,8 +278,15 @@ mod tests {
 
     #[test]
     fn refused_request_is_an_error() {
-        let ev = parse("HTTP/1.1 400 Bad Request\r\nContent-Length: 83\r\n\r\n{\"message\":\"dockerfile parse error line 2: unknown instruction: X\"}\n");
-        assert_eq!(ev, vec![StreamEvent::Error("dockerfile parse error line 2: unknown instruction: X".into())]);
+        let ev = parse(
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 83\r\n\r\n{\"message\":\"dockerfile parse error line 2: unknown instruction: X\"}\n",
+        );
+        assert_eq!(
+            ev,
+            vec![StreamEvent::Error(
+                "dockerfile parse error line 2: unknown instruction: X".into()
+            )]
+        );
         assert!(parse("HTTP/1.1 200 OK\r\n\r\n").is_empty());
     }
 
@@ -272,8 +294,17 @@ mod tests {
     fn instruction_helpers() {
         assert_eq!(run_instruction("Step 2/3 : RUN exit 3"), Some("exit 3"));
         assert_eq!(run_instruction("[2/3] RUN wget x"), Some("wget x"));
-        assert_eq!(from_reference("Step 1/3 : FROM localbase:1 AS b"), Some("localbase:1"));
-        assert_eq!(from_reference("[1/2] FROM docker.io/library/localbase:1"), Some("docker.io/library/localbase:1"));
-        assert_eq!(failure_exit_code("executor failed running [/bin/sh -c exit 3]: exit code: 3"), Some(3));
+        assert_eq!(
+            from_reference("Step 1/3 : FROM localbase:1 AS b"),
+            Some("localbase:1")
+        );
+        assert_eq!(
+            from_reference("[1/2] FROM docker.io/library/localbase:1"),
+            Some("docker.io/library/localbase:1")
+        );
+        assert_eq!(
+            failure_exit_code("executor failed running [/bin/sh -c exit 3]: exit code: 3"),
+            Some(3)
+        );
     }
 }

@@ -66,7 +66,10 @@ impl BuildSession {
         BuildSession {
             build_id,
             builder: builder.to_string(),
-            client: ApiClient { transport: "unknown".into(), ..Default::default() },
+            client: ApiClient {
+                transport: "unknown".into(),
+                ..Default::default()
+            },
             user_agent: None,
             params: BuildParams::default(),
             started,
@@ -99,20 +102,27 @@ impl BuildSession {
 
     pub fn add_record(&mut self, id: u64) {
         // Id 0: a process seeded from /proc at start, which has no record of its own.
-        if id != 0 && self.evidence.record_ids.len() < MAX_EVIDENCE && !self.evidence.record_ids.contains(&id) {
+        if id != 0
+            && self.evidence.record_ids.len() < MAX_EVIDENCE
+            && !self.evidence.record_ids.contains(&id)
+        {
             self.evidence.record_ids.push(id);
         }
     }
 
     pub fn add_pid(&mut self, pid: u32) {
-        if pid != 0 && self.evidence.pids.len() < MAX_EVIDENCE && !self.evidence.pids.contains(&pid) {
+        if pid != 0 && self.evidence.pids.len() < MAX_EVIDENCE && !self.evidence.pids.contains(&pid)
+        {
             self.evidence.pids.push(pid);
         }
     }
 
     pub fn add_base(&mut self, reference: &str) {
         if !self.base_images.iter().any(|b| b.reference == reference) {
-            self.base_images.push(BaseImage { reference: reference.to_string(), image_id: None });
+            self.base_images.push(BaseImage {
+                reference: reference.to_string(),
+                image_id: None,
+            });
         }
     }
 
@@ -126,7 +136,9 @@ impl BuildSession {
     /// overrides a success claim (an error after the image id means the build failed).
     pub fn end(&mut self, outcome: Outcome, ts: Timestamp) {
         match (&self.outcome, &outcome) {
-            (None, _) | (Some(Outcome::Succeeded), Outcome::Failed(_)) => self.outcome = Some(outcome),
+            (None, _) | (Some(Outcome::Succeeded), Outcome::Failed(_)) => {
+                self.outcome = Some(outcome)
+            }
             _ => {}
         }
         self.ending_since.get_or_insert(ts);
@@ -136,7 +148,11 @@ impl BuildSession {
         if let Some(reference) = from_reference(&v.name) {
             self.add_base(reference);
         }
-        if let Some(old) = self.vertices.iter_mut().find(|o| o.digest == v.digest && o.name == v.name) {
+        if let Some(old) = self
+            .vertices
+            .iter_mut()
+            .find(|o| o.digest == v.digest && o.name == v.name)
+        {
             old.started |= v.started;
             old.completed |= v.completed;
             if v.error.is_some() {
@@ -169,7 +185,10 @@ impl BuildSession {
         policy: impl FnOnce() -> String,
     ) {
         let key = (
-            format!("{addr}{}", dns_name.map(|n| format!(" {n}")).unwrap_or_default()),
+            format!(
+                "{addr}{}",
+                dns_name.map(|n| format!(" {n}")).unwrap_or_default()
+            ),
             port,
             protocol.to_string(),
             made_by.clone(),
@@ -241,7 +260,10 @@ impl BuildSession {
             error = Some("a step failed; the end of the build was not seen".into());
         }
         let image_id = match status {
-            "succeeded" => self.image_id.clone().or_else(|| self.stored_image_id.clone()),
+            "succeeded" => self
+                .image_id
+                .clone()
+                .or_else(|| self.stored_image_id.clone()),
             _ => None,
         };
         let mut tags = self.params.tags.clone();

@@ -2,9 +2,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::*;
 use super::params::REDACTED;
 use super::replay::replay_records;
+use super::*;
 use crate::record::{ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION};
 
 const DOCKERD: u32 = 100;
@@ -22,12 +22,23 @@ impl Stream {
         Self::with(BuildConfig::default())
     }
     fn with(cfg: BuildConfig) -> Self {
-        Stream { t: BuildTracker::new(cfg), id: 0, ns: T0, out: Vec::new() }
+        Stream {
+            t: BuildTracker::new(cfg),
+            id: 0,
+            ns: T0,
+            out: Vec::new(),
+        }
     }
     fn rec(&mut self, body: Body) -> Record {
         self.id += 1;
         self.ns += 10_000_000;
-        Record { schema_version: SCHEMA_VERSION, id: self.id, ts: Timestamp::from_unix_nanos(self.ns), host: "h".into(), body }
+        Record {
+            schema_version: SCHEMA_VERSION,
+            id: self.id,
+            ts: Timestamp::from_unix_nanos(self.ns),
+            host: "h".into(),
+            body,
+        }
     }
     fn feed(&mut self, body: Body) {
         let r = self.rec(body);
@@ -79,7 +90,12 @@ impl Stream {
         }));
     }
     fn exit(&mut self, pid: u32, code: i32) {
-        self.feed(Body::ProcessExit(ProcessExit { process: proc_ref(pid, 0, "x"), exit_code: Some(code), signal: None, duration_ms: None }));
+        self.feed(Body::ProcessExit(ProcessExit {
+            process: proc_ref(pid, 0, "x"),
+            exit_code: Some(code),
+            signal: None,
+            duration_ms: None,
+        }));
     }
     fn connect(&mut self, pid: u32, addr: &str, port: u16) {
         self.feed(Body::Connect(Connect {
@@ -96,19 +112,46 @@ impl Stream {
         }));
     }
     fn started(&self) -> Vec<&BuildStarted> {
-        self.out.iter().filter_map(|b| if let Body::BuildStarted(s) = b { Some(s) } else { None }).collect()
+        self.out
+            .iter()
+            .filter_map(|b| {
+                if let Body::BuildStarted(s) = b {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
     fn finished(&self) -> Vec<&BuildFinished> {
-        self.out.iter().filter_map(|b| if let Body::BuildFinished(s) = b { Some(s) } else { None }).collect()
+        self.out
+            .iter()
+            .filter_map(|b| {
+                if let Body::BuildFinished(s) = b {
+                    Some(s)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 }
 
 fn proc_ref(pid: u32, ppid: u32, comm: &str) -> ProcessRef {
-    ProcessRef { pid, ppid, comm: comm.into(), role: "descendant".into(), ..Default::default() }
+    ProcessRef {
+        pid,
+        ppid,
+        comm: comm.into(),
+        role: "descendant".into(),
+        ..Default::default()
+    }
 }
 
 fn stream(lines: &[&str]) -> String {
-    lines.iter().map(|l| format!("{{\"stream\":{}}}\r\n", serde_json::to_string(l).unwrap())).collect()
+    lines
+        .iter()
+        .map(|l| format!("{{\"stream\":{}}}\r\n", serde_json::to_string(l).unwrap()))
+        .collect()
 }
 
 const CID_A: &str = "aaaaaaaaaaaa1111111111111111111111111111111111111111111111111111";
@@ -117,7 +160,20 @@ const IMG: &str = "sha256:111111111111111111111111111111111111111111111111111111
 
 /// A legacy step: shim for the container, then the step's shell under it.
 fn legacy_step(s: &mut Stream, shim: u32, cid: &str, sh: u32, cmd: &str) {
-    s.exec(shim, 50, "containerd-shim", &["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", cid, "-address", "/run/containerd/containerd.sock"]);
+    s.exec(
+        shim,
+        50,
+        "containerd-shim",
+        &[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "moby",
+            "-id",
+            cid,
+            "-address",
+            "/run/containerd/containerd.sock",
+        ],
+    );
     s.exec(sh, shim, "sh", &["/bin/sh", "-c", cmd]);
 }
 
@@ -130,19 +186,47 @@ fn legacy_build_with_params_steps_outbound_and_image_id() {
     assert_eq!(st.builder, "legacy");
     assert_eq!(st.client.pid, Some(4242));
     assert_eq!(st.params.tags, vec!["x:1", "y:2"]);
-    assert_eq!(st.params.build_args.get("SECRET").map(String::as_str), Some(REDACTED));
+    assert_eq!(
+        st.params.build_args.get("SECRET").map(String::as_str),
+        Some(REDACTED)
+    );
     assert!(st.params.context_upload && st.params.no_cache);
     assert!(!serde_json::to_string(&st).unwrap().contains("hunter2"));
 
-    s.response(7, &format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}", stream(&["Step 1/2 : FROM localbase:1\n", " ---> 0123456789ab\n"])));
-    s.response(7, &stream(&["Step 2/2 : RUN wget http://10.0.0.2/x\n", &format!(" ---> Running in {}\n", &CID_A[..12])]));
+    s.response(
+        7,
+        &format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{}",
+            stream(&["Step 1/2 : FROM localbase:1\n", " ---> 0123456789ab\n"])
+        ),
+    );
+    s.response(
+        7,
+        &stream(&[
+            "Step 2/2 : RUN wget http://10.0.0.2/x\n",
+            &format!(" ---> Running in {}\n", &CID_A[..12]),
+        ]),
+    );
     legacy_step(&mut s, 300, CID_A, 301, "wget http://10.0.0.2/x");
-    s.feed(Body::ProcessFork(ProcessFork { process: proc_ref(301, 300, "sh"), child_pid: 302, child_start_time_ns: 2 }));
+    s.feed(Body::ProcessFork(ProcessFork {
+        process: proc_ref(301, 300, "sh"),
+        child_pid: 302,
+        child_start_time_ns: 2,
+    }));
     s.connect(302, "10.0.0.2", 80);
     s.connect(302, "10.0.0.2", 80);
     s.exit(302, 0);
     s.exit(301, 0);
-    s.response(7, &format!("{{\"aux\":{{\"ID\":\"{IMG}\"}}}}\r\n{}", stream(&["Successfully built 111111111111\n", "Successfully tagged x:1\n"])));
+    s.response(
+        7,
+        &format!(
+            "{{\"aux\":{{\"ID\":\"{IMG}\"}}}}\r\n{}",
+            stream(&[
+                "Successfully built 111111111111\n",
+                "Successfully tagged x:1\n"
+            ])
+        ),
+    );
     assert!(s.finished().is_empty(), "waits a moment for trailing lines");
     s.wait(2);
     let f = s.finished();
@@ -160,11 +244,23 @@ fn legacy_build_with_params_steps_outbound_and_image_id() {
     assert_eq!(step.command, "/bin/sh -c wget http://10.0.0.2/x");
     assert_eq!(step.exit_code, Some(0));
     assert_eq!(step.container_id.as_deref(), Some(CID_A));
-    assert_eq!(step.instruction.as_deref(), Some("Step 2/2 : RUN wget http://10.0.0.2/x"));
+    assert_eq!(
+        step.instruction.as_deref(),
+        Some("Step 2/2 : RUN wget http://10.0.0.2/x")
+    );
     assert_eq!(step.attribution.as_deref(), Some("response"));
     assert_eq!(f.outbound.len(), 1);
     let o = &f.outbound[0];
-    assert_eq!((o.dst_addr.as_str(), o.dst_port, o.count, o.made_by.as_str(), o.policy.as_str()), ("10.0.0.2", 80, 2, "1", "unknown"));
+    assert_eq!(
+        (
+            o.dst_addr.as_str(),
+            o.dst_port,
+            o.count,
+            o.made_by.as_str(),
+            o.policy.as_str()
+        ),
+        ("10.0.0.2", 80, 2, "1", "unknown")
+    );
     assert!(f.evidence.pids.contains(&4242) && f.evidence.pids.contains(&302));
     assert!(!f.partial);
     assert_eq!(s.t.open_builds(), 0);
@@ -175,8 +271,20 @@ fn overlapping_legacy_builds_are_kept_apart_and_failure_names_the_step() {
     let mut s = Stream::new();
     s.request(7, "t=a%3A1", 1001);
     s.request(8, "t=b%3A1", 1002);
-    s.response(8, &stream(&["Step 2/2 : RUN exit 3\n", &format!(" ---> Running in {}\n", &CID_B[..12])]));
-    s.response(7, &stream(&["Step 2/2 : RUN sleep 1\n", &format!(" ---> Running in {}\n", &CID_A[..12])]));
+    s.response(
+        8,
+        &stream(&[
+            "Step 2/2 : RUN exit 3\n",
+            &format!(" ---> Running in {}\n", &CID_B[..12]),
+        ]),
+    );
+    s.response(
+        7,
+        &stream(&[
+            "Step 2/2 : RUN sleep 1\n",
+            &format!(" ---> Running in {}\n", &CID_A[..12]),
+        ]),
+    );
     legacy_step(&mut s, 400, CID_B, 401, "exit 3");
     legacy_step(&mut s, 300, CID_A, 301, "sleep 1");
     s.connect(401, "10.0.0.9", 443);
@@ -208,7 +316,22 @@ fn overlapping_legacy_builds_are_kept_apart_and_failure_names_the_step() {
 
 fn buildkit_runc(s: &mut Stream, runc: u32, id: &str) {
     let bundle = format!("/var/lib/docker/buildkit/executor/{id}");
-    s.exec(runc, DOCKERD, "runc", &["runc", "--log", "/var/lib/docker/buildkit/executor/runc-log.json", "--log-format", "json", "run", "--bundle", &bundle, id]);
+    s.exec(
+        runc,
+        DOCKERD,
+        "runc",
+        &[
+            "runc",
+            "--log",
+            "/var/lib/docker/buildkit/executor/runc-log.json",
+            "--log-format",
+            "json",
+            "run",
+            "--bundle",
+            &bundle,
+            id,
+        ],
+    );
     s.exec(runc + 1, runc, "runc:[2:INIT]", &["runc", "init"]);
 }
 
@@ -240,17 +363,28 @@ fn buildkit_single_and_overlapping_builds() {
     s.exec(802, 800, "sh", &["/bin/sh", "-c", "echo four"]);
     s.wait(4);
     s.response(7, "{\"errorDetail\":{\"message\":\"executor failed running [/bin/sh -c echo three]: exit code: 1\"},\"error\":\"x\"}\r\n");
-    s.response(8, &format!("{{\"id\":\"moby.image.id\",\"aux\":{{\"ID\":\"{IMG}\"}}}}\r\n"));
+    s.response(
+        8,
+        &format!("{{\"id\":\"moby.image.id\",\"aux\":{{\"ID\":\"{IMG}\"}}}}\r\n"),
+    );
     s.wait(2);
     let f = s.finished();
     assert_eq!(f.len(), 2);
     let one = f.iter().find(|b| b.params.tags == ["k:1"]).unwrap();
     let two = f.iter().find(|b| b.params.tags == ["k:2"]).unwrap();
-    let cmds = |b: &BuildFinished| b.steps.iter().map(|s| s.command.clone()).collect::<Vec<_>>();
+    let cmds = |b: &BuildFinished| {
+        b.steps
+            .iter()
+            .map(|s| s.command.clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(cmds(one), ["/bin/sh -c echo one", "/bin/sh -c echo three"]);
     assert_eq!(cmds(two), ["/bin/sh -c echo two"]);
     assert_eq!(one.steps[0].attribution.as_deref(), Some("only_open_build"));
-    assert_eq!(one.steps[1].instruction.as_deref(), Some("[3/3] RUN echo three"));
+    assert_eq!(
+        one.steps[1].instruction.as_deref(),
+        Some("[3/3] RUN echo three")
+    );
     assert_eq!(one.status, "failed");
     assert_eq!(one.failed_step, Some(2));
     assert_eq!(two.status, "succeeded");
@@ -307,10 +441,26 @@ fn build_seen_from_the_middle_is_partial() {
 #[test]
 fn builder_tool_builds_follow_the_process_tree() {
     let mut s = Stream::new();
-    s.exec(900, 1, "buildah", &["buildah", "bud", "-t", "bh:1", "--build-arg", "A=b", "."]);
+    s.exec(
+        900,
+        1,
+        "buildah",
+        &["buildah", "bud", "-t", "bh:1", "--build-arg", "A=b", "."],
+    );
     assert_eq!(s.started()[0].builder, "buildah");
     assert_eq!(s.started()[0].params.tags, vec!["bh:1"]);
-    s.exec(901, 900, "runc", &["runc", "run", "--bundle", "/var/tmp/buildah123/mnt", "buildah-ctr"]);
+    s.exec(
+        901,
+        900,
+        "runc",
+        &[
+            "runc",
+            "run",
+            "--bundle",
+            "/var/tmp/buildah123/mnt",
+            "buildah-ctr",
+        ],
+    );
     s.exec(902, 901, "sh", &["/bin/sh", "-c", "echo hi"]);
     s.connect(902, "10.0.0.3", 8080);
     s.exit(902, 0);
@@ -325,31 +475,58 @@ fn builder_tool_builds_follow_the_process_tree() {
 
 #[test]
 fn bounded_open_builds_and_timeouts_are_counted() {
-    let mut s = Stream::with(BuildConfig { max_open_builds: 2, build_timeout: Duration::from_secs(10), ..Default::default() });
+    let mut s = Stream::with(BuildConfig {
+        max_open_builds: 2,
+        build_timeout: Duration::from_secs(10),
+        ..Default::default()
+    });
     s.request(1, "", 1);
     s.request(2, "", 1);
     s.request(3, "", 1);
     assert_eq!(s.t.open_builds(), 2);
     assert_eq!(s.finished().len(), 1);
-    assert!(s.finished()[0].error.as_deref().unwrap().starts_with("evicted"));
+    assert!(
+        s.finished()[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("evicted")
+    );
     s.wait(11);
     assert_eq!(s.t.open_builds(), 0);
     let mut d = BTreeMap::new();
     s.t.drops(&mut d);
     assert_eq!((d["builds_evicted"], d["builds_timed_out"]), (1, 2));
-    assert!(s.finished().iter().all(|f| f.status == "unknown" && f.partial));
+    assert!(
+        s.finished()
+            .iter()
+            .all(|f| f.status == "unknown" && f.partial)
+    );
 }
 
 #[test]
 fn show_build_args_and_policy_classifier() {
     let cfg = BuildConfig {
         show_build_args: true,
-        classify: Arc::new(|addr, _, _| if addr.starts_with("10.") { "denied".into() } else { "allowed".into() }),
+        classify: Arc::new(|addr, _, _| {
+            if addr.starts_with("10.") {
+                "denied".into()
+            } else {
+                "allowed".into()
+            }
+        }),
         ..Default::default()
     };
     let mut s = Stream::with(cfg);
     s.request(7, "buildargs=%7B%22A%22%3A%22v%22%2C%22B%22%3Anull%7D", 1);
-    assert_eq!(s.started()[0].params.build_args.get("A").map(String::as_str), Some("v"));
+    assert_eq!(
+        s.started()[0]
+            .params
+            .build_args
+            .get("A")
+            .map(String::as_str),
+        Some("v")
+    );
     // The daemon's own connection while it is the only build open: made_by daemon.
     s.connect(DOCKERD, "10.1.1.1", 443);
     s.t.finish(Timestamp::from_unix_nanos(T0 + 10_000_000_000), &mut s.out);
@@ -361,20 +538,55 @@ fn show_build_args_and_policy_classifier() {
 
 #[test]
 fn query_and_cli_params() {
-    let r = params::parse_build_query(Some("remote=https%3A%2F%2Fgit.example%2Fr.git&target=prod&platform=linux%2Famd64&pull=1&t=a+b"), None, false);
-    assert_eq!(r.params.remote.as_deref(), Some("https://git.example/r.git"));
+    let r = params::parse_build_query(
+        Some(
+            "remote=https%3A%2F%2Fgit.example%2Fr.git&target=prod&platform=linux%2Famd64&pull=1&t=a+b",
+        ),
+        None,
+        false,
+    );
+    assert_eq!(
+        r.params.remote.as_deref(),
+        Some("https://git.example/r.git")
+    );
     assert!(!r.params.context_upload && r.params.pull);
     assert_eq!(r.params.tags, vec!["a b"]);
-    let p = params::parse_cli_args(&["build".into(), "--output".into(), "type=image,name=reg/x:1".into(), "--opt".into(), "build-arg:TOKEN=s3cr3t".into()], false);
+    let p = params::parse_cli_args(
+        &[
+            "build".into(),
+            "--output".into(),
+            "type=image,name=reg/x:1".into(),
+            "--opt".into(),
+            "build-arg:TOKEN=s3cr3t".into(),
+        ],
+        false,
+    );
     assert_eq!(p.tags, vec!["reg/x:1"]);
-    assert_eq!(p.build_args.get("TOKEN").map(String::as_str), Some(REDACTED));
-    let argv: Vec<String> = ["docker", "build", "--build-arg", "A=x", "--build-arg=B=y", "http://h/build?t=a&buildargs=%7B%7D&q=1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    assert_eq!(
+        p.build_args.get("TOKEN").map(String::as_str),
+        Some(REDACTED)
+    );
+    let argv: Vec<String> = [
+        "docker",
+        "build",
+        "--build-arg",
+        "A=x",
+        "--build-arg=B=y",
+        "http://h/build?t=a&buildargs=%7B%7D&q=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(
         params::redact_argv(&argv),
-        ["docker", "build", "--build-arg", "A=<redacted>", "--build-arg=B=<redacted>", "http://h/build?t=a&buildargs=%7B%7D&q=1"]
+        [
+            "docker",
+            "build",
+            "--build-arg",
+            "A=<redacted>",
+            "--build-arg=B=<redacted>",
+            "http://h/build?t=a&buildargs=%7B%7D&q=1"
+        ]
     );
 }
 
@@ -416,7 +628,9 @@ fn replay_runs_the_engine_over_records() {
         _ => unreachable!(),
     })))
     .unwrap();
-    let (records, skipped) = replay::read_records(format!("{line}\n{{\"kind\":\"from_the_future\"}}\n").as_bytes()).unwrap();
+    let (records, skipped) =
+        replay::read_records(format!("{line}\n{{\"kind\":\"from_the_future\"}}\n").as_bytes())
+            .unwrap();
     assert_eq!(skipped.get("from_the_future"), Some(&1));
     let derived = replay_records(records, &mut [&mut t]);
     let kinds: Vec<&str> = derived.iter().map(|r| r.body.kind()).collect();
@@ -446,18 +660,43 @@ fn seeded_buildkit_step_opens_a_partial_build_ended_by_the_export() {
         s.t.seed(&rec, &mut s.out);
     };
     let bundle = "/var/lib/docker/buildkit/executor/abc";
-    seed(&mut s, 200, DOCKERD, "runc", &["runc", "--log", "x", "run", "--bundle", bundle, "abc"]);
+    seed(
+        &mut s,
+        200,
+        DOCKERD,
+        "runc",
+        &["runc", "--log", "x", "run", "--bundle", bundle, "abc"],
+    );
     seed(&mut s, 201, 200, "sh", &["/bin/sh", "-c", "sleep 8"]);
     seed(&mut s, 202, 201, "sleep", &["sleep", "8"]);
     // An ordinary running container (shim → sh) is not taken for a build step.
-    seed(&mut s, 300, 1, "containerd-shim", &["/usr/bin/containerd-shim-runc-v2", "-namespace", "moby", "-id", "c0ffee", "-address", "/x"]);
+    seed(
+        &mut s,
+        300,
+        1,
+        "containerd-shim",
+        &[
+            "/usr/bin/containerd-shim-runc-v2",
+            "-namespace",
+            "moby",
+            "-id",
+            "c0ffee",
+            "-address",
+            "/x",
+        ],
+    );
     seed(&mut s, 301, 300, "sh", &["/bin/sh", "-c", "sleep 1000"]);
     s.wait(1);
     s.exit(202, 0);
     s.exit(201, 0);
     s.exit(200, 0);
     let bundle2 = "/var/lib/docker/buildkit/executor/def";
-    s.exec(210, DOCKERD, "runc", &["runc", "--log", "x", "run", "--bundle", bundle2, "def"]);
+    s.exec(
+        210,
+        DOCKERD,
+        "runc",
+        &["runc", "--log", "x", "run", "--bundle", bundle2, "def"],
+    );
     s.exec(211, 210, "sh", &["/bin/sh", "-c", "echo second"]);
     s.exit(211, 0);
     s.exit(210, 0);
@@ -471,8 +710,17 @@ fn seeded_buildkit_step_opens_a_partial_build_ended_by_the_export() {
         flags: 0,
     }));
     s.wait(2);
-    let finished: Vec<&BuildFinished> =
-        s.out.iter().filter_map(|b| if let Body::BuildFinished(f) = b { Some(f) } else { None }).collect();
+    let finished: Vec<&BuildFinished> = s
+        .out
+        .iter()
+        .filter_map(|b| {
+            if let Body::BuildFinished(f) = b {
+                Some(f)
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(finished.len(), 1, "{:?}", s.out);
     let f = finished[0];
     assert!(f.partial);

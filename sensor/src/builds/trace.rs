@@ -195,7 +195,12 @@ pub(crate) mod tests {
     }
 
     /// A `StatusResponse` with one vertex (started, optionally completed) and status ids.
-    pub(crate) fn encode(name: &str, completed: bool, error: Option<&str>, statuses: &[&str]) -> String {
+    pub(crate) fn encode(
+        name: &str,
+        completed: bool,
+        error: Option<&str>,
+        statuses: &[&str],
+    ) -> String {
         let mut v = Vec::new();
         field(1, b"sha256:0000", &mut v);
         field(3, name.as_bytes(), &mut v);
@@ -218,12 +223,20 @@ pub(crate) mod tests {
 
     #[test]
     fn decodes_vertices_and_statuses_and_survives_truncation() {
-        let b64 = encode("[2/3] RUN echo hi", true, None, &["naming to docker.io/library/x:1"]);
+        let b64 = encode(
+            "[2/3] RUN echo hi",
+            true,
+            None,
+            &["naming to docker.io/library/x:1"],
+        );
         let st = decode(&b64);
         assert_eq!(st.vertices.len(), 1);
         assert_eq!(st.vertices[0].name, "[2/3] RUN echo hi");
         assert!(st.vertices[0].started && st.vertices[0].completed);
-        assert_eq!(st.statuses, vec!["naming to docker.io/library/x:1".to_string()]);
+        assert_eq!(
+            st.statuses,
+            vec!["naming to docker.io/library/x:1".to_string()]
+        );
         for cut in 0..b64.len() {
             let _ = decode(&b64[..cut]);
         }

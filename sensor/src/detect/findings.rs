@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 use super::SharedLineage;
 use crate::engine::Engine;
 use crate::policy::{ALLOWED, DENIED, PolicyHandle, Severity, UNKNOWN, is_loopback};
-use crate::record::{ApiClient, Body, BuildFinished, BuildStarted, ContainerStart, Evidence, Finding, Record};
+use crate::record::{
+    ApiClient, Body, BuildFinished, BuildStarted, ContainerStart, Evidence, Finding, Record,
+};
 
 /// Build Image on Host.
 const T1612: &str = "T1612";
@@ -63,7 +65,10 @@ fn finding(
         container_id: container_id.map(str::to_string),
         image_id: image_id.map(str::to_string),
         details,
-        evidence: Evidence { record_ids, pids: Vec::new() },
+        evidence: Evidence {
+            record_ids,
+            pids: Vec::new(),
+        },
     }
 }
 
@@ -130,7 +135,10 @@ impl FindingsEngine {
             && b.client.transport == "tcp"
             && let Some(addr) = b.client.addr.as_deref()
             && !is_loopback(addr)
-            && !r.allowed_addresses.iter().any(|a| addr.parse().is_ok_and(|ip| a.matches_ip(ip, b.client.port)))
+            && !r
+                .allowed_addresses
+                .iter()
+                .any(|a| addr.parse().is_ok_and(|ip| a.matches_ip(ip, b.client.port)))
         {
             let mut d = BTreeMap::new();
             d.insert("remote_addr".into(), json!(addr));
@@ -146,7 +154,11 @@ impl FindingsEngine {
                 format!(
                     "Image build {} was requested over the Engine API's TCP listener{} from remote address {addr}.",
                     b.build_id,
-                    b.client.listener.as_deref().map(|l| format!(" {l}")).unwrap_or_default()
+                    b.client
+                        .listener
+                        .as_deref()
+                        .map(|l| format!(" {l}"))
+                        .unwrap_or_default()
                 ),
                 &[T1612],
                 &[AN1261],
@@ -175,7 +187,9 @@ impl FindingsEngine {
             // (replay of an old stream) may carry no class, so classify again then.
             let class = match o.policy.as_str() {
                 ALLOWED | UNKNOWN | DENIED => o.policy.as_str(),
-                _ => p.outbound.classify(&o.dst_addr, o.dst_port, o.dns_name.as_deref()),
+                _ => p
+                    .outbound
+                    .classify(&o.dst_addr, o.dst_port, o.dns_name.as_deref()),
             };
             let fire = class == DENIED || (class == UNKNOWN && r.include_unknown);
             if !fire {
@@ -196,15 +210,22 @@ impl FindingsEngine {
         if dests.is_empty() {
             return;
         }
-        let more =
-            if names.len() > 1 { format!(" and {} more destination(s)", names.len() - 1) } else { String::new() };
+        let more = if names.len() > 1 {
+            format!(" and {} more destination(s)", names.len() - 1)
+        } else {
+            String::new()
+        };
         let mut d = BTreeMap::new();
         d.insert("destinations".into(), Value::Array(dests));
         let mut ids = vec![rec.id];
         ids.extend(b.evidence.record_ids.iter().copied());
         let f = finding(
             "build_outbound_not_allowed",
-            if any_denied { r.severity_denied } else { r.severity },
+            if any_denied {
+                r.severity_denied
+            } else {
+                r.severity
+            },
             format!(
                 "A step of image build {} connected to {}{more}, outside the policy's allowed registries and mirrors.",
                 b.build_id, names[0]
@@ -221,13 +242,22 @@ impl FindingsEngine {
     }
 
     fn on_container_start(&mut self, rec: &Record, c: &ContainerStart, out: &mut Vec<Body>) {
-        let Some(build_id) = c.build_id.as_deref() else { return };
+        let Some(build_id) = c.build_id.as_deref() else {
+            return;
+        };
         let p = self.policy.current();
         let lineage = {
             let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            c.image_id.as_deref().and_then(|i| store.get(i)).or_else(|| store.find_by_ref(&c.image)).cloned()
+            c.image_id
+                .as_deref()
+                .and_then(|i| store.get(i))
+                .or_else(|| store.find_by_ref(&c.image))
+                .cloned()
         };
-        let image_id = c.image_id.clone().or_else(|| lineage.as_ref().map(|l| l.image_id.clone()));
+        let image_id = c
+            .image_id
+            .clone()
+            .or_else(|| lineage.as_ref().map(|l| l.image_id.clone()));
         let mut base_ids = vec![rec.id];
         base_ids.extend(c.evidence.record_ids.iter().copied());
         if let Some(l) = &lineage
@@ -241,7 +271,10 @@ impl FindingsEngine {
             && let Some(secs) = c.seconds_since_build
             && secs <= r.window_secs
         {
-            let bad = lineage.as_ref().map(|l| l.outbound_not_allowed.clone()).unwrap_or_default();
+            let bad = lineage
+                .as_ref()
+                .map(|l| l.outbound_not_allowed.clone())
+                .unwrap_or_default();
             let mut d = BTreeMap::new();
             d.insert("seconds_since_build".into(), json!(secs));
             d.insert("window_secs".into(), json!(r.window_secs));
@@ -253,12 +286,20 @@ impl FindingsEngine {
             }
             let f = finding(
                 "deploy_soon_after_build",
-                if bad.is_empty() { r.severity } else { r.severity_with_outbound },
+                if bad.is_empty() {
+                    r.severity
+                } else {
+                    r.severity_with_outbound
+                },
                 format!(
                     "Container {} was started from image {} {secs} s after build {build_id} made it on this host{}.",
                     c.name.as_deref().unwrap_or(&c.container_id),
                     c.image,
-                    if bad.is_empty() { String::new() } else { format!(", a build that connected to {}", bad[0]) }
+                    if bad.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", a build that connected to {}", bad[0])
+                    }
                 ),
                 &[T1612, T1610],
                 &[AN1261],
@@ -278,7 +319,9 @@ impl FindingsEngine {
                 .pushes
                 .iter()
                 .filter(|ps| {
-                    ps.at <= rec.ts && ps.at >= l.built_at && rec.ts.millis_since(&ps.at) / 1000 <= r.window_secs
+                    ps.at <= rec.ts
+                        && ps.at >= l.built_at
+                        && rec.ts.millis_since(&ps.at) / 1000 <= r.window_secs
                 })
                 .max_by_key(|ps| ps.at)
         {
@@ -287,9 +330,15 @@ impl FindingsEngine {
             if let Some(dg) = &push.digest {
                 d.insert("pushed_digest".into(), json!(dg));
             }
-            d.insert("registry".into(), json!(super::lineage::registry_of(&push.reference)));
+            d.insert(
+                "registry".into(),
+                json!(super::lineage::registry_of(&push.reference)),
+            );
             d.insert("image".into(), json!(c.image));
-            d.insert("seconds_push_to_start".into(), json!(rec.ts.millis_since(&push.at) / 1000));
+            d.insert(
+                "seconds_push_to_start".into(),
+                json!(rec.ts.millis_since(&push.at) / 1000),
+            );
             let mut ids = base_ids;
             if push.record_id != 0 {
                 ids.push(push.record_id);
@@ -340,15 +389,25 @@ mod tests {
     fn engine(policy: &str) -> (FindingsEngine, SharedLineage) {
         let p = Policy::parse(policy, Path::new("t.toml")).unwrap();
         let store = Arc::new(Mutex::new(LineageStore::in_memory(100, 30)));
-        (FindingsEngine::new(PolicyHandle::new(p), store.clone()), store)
+        (
+            FindingsEngine::new(PolicyHandle::new(p), store.clone()),
+            store,
+        )
     }
 
     fn findings(out: &[Body]) -> Vec<&Finding> {
-        out.iter().filter_map(|b| if let Body::Finding(f) = b { Some(f) } else { None }).collect()
+        out.iter()
+            .filter_map(|b| {
+                if let Body::Finding(f) = b {
+                    Some(f)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
-    const BUILDERS: &str =
-        "[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n";
+    const BUILDERS: &str = "[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n";
 
     #[test]
     fn unexpected_client_fires_and_allowed_is_quiet() {
@@ -377,9 +436,13 @@ mod tests {
 
     #[test]
     fn tcp_api_fires_with_remote_address_and_loopback_is_quiet() {
-        let (mut e, _) = engine("[rules.build_via_tcp_api]\nallowed_addresses = [\"192.0.2.0/28\"]\n");
+        let (mut e, _) =
+            engine("[rules.build_via_tcp_api]\nallowed_addresses = [\"192.0.2.0/28\"]\n");
         let mut out = Vec::new();
-        e.observe(&rec(5, 1, build_started("B1", tcp_client("198.51.100.7"))), &mut out);
+        e.observe(
+            &rec(5, 1, build_started("B1", tcp_client("198.51.100.7"))),
+            &mut out,
+        );
         let f = findings(&out);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].rule, "build_via_tcp_api");
@@ -387,21 +450,32 @@ mod tests {
         assert_eq!(f[0].details["remote_addr"], "198.51.100.7");
         assert!(f[0].summary.contains("198.51.100.7"));
         out.clear();
-        e.observe(&rec(6, 1, build_started("B2", tcp_client("127.0.0.1"))), &mut out);
-        e.observe(&rec(7, 1, build_started("B3", tcp_client("192.0.2.3"))), &mut out);
+        e.observe(
+            &rec(6, 1, build_started("B2", tcp_client("127.0.0.1"))),
+            &mut out,
+        );
+        e.observe(
+            &rec(7, 1, build_started("B3", tcp_client("192.0.2.3"))),
+            &mut out,
+        );
         e.observe(&rec(8, 1, build_started("B4", unix_client(0))), &mut out);
         assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]
     fn outbound_not_allowed_names_destination_and_allowed_is_quiet() {
-        let (mut e, _) = engine("[outbound]\nallowed = [\"10.0.0.1\"]\ndenied = [\"203.0.113.0/24\"]\n");
+        let (mut e, _) =
+            engine("[outbound]\nallowed = [\"10.0.0.1\"]\ndenied = [\"203.0.113.0/24\"]\n");
         let mut out = Vec::new();
         e.observe(
             &rec(
                 9,
                 5,
-                build_finished("B1", Some("sha256:i"), &[("10.0.0.1", 443, "allowed"), ("192.0.2.9", 8080, "unknown")]),
+                build_finished(
+                    "B1",
+                    Some("sha256:i"),
+                    &[("10.0.0.1", 443, "allowed"), ("192.0.2.9", 8080, "unknown")],
+                ),
             ),
             &mut out,
         );
@@ -414,14 +488,35 @@ mod tests {
         assert_eq!(f[0].details["destinations"].as_array().unwrap().len(), 1);
         out.clear();
         // Denied is stronger; a record without a class is classified again.
-        e.observe(&rec(10, 5, build_finished("B2", None, &[("203.0.113.5", 80, "")])), &mut out);
+        e.observe(
+            &rec(
+                10,
+                5,
+                build_finished("B2", None, &[("203.0.113.5", 80, "")]),
+            ),
+            &mut out,
+        );
         assert_eq!(findings(&out)[0].severity, "high");
         out.clear();
-        e.observe(&rec(11, 5, build_finished("B3", None, &[("10.0.0.1", 443, "allowed")])), &mut out);
+        e.observe(
+            &rec(
+                11,
+                5,
+                build_finished("B3", None, &[("10.0.0.1", 443, "allowed")]),
+            ),
+            &mut out,
+        );
         assert!(out.is_empty());
         // include_unknown = false: only denied fires.
         let (mut e, _) = engine("[rules.build_outbound_not_allowed]\ninclude_unknown = false\n");
-        e.observe(&rec(12, 5, build_finished("B4", None, &[("192.0.2.9", 8080, "unknown")])), &mut out);
+        e.observe(
+            &rec(
+                12,
+                5,
+                build_finished("B4", None, &[("192.0.2.9", 8080, "unknown")]),
+            ),
+            &mut out,
+        );
         assert!(out.is_empty());
     }
 
@@ -447,11 +542,28 @@ mod tests {
         lineage(&store, "sha256:a", "B1", 0, &[]);
         lineage(&store, "sha256:b", "B2", 0, &["192.0.2.9:8080 unknown"]);
         let mut out = Vec::new();
-        e.observe(&rec(20, 30, container_start("c1", "sha256:a", Some("B1"), Some(30))), &mut out);
-        e.observe(&rec(21, 30, container_start("c2", "sha256:b", Some("B2"), Some(30))), &mut out);
+        e.observe(
+            &rec(
+                20,
+                30,
+                container_start("c1", "sha256:a", Some("B1"), Some(30)),
+            ),
+            &mut out,
+        );
+        e.observe(
+            &rec(
+                21,
+                30,
+                container_start("c2", "sha256:b", Some("B2"), Some(30)),
+            ),
+            &mut out,
+        );
         let f = findings(&out);
         assert_eq!(f.len(), 2);
-        assert_eq!((f[0].rule.as_str(), f[0].severity.as_str()), ("deploy_soon_after_build", "medium"));
+        assert_eq!(
+            (f[0].rule.as_str(), f[0].severity.as_str()),
+            ("deploy_soon_after_build", "medium")
+        );
         assert_eq!(f[1].severity, "high");
         assert!(f[1].summary.contains("192.0.2.9:8080"));
         assert_eq!(f[0].attack, vec!["T1612", "T1610"]);
@@ -459,8 +571,18 @@ mod tests {
         assert_eq!(f[0].evidence.record_ids, vec![3, 20]);
         out.clear();
         // Outside the window, or an image not built here: quiet.
-        e.observe(&rec(22, 300, container_start("c3", "sha256:a", Some("B1"), Some(300))), &mut out);
-        e.observe(&rec(23, 30, container_start("c4", "sha256:zz", None, None)), &mut out);
+        e.observe(
+            &rec(
+                22,
+                300,
+                container_start("c3", "sha256:a", Some("B1"), Some(300)),
+            ),
+            &mut out,
+        );
+        e.observe(
+            &rec(23, 30, container_start("c4", "sha256:zz", None, None)),
+            &mut out,
+        );
         assert!(out.is_empty(), "{out:?}");
     }
 
@@ -477,7 +599,14 @@ mod tests {
         };
         store.lock().unwrap().add_push("sha256:a", push);
         let mut out = Vec::new();
-        e.observe(&rec(30, 100, container_start("c1", "sha256:a", Some("B1"), Some(100))), &mut out);
+        e.observe(
+            &rec(
+                30,
+                100,
+                container_start("c1", "sha256:a", Some("B1"), Some(100)),
+            ),
+            &mut out,
+        );
         let f = findings(&out);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].rule, "build_push_deploy_chain");
@@ -486,8 +615,22 @@ mod tests {
         assert_eq!(f[0].evidence.record_ids, vec![3, 8, 30]);
         out.clear();
         // Built and started but never pushed; or started before the push: quiet.
-        e.observe(&rec(31, 100, container_start("c2", "sha256:b", Some("B2"), Some(100))), &mut out);
-        e.observe(&rec(32, 40, container_start("c3", "sha256:a", Some("B1"), Some(40))), &mut out);
+        e.observe(
+            &rec(
+                31,
+                100,
+                container_start("c2", "sha256:b", Some("B2"), Some(100)),
+            ),
+            &mut out,
+        );
+        e.observe(
+            &rec(
+                32,
+                40,
+                container_start("c3", "sha256:a", Some("B1"), Some(40)),
+            ),
+            &mut out,
+        );
         assert!(out.is_empty(), "{out:?}");
     }
 }

@@ -19,7 +19,10 @@ pub struct HostPaths {
 
 impl Default for HostPaths {
     fn default() -> Self {
-        HostPaths { host_root: PathBuf::from("/"), docker_root: PathBuf::from("/var/lib/docker") }
+        HostPaths {
+            host_root: PathBuf::from("/"),
+            docker_root: PathBuf::from("/var/lib/docker"),
+        }
     }
 }
 
@@ -58,7 +61,13 @@ pub fn docker_container(paths: &HostPaths, id: &str) -> Option<DockerContainer> 
     if !is_container_id(id) {
         return None;
     }
-    let v = read_json(&paths.docker().join("containers").join(id).join("config.v2.json"))?;
+    let v = read_json(
+        &paths
+            .docker()
+            .join("containers")
+            .join(id)
+            .join("config.v2.json"),
+    )?;
     let s = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
     Some(DockerContainer {
         id: id.to_string(),
@@ -102,10 +111,16 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
     let want = crate::store::normalize_ref(reference);
     let dir = std::fs::read_dir(paths.docker().join("image")).ok()?;
     for driver in dir.flatten() {
-        let Some(v) = read_json(&driver.path().join("repositories.json")) else { continue };
-        let Some(repos) = v["Repositories"].as_object() else { continue };
+        let Some(v) = read_json(&driver.path().join("repositories.json")) else {
+            continue;
+        };
+        let Some(repos) = v["Repositories"].as_object() else {
+            continue;
+        };
         for tags in repos.values() {
-            let Some(tags) = tags.as_object() else { continue };
+            let Some(tags) = tags.as_object() else {
+                continue;
+            };
             for (tag, id) in tags {
                 if crate::store::normalize_ref(tag) == want
                     && let Some(id) = id.as_str()
@@ -124,12 +139,20 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
 pub fn docker_repo_digests(paths: &HostPaths, name: &str, image_id: &str) -> Vec<String> {
     let want = crate::store::normalize_ref(&format!("{name}:x"));
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else { return found };
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
+        return found;
+    };
     for driver in dir.flatten() {
-        let Some(v) = read_json(&driver.path().join("repositories.json")) else { continue };
-        let Some(repos) = v["Repositories"].as_object() else { continue };
+        let Some(v) = read_json(&driver.path().join("repositories.json")) else {
+            continue;
+        };
+        let Some(repos) = v["Repositories"].as_object() else {
+            continue;
+        };
         for refs in repos.values() {
-            let Some(refs) = refs.as_object() else { continue };
+            let Some(refs) = refs.as_object() else {
+                continue;
+            };
             for (r, id) in refs {
                 if let Some((repo, digest)) = r.split_once('@')
                     && id.as_str() == Some(image_id)
@@ -152,7 +175,9 @@ pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::
     }
     let dir = std::fs::read_dir(paths.docker().join("image")).ok()?;
     for driver in dir.flatten() {
-        let Some(v) = read_json(&driver.path().join("imagedb/content/sha256").join(hex)) else { continue };
+        let Some(v) = read_json(&driver.path().join("imagedb/content/sha256").join(hex)) else {
+            continue;
+        };
         return v["created"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -190,7 +215,13 @@ pub(crate) mod tests {
     use super::*;
 
     /// A fake host root with one Docker container and one tag.
-    pub(crate) fn fake_docker(name: &str, id: &str, cname: &str, image_id: &str, image_ref: &str) -> HostPaths {
+    pub(crate) fn fake_docker(
+        name: &str,
+        id: &str,
+        cname: &str,
+        image_id: &str,
+        image_ref: &str,
+    ) -> HostPaths {
         let root = std::env::temp_dir().join(format!("sensor-host-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let c = root.join("var/lib/docker/containers").join(id);
@@ -210,7 +241,10 @@ pub(crate) mod tests {
             serde_json::json!({"Repositories": {repo: {image_ref: image_id}}}).to_string(),
         )
         .unwrap();
-        HostPaths { host_root: root, docker_root: PathBuf::from("/var/lib/docker") }
+        HostPaths {
+            host_root: root,
+            docker_root: PathBuf::from("/var/lib/docker"),
+        }
     }
 
     #[test]
@@ -225,7 +259,10 @@ pub(crate) mod tests {
         assert_eq!(docker_container_by_ref(&p, "aaaa").unwrap().id, id);
         assert_eq!(docker_container_by_ref(&p, "web").unwrap().id, id);
         assert!(docker_container_by_ref(&p, "nope").is_none());
-        assert_eq!(docker_image_id(&p, "docker.io/library/x:1").as_deref(), Some("sha256:img"));
+        assert_eq!(
+            docker_image_id(&p, "docker.io/library/x:1").as_deref(),
+            Some("sha256:img")
+        );
         assert!(docker_repo_digests(&p, "x", "sha256:img").is_empty());
         std::fs::remove_dir_all(&p.host_root).unwrap();
     }
@@ -241,8 +278,15 @@ pub(crate) mod tests {
             "io.kubernetes.cri.sandbox-name":"pod-1","io.kubernetes.cri.sandbox-namespace":"ns","io.kubernetes.cri.container-name":"c"}}"#,
         )
         .unwrap();
-        let p = HostPaths { host_root: root.clone(), ..Default::default() };
-        let i = bundle_info(&p, Path::new("/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc")).unwrap();
+        let p = HostPaths {
+            host_root: root.clone(),
+            ..Default::default()
+        };
+        let i = bundle_info(
+            &p,
+            Path::new("/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc"),
+        )
+        .unwrap();
         assert_eq!(i.pod.as_deref(), Some("pod-1"));
         assert_eq!(i.image_name.as_deref(), Some("reg/x:1"));
         std::fs::remove_dir_all(&root).unwrap();

@@ -14,8 +14,8 @@ use super::runtime::{RuntimeStart, parse_runtime_exec};
 use crate::engine::Engine;
 use crate::policy::ALLOWED;
 use crate::record::{
-    ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence, ImagePush, KubernetesRef,
-    Record, Timestamp,
+    ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence, ImagePush,
+    KubernetesRef, Record, Timestamp,
 };
 use crate::store::{ImageLineage, PushSeen};
 
@@ -83,7 +83,12 @@ impl LineageEngine {
     }
 
     fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished) {
-        let resolved = || b.tags.iter().chain(&b.params.tags).find_map(|t| host::docker_image_id(&self.paths, t));
+        let resolved = || {
+            b.tags
+                .iter()
+                .chain(&b.params.tags)
+                .find_map(|t| host::docker_image_id(&self.paths, t))
+        };
         let image_id = match b.status.as_str() {
             "succeeded" => b.image_id.clone().or_else(resolved),
             // The end was not seen (sensor stopped, or the stream was not parsed): the tag
@@ -107,7 +112,11 @@ impl LineageEngine {
                 None => format!("{}:{} {}", o.dst_addr, o.dst_port, o.policy),
             })
             .collect();
-        let tags = if b.tags.is_empty() { b.params.tags.clone() } else { b.tags.clone() };
+        let tags = if b.tags.is_empty() {
+            b.params.tags.clone()
+        } else {
+            b.tags.clone()
+        };
         self.store().insert(
             ImageLineage {
                 image_id,
@@ -128,21 +137,32 @@ impl LineageEngine {
             return;
         }
         let ep = a.endpoint.trim_end_matches('/');
-        if let Some(reference) = ep.strip_prefix("/containers/").and_then(|r| r.strip_suffix("/start")) {
+        if let Some(reference) = ep
+            .strip_prefix("/containers/")
+            .and_then(|r| r.strip_suffix("/start"))
+        {
             self.starts.push(PendingStart {
                 reference: percent_decode(reference),
                 client: a.client.clone(),
                 record_id: rec.id,
                 ts: rec.ts,
             });
-        } else if let Some(name) = ep.strip_prefix("/images/").and_then(|r| r.strip_suffix("/push")) {
+        } else if let Some(name) = ep
+            .strip_prefix("/images/")
+            .and_then(|r| r.strip_suffix("/push"))
+        {
             let tag = query_param(a.query.as_deref().unwrap_or(""), "tag").unwrap_or_default();
             let name = percent_decode(name);
             // `tag` empty pushes every tag of the repository: no single image to watch on disk.
-            let image_id =
-                if tag.is_empty() { None } else { host::docker_image_id(&self.paths, &format!("{name}:{tag}")) };
-            let digests_before =
-                image_id.as_deref().map(|i| host::docker_repo_digests(&self.paths, &name, i)).unwrap_or_default();
+            let image_id = if tag.is_empty() {
+                None
+            } else {
+                host::docker_image_id(&self.paths, &format!("{name}:{tag}"))
+            };
+            let digests_before = image_id
+                .as_deref()
+                .map(|i| host::docker_repo_digests(&self.paths, &name, i))
+                .unwrap_or_default();
             self.pushes.insert(
                 (a.process.pid, a.fd),
                 PendingPush {
@@ -166,7 +186,9 @@ impl LineageEngine {
 
     fn on_response(&mut self, rec: &Record, r: &ApiResponse, out: &mut Vec<Body>) {
         let key = (r.process.pid, r.fd);
-        let Some(p) = self.pushes.get_mut(&key) else { return };
+        let Some(p) = self.pushes.get_mut(&key) else {
+            return;
+        };
         p.responses += 1;
         p.response_ids.push(rec.id);
         let mut failed = false;
@@ -181,7 +203,9 @@ impl LineageEngine {
             }
         }
         for (tag, digest) in done {
-            let Some(p) = self.pushes.get_mut(&key) else { break };
+            let Some(p) = self.pushes.get_mut(&key) else {
+                break;
+            };
             if p.tags_reported.contains(&tag) {
                 continue;
             }
@@ -191,20 +215,40 @@ impl LineageEngine {
             out.push(self.image_push(&name, &tag, Some(digest), client, ids));
         }
         if failed {
-            tracing::debug!("push of {} failed", self.pushes.get(&key).map(|p| p.name.as_str()).unwrap_or("?"));
+            tracing::debug!(
+                "push of {} failed",
+                self.pushes
+                    .get(&key)
+                    .map(|p| p.name.as_str())
+                    .unwrap_or("?")
+            );
             self.pushes.remove(&key);
         }
     }
 
-    fn image_push(&self, name: &str, tag: &str, digest: Option<String>, client: ApiClient, ids: Vec<u64>) -> Body {
-        let reference = if tag.is_empty() { name.to_string() } else { format!("{name}:{tag}") };
+    fn image_push(
+        &self,
+        name: &str,
+        tag: &str,
+        digest: Option<String>,
+        client: ApiClient,
+        ids: Vec<u64>,
+    ) -> Body {
+        let reference = if tag.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}:{tag}")
+        };
         let (image_id, build_id) = {
             let store = self.store();
             match store.find_by_ref(&reference) {
                 Some(l) => (Some(l.image_id.clone()), Some(l.build_id.clone())),
                 None => {
                     let id = host::docker_image_id(&self.paths, &reference);
-                    let build = id.as_deref().and_then(|i| store.get(i)).map(|l| l.build_id.clone());
+                    let build = id
+                        .as_deref()
+                        .and_then(|i| store.get(i))
+                        .map(|l| l.build_id.clone());
                     (id, build)
                 }
             }
@@ -216,7 +260,10 @@ impl LineageEngine {
             image_id,
             client,
             build_id,
-            evidence: Evidence { record_ids: ids, pids: Vec::new() },
+            evidence: Evidence {
+                record_ids: ids,
+                pids: Vec::new(),
+            },
         })
     }
 
@@ -226,7 +273,9 @@ impl LineageEngine {
         }
         match s.runtime {
             "docker" => {
-                let Some(c) = host::docker_container(&self.paths, &s.id) else { return };
+                let Some(c) = host::docker_container(&self.paths, &s.id) else {
+                    return;
+                };
                 let Some(i) = self.starts.iter().position(|p| {
                     p.reference == c.id
                         || (p.reference.len() >= 4 && c.id.starts_with(&p.reference))
@@ -237,7 +286,11 @@ impl LineageEngine {
                     return;
                 };
                 let p = self.starts.remove(i);
-                let image = c.image_ref.clone().or(c.image_id.clone()).unwrap_or_else(|| "unknown".into());
+                let image = c
+                    .image_ref
+                    .clone()
+                    .or(c.image_id.clone())
+                    .unwrap_or_else(|| "unknown".into());
                 out.push(self.container_start(
                     rec.ts,
                     c.id,
@@ -256,14 +309,19 @@ impl LineageEngine {
                     return;
                 }
                 let kubernetes = match (&info.namespace, &info.pod, &info.container_name) {
-                    (Some(ns), Some(pod), Some(c)) => {
-                        Some(KubernetesRef { namespace: ns.clone(), pod: pod.clone(), container: c.clone() })
-                    }
+                    (Some(ns), Some(pod), Some(c)) => Some(KubernetesRef {
+                        namespace: ns.clone(),
+                        pod: pod.clone(),
+                        container: c.clone(),
+                    }),
                     _ => None,
                 };
                 let image = info.image_name.clone().unwrap_or_else(|| "unknown".into());
                 let image_id = self.store().find_by_ref(&image).map(|l| l.image_id.clone());
-                let client = ApiClient { transport: "unknown".into(), ..Default::default() };
+                let client = ApiClient {
+                    transport: "unknown".into(),
+                    ..Default::default()
+                };
                 out.push(self.container_start(
                     rec.ts,
                     s.id.clone(),
@@ -295,8 +353,14 @@ impl LineageEngine {
         self.recent.insert(container_id.clone(), ts);
         let (image_id, build) = {
             let store = self.store();
-            let l = image_id.as_deref().and_then(|i| store.get(i)).or_else(|| store.find_by_ref(&image));
-            (image_id.or_else(|| l.map(|l| l.image_id.clone())), l.map(|l| (l.build_id.clone(), l.built_at)))
+            let l = image_id
+                .as_deref()
+                .and_then(|i| store.get(i))
+                .or_else(|| store.find_by_ref(&image));
+            (
+                image_id.or_else(|| l.map(|l| l.image_id.clone())),
+                l.map(|l| (l.build_id.clone(), l.built_at)),
+            )
         };
         Body::ContainerStart(ContainerStart {
             container_id,
@@ -308,7 +372,10 @@ impl LineageEngine {
             client,
             seconds_since_build: build.as_ref().map(|(_, at)| ts.millis_since(at) / 1000),
             build_id: build.map(|(b, _)| b),
-            evidence: Evidence { record_ids: ids, pids: Vec::new() },
+            evidence: Evidence {
+                record_ids: ids,
+                pids: Vec::new(),
+            },
         })
     }
 }
@@ -354,11 +421,16 @@ impl Engine for LineageEngine {
             let found = host::docker_container_by_ref(&self.paths, &p.reference).filter(|c| {
                 c.running
                     && !self.recent.contains_key(&c.id)
-                    && c.started_at.is_some_and(|t| t.unix_nanos() >= p.ts.unix_nanos() - 2_000_000_000)
+                    && c.started_at
+                        .is_some_and(|t| t.unix_nanos() >= p.ts.unix_nanos() - 2_000_000_000)
             });
             if let Some(c) = found {
                 let p = self.starts.remove(i);
-                let image = c.image_ref.clone().or(c.image_id.clone()).unwrap_or_else(|| "unknown".into());
+                let image = c
+                    .image_ref
+                    .clone()
+                    .or(c.image_id.clone())
+                    .unwrap_or_else(|| "unknown".into());
                 let body = self.container_start(
                     now,
                     c.id,
@@ -384,7 +456,9 @@ impl Engine for LineageEngine {
         // confirms the push and gives its digest.
         let mut confirmed = Vec::new();
         for (k, p) in &self.pushes {
-            let Some(id) = p.image_id.as_deref().filter(|_| p.responses == 0) else { continue };
+            let Some(id) = p.image_id.as_deref().filter(|_| p.responses == 0) else {
+                continue;
+            };
             if let Some(d) = host::docker_repo_digests(&self.paths, &p.name, id)
                 .into_iter()
                 .find(|d| !p.digests_before.contains(d))
@@ -394,7 +468,13 @@ impl Engine for LineageEngine {
         }
         for (k, digest) in confirmed {
             if let Some(p) = self.pushes.remove(&k) {
-                out.push(self.image_push(&p.name, &p.tag, Some(digest), p.client, vec![p.record_id]));
+                out.push(self.image_push(
+                    &p.name,
+                    &p.tag,
+                    Some(digest),
+                    p.client,
+                    vec![p.record_id],
+                ));
             }
         }
         let mut expired = Vec::new();
@@ -413,7 +493,8 @@ impl Engine for LineageEngine {
                 out.push(self.image_push(&p.name, &p.tag, None, p.client, vec![p.record_id]));
             }
         }
-        self.recent.retain(|_, t| now.millis_since(t) < RECENT_START_MS);
+        self.recent
+            .retain(|_, t| now.millis_since(t) < RECENT_START_MS);
         self.store().prune(now);
     }
 
@@ -421,7 +502,9 @@ impl Engine for LineageEngine {
         let store = self.store();
         *drops.entry("lineage_evicted".into()).or_default() += store.evicted;
         *drops.entry("lineage_write_failed".into()).or_default() += store.write_failures;
-        *drops.entry("container_start_unresolved".into()).or_default() += self.unresolved_starts;
+        *drops
+            .entry("container_start_unresolved".into())
+            .or_default() += self.unresolved_starts;
         *drops.entry("image_push_unconfirmed".into()).or_default() += self.unconfirmed_pushes;
     }
 }
@@ -438,7 +521,9 @@ fn json_messages(data: &str) -> Vec<Value> {
 /// `docker.io` unless the first component names a host (has `.` or `:`, or is `localhost`).
 pub fn registry_of(name: &str) -> String {
     match name.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => first.to_string(),
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_string()
+        }
         _ => "docker.io".to_string(),
     }
 }
@@ -456,7 +541,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push(h << 4 | l);
                 i += 3;
@@ -488,12 +577,25 @@ mod tests {
     fn runc_create(id: &str) -> Body {
         let b = format!("/run/containerd/io.containerd.runtime.v2.task/moby/{id}");
         Body::ProcessExec(ProcessExec {
-            process: ProcessRef { pid: 77, comm: "runc".into(), role: "descendant".into(), ..Default::default() },
+            process: ProcessRef {
+                pid: 77,
+                comm: "runc".into(),
+                role: "descendant".into(),
+                ..Default::default()
+            },
             filename: "/usr/sbin/runc".into(),
-            argv: ["runc", "--root", "/var/run/docker/runtime-runc/moby", "create", "--bundle", &b, id]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            argv: [
+                "runc",
+                "--root",
+                "/var/run/docker/runtime-runc/moby",
+                "create",
+                "--bundle",
+                &b,
+                id,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             argv_truncated: false,
             start_time_ns: 5,
         })
@@ -507,16 +609,37 @@ mod tests {
         let mut out = Vec::new();
         let mut bf = build_finished("B1", Some("sha256:img1"), &[("192.0.2.9", 8080, "unknown")]);
         if let Body::BuildFinished(b) = &mut bf {
-            b.outbound.push(OutboundConnection { policy: "allowed".into(), ..b.outbound[0].clone() });
+            b.outbound.push(OutboundConnection {
+                policy: "allowed".into(),
+                ..b.outbound[0].clone()
+            });
         }
         e.observe(&rec(10, 100, bf), &mut out);
-        assert_eq!(store.lock().unwrap().get("sha256:img1").unwrap().outbound_not_allowed.len(), 1);
+        assert_eq!(
+            store
+                .lock()
+                .unwrap()
+                .get("sha256:img1")
+                .unwrap()
+                .outbound_not_allowed
+                .len(),
+            1
+        );
         // A runtime create nobody asked for (a legacy build step): nothing.
         e.observe(&rec(11, 101, runc_create(&id)), &mut out);
         assert!(out.is_empty());
-        e.observe(&rec(12, 130, api_post(&format!("/containers/{id}/start"), None, unix_client(0))), &mut out);
+        e.observe(
+            &rec(
+                12,
+                130,
+                api_post(&format!("/containers/{id}/start"), None, unix_client(0)),
+            ),
+            &mut out,
+        );
         e.observe(&rec(13, 130, runc_create(&id)), &mut out);
-        let Body::ContainerStart(c) = &out[0] else { panic!("{out:?}") };
+        let Body::ContainerStart(c) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(c.build_id.as_deref(), Some("B1"));
         assert_eq!(c.seconds_since_build, Some(30));
         assert_eq!(c.name.as_deref(), Some("web"));
@@ -533,7 +656,14 @@ mod tests {
         let paths = fake_docker("lin2", &id, "web2", "sha256:img2", "x:2");
         let (mut e, _) = engine(paths.clone());
         let mut out = Vec::new();
-        e.observe(&rec(1, 100, api_post("/containers/web2/start", None, unix_client(0))), &mut out);
+        e.observe(
+            &rec(
+                1,
+                100,
+                api_post("/containers/web2/start", None, unix_client(0)),
+            ),
+            &mut out,
+        );
         e.tick(ts(101), &mut out);
         assert!(out.is_empty());
         // config.v2.json says Running with a StartedAt long ago: not this request's start.
@@ -544,7 +674,10 @@ mod tests {
 
     #[test]
     fn image_push_with_digest_and_build() {
-        let (mut e, store) = engine(HostPaths { host_root: "/nonexistent".into(), ..Default::default() });
+        let (mut e, store) = engine(HostPaths {
+            host_root: "/nonexistent".into(),
+            ..Default::default()
+        });
         let mut out = Vec::new();
         let mut bf = build_finished("B2", Some("sha256:img3"), &[]);
         if let Body::BuildFinished(b) = &mut bf {
@@ -552,12 +685,22 @@ mod tests {
         }
         e.observe(&rec(1, 100, bf), &mut out);
         e.observe(
-            &rec(2, 110, api_post("/images/localhost:5000/app/push", Some("tag=1"), unix_client(1000))),
+            &rec(
+                2,
+                110,
+                api_post(
+                    "/images/localhost:5000/app/push",
+                    Some("tag=1"),
+                    unix_client(1000),
+                ),
+            ),
             &mut out,
         );
         let data = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n5b\r\n{\"status\":\"1: digest: sha256:dd size: 527\"}\r\n{\"progressDetail\":{},\"aux\":{\"Tag\":\"1\",\"Digest\":\"sha256:dd\",\"Size\":527}}\r\n";
         e.observe(&rec(3, 111, api_response(data)), &mut out);
-        let Body::ImagePush(p) = &out[0] else { panic!("{out:?}") };
+        let Body::ImagePush(p) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(p.reference, "localhost:5000/app:1");
         assert_eq!(p.registry, "localhost:5000");
         assert_eq!(p.digest.as_deref(), Some("sha256:dd"));
@@ -566,8 +709,14 @@ mod tests {
         // Fed back with its id, the push is remembered.
         let pushed = out.remove(0);
         e.observe(&rec(4, 111, pushed), &mut out);
-        assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().pushes[0].record_id, 4);
-        assert_eq!(store.lock().unwrap().get("sha256:img3").unwrap().digests, vec!["sha256:dd".to_string()]);
+        assert_eq!(
+            store.lock().unwrap().get("sha256:img3").unwrap().pushes[0].record_id,
+            4
+        );
+        assert_eq!(
+            store.lock().unwrap().get("sha256:img3").unwrap().digests,
+            vec!["sha256:dd".to_string()]
+        );
     }
 
     #[test]
@@ -576,11 +725,24 @@ mod tests {
         let p = fake_docker("pushdisk", &id, "c", "sha256:img4", "127.0.0.1:5000/app:1");
         let (mut e, _) = engine(p.clone());
         let mut out = Vec::new();
-        e.observe(&rec(2, 110, api_post("/images/127.0.0.1:5000/app/push", Some("tag=1"), unix_client(0))), &mut out);
+        e.observe(
+            &rec(
+                2,
+                110,
+                api_post(
+                    "/images/127.0.0.1:5000/app/push",
+                    Some("tag=1"),
+                    unix_client(0),
+                ),
+            ),
+            &mut out,
+        );
         e.tick(ts(111), &mut out);
         assert!(out.is_empty(), "{out:?}");
         // dockerd adds `name@digest` when the push succeeds.
-        let repos = p.host_root.join("var/lib/docker/image/overlay2/repositories.json");
+        let repos = p
+            .host_root
+            .join("var/lib/docker/image/overlay2/repositories.json");
         std::fs::write(
             &repos,
             serde_json::json!({"Repositories": {"127.0.0.1:5000/app": {
@@ -589,7 +751,9 @@ mod tests {
         )
         .unwrap();
         e.tick(ts(113), &mut out);
-        let Body::ImagePush(push) = &out[0] else { panic!("{out:?}") };
+        let Body::ImagePush(push) = &out[0] else {
+            panic!("{out:?}")
+        };
         assert_eq!(push.reference, "127.0.0.1:5000/app:1");
         assert_eq!(push.digest.as_deref(), Some("sha256:d4"));
         assert_eq!(push.registry, "127.0.0.1:5000");
@@ -601,11 +765,31 @@ mod tests {
 
     #[test]
     fn failed_push_is_not_reported() {
-        let (mut e, _) = engine(HostPaths { host_root: "/nonexistent".into(), ..Default::default() });
+        let (mut e, _) = engine(HostPaths {
+            host_root: "/nonexistent".into(),
+            ..Default::default()
+        });
         let mut out = Vec::new();
-        e.observe(&rec(2, 110, api_post("/images/reg.example/app/push", Some("tag=1"), unix_client(0))), &mut out);
         e.observe(
-            &rec(3, 111, api_response("{\"errorDetail\":{\"message\":\"no route\"},\"error\":\"no route\"}\n")),
+            &rec(
+                2,
+                110,
+                api_post(
+                    "/images/reg.example/app/push",
+                    Some("tag=1"),
+                    unix_client(0),
+                ),
+            ),
+            &mut out,
+        );
+        e.observe(
+            &rec(
+                3,
+                111,
+                api_response(
+                    "{\"errorDetail\":{\"message\":\"no route\"},\"error\":\"no route\"}\n",
+                ),
+            ),
             &mut out,
         );
         e.tick(ts(2000), &mut out);

@@ -29,7 +29,10 @@ pub type SharedLineage = Arc<Mutex<LineageStore>>;
 
 /// Opens the store under `state_dir` (`None`: in memory only, for `sensor replay`), with the
 /// bounds from the policy's `[lineage]` section.
-pub fn open_store(policy: &PolicyHandle, state_dir: Option<&Path>) -> Result<SharedLineage, StoreError> {
+pub fn open_store(
+    policy: &PolicyHandle,
+    state_dir: Option<&Path>,
+) -> Result<SharedLineage, StoreError> {
     let l = policy.current().lineage.clone();
     let store = match state_dir {
         Some(dir) => LineageStore::open(dir, l.max_images, l.retention_days, Timestamp::now())?,
@@ -39,6 +42,13 @@ pub fn open_store(policy: &PolicyHandle, state_dir: Option<&Path>) -> Result<Sha
 }
 
 /// The detection engines, in the order the pipeline must run them (lineage before findings).
-pub fn engines(policy: PolicyHandle, store: SharedLineage, paths: HostPaths) -> Vec<Box<dyn Engine>> {
-    vec![Box::new(LineageEngine::new(paths, store.clone())), Box::new(FindingsEngine::new(policy, store))]
+pub fn engines(
+    policy: PolicyHandle,
+    store: SharedLineage,
+    paths: HostPaths,
+) -> Vec<Box<dyn Engine>> {
+    vec![
+        Box::new(LineageEngine::new(paths, store.clone())),
+        Box::new(FindingsEngine::new(policy, store)),
+    ]
 }

@@ -24,8 +24,17 @@ pub struct RuntimeStart {
 
 fn is_oci_runtime(e: &ProcessExec) -> bool {
     let base = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
-    let names = [base(&e.filename), e.argv.first().map(|a| base(a)).unwrap_or_default(), e.process.comm.clone()];
-    names.iter().any(|n| matches!(n.as_str(), "runc" | "crun" | "youki" | "runc.amd64" | "docker-runc"))
+    let names = [
+        base(&e.filename),
+        e.argv.first().map(|a| base(a)).unwrap_or_default(),
+        e.process.comm.clone(),
+    ];
+    names.iter().any(|n| {
+        matches!(
+            n.as_str(),
+            "runc" | "crun" | "youki" | "runc.amd64" | "docker-runc"
+        )
+    })
 }
 
 /// The container an exec of an OCI runtime is creating, if it is one.
@@ -40,7 +49,11 @@ pub fn parse_runtime_exec(e: &ProcessExec) -> Option<RuntimeStart> {
             "--bundle" | "-b" => Some(w[1].clone()),
             _ => None,
         })
-        .or_else(|| e.argv.iter().find_map(|a| a.strip_prefix("--bundle=").map(str::to_string)))?;
+        .or_else(|| {
+            e.argv
+                .iter()
+                .find_map(|a| a.strip_prefix("--bundle=").map(str::to_string))
+        })?;
     let id = e.argv.last()?.clone();
     if let Some(rest) = bundle.strip_prefix(CONTAINERD_TASKS) {
         let (ns, bid) = rest.trim_end_matches('/').split_once('/')?;
@@ -56,8 +69,15 @@ pub fn parse_runtime_exec(e: &ProcessExec) -> Option<RuntimeStart> {
             bundle: bundle.into(),
         });
     }
-    if bundle.contains("/overlay-containers/") && bundle.trim_end_matches('/').ends_with("/userdata") {
-        return Some(RuntimeStart { runtime: "podman", namespace: None, id, bundle: bundle.into() });
+    if bundle.contains("/overlay-containers/")
+        && bundle.trim_end_matches('/').ends_with("/userdata")
+    {
+        return Some(RuntimeStart {
+            runtime: "podman",
+            namespace: None,
+            id,
+            bundle: bundle.into(),
+        });
     }
     None
 }
@@ -69,7 +89,12 @@ mod tests {
 
     pub(crate) fn exec(argv: &[&str]) -> ProcessExec {
         ProcessExec {
-            process: ProcessRef { pid: 10, comm: "runc".into(), role: "descendant".into(), ..Default::default() },
+            process: ProcessRef {
+                pid: 10,
+                comm: "runc".into(),
+                role: "descendant".into(),
+                ..Default::default()
+            },
             filename: "/usr/sbin/runc".into(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             argv_truncated: false,
@@ -97,12 +122,25 @@ mod tests {
             &id,
         ]);
         let s = parse_runtime_exec(&e).unwrap();
-        assert_eq!((s.runtime, s.id.as_str(), s.namespace.as_deref()), ("docker", id.as_str(), Some("moby")));
-        let e =
-            exec(&["runc", "create", "--bundle", "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc", "abc"]);
+        assert_eq!(
+            (s.runtime, s.id.as_str(), s.namespace.as_deref()),
+            ("docker", id.as_str(), Some("moby"))
+        );
+        let e = exec(&[
+            "runc",
+            "create",
+            "--bundle",
+            "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc",
+            "abc",
+        ]);
         assert_eq!(parse_runtime_exec(&e).unwrap().runtime, "cri");
-        let e =
-            exec(&["crun", "create", "--bundle", "/var/lib/containers/storage/overlay-containers/pp/userdata", "pp"]);
+        let e = exec(&[
+            "crun",
+            "create",
+            "--bundle",
+            "/var/lib/containers/storage/overlay-containers/pp/userdata",
+            "pp",
+        ]);
         assert_eq!(parse_runtime_exec(&e).unwrap().runtime, "podman");
         let e = exec(&[
             "runc",

@@ -6,7 +6,13 @@ pub fn ts(secs: i64) -> Timestamp {
 }
 
 pub fn rec(id: u64, secs: i64, body: Body) -> Record {
-    Record { schema_version: SCHEMA_VERSION, id, ts: ts(secs), host: "h".into(), body }
+    Record {
+        schema_version: SCHEMA_VERSION,
+        id,
+        ts: ts(secs),
+        host: "h".into(),
+        body,
+    }
 }
 
 pub fn dockerd() -> ProcessRef {
@@ -24,7 +30,11 @@ pub fn unix_client(uid: u32) -> ApiClient {
         transport: "unix".into(),
         pid: Some(4242),
         uid: Some(uid),
-        user: Some(if uid == 0 { "root".into() } else { format!("u{uid}") }),
+        user: Some(if uid == 0 {
+            "root".into()
+        } else {
+            format!("u{uid}")
+        }),
         exe: Some("/usr/bin/curl".into()),
         ..Default::default()
     }
@@ -76,7 +86,10 @@ pub fn build_started(id: &str, client: ApiClient) -> Body {
         user_agent: None,
         params: BuildParams::default(),
         partial: false,
-        evidence: Evidence { record_ids: vec![1], pids: vec![] },
+        evidence: Evidence {
+            record_ids: vec![1],
+            pids: vec![],
+        },
     })
 }
 
@@ -117,7 +130,12 @@ pub fn build_finished(id: &str, image_id: Option<&str>, outbound: &[(&str, u16, 
     })
 }
 
-pub fn container_start(id: &str, image_id: &str, build_id: Option<&str>, secs_since: Option<u64>) -> Body {
+pub fn container_start(
+    id: &str,
+    image_id: &str,
+    build_id: Option<&str>,
+    secs_since: Option<u64>,
+) -> Body {
     Body::ContainerStart(ContainerStart {
         container_id: id.into(),
         name: Some("web".into()),

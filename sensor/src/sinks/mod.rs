@@ -88,11 +88,17 @@ impl SinkSet {
             }
             let writer: Box<dyn Writer> = match &s.target {
                 Target::Stdout => Box::new(StdoutWriter::new()),
-                Target::File { path, max_size, keep } => Box::new(
-                    RotatingFile::open(path, *max_size, *keep).map_err(|source| SinkError::Open {
-                        name: s.name.clone(),
-                        path: path.display().to_string(),
-                        source,
+                Target::File {
+                    path,
+                    max_size,
+                    keep,
+                } => Box::new(
+                    RotatingFile::open(path, *max_size, *keep).map_err(|source| {
+                        SinkError::Open {
+                            name: s.name.clone(),
+                            path: path.display().to_string(),
+                            source,
+                        }
                     })?,
                 ),
                 Target::Tcp { addr } => Box::new(StreamWriter::new(Endpoint::Tcp(addr.clone()))),
@@ -112,7 +118,12 @@ impl SinkSet {
                 .name(format!("sink-{}", s.name))
                 .spawn(move || run_writer(writer, rx, &st, &label))
                 .map_err(|e| SinkError::Thread(s.name.clone(), e))?;
-            sinks.push(SinkHandle { kinds: s.kinds.clone(), tx: Some(tx), status, thread: Some(thread) });
+            sinks.push(SinkHandle {
+                kinds: s.kinds.clone(),
+                tx: Some(tx),
+                status,
+                thread: Some(thread),
+            });
         }
         Ok(SinkSet { sinks })
     }
@@ -159,9 +170,18 @@ impl Sink for SinkSet {
     fn drops(&self, d: &mut BTreeMap<String, u64>) {
         for h in &self.sinks {
             let s = &h.status;
-            d.insert(format!("sink_{}_queue_full", s.name), s.queue_full.load(Relaxed));
-            d.insert(format!("sink_{}_write_failed", s.name), s.write_failed.load(Relaxed));
-            d.insert(format!("sink_{}_unsent_at_exit", s.name), s.unsent_at_exit.load(Relaxed));
+            d.insert(
+                format!("sink_{}_queue_full", s.name),
+                s.queue_full.load(Relaxed),
+            );
+            d.insert(
+                format!("sink_{}_write_failed", s.name),
+                s.write_failed.load(Relaxed),
+            );
+            d.insert(
+                format!("sink_{}_unsent_at_exit", s.name),
+                s.unsent_at_exit.load(Relaxed),
+            );
         }
     }
     /// Closes the queues and waits up to `timeout` for the writers to deliver what they hold.
@@ -170,7 +190,12 @@ impl Sink for SinkSet {
             h.tx = None;
         }
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline && self.sinks.iter().any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished())) {
+        while Instant::now() < deadline
+            && self
+                .sinks
+                .iter()
+                .any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished()))
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         for h in &self.sinks {
@@ -179,7 +204,12 @@ impl Sink for SinkSet {
         // A writer blocked in a connect or a write to a stalled collector is not waited for
         // beyond a short grace: what it still holds is counted and the process may exit.
         let grace = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < grace && self.sinks.iter().any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished())) {
+        while Instant::now() < grace
+            && self
+                .sinks
+                .iter()
+                .any(|h| h.thread.as_ref().is_some_and(|t| !t.is_finished()))
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
         for h in &mut self.sinks {
@@ -187,7 +217,9 @@ impl Sink for SinkSet {
                 if t.is_finished() {
                     let _ = t.join();
                 } else {
-                    h.status.unsent_at_exit.fetch_add(h.status.depth.load(Relaxed).max(1), Relaxed);
+                    h.status
+                        .unsent_at_exit
+                        .fetch_add(h.status.depth.load(Relaxed).max(1), Relaxed);
                 }
             }
             let lost = h.status.unsent_at_exit.load(Relaxed);
@@ -258,7 +290,10 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
                     st.connected.store(false, Relaxed);
                     if !was_down {
                         was_down = true;
-                        tracing::warn!("sink {}: {label}: {e}; retrying with backoff (up to {BACKOFF_MAX:?})", st.name);
+                        tracing::warn!(
+                            "sink {}: {label}: {e}; retrying with backoff (up to {BACKOFF_MAX:?})",
+                            st.name
+                        );
                     }
                     if !sleep_unless_given_up(st, backoff) {
                         break;
@@ -288,7 +323,9 @@ fn sleep_unless_given_up(st: &SinkStatus, d: Duration) -> bool {
         if st.give_up.load(Relaxed) {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())),
+        );
     }
     !st.give_up.load(Relaxed)
 }
@@ -309,8 +346,14 @@ mod tests {
     #[test]
     fn tcp_sink_reconnects_and_counts_overflow() {
         // Reserve a port, then close it: the collector is down at first.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut set = SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}?queue=5&kinds=finding"))]).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut set =
+            SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}?queue=5&kinds=finding"))])
+                .unwrap();
         for i in 0..10 {
             set.write_record("finding", &format!("{{\"n\":{i}}}"));
         }
@@ -331,7 +374,11 @@ mod tests {
 
     #[test]
     fn shutdown_with_the_collector_down_is_bounded_and_counted() {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut set = SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}"))]).unwrap();
         for _ in 0..3 {
             set.write_record("finding", "{}");
@@ -344,12 +391,19 @@ mod tests {
         // Unit tests run in parallel: another test may bind the freed port meanwhile and take
         // some lines. Whatever was not written must be counted, never lost silently.
         let written = set.statuses()[0].written.load(Relaxed);
-        assert_eq!(d["sink_tcp_unsent_at_exit"] + written, 3, "{d:?} written={written}");
+        assert_eq!(
+            d["sink_tcp_unsent_at_exit"] + written,
+            3,
+            "{d:?} written={written}"
+        );
         assert_eq!(d["sink_tcp_queue_full"], 0, "{d:?}");
     }
 
     #[test]
     fn duplicate_names_are_refused() {
-        assert!(matches!(SinkSet::start(&[SinkSpec::stdout(), SinkSpec::stdout()]), Err(SinkError::DuplicateName(_))));
+        assert!(matches!(
+            SinkSet::start(&[SinkSpec::stdout(), SinkSpec::stdout()]),
+            Err(SinkError::DuplicateName(_))
+        ));
     }
 }

@@ -88,18 +88,28 @@ pub fn parse_size(s: &str) -> Result<u64, SpecError> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(SpecError::BadSize(s.to_string())),
     };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| SpecError::BadSize(s.to_string()))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| SpecError::BadSize(s.to_string()))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Stdout,
     /// A file rotated at `max_size` bytes into `PATH.1` .. `PATH.<keep>`.
-    File { path: PathBuf, max_size: u64, keep: u32 },
+    File {
+        path: PathBuf,
+        max_size: u64,
+        keep: u32,
+    },
     /// A TCP stream (`host:port`), reconnected with exponential backoff.
-    Tcp { addr: String },
+    Tcp {
+        addr: String,
+    },
     /// A unix stream socket, reconnected with exponential backoff.
-    Unix { path: PathBuf },
+    Unix {
+        path: PathBuf,
+    },
 }
 
 impl Target {
@@ -127,7 +137,12 @@ pub struct SinkSpec {
 
 impl SinkSpec {
     pub fn stdout() -> Self {
-        SinkSpec { name: "stdout".into(), target: Target::Stdout, queue: DEFAULT_QUEUE, kinds: Vec::new() }
+        SinkSpec {
+            name: "stdout".into(),
+            target: Target::Stdout,
+            queue: DEFAULT_QUEUE,
+            kinds: Vec::new(),
+        }
     }
 }
 
@@ -146,27 +161,37 @@ impl FromStr for SinkSpec {
         let ty = ty.trim();
         let mut max_size = DEFAULT_MAX_SIZE;
         let mut keep = DEFAULT_KEEP;
-        let mut spec = SinkSpec { name: ty.to_string(), target: Target::Stdout, queue: DEFAULT_QUEUE, kinds: Vec::new() };
+        let mut spec = SinkSpec {
+            name: ty.to_string(),
+            target: Target::Stdout,
+            queue: DEFAULT_QUEUE,
+            kinds: Vec::new(),
+        };
         for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
-            let (k, v) = kv.split_once('=').ok_or_else(|| SpecError::BadOption(kv.into(), "expected key=value".into()))?;
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| SpecError::BadOption(kv.into(), "expected key=value".into()))?;
             match k {
                 "name" => {
                     if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                        return Err(SpecError::BadOption(kv.into(), "letters, digits and _ only".into()));
+                        return Err(SpecError::BadOption(
+                            kv.into(),
+                            "letters, digits and _ only".into(),
+                        ));
                     }
                     spec.name = v.to_string();
                 }
                 "queue" => {
-                    spec.queue = v
-                        .parse()
-                        .ok()
-                        .filter(|q| *q > 0)
-                        .ok_or_else(|| SpecError::BadOption(kv.into(), "a number of lines > 0".into()))?
+                    spec.queue = v.parse().ok().filter(|q| *q > 0).ok_or_else(|| {
+                        SpecError::BadOption(kv.into(), "a number of lines > 0".into())
+                    })?
                 }
                 "kinds" => spec.kinds = expand_kinds(&v.split(',').collect::<Vec<_>>())?,
                 "max_size" => max_size = parse_size(v)?,
                 "keep" => {
-                    keep = v.parse().map_err(|_| SpecError::BadOption(kv.into(), "a number of files".into()))?
+                    keep = v
+                        .parse()
+                        .map_err(|_| SpecError::BadOption(kv.into(), "a number of files".into()))?
                 }
                 _ => {
                     return Err(SpecError::BadOption(
@@ -176,12 +201,22 @@ impl FromStr for SinkSpec {
                 }
             }
         }
-        let need = |what: &str| if rest.trim().is_empty() { Err(SpecError::MissingTarget(what.into())) } else { Ok(()) };
+        let need = |what: &str| {
+            if rest.trim().is_empty() {
+                Err(SpecError::MissingTarget(what.into()))
+            } else {
+                Ok(())
+            }
+        };
         spec.target = match ty {
             "stdout" | "-" => Target::Stdout,
             "file" => {
                 need("file")?;
-                Target::File { path: PathBuf::from(rest), max_size, keep }
+                Target::File {
+                    path: PathBuf::from(rest),
+                    max_size,
+                    keep,
+                }
             }
             "tcp" => {
                 need("tcp")?;
@@ -189,11 +224,15 @@ impl FromStr for SinkSpec {
                     Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {}
                     _ => return Err(SpecError::BadAddr(rest.into())),
                 }
-                Target::Tcp { addr: rest.to_string() }
+                Target::Tcp {
+                    addr: rest.to_string(),
+                }
             }
             "unix" => {
                 need("unix")?;
-                Target::Unix { path: PathBuf::from(rest) }
+                Target::Unix {
+                    path: PathBuf::from(rest),
+                }
             }
             other => return Err(SpecError::UnknownType(other.into())),
         };
@@ -223,24 +262,60 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!("stdout".parse::<SinkSpec>().unwrap(), SinkSpec::stdout());
-        let f: SinkSpec = "file:/var/log/s.ndjson?max_size=1MiB&keep=2&kinds=builds,finding&name=archive".parse().unwrap();
+        let f: SinkSpec =
+            "file:/var/log/s.ndjson?max_size=1MiB&keep=2&kinds=builds,finding&name=archive"
+                .parse()
+                .unwrap();
         assert_eq!(f.name, "archive");
-        assert_eq!(f.target, Target::File { path: "/var/log/s.ndjson".into(), max_size: 1 << 20, keep: 2 });
+        assert_eq!(
+            f.target,
+            Target::File {
+                path: "/var/log/s.ndjson".into(),
+                max_size: 1 << 20,
+                keep: 2
+            }
+        );
         assert_eq!(f.kinds, vec!["build_finished", "build_started", "finding"]);
         let t: SinkSpec = "tcp:127.0.0.1:5170?queue=10".parse().unwrap();
         assert_eq!((t.name.as_str(), t.queue), ("tcp", 10));
-        assert_eq!(t.target, Target::Tcp { addr: "127.0.0.1:5170".into() });
-        assert!(matches!("unix:/run/v.sock".parse::<SinkSpec>().unwrap().target, Target::Unix { .. }));
+        assert_eq!(
+            t.target,
+            Target::Tcp {
+                addr: "127.0.0.1:5170".into()
+            }
+        );
+        assert!(matches!(
+            "unix:/run/v.sock".parse::<SinkSpec>().unwrap().target,
+            Target::Unix { .. }
+        ));
     }
 
     #[test]
     fn rejects_bad_specs() {
-        assert!(matches!("kafka:x".parse::<SinkSpec>(), Err(SpecError::UnknownType(_))));
-        assert!(matches!("tcp:localhost".parse::<SinkSpec>(), Err(SpecError::BadAddr(_))));
-        assert!(matches!("file:".parse::<SinkSpec>(), Err(SpecError::MissingTarget(_))));
-        assert!(matches!("stdout?kinds=bogus".parse::<SinkSpec>(), Err(SpecError::UnknownKind(_))));
-        assert!(matches!("stdout?color=1".parse::<SinkSpec>(), Err(SpecError::BadOption(..))));
-        assert!(matches!("file:/x?max_size=12XB".parse::<SinkSpec>(), Err(SpecError::BadSize(_))));
+        assert!(matches!(
+            "kafka:x".parse::<SinkSpec>(),
+            Err(SpecError::UnknownType(_))
+        ));
+        assert!(matches!(
+            "tcp:localhost".parse::<SinkSpec>(),
+            Err(SpecError::BadAddr(_))
+        ));
+        assert!(matches!(
+            "file:".parse::<SinkSpec>(),
+            Err(SpecError::MissingTarget(_))
+        ));
+        assert!(matches!(
+            "stdout?kinds=bogus".parse::<SinkSpec>(),
+            Err(SpecError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            "stdout?color=1".parse::<SinkSpec>(),
+            Err(SpecError::BadOption(..))
+        ));
+        assert!(matches!(
+            "file:/x?max_size=12XB".parse::<SinkSpec>(),
+            Err(SpecError::BadSize(_))
+        ));
     }
 
     #[test]

@@ -38,7 +38,10 @@ impl StdoutWriter {
 impl Writer for StdoutWriter {
     fn write_lines(&mut self, lines: &[String]) -> Result<(), (usize, io::Error)> {
         for (i, l) in lines.iter().enumerate() {
-            self.0.write_all(l.as_bytes()).and_then(|_| self.0.write_all(b"\n")).map_err(|e| (i, e))?;
+            self.0
+                .write_all(l.as_bytes())
+                .and_then(|_| self.0.write_all(b"\n"))
+                .map_err(|e| (i, e))?;
         }
         Ok(())
     }
@@ -58,7 +61,11 @@ pub struct RotatingFile {
 }
 
 fn open_append(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    let f = OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)?;
     let size = f.metadata()?.len();
     Ok((BufWriter::with_capacity(1 << 16, f), size))
 }
@@ -67,7 +74,13 @@ impl RotatingFile {
     /// Opens (creates) the file now, so that a bad path fails at start.
     pub fn open(path: &Path, max_size: u64, keep: u32) -> io::Result<Self> {
         let (out, size) = open_append(path)?;
-        Ok(RotatingFile { path: path.to_path_buf(), max_size, keep, out: Some(out), size })
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            max_size,
+            keep,
+            out: Some(out),
+            size,
+        })
     }
 
     fn numbered(&self, n: u32) -> PathBuf {
@@ -96,7 +109,11 @@ impl RotatingFile {
 }
 
 fn ignore_missing(e: io::Error) -> io::Result<()> {
-    if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 impl Writer for RotatingFile {
@@ -109,7 +126,10 @@ impl Writer for RotatingFile {
             let Some(out) = self.out.as_mut() else {
                 return Err((i, io::Error::other("file not open")));
             };
-            if let Err(e) = out.write_all(l.as_bytes()).and_then(|_| out.write_all(b"\n")) {
+            if let Err(e) = out
+                .write_all(l.as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+            {
                 // The buffer may hold part of the line: start a fresh file rather than append to it.
                 self.out = None;
                 return Err((i, e));
@@ -165,7 +185,14 @@ impl Conn {
     fn peer_gone(&self) -> bool {
         let mut b = [0u8; 1];
         // SAFETY: recv into a valid 1-byte buffer on an fd this struct owns; MSG_DONTWAIT never blocks.
-        let n = unsafe { libc::recv(self.fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                b.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
         if n == 0 {
             return true;
         }
@@ -185,13 +212,18 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     pub fn new(endpoint: Endpoint) -> Self {
-        StreamWriter { endpoint, conn: None, buf: Vec::with_capacity(1 << 16) }
+        StreamWriter {
+            endpoint,
+            conn: None,
+            buf: Vec::with_capacity(1 << 16),
+        }
     }
 
     fn connect(&self) -> io::Result<Conn> {
         match &self.endpoint {
             Endpoint::Tcp(addr) => {
-                let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
+                let mut last =
+                    io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
                 for a in addr.to_socket_addrs()? {
                     match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                         Ok(s) => {
@@ -263,7 +295,12 @@ mod tests {
         f.write_lines(&lines).unwrap();
         f.flush().unwrap();
         let mut all = Vec::new();
-        for p in [dir.join("out.ndjson.3"), dir.join("out.ndjson.2"), dir.join("out.ndjson.1"), path.clone()] {
+        for p in [
+            dir.join("out.ndjson.3"),
+            dir.join("out.ndjson.2"),
+            dir.join("out.ndjson.1"),
+            path.clone(),
+        ] {
             let text = std::fs::read_to_string(&p).unwrap();
             assert!(text.len() <= 100, "{} is {} bytes", p.display(), text.len());
             assert!(text.ends_with('\n'));
