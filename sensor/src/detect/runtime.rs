@@ -2,15 +2,18 @@
 //!
 //! An OCI runtime creating a container is exec'd as
 //! `runc [global flags] create --bundle <bundle> [flags] <id>` (crun and youki alike), where
-//! containerd's bundle is `/run/containerd/io.containerd.runtime.v2.task/<namespace>/<id>`
-//! (namespace `moby` for Docker, `k8s.io` for the CRI) and Podman's is
+//! containerd's bundle is `<state>/io.containerd.runtime.v2.task/<namespace>/<id>`, where
+//! `<state>` is `/run/containerd` for a system containerd, `/var/run/docker/containerd/daemon`
+//! for the containerd that dockerd starts itself, `/run/k3s/containerd` on k3s (namespace `moby`
+//! for Docker, `k8s.io` for the CRI), and Podman's is
 //! `.../overlay-containers/<id>/userdata`. BuildKit's `runc run --bundle
 //! /var/lib/docker/buildkit/executor/<id>` is a build step, not a container start.
 use std::path::PathBuf;
 
 use crate::record::ProcessExec;
 
-pub const CONTAINERD_TASKS: &str = "/run/containerd/io.containerd.runtime.v2.task/";
+/// The part of a containerd task bundle path that names it, whatever containerd's state dir.
+pub const CONTAINERD_TASKS: &str = "/io.containerd.runtime.v2.task/";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuntimeStart {
@@ -55,7 +58,10 @@ pub fn parse_runtime_exec(e: &ProcessExec) -> Option<RuntimeStart> {
                 .find_map(|a| a.strip_prefix("--bundle=").map(str::to_string))
         })?;
     let id = e.argv.last()?.clone();
-    if let Some(rest) = bundle.strip_prefix(CONTAINERD_TASKS) {
+    if let Some(rest) = bundle
+        .find(CONTAINERD_TASKS)
+        .map(|i| &bundle[i + CONTAINERD_TASKS.len()..])
+    {
         let (ns, bid) = rest.trim_end_matches('/').split_once('/')?;
         let runtime = match ns {
             "moby" => "docker",
@@ -154,5 +160,20 @@ mod tests {
         assert!(parse_runtime_exec(&e).is_none());
         let e = exec(&["runc", "--root", "/x", "start", &id]);
         assert!(parse_runtime_exec(&e).is_none());
+    }
+
+    #[test]
+    fn containerd_state_dirs_other_than_run_containerd() {
+        let id = "b5".repeat(32);
+        for state in ["/var/run/docker/containerd/daemon", "/run/k3s/containerd"] {
+            let b = format!("{state}/io.containerd.runtime.v2.task/moby/{id}");
+            let s = parse_runtime_exec(&exec(&[
+                "runc", "--root", "/x", "create", "--bundle", &b, &id,
+            ]))
+            .unwrap();
+            assert_eq!(s.runtime, "docker", "{state}");
+            assert_eq!(s.id, id);
+            assert_eq!(s.namespace.as_deref(), Some("moby"));
+        }
     }
 }
