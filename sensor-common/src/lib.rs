@@ -14,8 +14,8 @@ pub const ARGV_CAP: usize = 1024;
 pub const PATH_CAP: usize = 256;
 /// Bytes of a unix-socket path (`sockaddr_un.sun_path`).
 pub const UNIX_PATH_CAP: usize = 108;
-/// Bytes of a DNS query payload captured.
-pub const DNS_CAP: usize = 256;
+/// Bytes of a DNS message (query or response) captured.
+pub const DNS_CAP: usize = 512;
 /// Bytes of the start of an HTTP request read by an Engine API server.
 pub const HTTP_CAP: usize = 2048;
 /// Process names held in the tracked-name map (the kernel's comm size).
@@ -33,6 +33,8 @@ pub enum EventKind {
     Accept = 11,
     UnixConnect = 12,
     DnsSend = 13,
+    /// A DNS response a tracked process read from a socket it sent a query on.
+    DnsResponse = 14,
     FileWrite = 20,
     ApiRequest = 30,
     /// The start of a write(2) an API server made on a connection that carried a watched request
@@ -50,6 +52,7 @@ impl EventKind {
             11 => Self::Accept,
             12 => Self::UnixConnect,
             13 => Self::DnsSend,
+            14 => Self::DnsResponse,
             20 => Self::FileWrite,
             30 => Self::ApiRequest,
             31 => Self::ApiResponse,
@@ -178,7 +181,7 @@ pub struct UnixConnectData {
     pub path: [u8; UNIX_PATH_CAP],
 }
 
-/// A UDP datagram sent to port 53.
+/// A UDP datagram sent to port 53, or (kind DnsResponse) one read back from that socket.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct DnsData {

@@ -48,9 +48,15 @@ pub static PENDING_CONNECT: LruHashMap<u64, PendingConnect> =
 pub struct PendingRead {
     pub fd: u64,
     pub buf: u64,
+    /// `READ_API` or `READ_DNS`.
+    pub kind: u64,
 }
 
-/// read(2) calls of API servers between enter and exit, keyed by pid_tgid.
+pub const READ_API: u64 = 1;
+pub const READ_DNS: u64 = 2;
+
+/// read(2)/recvfrom(2)/recvmsg(2) calls being watched (API servers' requests, DNS responses)
+/// between enter and exit, keyed by pid_tgid.
 #[map]
 pub static PENDING_READ: LruHashMap<u64, PendingRead> = LruHashMap::with_max_entries(8192, 0);
 

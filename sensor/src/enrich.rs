@@ -312,6 +312,19 @@ impl Enricher {
                     query_type: q.map(|q| q.1),
                 }))
             }
+            KernelEvent::DnsResponse(e) => {
+                let d = &e.data;
+                let r = dns::parse_response(&d.payload[..(d.len as usize).min(d.payload.len())])?;
+                Some(Body::DnsResponse(DnsResponse {
+                    process: self.process_ref(&e.header),
+                    server_addr: (d.family != 0).then(|| ip_string(d.family, &d.daddr)),
+                    server_port: (d.family != 0).then_some(d.dport),
+                    query_name: r.name,
+                    query_type: r.qtype,
+                    rcode: r.rcode,
+                    addrs: r.addrs.iter().map(|a| a.to_string()).collect(),
+                }))
+            }
             KernelEvent::File(e) => {
                 let d = &e.data;
                 Some(Body::FileWrite(FileWrite {

@@ -134,6 +134,26 @@ pub const PROBES: &[(&str, ProbeKind, &str)] = &[
         "file renames",
     ),
     (
+        "sys_enter_recvfrom",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_recvfrom"),
+        "DNS responses",
+    ),
+    (
+        "sys_exit_recvfrom",
+        ProbeKind::Tracepoint("syscalls", "sys_exit_recvfrom"),
+        "DNS responses",
+    ),
+    (
+        "sys_enter_recvmsg",
+        ProbeKind::Tracepoint("syscalls", "sys_enter_recvmsg"),
+        "DNS responses",
+    ),
+    (
+        "sys_exit_recvmsg",
+        ProbeKind::Tracepoint("syscalls", "sys_exit_recvmsg"),
+        "DNS responses",
+    ),
+    (
         "sys_enter_read",
         ProbeKind::Tracepoint("syscalls", "sys_enter_read"),
         "Engine API requests",

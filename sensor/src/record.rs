@@ -91,6 +91,7 @@ pub enum Body {
     Connect(Connect),
     Accept(Accept),
     DnsQuery(DnsQuery),
+    DnsResponse(DnsResponse),
     FileWrite(FileWrite),
     ApiRequest(ApiRequest),
     ApiResponse(ApiResponse),
@@ -112,6 +113,7 @@ impl Body {
             Body::Connect(_) => "connect",
             Body::Accept(_) => "accept",
             Body::DnsQuery(_) => "dns_query",
+            Body::DnsResponse(_) => "dns_response",
             Body::FileWrite(_) => "file_write",
             Body::ApiRequest(_) => "api_request",
             Body::ApiResponse(_) => "api_response",
@@ -257,6 +259,23 @@ pub struct DnsQuery {
     pub query_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_type: Option<String>,
+}
+
+/// A DNS response a tracked process read on the socket it sent its query from.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct DnsResponse {
+    pub process: ProcessRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
+    pub query_name: String,
+    pub query_type: String,
+    /// `NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...
+    pub rcode: String,
+    /// A and AAAA answers.
+    #[serde(default)]
+    pub addrs: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]

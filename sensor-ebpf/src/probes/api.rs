@@ -16,7 +16,7 @@ use crate::{
         config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd,
         tracked_current, unix_peer,
     },
-    maps::{EVENTS, PENDING_READ, PendingRead, WATCH_FDS},
+    maps::{EVENTS, PENDING_READ, PendingRead, READ_API, READ_DNS, WATCH_FDS},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
@@ -29,12 +29,18 @@ pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
 fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
+    let (fd, buf) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1));
+    // A DNS socket's reads are responses, also in an API server (dockerd resolves names itself).
+    if cfg.features & feature::DNS_EVENTS != 0 && super::dns::enter_read(fd, buf) {
+        return Some(());
+    }
     if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
         return None;
     }
     let p = PendingRead {
-        fd: syscall_arg(ctx, 0),
-        buf: syscall_arg(ctx, 1),
+        fd,
+        buf,
+        kind: READ_API,
     };
     if PENDING_READ
         .insert(&bpf_get_current_pid_tgid(), &p, 0)
@@ -85,6 +91,9 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     let p = unsafe { PENDING_READ.get(&key) }.copied()?;
     let _ = PENDING_READ.remove(&key);
     let ret = syscall_ret(ctx);
+    if p.kind == READ_DNS {
+        return super::dns::exit_read(&p, ret);
+    }
     if ret < 8 {
         return None;
     }

@@ -308,6 +308,8 @@ pub(crate) fn dns_send(
     if port != 53 || buf == 0 {
         return None;
     }
+    // The answer comes back on this socket.
+    super::dns::watch_dns_fd(fd);
     let Some(mut entry) = EVENTS.reserve::<Event<DnsData>>(0) else {
         count(StatReason::RingbufFull);
         return None;

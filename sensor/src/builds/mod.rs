@@ -158,6 +158,9 @@ pub struct BuildTracker {
     api_containers: VecDeque<String>,
     /// Last image pull/push request per daemon: daemon traffic then is not the build's alone.
     daemon_image_requests: HashMap<u32, Timestamp>,
+    /// Names a build's processes looked up, by (build key, address answered): the build's
+    /// connects to that address carry the name (bounded; cleared when full).
+    resolved: HashMap<(u64, String), String>,
     sensor_started: Option<Timestamp>,
     evicted: u64,
     timed_out: u64,
@@ -178,6 +181,7 @@ impl BuildTracker {
             pending: Vec::new(),
             api_containers: VecDeque::new(),
             daemon_image_requests: HashMap::new(),
+            resolved: HashMap::new(),
             sensor_started: None,
             evicted: 0,
             timed_out: 0,
@@ -624,6 +628,7 @@ impl Engine for BuildTracker {
             Body::ProcessExit(x) => self.on_exit(rec, x, out),
             Body::Connect(c) => self.on_connect(rec, c),
             Body::DnsQuery(d) => self.on_dns(rec, d),
+            Body::DnsResponse(d) => self.on_dns_response(rec, d),
             Body::FileWrite(w) => self.on_file(rec, w),
             Body::ApiResponse(r) => {
                 self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out)

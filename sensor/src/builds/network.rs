@@ -2,7 +2,7 @@
 //! id dockerd stores.
 use super::session::Outcome;
 use super::{BuildTracker, NetEvent};
-use crate::record::{Connect, DnsQuery, FileWrite, Record, Timestamp};
+use crate::record::{Connect, DnsQuery, DnsResponse, FileWrite, Record, Timestamp};
 
 impl BuildTracker {
     /// The build a network event belongs to, and the step index (None: the daemon/tool).
@@ -82,6 +82,9 @@ impl BuildTracker {
             (None, Some(p)) => (p.clone(), 0),
             (None, None) => return,
         };
+        let dns_name = self
+            .net_owner(c.process.pid, rec.ts, true)
+            .and_then(|(key, _)| self.resolved.get(&(key, addr.clone())).cloned());
         self.on_net(NetEvent {
             record_id: rec.id,
             ts: rec.ts,
@@ -89,9 +92,23 @@ impl BuildTracker {
             addr,
             port,
             protocol: c.protocol.clone(),
-            dns_name: None,
+            dns_name,
             failed: c.result == "failed",
         });
+    }
+
+    /// Remember what a build's processes resolved, so that the build's connects to those
+    /// addresses carry the name (whichever of its processes looked it up).
+    pub(super) fn on_dns_response(&mut self, rec: &Record, d: &DnsResponse) {
+        let Some((key, _)) = self.net_owner(d.process.pid, rec.ts, true) else {
+            return;
+        };
+        if self.resolved.len() >= 4096 {
+            self.resolved.clear();
+        }
+        for a in &d.addrs {
+            self.resolved.insert((key, a.clone()), d.query_name.clone());
+        }
     }
 
     pub(super) fn on_dns(&mut self, rec: &Record, d: &DnsQuery) {

@@ -33,7 +33,10 @@ pub const KINDS: &[&str] = &[
 pub const KIND_GROUPS: &[(&str, &[&str])] = &[
     ("sensor", &["sensor_started", "sensor_stats"]),
     ("process", &["process_exec", "process_fork", "process_exit"]),
-    ("network", &["connect", "accept", "dns_query"]),
+    (
+        "network",
+        &["connect", "accept", "dns_query", "dns_response"],
+    ),
     ("api", &["api_request", "api_response"]),
     ("builds", &["build_started", "build_finished"]),
     ("images", &["container_start", "image_push"]),

@@ -1,0 +1,144 @@
+//! DNS responses: what a tracked process reads back from a socket it sent a query to port 53
+//! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
+//! the addresses a build step connects to.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_user as read_user_raw,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{DNS_CAP, DnsData, Event, EventKind, StatReason};
+
+use super::net::{WATCH_DNS, sys_arg, sys_ret};
+use crate::{
+    helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
+    maps::{EVENTS, PENDING_READ, PendingRead, READ_DNS, WATCH_FDS},
+};
+
+#[inline(always)]
+fn fd_key(fd: u64) -> u64 {
+    (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff)
+}
+
+/// Mark `fd` of the current process as a DNS socket: its reads are responses.
+#[inline(always)]
+pub fn watch_dns_fd(fd: u64) {
+    let _ = WATCH_FDS.insert(&fd_key(fd), &WATCH_DNS, 0);
+}
+
+/// At a read-like syscall's entry: remember the buffer when `fd` is a watched DNS socket.
+#[inline(always)]
+pub fn enter_read(fd: u64, buf: u64) -> bool {
+    // SAFETY: copied out at once.
+    if unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied() != Some(WATCH_DNS) {
+        return false;
+    }
+    let p = PendingRead {
+        fd,
+        buf,
+        kind: READ_DNS,
+    };
+    if PENDING_READ
+        .insert(&bpf_get_current_pid_tgid(), &p, 0)
+        .is_err()
+    {
+        count(StatReason::ScratchMapFull);
+    }
+    true
+}
+
+/// At the exit: the response that was read, with the server it came from.
+#[inline(always)]
+pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
+    if ret < 12 {
+        return None; // shorter than a DNS header, or an error
+    }
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
+    let Some(mut entry) = EVENTS.reserve::<Event<DnsData>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    // SAFETY: sized reservation; payload bounded by `len` written below.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut ev.header, EventKind::DnsResponse as u32, t.flags);
+    let d = &mut ev.data;
+    d.family = 0;
+    d.dport = 0;
+    d.daddr = [0; 16];
+    d._pad = 0;
+    let o = &cfg.offsets;
+    if let Some(a) = sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk)) {
+        d.family = a.family;
+        d.dport = a.peer_port;
+        d.daddr = a.peer;
+    }
+    let mut n = ret as u64;
+    if n > DNS_CAP as u64 {
+        n = DNS_CAP as u64;
+        count(StatReason::Truncated);
+    }
+    // SAFETY: n <= DNS_CAP, the destination's size.
+    let r = unsafe {
+        read_user_raw(
+            d.payload.as_mut_ptr() as *mut _,
+            n as u32,
+            p.buf as *const _,
+        )
+    };
+    d.len = if r == 0 { n as u16 } else { 0 };
+    entry.submit(0);
+    Some(())
+}
+
+#[inline(always)]
+fn enter_tracked(fd: u64, buf: u64) -> Option<()> {
+    let cfg = config()?;
+    tracked_current(cfg)?;
+    enter_read(fd, buf);
+    Some(())
+}
+
+#[inline(always)]
+fn exit_pending(ctx: &TracePointContext) -> Option<()> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let p = unsafe { PENDING_READ.get(&key) }.copied()?;
+    let _ = PENDING_READ.remove(&key);
+    if p.kind != READ_DNS {
+        return None;
+    }
+    exit_read(&p, sys_ret(ctx))
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    let _ = enter_tracked(sys_arg(&ctx, 0), sys_arg(&ctx, 1));
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
+pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
+    let _ = exit_pending(&ctx);
+    0
+}
+
+/// `struct msghdr` (user ABI): msg_iov at 16; `struct iovec`: base at 0.
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    let msg = sys_arg(&ctx, 1);
+    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
+    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+    if base != 0 {
+        let _ = enter_tracked(sys_arg(&ctx, 0), base);
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvmsg")]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    let _ = exit_pending(&ctx);
+    0
+}
