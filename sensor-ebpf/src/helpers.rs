@@ -6,7 +6,7 @@ use sensor_common::{
     Config, EventHeader, KernelOffsets, OFFSET_MISSING, StatReason, Tracked, track,
 };
 
-use crate::maps::{CONFIG, STATS, TRACKED};
+use crate::maps::{CONFIG, EVENTS, RINGBUF_FILL, STATS, TRACKED};
 
 #[inline(always)]
 pub fn count(reason: StatReason) {
@@ -56,6 +56,16 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, track_flags: u32) {
     h.gid = (uid_gid >> 32) as u32;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    // BPF_RB_AVAIL_DATA: bytes produced and not yet consumed.
+    let pending = EVENTS.query(0);
+    if let Some(p) = RINGBUF_FILL.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            if pending > *p {
+                *p = pending;
+            }
+        }
+    }
 }
 
 /// Read a kernel value at `base + off`; `None` when the offset is unknown or the read fails.

@@ -10,6 +10,11 @@ use sensor_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
+/// Highest number of bytes waiting in `EVENTS` seen when an event was produced (per CPU):
+/// the ring buffer's real peak fill, for `sensor_stats.ringbuf.max_pending_bytes`.
+#[map]
+pub static RINGBUF_FILL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Written once by the loader.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

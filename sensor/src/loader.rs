@@ -238,6 +238,7 @@ pub struct Loaded {
     pub ringbuf: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub tracked: BpfHashMap<MapData, u32, Tracked>,
+    pub ringbuf_fill: PerCpuArray<MapData, u64>,
     pub attached: Vec<String>,
     pub failed: BTreeMap<String, String>,
     pub missing_offsets: Vec<btf::MissingField>,
@@ -341,7 +342,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .ok_or(LoadError::MissingMap("TRACKED"))?,
     )
     .map_err(|e| LoadError::Map("TRACKED", e))?;
+    let ringbuf_fill = PerCpuArray::try_from(
+        ebpf.take_map("RINGBUF_FILL")
+            .ok_or(LoadError::MissingMap("RINGBUF_FILL"))?,
+    )
+    .map_err(|e| LoadError::Map("RINGBUF_FILL", e))?;
     Ok(Loaded {
+        ringbuf_fill,
         ebpf,
         ringbuf,
         stats,
@@ -389,6 +396,13 @@ pub fn attach_all(
         }
     }
     (attached, failed)
+}
+
+/// The ring buffer's peak fill since start: the highest pending byte count any CPU saw.
+pub fn read_ringbuf_fill(fill: &PerCpuArray<MapData, u64>) -> u64 {
+    fill.get(&0, 0)
+        .map(|v| v.iter().copied().max().unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// Sum the per-CPU drop counters, by reason name.

@@ -41,6 +41,7 @@ pub struct Snapshot {
     pub ringbuf_bytes: u64,
     pub ringbuf_last_batch_bytes: u64,
     pub ringbuf_max_batch_bytes: u64,
+    pub ringbuf_max_pending_bytes: u64,
     pub tracked_processes: u64,
     pub policy_reloads_ok: u64,
     pub policy_reloads_failed: u64,
@@ -291,6 +292,18 @@ impl Metrics {
             "sensor_ringbuf_last_batch_bytes",
             &[],
             s.ringbuf_last_batch_bytes,
+        );
+        family(
+            &mut o,
+            "sensor_ringbuf_max_pending_bytes",
+            "gauge",
+            "Peak ring-buffer fill since start: most bytes waiting to be read when an event was produced.",
+        );
+        sample(
+            &mut o,
+            "sensor_ringbuf_max_pending_bytes",
+            &[],
+            s.ringbuf_max_pending_bytes,
         );
         family(
             &mut o,

@@ -375,8 +375,12 @@ pub struct RingbufStats {
     pub size_bytes: u64,
     /// Wake-ups of the reader (each drains everything pending).
     pub batches: u64,
-    /// Most bytes drained in one wake-up: a lower bound of the buffer's peak fill.
+    /// Most bytes drained in one wake-up.
     pub max_batch_bytes: u64,
+    /// Peak fill: the most bytes waiting to be read, as the kernel saw it when producing an
+    /// event (compare with `size_bytes`: at `size_bytes` events are lost, `ringbuf_full`).
+    #[serde(default)]
+    pub max_pending_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]

@@ -242,12 +242,14 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                     last_stats = Instant::now();
                     let drops = loader::read_kernel_drops(&loaded.stats);
                     let tracked = loaded.tracked.keys().count() as u64;
+                    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
                     pipeline.write_stats(drops, tracked, false);
                 }
                 pipeline.flush();
                 if args.metrics_addr.is_some() {
                     gauges.drops = loader::read_kernel_drops(&loaded.stats);
                     gauges.tracked_processes = loaded.tracked.keys().count() as u64;
+                    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
                     publish_metrics(&metrics, &mut pipeline, &mut gauges);
                 }
             }
@@ -279,6 +281,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     pipeline.finish(Timestamp::now());
     let drops = loader::read_kernel_drops(&loaded.stats);
     let tracked = loaded.tracked.keys().count() as u64;
+    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
     pipeline.write_stats(drops, tracked, true);
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
@@ -295,6 +298,7 @@ fn publish_metrics(metrics: &Metrics, pipeline: &mut Pipeline, gauges: &mut Snap
     gauges.ringbuf_size_bytes = pipeline.ringbuf.size_bytes;
     gauges.ringbuf_batches = pipeline.ringbuf.batches;
     gauges.ringbuf_max_batch_bytes = pipeline.ringbuf.max_batch_bytes;
+    gauges.ringbuf_max_pending_bytes = pipeline.ringbuf.max_pending_bytes;
     metrics.publish(gauges.clone());
 }
 
