@@ -73,6 +73,8 @@ pub mod track {
     pub const API_CLIENT: u32 = 1 << 3;
     /// Seeded from /proc at start rather than seen at exec/fork.
     pub const SEEDED: u32 = 1 << 4;
+    /// The process sent a DNS query: its reads may be DNS responses (saves the others a lookup).
+    pub const DNS_SOCKETS: u32 = 1 << 5;
 }
 
 #[repr(C)]

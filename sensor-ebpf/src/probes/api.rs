@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, feature};
+use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, feature, track};
 
 use super::net::{WATCH_API, WATCH_DNS, dns_send, sys_arg as syscall_arg, sys_ret as syscall_ret};
 use crate::{
@@ -31,7 +31,7 @@ fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
     let (_, t) = tracked_current(cfg)?;
     let (fd, buf) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1));
     // A DNS socket's reads are responses, also in an API server (dockerd resolves names itself).
-    if cfg.features & feature::DNS_EVENTS != 0 && super::dns::enter_read(fd, buf) {
+    if t.flags & track::DNS_SOCKETS != 0 && super::dns::enter_read(fd, buf) {
         return Some(());
     }
     if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {

@@ -9,12 +9,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use sensor_common::{DNS_CAP, DnsData, Event, EventKind, StatReason};
+use sensor_common::{DNS_CAP, DnsData, Event, EventKind, StatReason, track};
 
 use super::net::{WATCH_DNS, sys_arg, sys_ret};
 use crate::{
     helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
-    maps::{EVENTS, PENDING_READ, PendingRead, READ_DNS, WATCH_FDS},
+    maps::{EVENTS, PENDING_READ, PendingRead, READ_DNS, TRACKED, WATCH_FDS},
 };
 
 #[inline(always)]
@@ -26,6 +26,11 @@ fn fd_key(fd: u64) -> u64 {
 #[inline(always)]
 pub fn watch_dns_fd(fd: u64) {
     let _ = WATCH_FDS.insert(&fd_key(fd), &WATCH_DNS, 0);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
+        // SAFETY: a map value pointer; a racing update can only set the same bit.
+        unsafe { (*t).flags |= track::DNS_SOCKETS };
+    }
 }
 
 /// At a read-like syscall's entry: remember the buffer when `fd` is a watched DNS socket.
@@ -96,7 +101,10 @@ pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
 #[inline(always)]
 fn enter_tracked(fd: u64, buf: u64) -> Option<()> {
     let cfg = config()?;
-    tracked_current(cfg)?;
+    let (_, t) = tracked_current(cfg)?;
+    if t.flags & track::DNS_SOCKETS == 0 {
+        return None;
+    }
     enter_read(fd, buf);
     Some(())
 }

@@ -12,7 +12,7 @@ use sensor_common::{
 
 use crate::{
     helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
-    maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH, WATCH_FDS},
+    maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -146,10 +146,7 @@ fn try_connect(ctx: &TracePointContext) -> Option<()> {
     }
     let (_, port, _) = read_sockaddr(addr)?;
     if port == 53 {
-        let fd = sys_arg(ctx, 0);
-        let key = (aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000)
-            | (fd & 0xffff_ffff);
-        let _ = WATCH_FDS.insert(&key, &WATCH_DNS, 0);
+        super::dns::watch_dns_fd(sys_arg(ctx, 0));
     }
     None
 }
