@@ -366,7 +366,18 @@ pub fn attach_all(
 ) -> (Vec<String>, BTreeMap<String, String>) {
     let mut attached = Vec::new();
     let mut failed = BTreeMap::new();
+    // A debugging aid: leave named optional probes detached (e.g. to measure their cost).
+    let skip: Vec<String> = std::env::var("SENSOR_SKIP_PROBES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     for (name, kind, _) in PROBES {
+        if skip.iter().any(|s| s == name) && !REQUIRED.contains(name) {
+            failed.insert(name.to_string(), "skipped (SENSOR_SKIP_PROBES)".to_string());
+            continue;
+        }
         let r: Result<(), String> = (|| {
             let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
             match kind {

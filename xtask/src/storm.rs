@@ -33,6 +33,7 @@ pub struct StormArgs {
 }
 
 pub fn storm(args: &StormArgs) -> Result<()> {
+    pin_to_first_cpu()?;
     let cpu_before = cpu_time()?;
     let elapsed = match args.kind {
         StormKind::Exec => exec_storm(args.count)?,
@@ -40,6 +41,24 @@ pub fn storm(args: &StormArgs) -> Result<()> {
     };
     let cpu = cpu_time()?.saturating_sub(cpu_before);
     println!("{} {}", elapsed.as_nanos(), cpu.as_nanos());
+    Ok(())
+}
+
+/// Run the storm (all its threads and children) on CPU 0: on a 2-CPU machine the scheduler
+/// otherwise puts the connect storm's client and listener threads on one CPU in some runs and
+/// on two in others, a bimodal 0.8 s / 1.25 s that drowns the sensor's cost. The sensor's
+/// kernel programs run in the storm's context, so their cost is measured all the same; its
+/// userspace reader competes for CPU 0 like any other task.
+fn pin_to_first_cpu() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity get valid
+    // pointers to it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
     Ok(())
 }
 
@@ -128,6 +147,9 @@ fn connect_storm(count: u32) -> Result<Duration> {
     let start = Instant::now();
     for i in 0..count {
         let stream = TcpStream::connect(addr).with_context(|| format!("connect #{i} to {addr}"))?;
+        // Close with a reset (linger 0): no TIME_WAIT piles up over a bench's 200,000+
+        // connects, which made some storms stall for seconds on port reuse.
+        set_linger_zero(&stream)?;
         drop(stream);
     }
     let elapsed = start.elapsed();
@@ -137,6 +159,28 @@ fn connect_storm(count: u32) -> Result<Duration> {
         Ok(Err(e)) => Err(e).context("accept"),
         Err(_) => bail!("the listener did not accept all {count} connections within 30 s"),
     }
+}
+
+fn set_linger_zero(s: &TcpStream) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a pointer to a live linger of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("SO_LINGER");
+    }
+    Ok(())
 }
 
 /// A listener with a deep accept queue: with std's backlog, a burst can fill the queue, and a

@@ -70,12 +70,12 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         .and_then(|p| read_at::<u32>(p, o.task_tgid))
         .unwrap_or(0);
     // SAFETY: tracepoint record fields at the offsets of its format (stable since 3.x).
-    d.old_pid = unsafe { ctx.read_at::<u32>(16) }.unwrap_or(0);
+    d.old_pid = super::net::tp_field::<u32>(ctx, 16);
     d.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
     d.truncated = 0;
     d._pad = 0;
 
-    let loc: u32 = unsafe { ctx.read_at::<u32>(8) }.unwrap_or(0);
+    let loc: u32 = super::net::tp_field::<u32>(ctx, 8);
     let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
     d.filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut d.filename) } {
         Ok(s) => s.len() as u16,
