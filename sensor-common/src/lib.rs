@@ -322,6 +322,7 @@ pub struct KernelOffsets {
     pub sk_peer_cred: u32,
     pub pid_first_nr: u32,
     pub cred_uid: u32,
+    pub sk_protocol: u32,
 }
 
 pub const OFFSET_MISSING: u32 = u32::MAX;

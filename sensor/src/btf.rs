@@ -592,6 +592,7 @@ const FIELDS: &[(&str, &str, &str, FieldRef)] = &[
     field!(pid_first_nr, "pid", "numbers[0].nr"),
     // kuid_t is `struct { uid_t val; }`: its offset is the value's.
     field!(cred_uid, "cred", "uid"),
+    field!(sk_protocol, "sock", "sk_protocol"),
 ];
 
 fn all_missing() -> KernelOffsets {
@@ -623,6 +624,7 @@ fn all_missing() -> KernelOffsets {
         sk_peer_cred: m,
         pid_first_nr: m,
         cred_uid: m,
+        sk_protocol: m,
     }
 }
 

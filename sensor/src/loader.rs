@@ -65,7 +65,7 @@ pub const PROBES: &[(&str, ProbeKind, &str)] = &[
     ),
     (
         "inet_sock_set_state",
-        ProbeKind::Tracepoint("sock", "inet_sock_set_state"),
+        ProbeKind::BtfTracepoint("inet_sock_set_state"),
         "TCP connect",
     ),
     (

@@ -3,8 +3,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use sensor_common::{
     AF_INET, AF_INET6, AF_UNIX, DNS_CAP, DnsData, Event, EventKind, SockData, StatReason,
@@ -12,7 +12,7 @@ use sensor_common::{
 };
 
 use crate::{
-    helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
+    helpers::{config, count, fill_header, read_at, sock_addrs, sock_of_fd, tracked_current},
     maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH},
 };
 
@@ -20,19 +20,6 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
-
-// Offsets in the sock:inet_sock_set_state record (stable since 4.16).
-const ISS_SKADDR: usize = 8;
-const ISS_OLDSTATE: usize = 16;
-const ISS_NEWSTATE: usize = 20;
-const ISS_SPORT: usize = 24;
-const ISS_DPORT: usize = 26;
-const ISS_FAMILY: usize = 28;
-const ISS_PROTOCOL: usize = 30;
-const ISS_SADDR: usize = 32;
-const ISS_DADDR: usize = 36;
-const ISS_SADDR6: usize = 40;
-const ISS_DADDR6: usize = 56;
 
 /// A field of a tracepoint record, by a direct load from the context: the verifier checks the
 /// constant, aligned offset, and no helper call is paid (these run for every connection and
@@ -57,37 +44,34 @@ pub(crate) fn sys_ret(ctx: &TracePointContext) -> i64 {
     tp_field::<i64>(ctx, 16)
 }
 
-/// A 16-byte address field as two aligned 8-byte loads.
-#[inline(always)]
-fn v6_field(ctx: &TracePointContext, off: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a[..8].copy_from_slice(&tp_field::<u64>(ctx, off).to_ne_bytes());
-    a[8..].copy_from_slice(&tp_field::<u64>(ctx, off + 8).to_ne_bytes());
-    a
-}
-
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+/// TCP state changes, as a BTF tracepoint: the arguments (`sk`, old and new state) come
+/// straight from the kernel, without the classic tracepoint's record being built for every
+/// state change of every socket on the host; the few fields needed at a connect's outcome are
+/// read from the socket with the offsets resolved from BTF.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
     let _ = try_sock_state(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
+fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
     // Most state changes are neither the start nor the outcome of a connect: leave first.
-    let old: i32 = tp_field(ctx, ISS_OLDSTATE);
-    let new: i32 = tp_field(ctx, ISS_NEWSTATE);
     if old != TCP_SYN_SENT && !(old == TCP_CLOSE && new == TCP_SYN_SENT) {
         return None;
     }
-    let protocol: u16 = tp_field(ctx, ISS_PROTOCOL);
-    if protocol != IPPROTO_TCP {
+    let sk: u64 = ctx.arg(0);
+    let cfg = config()?;
+    let o = &cfg.offsets;
+    if let Some(protocol) = read_at::<u16>(sk, o.sk_protocol)
+        && protocol != IPPROTO_TCP
+    {
         return None;
     }
-    let skaddr: u64 = tp_field(ctx, ISS_SKADDR);
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         // In the connecting task's context.
-        let cfg = config()?;
         if cfg.features & feature::NET_EVENTS == 0 {
             return None;
         }
@@ -96,17 +80,17 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
             header: unsafe { core::mem::zeroed() },
         };
         fill_header(&mut p.header, EventKind::Connect as u32, t.flags);
-        if PENDING_CONNECT.insert(&skaddr, &p, 0).is_err() {
+        if PENDING_CONNECT.insert(&sk, &p, 0).is_err() {
             count(StatReason::ScratchMapFull);
         }
         return Some(());
     }
-    if old != TCP_SYN_SENT || (new != TCP_ESTABLISHED && new != TCP_CLOSE) {
+    if new != TCP_ESTABLISHED && new != TCP_CLOSE {
         return None;
     }
     // The outcome, usually in softirq context: the pending entry says who connected.
-    let pending = unsafe { PENDING_CONNECT.get(&skaddr) }.copied()?;
-    let _ = PENDING_CONNECT.remove(&skaddr);
+    let pending = unsafe { PENDING_CONNECT.get(&sk) }.copied()?;
+    let _ = PENDING_CONNECT.remove(&sk);
     let Some(mut entry) = EVENTS.reserve::<Event<SockData>>(0) else {
         count(StatReason::RingbufFull);
         return None;
@@ -115,28 +99,20 @@ fn try_sock_state(ctx: &TracePointContext) -> Option<()> {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.header = pending.header;
     let d = &mut ev.data;
-    d.family = tp_field(ctx, ISS_FAMILY);
-    d.protocol = protocol;
+    let a = sock_addrs(o, sk);
+    d.family = a.as_ref().map(|a| a.family).unwrap_or(0);
+    d.protocol = IPPROTO_TCP;
     d.result = if new == TCP_ESTABLISHED {
         connect_result::ESTABLISHED
     } else {
         connect_result::FAILED
     };
-    d.sport = tp_field(ctx, ISS_SPORT);
-    d.dport = tp_field(ctx, ISS_DPORT);
+    d.sport = a.as_ref().map(|a| a.local_port).unwrap_or(0);
+    d.dport = a.as_ref().map(|a| a.peer_port).unwrap_or(0);
     d._pad = 0;
     d.start_ns = pending.header.ts_ns;
-    if d.family == AF_INET6 {
-        d.saddr = v6_field(ctx, ISS_SADDR6);
-        d.daddr = v6_field(ctx, ISS_DADDR6);
-    } else {
-        d.saddr = [0; 16];
-        d.daddr = [0; 16];
-        let s: [u8; 4] = tp_field::<u32>(ctx, ISS_SADDR).to_ne_bytes();
-        let dd: [u8; 4] = tp_field::<u32>(ctx, ISS_DADDR).to_ne_bytes();
-        d.saddr[..4].copy_from_slice(&s);
-        d.daddr[..4].copy_from_slice(&dd);
-    }
+    d.saddr = a.as_ref().map(|a| a.local).unwrap_or([0; 16]);
+    d.daddr = a.as_ref().map(|a| a.peer).unwrap_or([0; 16]);
     // The header was taken at SYN_SENT; the event time is the outcome's.
     ev.header.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
     entry.submit(0);
