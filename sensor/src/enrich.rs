@@ -147,7 +147,14 @@ impl Enricher {
         ProcessRef {
             pid: h.pid,
             tid: if h.tid != h.pid { h.tid } else { 0 },
-            ppid: e.map(|e| e.ppid).unwrap_or(0),
+            // API clients are not in the table (not in a runtime tree): ask /proc while alive.
+            ppid: e.map(|e| e.ppid).unwrap_or_else(|| {
+                if h.track_flags & track::API_CLIENT != 0 {
+                    proc::read_proc(h.pid).map(|p| p.ppid).unwrap_or(0)
+                } else {
+                    0
+                }
+            }),
             uid: h.uid,
             gid: h.gid,
             comm: comm_str(&h.comm),

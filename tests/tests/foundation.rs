@@ -114,6 +114,28 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         )
         .unwrap();
 
+    // A longer-lived API client: its parent is known too (read while it is alive).
+    let mut sh = Command::new("/bin/sh")
+        .args([
+            "-c",
+            "curl -s --max-time 3 --unix-socket /var/run/docker.sock http://x/v1.41/events >/dev/null; true",
+        ])
+        .spawn()
+        .unwrap();
+    let sh_pid = sh.id() as u64;
+    let c = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "connect"
+                    && r["path"] == DOCKER_SOCKET
+                    && r["process"]["ppid"].as_u64() == Some(sh_pid)
+            },
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(c["process"]["role"], "api_client", "{c}");
+    let _ = sh.wait();
+
     // An unrelated process outside any runtime tree produces nothing.
     let quiet = unique_tag("unrelated").replace(':', "-");
     run(
