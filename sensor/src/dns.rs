@@ -21,6 +21,13 @@ fn parse_udp(p: &[u8]) -> Option<(String, String)> {
     if flags & 0x8000 != 0 || qdcount == 0 {
         return None; // a response, or no question
     }
+    let (name, qtype, _) = parse_question(p)?;
+    Some((name, qtype_name(qtype)))
+}
+
+/// The first question: its name (no compression pointers: they are not valid there, and
+/// hostile input is refused), its type, and the index just past its class.
+fn parse_question(p: &[u8]) -> Option<(String, u16, usize)> {
     let mut i = 12;
     let mut labels: Vec<String> = Vec::new();
     loop {
@@ -30,7 +37,7 @@ fn parse_udp(p: &[u8]) -> Option<(String, String)> {
             break;
         }
         if len > 63 || labels.len() > 127 {
-            return None; // compression pointers are not valid in a question; hostile input
+            return None;
         }
         let label = p.get(i..i + len)?;
         labels.push(
@@ -47,7 +54,7 @@ fn parse_udp(p: &[u8]) -> Option<(String, String)> {
     } else {
         labels.join(".")
     };
-    Some((name, qtype_name(qtype)))
+    Some((name, qtype, i + 4))
 }
 
 fn qtype_name(t: u16) -> String {
@@ -102,29 +109,7 @@ fn parse_response_udp(p: &[u8]) -> Option<Response> {
     if qdcount != 1 {
         return None;
     }
-    // The question: a name without pointers, then type and class.
-    let mut i = 12;
-    let mut labels: Vec<String> = Vec::new();
-    loop {
-        let len = *p.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 || labels.len() > 127 {
-            return None;
-        }
-        let label = p.get(i..i + len)?;
-        labels.push(
-            label
-                .iter()
-                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-                .collect(),
-        );
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]);
-    i += 4;
+    let (name, qtype, mut i) = parse_question(p)?;
     let mut addrs = Vec::new();
     for _ in 0..ancount.min(64) {
         i = skip_name(p, i)?;
@@ -152,11 +137,6 @@ fn parse_response_udp(p: &[u8]) -> Option<Response> {
         3 => "NXDOMAIN".to_string(),
         5 => "REFUSED".to_string(),
         n => format!("RCODE{n}"),
-    };
-    let name = if labels.is_empty() {
-        ".".to_string()
-    } else {
-        labels.join(".")
     };
     Some(Response {
         name,

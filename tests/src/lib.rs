@@ -71,6 +71,14 @@ pub fn require_root(what: &str) {
     }
 }
 
+/// Whether `r` is the `build_finished` record of the build that tagged `tag`.
+pub fn is_build_finished_for(r: &serde_json::Value, tag: &str) -> bool {
+    r["kind"] == "build_finished"
+        && r["tags"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|x| x == tag))
+}
+
 /// A name unique to this call in this process, fit for an image tag: `prefix-PID-SEQ:tNANOS`.
 ///
 /// The prefix is lowercased and characters Docker refuses in a repository name become `-`.

@@ -106,15 +106,7 @@ fn build_outbound_carries_the_name_it_was_resolved_under() {
     assert_eq!(resp["server_port"], 53);
 
     let built = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "build_finished"
-                    && r["tags"]
-                        .as_array()
-                        .is_some_and(|t| t.iter().any(|x| x == tag.as_str()))
-            },
-            WAIT,
-        )
+        .wait_for(|r| is_build_finished_for(r, &tag), WAIT)
         .unwrap();
     assert_eq!(built["status"], "succeeded", "{built}");
     let web_ip = web.ip().to_string();

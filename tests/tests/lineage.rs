@@ -21,15 +21,7 @@ fn short_lived_container_from_a_host_built_image_is_linked_and_flagged() {
     BuildContext::new("FROM localbase:1\nRUN echo payload > /payload\n")
         .build(&tag, Builder::BuildKit);
     let built = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "build_finished"
-                    && r["tags"]
-                        .as_array()
-                        .is_some_and(|t| t.iter().any(|x| x == tag.as_str()))
-            },
-            WAIT,
-        )
+        .wait_for(|r| is_build_finished_for(r, &tag), WAIT)
         .unwrap();
     assert_eq!(built["status"], "succeeded", "{built}");
     let build_id = built["build_id"].as_str().unwrap().to_string();

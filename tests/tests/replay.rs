@@ -41,15 +41,7 @@ fn replay_of_a_raw_recording_gives_the_live_build_records() {
     }
     for tag in &tags {
         sensor
-            .wait_for(
-                |r| {
-                    r["kind"] == "build_finished"
-                        && r["tags"]
-                            .as_array()
-                            .is_some_and(|t| t.iter().any(|x| x == tag.as_str()))
-                },
-                WAIT,
-            )
+            .wait_for(|r| is_build_finished_for(r, tag), WAIT)
             .unwrap();
     }
     assert!(sensor.stop().unwrap().success());
