@@ -230,6 +230,10 @@ pub struct ApiData {
     pub len: u16,
     /// Bytes returned by read(2) in total (the capture holds at most HTTP_CAP of them).
     pub read_len: u32,
+    /// The request's first byte when an earlier one-byte read took it (Go's HTTP server reads
+    /// one byte in the background between requests); 0 when `data` starts the request.
+    pub prefix: u32,
+    pub _pad2: u32,
     pub peer_addr: [u8; 16],
     pub local_addr: [u8; 16],
     pub data: [u8; HTTP_CAP],

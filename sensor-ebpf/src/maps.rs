@@ -69,6 +69,12 @@ pub static PENDING_READ: LruHashMap<u64, PendingRead> = LruHashMap::with_max_ent
 #[map]
 pub static SCRATCH_PATH: PerCpuArray<UnixPathKey> = PerCpuArray::with_max_entries(1, 0);
 
+/// The byte of a one-byte read by an API server, keyed by `tgid << 32 | fd`: Go's HTTP server
+/// reads one byte between requests to notice a closed connection, so a request can arrive as
+/// that byte, then the rest.
+#[map]
+pub static ONE_BYTE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// API connections whose responses are captured, keyed by `tgid << 32 | fd`. Set when a watched
 /// request (POST /build, push, container create) is read; cleared on the next request or close.
 #[map]

@@ -362,7 +362,15 @@ impl Enricher {
     }
 
     fn api_request(&mut self, h: &EventHeader, d: &ApiData) -> Option<Body> {
-        let buf = &d.data[..(d.len as usize).min(d.data.len())];
+        let captured = &d.data[..(d.len as usize).min(d.data.len())];
+        // A request whose first byte an earlier one-byte read took (see ApiData::prefix).
+        let joined;
+        let buf = if d.prefix != 0 {
+            joined = [&[d.prefix as u8][..], captured].concat();
+            &joined[..]
+        } else {
+            captured
+        };
         let head = http::parse_request(buf)?;
         let (api_version, endpoint) = http::split_api_version(&head.path);
         let client = match d.peer_family {
@@ -474,5 +482,26 @@ mod tests {
         let mut c = [0u8; 16];
         c[..3].copy_from_slice(b"a\xffb");
         assert_eq!(comm_str(&c), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn request_split_by_a_one_byte_read_is_joined() {
+        // SAFETY: all-zero is valid for these POD structs.
+        let mut ev: sensor_common::Event<ApiData> = unsafe { std::mem::zeroed() };
+        ev.header.kind = sensor_common::EventKind::ApiRequest as u32;
+        ev.header.pid = 1;
+        let rest = b"OST /v1.41/build?t=a%3A1 HTTP/1.1\r\nUser-Agent: x\r\n\r\n";
+        ev.data.data[..rest.len()].copy_from_slice(rest);
+        ev.data.len = rest.len() as u16;
+        ev.data.read_len = rest.len() as u32;
+        ev.data.prefix = b'P' as u32;
+        let mut e = Enricher::new(8);
+        match e.convert(&KernelEvent::Api(ev)) {
+            Some(Body::ApiRequest(r)) => {
+                assert_eq!(r.method, "POST");
+                assert_eq!(r.endpoint, "/build");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

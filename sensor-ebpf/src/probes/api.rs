@@ -16,7 +16,7 @@ use crate::{
         config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd,
         tracked_current, unix_peer,
     },
-    maps::{EVENTS, PENDING_READ, PendingRead, READ_API, READ_DNS, WATCH_FDS},
+    maps::{EVENTS, ONE_BYTE, PENDING_READ, PendingRead, READ_API, READ_DNS, WATCH_FDS},
 };
 
 #[tracepoint(category = "syscalls", name = "sys_enter_read")]
@@ -94,12 +94,32 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     if p.kind == READ_DNS {
         return super::dns::exit_read(&p, ret);
     }
+    let wkey = (key & 0xffff_ffff_0000_0000) | (p.fd & 0xffff_ffff);
+    if ret == 1 {
+        let b: u8 = unsafe { bpf_probe_read_user(p.buf as *const u8) }.ok()?;
+        if b.is_ascii_uppercase() {
+            let _ = ONE_BYTE.insert(&wkey, &b, 0);
+        }
+        return None;
+    }
     if ret < 8 {
         return None;
     }
     let head: [u8; 8] = unsafe { bpf_probe_read_user(p.buf as *const [u8; 8]) }.ok()?;
+    let mut prefix = 0u8;
     if !is_request(&head) {
-        return None;
+        // SAFETY: copied out at once.
+        let b = unsafe { ONE_BYTE.get(&wkey) }.copied()?;
+        let joined = [
+            b, head[0], head[1], head[2], head[3], head[4], head[5], head[6],
+        ];
+        if !is_request(&joined) {
+            return None;
+        }
+        prefix = b;
+    }
+    if unsafe { ONE_BYTE.get(&wkey) }.is_some() {
+        let _ = ONE_BYTE.remove(&wkey);
     }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
@@ -113,6 +133,8 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     let d = &mut ev.data;
     d.fd = p.fd as i32;
     d.read_len = ret as u32;
+    d.prefix = prefix as u32;
+    d._pad2 = 0;
     let mut n = ret as u64;
     if n > HTTP_CAP as u64 {
         n = HTTP_CAP as u64;
@@ -144,7 +166,6 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
         }
         None => count(StatReason::SockLookupFailed),
     }
-    let wkey = (key & 0xffff_ffff_0000_0000) | (p.fd & 0xffff_ffff);
     if is_watched(d) {
         let _ = WATCH_FDS.insert(&wkey, &WATCH_API, 0);
     } else if unsafe { WATCH_FDS.get(&wkey) }.is_some() {
@@ -158,11 +179,13 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
 /// containing `/build`, `/push` or `/containers/create` (scanned within the first 248 bytes).
 #[inline(always)]
 fn is_watched(d: &ApiData) -> bool {
-    if d.data[0] != b'P' || d.data[1] != b'O' {
+    let post = (d.data[0] == b'P' && d.data[1] == b'O')
+        || (d.prefix == b'P' as u32 && d.data[0] == b'O' && d.data[1] == b'S');
+    if !post {
         return false;
     }
     // Registry-qualified push paths are long (`/v1.41/images/127.0.0.1:5000/team/app/push`).
-    let mut i = 5usize;
+    let mut i = 4usize;
     while i < 240 {
         if d.data[i] == b' ' || d.data[i] == b'?' {
             break;
@@ -208,6 +231,8 @@ fn try_write(ctx: &TracePointContext) -> Option<()> {
     let d = &mut ev.data;
     d.fd = fd as i32;
     d.read_len = count as u32;
+    d.prefix = 0;
+    d._pad2 = 0;
     let mut n = count;
     if n > HTTP_CAP as u64 {
         n = HTTP_CAP as u64;
