@@ -179,13 +179,15 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
 /// containing `/build`, `/push` or `/containers/create` (scanned within the first 248 bytes).
 #[inline(always)]
 fn is_watched(d: &ApiData) -> bool {
-    let post = (d.data[0] == b'P' && d.data[1] == b'O')
-        || (d.prefix == b'P' as u32 && d.data[0] == b'O' && d.data[1] == b'S');
-    if !post {
+    // The path starts after "POST " (or after "OST " when a one-byte read took the "P").
+    let mut i = if d.data[0] == b'P' && d.data[1] == b'O' {
+        5usize
+    } else if d.prefix == b'P' as u32 && d.data[0] == b'O' && d.data[1] == b'S' {
+        4usize
+    } else {
         return false;
-    }
+    };
     // Registry-qualified push paths are long (`/v1.41/images/127.0.0.1:5000/team/app/push`).
-    let mut i = 4usize;
     while i < 240 {
         if d.data[i] == b' ' || d.data[i] == b'?' {
             break;
