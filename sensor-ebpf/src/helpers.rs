@@ -21,6 +21,13 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// Key of the current process's file descriptor `fd` in the per-connection maps
+/// (`WATCH_FDS`, `ONE_BYTE`): `tgid << 32 | fd`.
+#[inline(always)]
+pub fn fd_key(fd: u64) -> u64 {
+    (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff)
+}
+
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32

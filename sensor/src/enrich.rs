@@ -57,6 +57,12 @@ impl ProcessTable {
     }
 }
 
+/// The first `len` bytes of a fixed kernel buffer; a length past the buffer (a malformed
+/// record) is cut to the buffer.
+fn captured(buf: &[u8], len: impl Into<usize>) -> &[u8] {
+    &buf[..len.into().min(buf.len())]
+}
+
 pub fn comm_str(c: &[u8; 16]) -> String {
     let end = c.iter().position(|b| *b == 0).unwrap_or(c.len());
     lossy(&c[..end])
@@ -187,11 +193,8 @@ impl Enricher {
         match ev {
             KernelEvent::Exec(e) => {
                 let d = &e.data;
-                let filename =
-                    lossy(&d.filename[..(d.filename_len as usize).min(d.filename.len())]);
-                let argv = self.redact_argv(split_argv(
-                    &d.argv[..(d.argv_len as usize).min(d.argv.len())],
-                ));
+                let filename = lossy(captured(&d.filename, d.filename_len));
+                let argv = self.redact_argv(split_argv(captured(&d.argv, d.argv_len)));
                 let pid = e.header.pid;
                 // The cgroup is read now, while the process is alive (best effort).
                 let container_id = self
@@ -289,7 +292,7 @@ impl Enricher {
             }
             KernelEvent::UnixConnect(e) => {
                 let d = &e.data;
-                let name = lossy(&d.path[..(d.path_len as usize).min(d.path.len())]);
+                let name = lossy(captured(&d.path, d.path_len));
                 let path = if d.abstract_ns != 0 {
                     format!("@{name}")
                 } else {
@@ -310,7 +313,7 @@ impl Enricher {
             }
             KernelEvent::Dns(e) => {
                 let d = &e.data;
-                let q = dns::parse_query(&d.payload[..(d.len as usize).min(d.payload.len())]);
+                let q = dns::parse_query(captured(&d.payload, d.len));
                 Some(Body::DnsQuery(DnsQuery {
                     process: self.process_ref(&e.header),
                     server_addr: ip_string(d.family, &d.daddr),
@@ -321,7 +324,7 @@ impl Enricher {
             }
             KernelEvent::DnsResponse(e) => {
                 let d = &e.data;
-                let r = dns::parse_response(&d.payload[..(d.len as usize).min(d.payload.len())])?;
+                let r = dns::parse_response(captured(&d.payload, d.len))?;
                 Some(Body::DnsResponse(DnsResponse {
                     process: self.process_ref(&e.header),
                     server_addr: (d.family != 0).then(|| ip_string(d.family, &d.daddr)),
@@ -342,7 +345,7 @@ impl Enricher {
                         "open_write"
                     }
                     .into(),
-                    path: lossy(&d.path[..(d.path_len as usize).min(d.path.len())]),
+                    path: lossy(captured(&d.path, d.path_len)),
                     path_truncated: d.truncated != 0,
                     flags: d.flags,
                 }))
@@ -353,7 +356,7 @@ impl Enricher {
                 Some(Body::ApiResponse(ApiResponse {
                     process: self.process_ref(&e.header),
                     fd: d.fd,
-                    data: lossy(&d.data[..(d.len as usize).min(d.data.len())]),
+                    data: lossy(captured(&d.data, d.len)),
                     write_len: d.read_len as u64,
                     truncated: d.read_len as usize > d.len as usize,
                 }))
@@ -362,14 +365,14 @@ impl Enricher {
     }
 
     fn api_request(&mut self, h: &EventHeader, d: &ApiData) -> Option<Body> {
-        let captured = &d.data[..(d.len as usize).min(d.data.len())];
+        let data = captured(&d.data, d.len);
         // A request whose first byte an earlier one-byte read took (see ApiData::prefix).
         let joined;
         let buf = if d.prefix != 0 {
-            joined = [&[d.prefix as u8][..], captured].concat();
+            joined = [&[d.prefix as u8][..], data].concat();
             &joined[..]
         } else {
-            captured
+            data
         };
         let head = http::parse_request(buf)?;
         let (api_version, endpoint) = http::split_api_version(&head.path);

@@ -236,12 +236,17 @@ pub struct Loaded {
     #[allow(dead_code)]
     pub ebpf: Ebpf,
     pub ringbuf: RingBuf<MapData>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub tracked: BpfHashMap<MapData, u32, Tracked>,
-    pub ringbuf_fill: PerCpuArray<MapData, u64>,
+    pub counters: KernelCounters,
     pub attached: Vec<String>,
     pub failed: BTreeMap<String, String>,
     pub missing_offsets: Vec<btf::MissingField>,
+}
+
+/// The maps userspace reads for `sensor_stats` and the metrics (and writes when seeding).
+pub struct KernelCounters {
+    pub stats: PerCpuArray<MapData, u64>,
+    pub tracked: BpfHashMap<MapData, u32, Tracked>,
+    pub ringbuf_fill: PerCpuArray<MapData, u64>,
 }
 
 fn comm_key(name: &str) -> Result<[u8; COMM_LEN], LoadError> {
@@ -348,11 +353,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     )
     .map_err(|e| LoadError::Map("RINGBUF_FILL", e))?;
     Ok(Loaded {
-        ringbuf_fill,
         ebpf,
         ringbuf,
-        stats,
-        tracked,
+        counters: KernelCounters {
+            stats,
+            tracked,
+            ringbuf_fill,
+        },
         attached,
         failed,
         missing_offsets,

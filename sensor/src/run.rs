@@ -1,12 +1,13 @@
 //! `sensor run` and `sensor replay`: the event loop.
 use std::{
+    collections::BTreeMap,
     io::BufRead,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use sensor_common::{feature, track};
+use sensor_common::feature;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -22,7 +23,6 @@ use crate::{
     metrics::{Metrics, Snapshot},
     pipeline::{Pipeline, PipelineOptions, StdoutSink},
     policy::PolicyHandle,
-    proc,
     record::{Body, Record, SensorStarted, Timestamp},
     sinks::{self, SinkSet, SinkSpec},
 };
@@ -164,11 +164,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     for _ in 0..2 {
         for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
         {
-            if loaded.tracked.get(&p.pid, 0).is_ok() {
+            if loaded.counters.tracked.get(&p.pid, 0).is_ok() {
                 continue;
             }
             let t = sensor_common::Tracked { flags, depth };
-            if loaded.tracked.insert(p.pid, t, 0).is_ok() {
+            if loaded.counters.tracked.insert(p.pid, t, 0).is_ok() {
                 seeded += 1;
                 pipeline.enricher.seed(&p);
                 seeded_procs.push(p);
@@ -238,18 +238,19 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 pipeline.tick(Timestamp::now());
-                if args.stats_interval > 0 && last_stats.elapsed() >= stats_every {
+                let stats_due = args.stats_interval > 0 && last_stats.elapsed() >= stats_every;
+                // The kernel's counters are read once a tick at most (walking the tracked map
+                // costs a syscall per entry), for the stats record and the metrics alike.
+                let kernel = (stats_due || args.metrics_addr.is_some())
+                    .then(|| read_kernel_counters(&loaded.counters, &mut pipeline));
+                if let (true, Some((drops, tracked))) = (stats_due, &kernel) {
                     last_stats = Instant::now();
-                    let drops = loader::read_kernel_drops(&loaded.stats);
-                    let tracked = loaded.tracked.keys().count() as u64;
-                    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
-                    pipeline.write_stats(drops, tracked, false);
+                    pipeline.write_stats(drops.clone(), *tracked, false);
                 }
                 pipeline.flush();
-                if args.metrics_addr.is_some() {
-                    gauges.drops = loader::read_kernel_drops(&loaded.stats);
-                    gauges.tracked_processes = loaded.tracked.keys().count() as u64;
-                    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
+                if let (true, Some((drops, tracked))) = (args.metrics_addr.is_some(), kernel) {
+                    gauges.drops = drops;
+                    gauges.tracked_processes = tracked;
                     publish_metrics(&metrics, &mut pipeline, &mut gauges);
                 }
             }
@@ -279,14 +280,24 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let drops = loader::read_kernel_drops(&loaded.stats);
-    let tracked = loaded.tracked.keys().count() as u64;
-    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&loaded.ringbuf_fill);
+    let (drops, tracked) = read_kernel_counters(&loaded.counters, &mut pipeline);
     pipeline.write_stats(drops, tracked, true);
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
-    let _ = track::RUNTIME;
     Ok(())
+}
+
+/// The kernel's drop counters and tracked-process count; the ring buffer's peak fill goes
+/// straight into the pipeline's ring-buffer stats.
+fn read_kernel_counters(
+    k: &loader::KernelCounters,
+    pipeline: &mut Pipeline,
+) -> (BTreeMap<String, u64>, u64) {
+    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
+    (
+        loader::read_kernel_drops(&k.stats),
+        k.tracked.keys().count() as u64,
+    )
 }
 
 /// `gauges.drops` holds the kernel's drop counters on entry.
@@ -358,7 +369,6 @@ pub fn replay(
     if bad > 0 {
         tracing::warn!("{bad} lines were not sensor records and were skipped");
     }
-    let _ = proc::proc_root;
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, fe
 use super::net::{WATCH_API, WATCH_DNS, dns_send, sys_arg as syscall_arg, sys_ret as syscall_ret};
 use crate::{
     helpers::{
-        config, count, count as count_stat, fill_header, is_api_server, sock_addrs, sock_of_fd,
-        tracked_current, unix_peer,
+        config, count, fd_key, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current,
+        unix_peer,
     },
     maps::{EVENTS, ONE_BYTE, PENDING_READ, PendingRead, READ_API, READ_DNS, WATCH_FDS},
 };
@@ -94,7 +94,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     if p.kind == READ_DNS {
         return super::dns::exit_read(&p, ret);
     }
-    let wkey = (key & 0xffff_ffff_0000_0000) | (p.fd & 0xffff_ffff);
+    let wkey = fd_key(p.fd);
     if ret == 1 {
         let b: u8 = unsafe { bpf_probe_read_user(p.buf as *const u8) }.ok()?;
         if b.is_ascii_uppercase() {
@@ -211,20 +211,19 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_write(ctx: &TracePointContext) -> Option<()> {
-    let pid_tgid = bpf_get_current_pid_tgid();
     let fd = syscall_arg(ctx, 0);
-    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff);
+    let key = fd_key(fd);
     // SAFETY: copied out at once.
     let what = unsafe { WATCH_FDS.get(&key) }.copied()?;
     let buf = syscall_arg(ctx, 1);
-    let count = syscall_arg(ctx, 2);
+    let write_len = syscall_arg(ctx, 2);
     if what == WATCH_DNS {
-        return dns_send(ctx, fd, 0, buf, count);
+        return dns_send(ctx, fd, 0, buf, write_len);
     }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
     let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {
-        count_stat(StatReason::RingbufFull);
+        count(StatReason::RingbufFull);
         return None;
     };
     // SAFETY: sized reservation; data bounded by `len` written below.
@@ -232,10 +231,10 @@ fn try_write(ctx: &TracePointContext) -> Option<()> {
     fill_header(&mut ev.header, EventKind::ApiResponse as u32, t.flags);
     let d = &mut ev.data;
     d.fd = fd as i32;
-    d.read_len = count as u32;
+    d.read_len = write_len as u32;
     d.prefix = 0;
     d._pad2 = 0;
-    let mut n = count;
+    let mut n = write_len;
     if n > HTTP_CAP as u64 {
         n = HTTP_CAP as u64;
     }
@@ -249,8 +248,7 @@ fn try_write(ctx: &TracePointContext) -> Option<()> {
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let key = (pid_tgid & 0xffff_ffff_0000_0000) | (syscall_arg(&ctx, 0) & 0xffff_ffff);
+    let key = fd_key(syscall_arg(&ctx, 0));
     // SAFETY: presence check only.
     if unsafe { WATCH_FDS.get(&key) }.is_some() {
         let _ = WATCH_FDS.remove(&key);

@@ -13,14 +13,9 @@ use sensor_common::{DNS_CAP, DnsData, Event, EventKind, StatReason, track};
 
 use super::net::{WATCH_DNS, sys_arg, sys_ret};
 use crate::{
-    helpers::{config, count, fill_header, sock_addrs, sock_of_fd, tracked_current},
+    helpers::{config, count, fd_key, fill_header, sock_addrs, sock_of_fd, tracked_current},
     maps::{EVENTS, PENDING_READ, PendingRead, READ_DNS, TRACKED, WATCH_FDS},
 };
-
-#[inline(always)]
-fn fd_key(fd: u64) -> u64 {
-    (bpf_get_current_pid_tgid() & 0xffff_ffff_0000_0000) | (fd & 0xffff_ffff)
-}
 
 /// Mark `fd` of the current process as a DNS socket: its reads are responses.
 #[inline(always)]
