@@ -40,6 +40,7 @@
 mod cmd;
 mod docker;
 mod netns;
+mod records;
 mod sensor;
 mod tcp_dockerd;
 
@@ -49,6 +50,7 @@ pub use docker::{
     remove_image,
 };
 pub use netns::{TcpSink, TestHost};
+pub use records::{assert_records_match_schema, build_record, has_tag};
 pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 

@@ -10,33 +10,20 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TcpDockerd, TestHost, docker_cli,
-    ensure_base_image, remove_image, require_root, run, unique_tag,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TcpDockerd, TestHost, build_record,
+    docker_cli, ensure_base_image, remove_image, require_root, run, unique_tag,
 };
 use serde_json::Value;
 
 const BASE: &str = "localbase:1";
 const WAIT: Duration = Duration::from_secs(90);
 
-fn has_tag(r: &Value, tag: &str) -> bool {
-    r["params"]["tags"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|t| t == tag))
-        || r["tags"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|t| t == tag))
-}
-
 fn finished(sensor: &SensorProcess, tag: &str) -> Value {
-    sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"))
+    build_record(sensor, "build_finished", tag, WAIT)
 }
 
 fn started(sensor: &SensorProcess, tag: &str) -> Value {
-    sensor
-        .wait_for(|r| r["kind"] == "build_started" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_started for {tag}: {e:#}"))
+    build_record(sensor, "build_started", tag, WAIT)
 }
 
 fn steps(f: &Value) -> Vec<(String, Option<i64>)> {

@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sensor_tests::{
-    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image,
-    remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
+    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, assert_records_match_schema, docker_cli,
+    ensure_base_image, remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
 };
 use serde_json::Value;
 
@@ -33,35 +33,6 @@ allowed = ["registry.corp.example", "10.30.0.0/24"]
 [rules.deploy_soon_after_build]
 window_secs = 600
 "#;
-
-fn schema_validator() -> jsonschema::Validator {
-    let path = workspace_root().join("schema/records.schema.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema does not compile: {e}"))
-}
-
-/// Every record the sensor wrote validates against the checked-in schema.
-fn assert_records_match_schema(records: &[Value]) {
-    let v = schema_validator();
-    let mut bad = Vec::new();
-    for r in records {
-        let errors: Vec<String> = v
-            .iter_errors(r)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        if !errors.is_empty() {
-            bad.push(format!("{}: {}\n  {r}", r["kind"], errors.join("; ")));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{} of {} records do not match the schema:\n{}",
-        bad.len(),
-        records.len(),
-        bad.join("\n")
-    );
-}
 
 /// `POST /build?t=TAG` with a tar of `dockerfile` as the body, as an attacker with the socket
 /// (or an exposed API) would send it. Returns the response body (the build's JSON stream).

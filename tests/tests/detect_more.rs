@@ -15,53 +15,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, docker_cli, ensure_base_image,
-    remove_image, require_root, run, tail_file, unique_tag, workspace_root,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, assert_records_match_schema,
+    build_record, docker_cli, ensure_base_image, remove_image, require_root, run, tail_file,
+    unique_tag,
 };
 use serde_json::Value;
 
 const BASE: &str = "localbase:1";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn schema_validator() -> jsonschema::Validator {
-    let path = workspace_root().join("schema/records.schema.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let schema: Value = serde_json::from_str(&text).unwrap();
-    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema does not compile: {e}"))
-}
-
-/// Every record the sensor wrote validates against the checked-in schema.
-fn assert_records_match_schema(records: &[Value]) {
-    let v = schema_validator();
-    let mut bad = Vec::new();
-    for r in records {
-        let errors: Vec<String> = v
-            .iter_errors(r)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        if !errors.is_empty() {
-            bad.push(format!("{}: {}\n  {r}", r["kind"], errors.join("; ")));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{} of {} records do not match the schema:\n{}",
-        bad.len(),
-        records.len(),
-        bad.join("\n")
-    );
-}
-
-fn has_tag(r: &Value, tag: &str) -> bool {
-    [&r["tags"], &r["params"]["tags"]]
-        .iter()
-        .any(|l| l.as_array().is_some_and(|a| a.iter().any(|t| t == tag)))
-}
-
 fn finished(sensor: &SensorProcess, tag: &str) -> Value {
-    sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"))
+    build_record(sensor, "build_finished", tag, WAIT)
 }
 
 fn docker_out(args: &[&str]) -> String {
