@@ -18,6 +18,16 @@ pub const UNIX_PATH_CAP: usize = 108;
 pub const DNS_CAP: usize = 512;
 /// Bytes of the start of an HTTP request read by an Engine API server.
 pub const HTTP_CAP: usize = 2048;
+/// Bytes of an API client's executable path, captured as NUL-separated components leaf first
+/// (the kernel program walks `mm->exe_file`'s dentries; userspace joins them). The buffer is
+/// twice the logical size so that each component copy has a verifiable bound.
+pub const EXE_CAP: usize = 256;
+/// Bytes of an API client's cgroup path, captured like `EXE_CAP` (leaf first).
+pub const CGROUP_CAP: usize = 128;
+/// Path components walked (exe path, cgroup path).
+pub const PATH_DEPTH: usize = 16;
+/// Entries of the syscall dispatch table (`SYSCALLS`): syscall numbers at or above are ignored.
+pub const SYSCALL_TABLE: usize = 512;
 /// Process names held in the tracked-name map (the kernel's comm size).
 pub const COMM_LEN: usize = 16;
 /// Largest event the kernel submits; checked at compile time below.
@@ -154,18 +164,18 @@ pub const AF_INET6: u16 = 10;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SockData {
+    /// Boot ns when the connect started (SYN_SENT).
+    pub start_ns: u64,
     pub family: u16,
     pub protocol: u16,
     /// Connect: 0 established, 1 failed (went from SYN_SENT to CLOSE).
     pub result: u16,
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u16,
+    pub _pad: [u16; 3],
     /// IPv4 in the first 4 bytes, or IPv6.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Boot ns when the connect started (SYN_SENT).
-    pub start_ns: u64,
 }
 
 pub mod connect_result {
@@ -179,8 +189,36 @@ pub struct UnixConnectData {
     pub path_len: u16,
     /// 1 when the address is in the abstract namespace (leading NUL).
     pub abstract_ns: u16,
-    pub _pad: u32,
+    /// `client_flags::*`: whether the client identity below was captured, and what was cut.
+    pub client: u16,
+    pub _pad: u16,
     pub path: [u8; UNIX_PATH_CAP],
+    /// The rest describes the connecting process, taken in the kernel at connect when it talks
+    /// to a runtime's API socket (so that a client that exits at once is still known).
+    pub ppid: u32,
+    pub start_time_ns: u64,
+    pub exe_len: u16,
+    pub argv_len: u16,
+    pub cgroup_len: u16,
+    pub _pad2: u16,
+    /// NUL-separated path components, leaf first; `exe_len` bytes are meaningful.
+    pub exe: [u8; 2 * EXE_CAP],
+    pub argv: [u8; ARGV_CAP],
+    /// NUL-separated cgroup path components (memory controller, else the v2 hierarchy), leaf
+    /// first.
+    pub cgroup: [u8; 2 * CGROUP_CAP],
+}
+
+pub mod client_flags {
+    /// The client identity fields were filled.
+    pub const CAPTURED: u16 = 1;
+    /// The exe path has more components than were walked, or did not fit.
+    pub const EXE_TRUNCATED: u16 = 2;
+    pub const ARGV_TRUNCATED: u16 = 4;
+    /// The exe path could not be read (no mm, a kernel without the fields).
+    pub const EXE_UNREADABLE: u16 = 8;
+    /// The cgroup path has more components than were walked.
+    pub const CGROUP_TRUNCATED: u16 = 16;
 }
 
 /// A UDP datagram sent to port 53, or (kind DnsResponse) one read back from that socket.
@@ -327,6 +365,29 @@ pub struct KernelOffsets {
     pub pid_first_nr: u32,
     pub cred_uid: u32,
     pub sk_protocol: u32,
+    /// Where the syscall arguments are in `struct pt_regs` (arch-specific: di, si, dx, r10, r8,
+    /// r9 on x86_64; regs[0..5] on arm64), for the raw `sys_enter` dispatch.
+    pub regs_arg: [u32; 6],
+    pub mm_exe_file: u32,
+    pub file_path_dentry: u32,
+    pub file_path_mnt: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub vfsmount_root: u32,
+    /// Offset of `struct vfsmount mnt` inside `struct mount` (the kernel's `real_mount`).
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub task_cgroups: u32,
+    /// `css_set.subsys[memory_cgrp_id]` (or `dfl_cgrp` when there is no memory controller).
+    pub css_set_cgroup: u32,
+    /// 1 when `css_set_cgroup` points at a `cgroup_subsys_state` (then `css_cgroup` follows),
+    /// 0 when it is `dfl_cgrp`, a `struct cgroup` itself.
+    pub css_set_is_css: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_name: u32,
+    pub kn_parent: u32,
 }
 
 pub const OFFSET_MISSING: u32 = u32::MAX;
@@ -369,12 +430,56 @@ pub struct Tracked {
 /// Key of the `RUNTIME_SOCKETS` map: a NUL-padded unix socket path.
 pub type UnixPathKey = [u8; UNIX_PATH_CAP];
 
+/// What a syscall number means to the raw `sys_enter`/`sys_exit` dispatch (value of the
+/// `SYSCALLS` array, indexed by syscall number; 0 for every syscall the sensor ignores). The
+/// loader fills it from the userspace build's syscall numbers, so the kernel object is the same
+/// on every architecture.
+pub mod syscall {
+    pub const IGNORED: u8 = 0;
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const CLOSE: u8 = 3;
+    pub const CONNECT: u8 = 4;
+    pub const ACCEPT: u8 = 5;
+    pub const ACCEPT4: u8 = 6;
+    pub const SENDTO: u8 = 7;
+    pub const SENDMSG: u8 = 8;
+    pub const SENDMMSG: u8 = 9;
+    pub const RECVFROM: u8 = 10;
+    pub const RECVMSG: u8 = 11;
+    pub const OPENAT: u8 = 12;
+    pub const OPENAT2: u8 = 13;
+    pub const OPEN: u8 = 14;
+    pub const CREAT: u8 = 15;
+    pub const RENAME: u8 = 16;
+    pub const RENAMEAT: u8 = 17;
+    pub const RENAMEAT2: u8 = 18;
+}
+
+// Exact sizes: the kernel and userspace builds must agree byte for byte, and no payload may
+// carry implicit padding (a hole the probes never write would leak kernel stack bytes or read
+// as garbage).
 const _: () = {
-    assert!(core::mem::size_of::<Event<ExecData>>() <= MAX_EVENT_SIZE);
-    assert!(core::mem::size_of::<Event<ApiData>>() <= MAX_EVENT_SIZE);
-    assert!(core::mem::size_of::<Event<FileData>>() <= MAX_EVENT_SIZE);
-    assert!(core::mem::size_of::<Event<DnsData>>() <= MAX_EVENT_SIZE);
+    use core::mem::size_of;
+    assert!(size_of::<EventHeader>() == 56);
+    assert!(size_of::<ExecData>() == 24 + PATH_CAP + ARGV_CAP);
+    assert!(size_of::<ForkData>() == 16);
+    assert!(size_of::<ExitData>() == 16);
+    assert!(size_of::<SockData>() == 56);
+    assert!(
+        size_of::<UnixConnectData>()
+            == 8 + UNIX_PATH_CAP + 4 + 8 + 8 + 2 * EXE_CAP + ARGV_CAP + 2 * CGROUP_CAP
+    );
+    assert!(size_of::<DnsData>() == 24 + DNS_CAP);
+    assert!(size_of::<FileData>() == 16 + PATH_CAP);
+    assert!(size_of::<ApiData>() == 64 + HTTP_CAP);
+    assert!(size_of::<Event<ExecData>>() <= MAX_EVENT_SIZE);
+    assert!(size_of::<Event<ApiData>>() <= MAX_EVENT_SIZE);
+    assert!(size_of::<Event<FileData>>() <= MAX_EVENT_SIZE);
+    assert!(size_of::<Event<DnsData>>() <= MAX_EVENT_SIZE);
+    assert!(size_of::<Event<UnixConnectData>>() <= MAX_EVENT_SIZE);
     assert!(HTTP_CAP.is_power_of_two() && ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
+    assert!(EXE_CAP.is_power_of_two() && CGROUP_CAP.is_power_of_two());
 };
 
 #[cfg(feature = "user")]

@@ -1,12 +1,113 @@
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-    bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns, bpf_probe_read_kernel,
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel,
+        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+    },
+    maps::ring_buf::RingBufEntry,
+    programs::TracePointContext,
 };
 use sensor_common::{
-    Config, EventHeader, KernelOffsets, OFFSET_MISSING, StatReason, Tracked, track,
+    ARGV_CAP, Config, Event, EventHeader, EventKind, KernelOffsets, OFFSET_MISSING, PATH_DEPTH,
+    StatReason, Tracked, track,
 };
 
-use crate::maps::{CONFIG, EVENTS, RINGBUF_FILL, STATS, TRACKED};
+use crate::maps::{
+    CONFIG, EVENTS, PENDING_COUNT, PENDING_READ, PendingRead, RINGBUF_FILL, STATS, TRACKED,
+};
+
+/// An event reserved in the ring buffer with its header filled. Every path must end in
+/// [`Reserved::submit`]: the verifier refuses a reservation that is neither submitted nor
+/// discarded.
+pub struct Reserved<T: 'static>(RingBufEntry<Event<T>>);
+
+impl<T> Reserved<T> {
+    #[inline(always)]
+    pub fn event(&mut self) -> &mut Event<T> {
+        // SAFETY: the reservation is sized for `Event<T>`; the header is written by `reserve`
+        // and the caller writes every data field (or bounds byte arrays by written lengths).
+        unsafe { &mut *self.0.as_mut_ptr() }
+    }
+
+    #[inline(always)]
+    pub fn submit(self) {
+        self.0.submit(0);
+    }
+}
+
+/// Reserve an event of `kind` and fill its header; a full ring buffer is counted.
+#[inline(always)]
+pub fn reserve<T>(kind: EventKind, track_flags: u32) -> Option<Reserved<T>> {
+    let Some(entry) = EVENTS.reserve::<Event<T>>(0) else {
+        count(StatReason::RingbufFull);
+        return None;
+    };
+    let mut r = Reserved(entry);
+    fill_header(&mut r.event().header, kind as u32, track_flags);
+    Some(r)
+}
+
+/// A field of a classic tracepoint record, by a direct load from the context: the verifier
+/// checks the constant, aligned offset, and no helper call is paid.
+#[inline(always)]
+pub fn tp_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
+    // SAFETY: `off` is a constant offset of a field of this tracepoint's record, aligned to
+    // its size; tracepoint programs may read their context directly.
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off) as *const T) }
+}
+
+/// Syscall argument `n` (0..6) from the `struct pt_regs` the raw `sys_enter` tracepoint passes,
+/// at the offsets the loader resolved from BTF for this architecture.
+#[inline(always)]
+pub fn syscall_arg(o: &KernelOffsets, regs: u64, n: usize) -> u64 {
+    read_at::<u64>(regs, o.regs_arg[n]).unwrap_or(0)
+}
+
+/// Remember a watched syscall of the current thread until its `sys_exit`.
+#[inline(always)]
+pub fn pend(p: &PendingRead) {
+    if PENDING_READ
+        .insert(&bpf_get_current_pid_tgid(), p, 0)
+        .is_err()
+    {
+        count(StatReason::ScratchMapFull);
+        return;
+    }
+    pending_add(1);
+}
+
+/// The current thread's watched syscall, taken out of the map (at `sys_exit`).
+#[inline(always)]
+pub fn take_pending() -> Option<PendingRead> {
+    // Every syscall exit of every process passes here: leave before the hash lookup when
+    // nothing is pending anywhere.
+    if *PENDING_COUNT.get(0)? == 0 {
+        return None;
+    }
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let p = unsafe { PENDING_READ.get(&key) }.copied()?;
+    if PENDING_READ.remove(&key).is_ok() {
+        pending_add(u64::MAX); // -1, wrapping
+    }
+    Some(p)
+}
+
+#[inline(always)]
+fn pending_add(delta: u64) {
+    if let Some(p) = PENDING_COUNT.get_ptr_mut(0) {
+        // SAFETY: a map value shared by all CPUs, updated only atomically. The BPF target has
+        // no `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic with its result unused
+        // is the kernel's atomic add (BPF_XADD).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, delta,
+            )
+        };
+    }
+}
 
 #[inline(always)]
 pub fn count(reason: StatReason) {
@@ -169,4 +270,153 @@ pub fn unix_peer(o: &KernelOffsets, sk: u64) -> (u32, u32) {
 #[inline(always)]
 pub fn is_api_server(t: &Tracked) -> bool {
     t.flags & track::API_SERVER != 0
+}
+
+/// What the out-of-line readers below return, packed in a `u32`: an `Option<(u16, bool)>`
+/// return of a non-inlined function gives BTF that the kernel refuses (a niche-packed union
+/// member at a bit offset). `NONE`, or the byte count with `INCOMPLETE` set when cut short.
+pub const NONE: u32 = u32::MAX;
+pub const INCOMPLETE: u32 = 1 << 16;
+
+/// Unpack a reader's result: (bytes, complete).
+#[inline(always)]
+pub fn unpack(v: u32) -> Option<(u16, bool)> {
+    (v != NONE).then_some((v as u16, v & INCOMPLETE == 0))
+}
+
+#[inline(always)]
+fn pack(r: Option<(u16, bool)>) -> u32 {
+    match r {
+        Some((n, complete)) => n as u32 | if complete { 0 } else { INCOMPLETE },
+        None => NONE,
+    }
+}
+
+/// Copy a task's argv (the NUL-separated area between mm->arg_start and arg_end) into `out`;
+/// returns the bytes copied and whether all of it fit (packed, see [`unpack`]).
+#[inline(never)]
+pub fn read_argv(task: u64, o: &KernelOffsets, out: &mut [u8; ARGV_CAP]) -> u32 {
+    pack(read_argv_inner(task, o, out))
+}
+
+#[inline(always)]
+fn read_argv_inner(task: u64, o: &KernelOffsets, out: &mut [u8; ARGV_CAP]) -> Option<(u16, bool)> {
+    let mm: u64 = read_at(task, o.task_mm)?;
+    let start: u64 = read_at(mm, o.mm_arg_start)?;
+    let end: u64 = read_at(mm, o.mm_arg_end)?;
+    if end <= start {
+        return None;
+    }
+    let mut n = end - start;
+    let mut cut = false;
+    if n > ARGV_CAP as u64 {
+        n = ARGV_CAP as u64;
+        cut = true;
+        count(StatReason::Truncated);
+    }
+    // SAFETY: n <= ARGV_CAP, the destination's size.
+    let r = unsafe { bpf_probe_read_user(out.as_mut_ptr() as *mut _, n as u32, start as *const _) };
+    if r != 0 {
+        return None;
+    }
+    Some((n as u16, !cut))
+}
+
+/// Append the kernel string at `src` to `buf` at `off` (NUL included, as a separator); the
+/// buffer is `2 * cap` bytes so that a copy of up to `cap` from any offset below `cap` is in
+/// bounds. Returns the new offset, or `None` when the string did not fit or was unreadable.
+#[inline(always)]
+fn push_component(buf: *mut u8, cap: usize, off: usize, src: u64) -> Option<usize> {
+    if off >= cap || src == 0 {
+        return None;
+    }
+    // SAFETY: off < cap and at most cap bytes are written, inside the 2 * cap buffer.
+    let r = unsafe {
+        bpf_probe_read_kernel_str(
+            buf.add(off & (cap - 1)) as *mut _,
+            cap as u32,
+            src as *const _,
+        )
+    };
+    if r <= 0 {
+        return None;
+    }
+    Some(off + r as usize)
+}
+
+/// The path of a task's executable, as NUL-separated components leaf first, walking
+/// `mm->exe_file`'s dentries up and across mounts to the root of the task's mount namespace
+/// (`bpf_d_path` is not allowed in tracepoints). Returns (bytes, complete), packed.
+#[inline(never)]
+pub fn exe_components(task: u64, o: &KernelOffsets, buf: *mut u8, cap: usize) -> u32 {
+    pack(exe_inner(task, o, buf, cap))
+}
+
+#[inline(always)]
+fn exe_inner(task: u64, o: &KernelOffsets, buf: *mut u8, cap: usize) -> Option<(u16, bool)> {
+    let mm: u64 = read_at(task, o.task_mm)?;
+    let file: u64 = read_at(mm, o.mm_exe_file)?;
+    let mut dentry: u64 = read_at(file, o.file_path_dentry)?;
+    let mut vfsmnt: u64 = read_at(file, o.file_path_mnt)?;
+    if o.mount_mnt == OFFSET_MISSING || vfsmnt == 0 {
+        return None;
+    }
+    let mut mnt = vfsmnt - o.mount_mnt as u64;
+    let mut off = 0usize;
+    for _ in 0..PATH_DEPTH {
+        let root: u64 = read_at(vfsmnt, o.vfsmount_root)?;
+        if dentry == root {
+            // The top of this mount: continue from where it is mounted, or stop at the root.
+            let parent: u64 = read_at(mnt, o.mount_parent)?;
+            if parent == mnt || parent == 0 {
+                return Some((off as u16, true));
+            }
+            dentry = read_at(mnt, o.mount_mountpoint)?;
+            mnt = parent;
+            vfsmnt = mnt + o.mount_mnt as u64;
+            continue;
+        }
+        let parent: u64 = read_at(dentry, o.dentry_parent)?;
+        if parent == dentry {
+            return Some((off as u16, true));
+        }
+        let name: u64 = read_at(dentry, o.dentry_name)?;
+        off = match push_component(buf, cap, off, name) {
+            Some(n) => n,
+            None => return Some((off as u16, false)),
+        };
+        dentry = parent;
+    }
+    Some((off as u16, false))
+}
+
+/// The cgroup path of a task (memory controller, else the v2 hierarchy), as NUL-separated
+/// kernfs node names leaf first. Returns (bytes, complete), packed.
+#[inline(never)]
+pub fn cgroup_components(task: u64, o: &KernelOffsets, buf: *mut u8, cap: usize) -> u32 {
+    pack(cgroup_inner(task, o, buf, cap))
+}
+
+#[inline(always)]
+fn cgroup_inner(task: u64, o: &KernelOffsets, buf: *mut u8, cap: usize) -> Option<(u16, bool)> {
+    let cset: u64 = read_at(task, o.task_cgroups)?;
+    let mut cgrp: u64 = read_at(cset, o.css_set_cgroup)?;
+    if o.css_set_is_css != 0 {
+        cgrp = read_at(cgrp, o.css_cgroup)?;
+    }
+    let mut kn: u64 = read_at(cgrp, o.cgroup_kn)?;
+    let mut off = 0usize;
+    for _ in 0..PATH_DEPTH {
+        let parent: u64 = read_at(kn, o.kn_parent)?;
+        if parent == 0 {
+            return Some((off as u16, true)); // the hierarchy's root
+        }
+        let name: u64 = read_at(kn, o.kn_name)?;
+        off = match push_component(buf, cap, off, name) {
+            Some(n) => n,
+            None => return Some((off as u16, false)),
+        };
+        kn = parent;
+    }
+    Some((off as u16, false))
 }

@@ -4,6 +4,9 @@
 //! at once when it is not: an unrelated process costs one hash lookup and no ring-buffer traffic.
 #![no_std]
 #![no_main]
+// The atomic add of `helpers::pending_add` (the kernel crate is always built with nightly).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod helpers;
 mod maps;

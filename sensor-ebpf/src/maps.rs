@@ -3,7 +3,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    COMM_LEN, Config, EventHeader, RuntimeName, STAT_REASONS, Tracked, UnixPathKey,
+    COMM_LEN, Config, EventHeader, RuntimeName, STAT_REASONS, SYSCALL_TABLE, Tracked, UnixPathKey,
 };
 
 /// The one ring buffer every event goes through. Its size can be changed by the loader.
@@ -59,11 +59,24 @@ pub struct PendingRead {
 
 pub const READ_API: u64 = 1;
 pub const READ_DNS: u64 = 2;
+/// accept(2)/accept4(2) by a tracked process: the new fd is the return value.
+pub const READ_ACCEPT: u64 = 3;
 
-/// read(2)/recvfrom(2)/recvmsg(2) calls being watched (API servers' requests, DNS responses)
-/// between enter and exit, keyed by pid_tgid.
+/// Syscalls being watched between the raw `sys_enter` and `sys_exit` (API servers' reads, DNS
+/// responses, accepts), keyed by pid_tgid.
 #[map]
 pub static PENDING_READ: LruHashMap<u64, PendingRead> = LruHashMap::with_max_entries(8192, 0);
+
+/// How many `PENDING_READ` entries may exist (never less than the real number: an LRU eviction
+/// leaves it higher). `sys_exit` runs on every syscall of every process; while this is 0 it
+/// leaves without a hash lookup.
+#[map]
+pub static PENDING_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// What each syscall number means to the raw `sys_enter` dispatch (`sensor_common::syscall`),
+/// written by the loader from its own syscall numbers.
+#[map]
+pub static SYSCALLS: Array<u8> = Array::with_max_entries(SYSCALL_TABLE as u32, 0);
 
 /// Scratch space for a unix socket path key (too big for the 512-byte stack with the rest).
 #[map]

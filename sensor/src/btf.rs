@@ -545,6 +545,39 @@ impl Btf {
             .ok_or_else(|| BtfError::BadType("type record truncated".into()))
     }
 
+    /// The value of enumerator `variant` of enum `enum_name` (e.g. `cgroup_subsys_id`,
+    /// `memory_cgrp_id`: which controllers a kernel has, and their order, is its config's).
+    pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64, BtfError> {
+        for id in 1..=self.index.len() as u32 {
+            let t = self.ty(id)?;
+            if !matches!(t.kind, KIND_ENUM | KIND_ENUM64)
+                || self.name(t.name_off) != enum_name.as_bytes()
+            {
+                continue;
+            }
+            let step = if t.kind == KIND_ENUM { 8 } else { 12 };
+            for i in 0..t.vlen as usize {
+                let name_off = self.u32_extra(&t, i * step)?;
+                if self.name(name_off) != variant.as_bytes() {
+                    continue;
+                }
+                let lo = self.u32_extra(&t, i * step + 4)?;
+                return Ok(if t.kind == KIND_ENUM {
+                    i64::from(lo as i32)
+                } else {
+                    let hi = self.u32_extra(&t, i * step + 8)?;
+                    ((u64::from(hi) << 32) | u64::from(lo)) as i64
+                });
+            }
+            return Err(BtfError::FieldNotFound {
+                ctx: format!("enum {enum_name}"),
+                name: variant.to_string(),
+                path: variant.to_string(),
+            });
+        }
+        Err(BtfError::StructNotFound(format!("enum {enum_name}")))
+    }
+
     /// The NUL-terminated string at `off` (empty if out of range).
     fn name(&self, off: u32) -> &[u8] {
         let s = self.strings.get(off as usize..).unwrap_or_default();
@@ -557,8 +590,16 @@ type FieldRef = fn(&mut KernelOffsets) -> &mut u32;
 
 /// One row of [`FIELDS`]: `KernelOffsets` field, struct, path in the struct.
 macro_rules! field {
-    ($field:ident, $struct_name:literal, $path:literal) => {
+    ($field:ident, $struct_name:literal, $path:expr) => {
         (stringify!($field), $struct_name, $path, |o| &mut o.$field)
+    };
+    ($field:ident[$i:literal], $struct_name:literal, $path:expr) => {
+        (
+            concat!(stringify!($field), "[", $i, "]"),
+            $struct_name,
+            $path,
+            |o| &mut o.$field[$i],
+        )
     };
 }
 
@@ -593,6 +634,35 @@ const FIELDS: &[(&str, &str, &str, FieldRef)] = &[
     // kuid_t is `struct { uid_t val; }`: its offset is the value's.
     field!(cred_uid, "cred", "uid"),
     field!(sk_protocol, "sock", "sk_protocol"),
+    field!(mm_exe_file, "mm_struct", "exe_file"),
+    field!(file_path_dentry, "file", "f_path.dentry"),
+    field!(file_path_mnt, "file", "f_path.mnt"),
+    field!(dentry_parent, "dentry", "d_parent"),
+    field!(dentry_name, "dentry", "d_name.name"),
+    field!(vfsmount_root, "vfsmount", "mnt_root"),
+    field!(mount_mnt, "mount", "mnt"),
+    field!(mount_parent, "mount", "mnt_parent"),
+    field!(mount_mountpoint, "mount", "mnt_mountpoint"),
+    field!(task_cgroups, "task_struct", "cgroups"),
+    field!(css_cgroup, "cgroup_subsys_state", "cgroup"),
+    field!(cgroup_kn, "cgroup", "kn"),
+    field!(kn_name, "kernfs_node", "name"),
+    // Renamed `__parent` in 6.15 (RCU-protected); `parent` before.
+    field!(kn_parent, "kernfs_node", "__parent|parent"),
+    field!(regs_arg[0], "pt_regs", REGS_ARGS[0]),
+    field!(regs_arg[1], "pt_regs", REGS_ARGS[1]),
+    field!(regs_arg[2], "pt_regs", REGS_ARGS[2]),
+    field!(regs_arg[3], "pt_regs", REGS_ARGS[3]),
+    field!(regs_arg[4], "pt_regs", REGS_ARGS[4]),
+    field!(regs_arg[5], "pt_regs", REGS_ARGS[5]),
+];
+
+/// Where the six syscall arguments are in `struct pt_regs` on this architecture.
+#[cfg(target_arch = "x86_64")]
+const REGS_ARGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
+#[cfg(target_arch = "aarch64")]
+const REGS_ARGS: [&str; 6] = [
+    "regs[0]", "regs[1]", "regs[2]", "regs[3]", "regs[4]", "regs[5]",
 ];
 
 fn all_missing() -> KernelOffsets {
@@ -625,6 +695,23 @@ fn all_missing() -> KernelOffsets {
         pid_first_nr: m,
         cred_uid: m,
         sk_protocol: m,
+        regs_arg: [m; 6],
+        mm_exe_file: m,
+        file_path_dentry: m,
+        file_path_mnt: m,
+        dentry_parent: m,
+        dentry_name: m,
+        vfsmount_root: m,
+        mount_mnt: m,
+        mount_parent: m,
+        mount_mountpoint: m,
+        task_cgroups: m,
+        css_set_cgroup: m,
+        css_set_is_css: 0,
+        css_cgroup: m,
+        cgroup_kn: m,
+        kn_name: m,
+        kn_parent: m,
     }
 }
 
@@ -634,14 +721,44 @@ fn all_missing() -> KernelOffsets {
 pub fn resolve_offsets(btf: &Btf) -> (KernelOffsets, Vec<MissingField>) {
     let mut offsets = all_missing();
     let mut missing = Vec::new();
-    for &(field, struct_name, path, slot) in FIELDS {
-        match btf.member_offset(struct_name, path) {
-            Ok(off) => *slot(&mut offsets) = off,
-            Err(e) => missing.push(MissingField {
-                field,
-                reason: format!("{struct_name}.{path}: {e}"),
-            }),
+    for &(field, struct_name, paths, slot) in FIELDS {
+        // `a|b`: the first path this kernel has (a field renamed between versions).
+        let mut first_err = None;
+        for path in paths.split('|') {
+            match btf.member_offset(struct_name, path) {
+                Ok(off) => {
+                    *slot(&mut offsets) = off;
+                    first_err = None;
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(format!("{struct_name}.{path}: {e}"));
+                }
+            }
         }
+        if let Some(reason) = first_err {
+            missing.push(MissingField { field, reason });
+        }
+    }
+    // The task's cgroup: the memory controller's (where runtimes put each container on cgroup
+    // v1 and v2 alike), else the v2 hierarchy's.
+    let cgroup = btf
+        .enum_value("cgroup_subsys_id", "memory_cgrp_id")
+        .and_then(|k| {
+            let k = u32::try_from(k).map_err(|_| BtfError::BadType("memory_cgrp_id".into()))?;
+            btf.member_offset("css_set", &format!("subsys[{k}]"))
+        })
+        .map(|off| (off, 1))
+        .or_else(|_| btf.member_offset("css_set", "dfl_cgrp").map(|off| (off, 0)));
+    match cgroup {
+        Ok((off, is_css)) => {
+            offsets.css_set_cgroup = off;
+            offsets.css_set_is_css = is_css;
+        }
+        Err(e) => missing.push(MissingField {
+            field: "css_set_cgroup",
+            reason: format!("css_set.subsys[memory_cgrp_id] or dfl_cgrp: {e}"),
+        }),
     }
     (offsets, missing)
 }
@@ -960,7 +1077,8 @@ mod tests {
 
     #[test]
     fn field_table_covers_every_offset() {
-        assert_eq!(FIELDS.len(), size_of::<KernelOffsets>() / 4);
+        // Two more are resolved outside the table: css_set_cgroup and css_set_is_css.
+        assert_eq!(FIELDS.len() + 2, size_of::<KernelOffsets>() / 4);
         let mut o = all_missing();
         let mut seen = std::collections::HashSet::new();
         for (field, ..) in FIELDS {

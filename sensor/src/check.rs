@@ -7,6 +7,15 @@ fn line(ok: bool, item: &str, detail: &str) {
     println!("{} {item}: {detail}", if ok { "ok  " } else { "FAIL" });
 }
 
+/// How a probe attaches, in the words of `bpftool`/tracefs.
+fn hook(kind: loader::ProbeKind) -> String {
+    match kind {
+        loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
+        loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
+        loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
+    }
+}
+
 pub fn check() -> ExitCode {
     let mut fatal = false;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -79,18 +88,23 @@ pub fn check() -> ExitCode {
     }
     match loader::load(&loader::LoadOptions::default()) {
         Ok(loaded) => {
-            for (name, _, purpose) in loader::PROBES {
-                match loaded.failed.get(*name) {
-                    None => line(true, &format!("probe {name}"), purpose),
+            for p in loader::PROBES {
+                let name = p.name;
+                match loaded.failed.get(name) {
+                    None => line(
+                        true,
+                        &format!("probe {name}"),
+                        &format!("{} [{}; needs {}]", p.purpose, hook(p.kind), p.needs),
+                    ),
                     Some(why) => {
-                        let required = loader::REQUIRED.contains(name);
+                        let required = loader::REQUIRED.contains(&name);
                         fatal |= required;
                         line(
                             false,
                             &format!("probe {name}"),
                             &format!(
-                                "{purpose} unavailable: {why}{}",
-                                if required { " (required)" } else { "" }
+                                "{} unavailable: {why} [needs {}]; without it: {}",
+                                p.purpose, p.needs, p.without
                             ),
                         );
                     }

@@ -1,11 +1,12 @@
 //! Kernel events to records: the process table that enriches them, and the conversion.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use sensor_common::{
-    AF_INET, AF_INET6, AF_UNIX, ApiData, EventHeader, connect_result, exec_flags, file_op, track,
+    AF_INET, AF_INET6, AF_UNIX, ApiData, EventHeader, UnixConnectData, client_flags,
+    connect_result, exec_flags, file_op, track,
 };
 
 use crate::{
@@ -55,6 +56,68 @@ impl ProcessTable {
     pub fn remove(&mut self, pid: u32) -> Option<ProcEntry> {
         self.procs.remove(&pid)
     }
+}
+
+/// An API client as the kernel described it when it connected to a runtime's socket: known
+/// even when the client has exited before its request is read (a short-lived curl).
+#[derive(Clone, Debug, Default)]
+pub struct KernelClient {
+    pub start_ns: u64,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    /// The cgroup path (memory controller, else v2), e.g. `/docker/<id>`.
+    pub cgroup: Option<String>,
+    pub cgroup_id: u64,
+    /// Parent chain, read from /proc at the connect (when the parent most likely still lives).
+    pub ancestors: Vec<Ancestor>,
+}
+
+/// Clients by pid, the latest connect of each; bounded, the oldest forgotten first.
+#[derive(Default)]
+pub struct ClientTable {
+    by_pid: HashMap<u32, KernelClient>,
+    order: VecDeque<u32>,
+}
+
+impl ClientTable {
+    const CAP: usize = 4096;
+
+    pub fn insert(&mut self, pid: u32, c: KernelClient) {
+        if self.by_pid.insert(pid, c).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.by_pid.remove(&old);
+            }
+        }
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&KernelClient> {
+        self.by_pid.get(&pid)
+    }
+}
+
+/// A path captured in the kernel as NUL-separated components, leaf first (see
+/// `sensor_common::UnixConnectData::exe`), as `/a/b/c`.
+pub fn join_components(buf: &[u8]) -> String {
+    let parts: Vec<String> = buf
+        .split(|b| *b == 0)
+        .filter(|c| !c.is_empty())
+        .map(lossy)
+        .collect();
+    let mut out = String::new();
+    for p in parts.iter().rev() {
+        out.push('/');
+        out.push_str(p);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// The first `len` bytes of a fixed kernel buffer; a length past the buffer (a malformed
@@ -110,6 +173,8 @@ pub struct Enricher {
     /// (bounded; cleared when full). Not used on cgroup v1, where every task reports id 1.
     cgroup_containers: HashMap<u64, Option<String>>,
     self_pid: u32,
+    /// API clients described by the kernel at connect.
+    pub clients: ClientTable,
     /// Replace build-arg values in command lines and `POST /build` queries by `<redacted>`
     /// (unless `--show-build-args`): raw records must not carry what the build records hide.
     pub redact_build_args: bool,
@@ -120,6 +185,7 @@ impl Enricher {
         Self {
             table: ProcessTable::new(cap),
             cgroup_containers: HashMap::new(),
+            clients: ClientTable::default(),
             self_pid: std::process::id(),
             redact_build_args: true,
         }
@@ -150,21 +216,27 @@ impl Enricher {
 
     fn process_ref(&self, h: &EventHeader) -> ProcessRef {
         let e = self.table.get(h.pid);
+        // API clients are not in the table (not in a runtime tree): the kernel described them
+        // at connect; /proc while they are alive otherwise.
+        let client = (h.track_flags & track::API_CLIENT != 0)
+            .then(|| self.clients.get(h.pid))
+            .flatten();
         ProcessRef {
             pid: h.pid,
             tid: if h.tid != h.pid { h.tid } else { 0 },
-            // API clients are not in the table (not in a runtime tree): ask /proc while alive.
-            ppid: e.map(|e| e.ppid).unwrap_or_else(|| {
-                if h.track_flags & track::API_CLIENT != 0 {
+            ppid: e.map(|e| e.ppid).unwrap_or_else(|| match client {
+                Some(c) => c.ppid,
+                None if h.track_flags & track::API_CLIENT != 0 => {
                     proc::read_proc(h.pid).map(|p| p.ppid).unwrap_or(0)
-                } else {
-                    0
                 }
+                None => 0,
             }),
             uid: h.uid,
             gid: h.gid,
             comm: comm_str(&h.comm),
-            exe: e.and_then(|e| e.exe.clone()),
+            exe: e
+                .and_then(|e| e.exe.clone())
+                .or_else(|| client.and_then(|c| c.exe.clone())),
             cgroup_id: h.cgroup_id,
             container_id: e.and_then(|e| e.container_id.clone()),
             pod: e
@@ -292,6 +364,10 @@ impl Enricher {
             }
             KernelEvent::UnixConnect(e) => {
                 let d = &e.data;
+                if d.client & client_flags::CAPTURED != 0 {
+                    let c = self.kernel_client(&e.header, d);
+                    self.clients.insert(e.header.pid, c);
+                }
                 let name = lossy(captured(&d.path, d.path_len));
                 let path = if d.abstract_ns != 0 {
                     format!("@{name}")
@@ -364,6 +440,56 @@ impl Enricher {
         }
     }
 
+    /// The client identity the kernel captured at a connect to a runtime socket.
+    fn kernel_client(&self, h: &EventHeader, d: &UnixConnectData) -> KernelClient {
+        let exe = (d.client & client_flags::EXE_UNREADABLE == 0 && d.exe_len > 0).then(|| {
+            let p = join_components(captured(&d.exe, d.exe_len));
+            if d.client & client_flags::EXE_TRUNCATED != 0 {
+                format!("...{p}")
+            } else {
+                p
+            }
+        });
+        let cgroup = (d.cgroup_len > 0).then(|| join_components(captured(&d.cgroup, d.cgroup_len)));
+        KernelClient {
+            start_ns: d.start_time_ns,
+            ppid: d.ppid,
+            uid: h.uid,
+            comm: comm_str(&h.comm),
+            exe,
+            argv: split_argv(captured(&d.argv, d.argv_len)),
+            cgroup,
+            cgroup_id: h.cgroup_id,
+            ancestors: if d.ppid != 0 {
+                proc::ancestors_from(d.ppid, 8)
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// A local (unix socket) API client: what the kernel captured at its connect, else /proc
+    /// while it is alive.
+    fn api_client_local(&self, pid: u32, uid: u32) -> ApiClient {
+        match self.clients.get(pid).filter(|_| pid != 0) {
+            Some(c) => ApiClient {
+                transport: "unix".into(),
+                pid: Some(pid),
+                uid: Some(if uid != u32::MAX { uid } else { c.uid }),
+                user: proc::user_name(if uid != u32::MAX { uid } else { c.uid }),
+                exe: c.exe.clone(),
+                argv: c.argv.clone(),
+                ancestors: c.ancestors.clone(),
+                comm: Some(c.comm.clone()),
+                start_time_ns: (c.start_ns != 0).then_some(c.start_ns),
+                cgroup_id: (c.cgroup_id != 0).then_some(c.cgroup_id),
+                cgroup: c.cgroup.clone(),
+                ..Default::default()
+            },
+            None => api_client_local(pid, uid),
+        }
+    }
+
     fn api_request(&mut self, h: &EventHeader, d: &ApiData) -> Option<Body> {
         let data = captured(&d.data, d.len);
         // A request whose first byte an earlier one-byte read took (see ApiData::prefix).
@@ -381,7 +507,7 @@ impl Enricher {
                 if d.peer_pid == self.self_pid {
                     return None; // the sensor's own queries to the daemon
                 }
-                api_client_local(d.peer_pid, d.peer_uid)
+                self.api_client_local(d.peer_pid, d.peer_uid)
             }
             AF_INET | AF_INET6 => ApiClient {
                 transport: "tcp".into(),

@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use sensor_common::{
-    COMM_LEN, Config, RuntimeName, STAT_REASONS, StatReason, Tracked, UNIX_PATH_CAP, feature, track,
+    COMM_LEN, Config, RuntimeName, STAT_REASONS, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP,
+    feature, syscall, track,
 };
 use thiserror::Error;
 
@@ -42,137 +43,97 @@ pub const DEFAULT_API_SOCKETS: &[&str] = &[
 
 #[derive(Clone, Copy, Debug)]
 pub enum ProbeKind {
+    /// A classic tracepoint (category, name). Only the sched ones: a classic `syscalls:*`
+    /// tracepoint builds its record for every call of every process (see `sys_enter`).
     Tracepoint(&'static str, &'static str),
     BtfTracepoint(&'static str),
+    RawTracepoint(&'static str),
 }
 
-/// Every program: (name in the object, how it attaches, what it is for).
-pub const PROBES: &[(&str, ProbeKind, &str)] = &[
-    (
-        "sched_process_exec",
-        ProbeKind::Tracepoint("sched", "sched_process_exec"),
-        "process exec",
-    ),
-    (
-        "sched_process_fork",
-        ProbeKind::BtfTracepoint("sched_process_fork"),
-        "process tree tracking",
-    ),
-    (
-        "sched_process_exit",
-        ProbeKind::Tracepoint("sched", "sched_process_exit"),
-        "process exit",
-    ),
-    (
-        "inet_sock_set_state",
-        ProbeKind::BtfTracepoint("inet_sock_set_state"),
-        "TCP connect",
-    ),
-    (
-        "sys_enter_connect",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_connect"),
-        "unix connect",
-    ),
-    (
-        "sys_exit_accept4",
-        ProbeKind::Tracepoint("syscalls", "sys_exit_accept4"),
-        "TCP accept",
-    ),
-    (
-        "sys_exit_accept",
-        ProbeKind::Tracepoint("syscalls", "sys_exit_accept"),
-        "TCP accept",
-    ),
-    (
-        "sys_enter_sendto",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_sendto"),
-        "DNS",
-    ),
-    (
-        "sys_enter_sendmsg",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_sendmsg"),
-        "DNS",
-    ),
-    (
-        "sys_enter_sendmmsg",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_sendmmsg"),
-        "DNS",
-    ),
-    (
-        "sys_enter_openat",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_openat"),
-        "file writes",
-    ),
-    (
-        "sys_enter_openat2",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_openat2"),
-        "file writes",
-    ),
-    (
-        "sys_enter_open",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_open"),
-        "file writes",
-    ),
-    (
-        "sys_enter_creat",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_creat"),
-        "file writes",
-    ),
-    (
-        "sys_enter_rename",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_rename"),
-        "file renames",
-    ),
-    (
-        "sys_enter_renameat",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_renameat"),
-        "file renames",
-    ),
-    (
-        "sys_enter_renameat2",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_renameat2"),
-        "file renames",
-    ),
-    (
-        "sys_enter_recvfrom",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_recvfrom"),
-        "DNS responses",
-    ),
-    (
-        "sys_exit_recvfrom",
-        ProbeKind::Tracepoint("syscalls", "sys_exit_recvfrom"),
-        "DNS responses",
-    ),
-    (
-        "sys_enter_recvmsg",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_recvmsg"),
-        "DNS responses",
-    ),
-    (
-        "sys_exit_recvmsg",
-        ProbeKind::Tracepoint("syscalls", "sys_exit_recvmsg"),
-        "DNS responses",
-    ),
-    (
-        "sys_enter_read",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_read"),
-        "Engine API requests",
-    ),
-    (
-        "sys_exit_read",
-        ProbeKind::Tracepoint("syscalls", "sys_exit_read"),
-        "Engine API requests",
-    ),
-    (
-        "sys_enter_write",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_write"),
-        "Engine API responses",
-    ),
-    (
-        "sys_enter_close",
-        ProbeKind::Tracepoint("syscalls", "sys_enter_close"),
-        "Engine API responses",
-    ),
+/// One kernel program: its name in the object, how it attaches, what it is for, what it needs,
+/// and what the sensor does without it (`sensor check` prints all of it).
+pub struct Probe {
+    pub name: &'static str,
+    pub kind: ProbeKind,
+    pub purpose: &'static str,
+    pub needs: &'static str,
+    pub without: &'static str,
+}
+
+/// Every program.
+pub const PROBES: &[Probe] = &[
+    Probe {
+        name: "sched_process_exec",
+        kind: ProbeKind::Tracepoint("sched", "sched_process_exec"),
+        purpose: "process exec, runtime roots by name",
+        needs: "tracefs (sched:sched_process_exec)",
+        without: "cannot run (required)",
+    },
+    Probe {
+        name: "sched_process_fork",
+        kind: ProbeKind::BtfTracepoint("sched_process_fork"),
+        purpose: "process tree tracking",
+        needs: "BTF tracepoints (5.5+)",
+        without: "cannot run (required)",
+    },
+    Probe {
+        name: "sched_process_exit",
+        kind: ProbeKind::Tracepoint("sched", "sched_process_exit"),
+        purpose: "process exit",
+        needs: "tracefs (sched:sched_process_exit)",
+        without: "cannot run (required)",
+    },
+    Probe {
+        name: "inet_sock_set_state",
+        kind: ProbeKind::BtfTracepoint("inet_sock_set_state"),
+        purpose: "TCP connects and their outcome",
+        needs: "BTF tracepoints (5.5+)",
+        without: "no TCP connect records; builds have no outbound list",
+    },
+    Probe {
+        name: "sys_enter",
+        kind: ProbeKind::RawTracepoint("sys_enter"),
+        purpose: "one dispatch for unix connects and API clients, accepts, DNS queries, \
+                  Engine API requests and responses, file writes; a syscall the sensor ignores \
+                  costs one array load",
+        needs: "raw tracepoints (4.17+)",
+        without: "no API requests (no build sessions), no API clients, no accepts, DNS or \
+                  file writes: process and TCP connect records only",
+    },
+    Probe {
+        name: "sys_exit",
+        kind: ProbeKind::RawTracepoint("sys_exit"),
+        purpose: "results of the watched syscalls (request bytes read, accepted fd, DNS \
+                  responses); leaves at once while none is pending",
+        needs: "raw tracepoints (4.17+)",
+        without: "no API requests, accepts or DNS responses",
+    },
+];
+
+/// The syscalls the raw `sys_enter`/`sys_exit` dispatch reads, by this architecture's numbers.
+const SYSCALL_CODES: &[(libc::c_long, u8)] = &[
+    (libc::SYS_read, syscall::READ),
+    (libc::SYS_write, syscall::WRITE),
+    (libc::SYS_close, syscall::CLOSE),
+    (libc::SYS_connect, syscall::CONNECT),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_accept, syscall::ACCEPT),
+    (libc::SYS_accept4, syscall::ACCEPT4),
+    (libc::SYS_sendto, syscall::SENDTO),
+    (libc::SYS_sendmsg, syscall::SENDMSG),
+    (libc::SYS_sendmmsg, syscall::SENDMMSG),
+    (libc::SYS_recvfrom, syscall::RECVFROM),
+    (libc::SYS_recvmsg, syscall::RECVMSG),
+    (libc::SYS_openat, syscall::OPENAT),
+    (libc::SYS_openat2, syscall::OPENAT2),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_open, syscall::OPEN),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_creat, syscall::CREAT),
+    #[cfg(target_arch = "x86_64")]
+    (libc::SYS_rename, syscall::RENAME),
+    (libc::SYS_renameat, syscall::RENAMEAT),
+    (libc::SYS_renameat2, syscall::RENAMEAT2),
 ];
 
 /// Programs without which the sensor cannot do its job: it refuses to start without them.
@@ -321,6 +282,23 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
+    {
+        let mut table: Array<_, u8> = Array::try_from(
+            ebpf.map_mut("SYSCALLS")
+                .ok_or(LoadError::MissingMap("SYSCALLS"))?,
+        )
+        .map_err(|e| LoadError::Map("SYSCALLS", e))?;
+        for &(nr, code) in SYSCALL_CODES {
+            if let Ok(nr) = u32::try_from(nr)
+                && (nr as usize) < SYSCALL_TABLE
+            {
+                table
+                    .set(nr, code, 0)
+                    .map_err(|e| LoadError::Map("SYSCALLS", e))?;
+            }
+        }
+    }
+
     let (attached, failed) = attach_all(&mut ebpf, aya_btf.as_ref());
     drop(aya_btf);
     for name in REQUIRED {
@@ -380,7 +358,7 @@ pub fn attach_all(
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    for (name, kind, _) in PROBES {
+    for Probe { name, kind, .. } in PROBES {
         if skip.iter().any(|s| s == name) && !REQUIRED.contains(name) {
             failed.insert(name.to_string(), "skipped (SENSOR_SKIP_PROBES)".to_string());
             continue;
@@ -399,6 +377,11 @@ pub fn attach_all(
                     let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
                     p.load(tp, btf).map_err(|e| format!("load: {e}"))?;
                     p.attach().map_err(|e| format!("attach {tp}: {e}"))?;
+                }
+                ProbeKind::RawTracepoint(tp) => {
+                    let p: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+                    p.load().map_err(|e| format!("load: {e}"))?;
+                    p.attach(tp).map_err(|e| format!("attach {tp}: {e}"))?;
                 }
             }
             Ok(())

@@ -101,8 +101,13 @@ const CHAIN_STOPS: &[&str] = &[
 
 /// The parent chain of `pid`, nearest first, up to a login shell, a service manager or pid 1.
 pub fn ancestors(pid: u32, max: usize) -> Vec<Ancestor> {
+    ancestors_from(read_proc(pid).map(|p| p.ppid).unwrap_or(0), max)
+}
+
+/// The chain that starts at `ppid` (a process's parent, known even when the process is gone).
+pub fn ancestors_from(ppid: u32, max: usize) -> Vec<Ancestor> {
     let mut out = Vec::new();
-    let mut cur = read_proc(pid).map(|p| p.ppid).unwrap_or(0);
+    let mut cur = ppid;
     while cur > 0 && out.len() < max {
         let Some(p) = read_proc(cur) else { break };
         let stop = CHAIN_STOPS.contains(&p.comm.as_str()) || p.pid == 1;

@@ -315,6 +315,18 @@ pub struct ApiClient {
     /// The listener reached (local address and port) for TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
+    /// Kernel task name of a local client, taken at its connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    /// Start time of a local client (CLOCK_BOOTTIME ns): with `pid`, a unique process key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time_ns: Option<u64>,
+    /// cgroup v2 id of a local client (1 on hosts whose processes are in cgroup v1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    /// cgroup path of a local client (memory controller, else v2), e.g. `/docker/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]

@@ -1,60 +1,37 @@
 //! Engine API requests: the start of each HTTP request an API server (dockerd) reads from a
-//! connection, with the connection's peer.
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::bpf_probe_read_user as read_user_raw,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
+//! connection, with the connection's peer; and the server's writes on connections that carried
+//! a watched request (build, push, container create).
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
+use sensor_common::{
+    AF_UNIX, ApiData, Config, EventKind, HTTP_CAP, StatReason, Tracked, feature, track,
 };
-use sensor_common::{AF_UNIX, ApiData, Event, EventKind, HTTP_CAP, StatReason, feature, track};
 
-use super::net::{WATCH_API, WATCH_DNS, dns_send, sys_arg as syscall_arg, sys_ret as syscall_ret};
+use super::net::{WATCH_API, WATCH_DNS, dns_send};
 use crate::{
     helpers::{
-        config, count, fd_key, fill_header, is_api_server, sock_addrs, sock_of_fd, tracked_current,
-        unix_peer,
+        config, count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd,
+        tracked_current, unix_peer,
     },
-    maps::{EVENTS, ONE_BYTE, PENDING_READ, PendingRead, READ_API, READ_DNS, WATCH_FDS},
+    maps::{ONE_BYTE, PendingRead, READ_API, WATCH_FDS},
 };
 
-#[tracepoint(category = "syscalls", name = "sys_enter_read")]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    let _ = try_enter_read(&ctx);
-    0
-}
-
+/// read(2) entry of a tracked process: DNS responses on its DNS sockets, requests on an API
+/// server's connections.
 #[inline(always)]
-fn try_enter_read(ctx: &TracePointContext) -> Option<()> {
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
-    let (fd, buf) = (syscall_arg(ctx, 0), syscall_arg(ctx, 1));
+pub fn enter_read(cfg: &Config, t: &Tracked, fd: u64, buf: u64) -> Option<()> {
     // A DNS socket's reads are responses, also in an API server (dockerd resolves names itself).
     if t.flags & track::DNS_SOCKETS != 0 && super::dns::enter_read(fd, buf) {
         return Some(());
     }
-    if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
+    if !is_api_server(t) || cfg.features & feature::API_EVENTS == 0 {
         return None;
     }
-    let p = PendingRead {
+    pend(&PendingRead {
         fd,
         buf,
         kind: READ_API,
-    };
-    if PENDING_READ
-        .insert(&bpf_get_current_pid_tgid(), &p, 0)
-        .is_err()
-    {
-        count(StatReason::ScratchMapFull);
-    }
+    });
     Some(())
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_read")]
-pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    let _ = try_exit_read(&ctx);
-    0
 }
 
 /// No peer known (yet): zero the peer fields of a reserved record.
@@ -84,18 +61,26 @@ fn is_request(b: &[u8; 8]) -> bool {
     )
 }
 
+/// Copy up to `HTTP_CAP` bytes of a user buffer into a record; returns the bytes copied (0 when
+/// unreadable).
 #[inline(always)]
-fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let p = unsafe { PENDING_READ.get(&key) }.copied()?;
-    let _ = PENDING_READ.remove(&key);
-    let ret = syscall_ret(ctx);
-    if p.kind == READ_DNS {
-        return super::dns::exit_read(&p, ret);
-    }
+fn copy_data(d: &mut ApiData, buf: u64, len: u64) -> Option<u16> {
+    let n = if len > HTTP_CAP as u64 {
+        HTTP_CAP as u64
+    } else {
+        len
+    };
+    // SAFETY: n <= HTTP_CAP, the destination's size.
+    let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
+    (r == 0).then_some(n as u16)
+}
+
+/// read(2) exit of an API server: a buffer that starts an HTTP request is reported.
+#[inline(always)]
+pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
     let wkey = fd_key(p.fd);
     if ret == 1 {
+        // SAFETY: bpf_probe_read_user checks the address.
         let b: u8 = unsafe { bpf_probe_read_user(p.buf as *const u8) }.ok()?;
         if b.is_ascii_uppercase() {
             let _ = ONE_BYTE.insert(&wkey, &b, 0);
@@ -105,6 +90,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     if ret < 8 {
         return None;
     }
+    // SAFETY: bpf_probe_read_user checks the address.
     let head: [u8; 8] = unsafe { bpf_probe_read_user(p.buf as *const [u8; 8]) }.ok()?;
     let mut prefix = 0u8;
     if !is_request(&head) {
@@ -118,36 +104,28 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
         }
         prefix = b;
     }
+    // SAFETY: presence check only.
     if unsafe { ONE_BYTE.get(&wkey) }.is_some() {
         let _ = ONE_BYTE.remove(&wkey);
     }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
-    let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation; data bounded by `len` written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::ApiRequest as u32, t.flags);
-    let d = &mut ev.data;
+    let mut r = reserve::<ApiData>(EventKind::ApiRequest, t.flags)?;
+    let d = &mut r.event().data;
     d.fd = p.fd as i32;
     d.read_len = ret as u32;
     d.prefix = prefix as u32;
     d._pad2 = 0;
-    let mut n = ret as u64;
-    if n > HTTP_CAP as u64 {
-        n = HTTP_CAP as u64;
+    if ret as u64 > HTTP_CAP as u64 {
         count(StatReason::Truncated);
     }
-    // SAFETY: n <= HTTP_CAP, the destination's size.
-    let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, p.buf as *const _) };
-    if r == 0 {
-        d.len = n as u16;
-    } else {
-        d.len = 0;
-        count(StatReason::HttpReadFailed);
-    }
+    d.len = match copy_data(d, p.buf, ret as u64) {
+        Some(n) => n,
+        None => {
+            count(StatReason::HttpReadFailed);
+            0
+        }
+    };
     clear_peer(d);
     let o = &cfg.offsets;
     match sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk).map(|a| (sk, a))) {
@@ -171,7 +149,7 @@ fn try_exit_read(ctx: &TracePointContext) -> Option<()> {
     } else if unsafe { WATCH_FDS.get(&wkey) }.is_some() {
         let _ = WATCH_FDS.remove(&wkey);
     }
-    entry.submit(0);
+    r.submit();
     Some(())
 }
 
@@ -203,55 +181,34 @@ fn is_watched(d: &ApiData) -> bool {
     false
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_write")]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    let _ = try_write(&ctx);
-    0
-}
-
+/// write(2) entry of a tracked process: a watched API connection's response, or a DNS query
+/// on a connected DNS socket.
 #[inline(always)]
-fn try_write(ctx: &TracePointContext) -> Option<()> {
-    let fd = syscall_arg(ctx, 0);
-    let key = fd_key(fd);
+pub fn enter_write(cfg: &Config, t: &Tracked, fd: u64, buf: u64, write_len: u64) -> Option<()> {
     // SAFETY: copied out at once.
-    let what = unsafe { WATCH_FDS.get(&key) }.copied()?;
-    let buf = syscall_arg(ctx, 1);
-    let write_len = syscall_arg(ctx, 2);
+    let what = unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied()?;
     if what == WATCH_DNS {
-        return dns_send(ctx, fd, 0, buf, write_len);
+        return dns_send(cfg, t, fd, 0, buf, write_len);
     }
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
-    let Some(mut entry) = EVENTS.reserve::<Event<ApiData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation; data bounded by `len` written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::ApiResponse as u32, t.flags);
-    let d = &mut ev.data;
+    let mut r = reserve::<ApiData>(EventKind::ApiResponse, t.flags)?;
+    let d = &mut r.event().data;
     d.fd = fd as i32;
     d.read_len = write_len as u32;
     d.prefix = 0;
     d._pad2 = 0;
-    let mut n = write_len;
-    if n > HTTP_CAP as u64 {
-        n = HTTP_CAP as u64;
-    }
-    // SAFETY: n <= HTTP_CAP, the destination's size.
-    let r = unsafe { read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
-    d.len = if r == 0 { n as u16 } else { 0 };
+    d.len = copy_data(d, buf, write_len).unwrap_or(0);
     clear_peer(d);
-    entry.submit(0);
+    r.submit();
     Some(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let key = fd_key(syscall_arg(&ctx, 0));
+/// close(2) entry of a tracked process: the connection is no longer watched.
+#[inline(always)]
+pub fn enter_close(fd: u64) -> Option<()> {
+    let key = fd_key(fd);
     // SAFETY: presence check only.
     if unsafe { WATCH_FDS.get(&key) }.is_some() {
         let _ = WATCH_FDS.remove(&key);
     }
-    0
+    Some(())
 }

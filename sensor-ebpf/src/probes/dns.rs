@@ -1,20 +1,15 @@
 //! DNS responses: what a tracked process reads back from a socket it sent a query to port 53
 //! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
 //! the addresses a build step connects to.
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
-        generated::bpf_probe_read_user as read_user_raw,
-    },
-    macros::tracepoint,
-    programs::TracePointContext,
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
 };
-use sensor_common::{DNS_CAP, DnsData, Event, EventKind, StatReason, track};
+use sensor_common::{DNS_CAP, DnsData, EventKind, StatReason, track};
 
-use super::net::{WATCH_DNS, sys_arg, sys_ret};
+use super::net::WATCH_DNS;
 use crate::{
-    helpers::{config, count, fd_key, fill_header, sock_addrs, sock_of_fd, tracked_current},
-    maps::{EVENTS, PENDING_READ, PendingRead, READ_DNS, TRACKED, WATCH_FDS},
+    helpers::{config, count, fd_key, pend, reserve, sock_addrs, sock_of_fd, tracked_current},
+    maps::{PendingRead, READ_DNS, TRACKED, WATCH_FDS},
 };
 
 /// Mark `fd` of the current process as a DNS socket: its reads are responses.
@@ -35,18 +30,24 @@ pub fn enter_read(fd: u64, buf: u64) -> bool {
     if unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied() != Some(WATCH_DNS) {
         return false;
     }
-    let p = PendingRead {
+    pend(&PendingRead {
         fd,
         buf,
         kind: READ_DNS,
-    };
-    if PENDING_READ
-        .insert(&bpf_get_current_pid_tgid(), &p, 0)
-        .is_err()
-    {
-        count(StatReason::ScratchMapFull);
-    }
+    });
     true
+}
+
+/// recvmsg(2) entry: `struct msghdr` (user ABI) has msg_iov at 16; `struct iovec`: base at 0.
+#[inline(always)]
+pub fn enter_recvmsg(fd: u64, msg: u64) -> Option<()> {
+    // SAFETY (both reads): bpf_probe_read_user checks the address.
+    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
+    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
+    if base != 0 {
+        enter_read(fd, base);
+    }
+    Some(())
 }
 
 /// At the exit: the response that was read, with the server it came from.
@@ -57,14 +58,8 @@ pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
     }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
-    let Some(mut entry) = EVENTS.reserve::<Event<DnsData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation; payload bounded by `len` written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::DnsResponse as u32, t.flags);
-    let d = &mut ev.data;
+    let mut r = reserve::<DnsData>(EventKind::DnsResponse, t.flags)?;
+    let d = &mut r.event().data;
     d.family = 0;
     d.dport = 0;
     d.daddr = [0; 16];
@@ -81,67 +76,14 @@ pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
         count(StatReason::Truncated);
     }
     // SAFETY: n <= DNS_CAP, the destination's size.
-    let r = unsafe {
+    let r2 = unsafe {
         read_user_raw(
             d.payload.as_mut_ptr() as *mut _,
             n as u32,
             p.buf as *const _,
         )
     };
-    d.len = if r == 0 { n as u16 } else { 0 };
-    entry.submit(0);
+    d.len = if r2 == 0 { n as u16 } else { 0 };
+    r.submit();
     Some(())
-}
-
-#[inline(always)]
-fn enter_tracked(fd: u64, buf: u64) -> Option<()> {
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
-    if t.flags & track::DNS_SOCKETS == 0 {
-        return None;
-    }
-    enter_read(fd, buf);
-    Some(())
-}
-
-#[inline(always)]
-fn exit_pending(ctx: &TracePointContext) -> Option<()> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once.
-    let p = unsafe { PENDING_READ.get(&key) }.copied()?;
-    let _ = PENDING_READ.remove(&key);
-    if p.kind != READ_DNS {
-        return None;
-    }
-    exit_read(&p, sys_ret(ctx))
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_recvfrom")]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ = enter_tracked(sys_arg(&ctx, 0), sys_arg(&ctx, 1));
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_recvfrom")]
-pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    let _ = exit_pending(&ctx);
-    0
-}
-
-/// `struct msghdr` (user ABI): msg_iov at 16; `struct iovec`: base at 0.
-#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    let msg = sys_arg(&ctx, 1);
-    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.unwrap_or(0);
-    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-    if base != 0 {
-        let _ = enter_tracked(sys_arg(&ctx, 0), base);
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_recvmsg")]
-pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    let _ = exit_pending(&ctx);
-    0
 }

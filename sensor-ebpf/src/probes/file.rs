@@ -1,50 +1,36 @@
-//! Files written by tracked processes: opens for writing and renames (the new name).
-use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes},
-    macros::tracepoint,
-    programs::TracePointContext,
-};
-use sensor_common::{Event, EventKind, FileData, StatReason, feature, file_op};
+//! Files written by tracked processes: opens for writing and renames (the new name), from the
+//! raw `sys_enter` dispatch.
+use aya_ebpf::helpers::{bpf_probe_read_user, bpf_probe_read_user_str_bytes};
+use sensor_common::{Config, EventKind, FileData, PATH_CAP, StatReason, Tracked, feature, file_op};
 
-use super::net::sys_arg as syscall_arg;
-use crate::{
-    helpers::{config, count, fill_header, tracked_current},
-    maps::EVENTS,
-};
+use crate::helpers::{count, reserve};
 
 const O_WRONLY: u64 = 0o1;
 const O_RDWR: u64 = 0o2;
 const O_CREAT: u64 = 0o100;
 const O_TRUNC: u64 = 0o1000;
-const AT_FDCWD: i32 = -100;
+pub const AT_FDCWD: i32 = -100;
 
 #[inline(always)]
-fn emit(op: u16, dirfd: i32, path: u64, flags: u64) -> Option<()> {
-    let cfg = config()?;
+fn emit(cfg: &Config, t: &Tracked, op: u16, dirfd: i32, path: u64, flags: u64) -> Option<()> {
     if cfg.features & feature::FILE_EVENTS == 0 {
         return None;
     }
-    let (_, t) = tracked_current(cfg)?;
     if op == file_op::OPEN_WRITE && flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) == 0 {
         return None;
     }
-    let Some(mut entry) = EVENTS.reserve::<Event<FileData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation; the path is bounded by path_len written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::FileWrite as u32, t.flags);
-    let d = &mut ev.data;
+    let mut r = reserve::<FileData>(EventKind::FileWrite, t.flags)?;
+    let d = &mut r.event().data;
     d.op = op;
     d.flags = flags as u32;
     d.dirfd = dirfd;
     d._pad = 0;
     d.truncated = 0;
+    // SAFETY: bpf_probe_read_user_str_bytes checks the source and bounds the copy.
     d.path_len = match unsafe { bpf_probe_read_user_str_bytes(path as *const u8, &mut d.path) } {
         Ok(s) => {
             // A string that fills the buffer may have been cut short.
-            if s.len() >= sensor_common::PATH_CAP - 1 {
+            if s.len() >= PATH_CAP - 1 {
                 d.truncated = 1;
                 count(StatReason::Truncated);
             }
@@ -55,81 +41,39 @@ fn emit(op: u16, dirfd: i32, path: u64, flags: u64) -> Option<()> {
             0
         }
     };
-    entry.submit(0);
+    r.submit();
     Some(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    let _ = emit(
-        file_op::OPEN_WRITE,
-        syscall_arg(&ctx, 0) as i32,
-        syscall_arg(&ctx, 1),
-        syscall_arg(&ctx, 2),
-    );
-    0
+/// open(2)/openat(2).
+#[inline(always)]
+pub fn open(cfg: &Config, t: &Tracked, dirfd: i32, path: u64, flags: u64) -> Option<()> {
+    emit(cfg, t, file_op::OPEN_WRITE, dirfd, path, flags)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    let how = syscall_arg(&ctx, 2);
-    // struct open_how { u64 flags; ... }
+/// openat2(2): `struct open_how { u64 flags; ... }`.
+#[inline(always)]
+pub fn openat2(cfg: &Config, t: &Tracked, dirfd: i32, path: u64, how: u64) -> Option<()> {
+    // SAFETY: bpf_probe_read_user checks the address.
     let flags: u64 = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
-    let _ = emit(
-        file_op::OPEN_WRITE,
-        syscall_arg(&ctx, 0) as i32,
-        syscall_arg(&ctx, 1),
-        flags,
-    );
-    0
+    emit(cfg, t, file_op::OPEN_WRITE, dirfd, path, flags)
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_open")]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    let _ = emit(
+/// creat(2).
+#[inline(always)]
+pub fn creat(cfg: &Config, t: &Tracked, path: u64) -> Option<()> {
+    emit(
+        cfg,
+        t,
         file_op::OPEN_WRITE,
         AT_FDCWD,
-        syscall_arg(&ctx, 0),
-        syscall_arg(&ctx, 1),
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_creat")]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    let _ = emit(
-        file_op::OPEN_WRITE,
-        AT_FDCWD,
-        syscall_arg(&ctx, 0),
+        path,
         O_CREAT | O_WRONLY | O_TRUNC,
-    );
-    0
+    )
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_rename")]
-pub fn sys_enter_rename(ctx: TracePointContext) -> u32 {
-    let _ = emit(file_op::RENAME, AT_FDCWD, syscall_arg(&ctx, 1), 0);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_renameat")]
-pub fn sys_enter_renameat(ctx: TracePointContext) -> u32 {
-    let _ = emit(
-        file_op::RENAME,
-        syscall_arg(&ctx, 2) as i32,
-        syscall_arg(&ctx, 3),
-        0,
-    );
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_renameat2")]
-pub fn sys_enter_renameat2(ctx: TracePointContext) -> u32 {
-    let _ = emit(
-        file_op::RENAME,
-        syscall_arg(&ctx, 2) as i32,
-        syscall_arg(&ctx, 3),
-        0,
-    );
-    0
+/// rename(2)/renameat(2)/renameat2(2): the new name.
+#[inline(always)]
+pub fn rename(cfg: &Config, t: &Tracked, dirfd: i32, path: u64) -> Option<()> {
+    emit(cfg, t, file_op::RENAME, dirfd, path, 0)
 }

@@ -3,3 +3,4 @@ pub mod dns;
 pub mod file;
 pub mod net;
 pub mod process;
+pub mod syscalls;

@@ -1,48 +1,29 @@
-//! Network: TCP connect outcome, accept, unix-socket connect (also from untracked API clients),
-//! and UDP datagrams to port 53.
+//! Network: TCP connect outcome, accept, unix-socket connect (also from untracked API clients,
+//! with the client's identity), and UDP datagrams to port 53.
 use aya_ebpf::{
-    EbpfContext as _,
     helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
-    macros::{btf_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, TracePointContext},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
 use sensor_common::{
-    AF_INET, AF_INET6, AF_UNIX, DNS_CAP, DnsData, Event, EventKind, SockData, StatReason,
-    UnixConnectData, connect_result, feature, track,
+    AF_INET, AF_INET6, AF_UNIX, CGROUP_CAP, Config, DNS_CAP, DnsData, EXE_CAP, EventKind, SockData,
+    StatReason, Tracked, UnixConnectData, client_flags, connect_result, feature, track,
 };
 
 use crate::{
-    helpers::{config, count, fill_header, read_at, sock_addrs, sock_of_fd, tracked_current},
-    maps::{EVENTS, PENDING_CONNECT, PendingConnect, RUNTIME_SOCKETS, SCRATCH_PATH},
+    helpers::{
+        cgroup_components, config, count, current_task, current_tgid, exe_components, fill_header,
+        pend, read_argv, read_at, reserve, sock_addrs, sock_of_fd, track, tracked_current, unpack,
+    },
+    maps::{
+        PENDING_CONNECT, PendingConnect, PendingRead, READ_ACCEPT, RUNTIME_SOCKETS, SCRATCH_PATH,
+    },
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
-
-/// A field of a tracepoint record, by a direct load from the context: the verifier checks the
-/// constant, aligned offset, and no helper call is paid (these run for every connection and
-/// every traced syscall on the host).
-#[inline(always)]
-pub(crate) fn tp_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
-    // SAFETY: `off` is a constant offset of a field of this tracepoint's record, aligned to
-    // its size; tracepoint programs may read their context directly.
-    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(off) as *const T) }
-}
-
-/// Syscall tracepoint arguments start at offset 16, one 8-byte slot each.
-#[inline(always)]
-pub(crate) fn sys_arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the syscall tracepoint record has 6 argument slots.
-    tp_field::<u64>(ctx, 16 + 8 * n)
-}
-
-#[inline(always)]
-pub(crate) fn sys_ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: sys_exit_* records hold `long ret` at 16.
-    tp_field::<i64>(ctx, 16)
-}
 
 /// TCP state changes, as a BTF tracepoint: the arguments (`sk`, old and new state) come
 /// straight from the kernel, without the classic tracepoint's record being built for every
@@ -77,6 +58,7 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
         }
         let (_, t) = tracked_current(cfg)?;
         let mut p = PendingConnect {
+            // SAFETY: all-zero is a valid header; every field is written by fill_header.
             header: unsafe { core::mem::zeroed() },
         };
         fill_header(&mut p.header, EventKind::Connect as u32, t.flags);
@@ -89,53 +71,52 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     // The outcome, usually in softirq context: the pending entry says who connected.
+    // SAFETY: copied out at once.
     let pending = unsafe { PENDING_CONNECT.get(&sk) }.copied()?;
     let _ = PENDING_CONNECT.remove(&sk);
-    let Some(mut entry) = EVENTS.reserve::<Event<SockData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation, all fields written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header = pending.header;
-    let d = &mut ev.data;
     let a = sock_addrs(o, sk);
-    d.family = a.as_ref().map(|a| a.family).unwrap_or(0);
-    d.protocol = IPPROTO_TCP;
-    d.result = if new == TCP_ESTABLISHED {
+    let mut r = reserve::<SockData>(EventKind::Connect, pending.header.track_flags)?;
+    let ev = r.event();
+    // The header was taken at SYN_SENT; the event time is the outcome's (set by reserve).
+    let now = ev.header.ts_ns;
+    ev.header = pending.header;
+    ev.header.ts_ns = now;
+    let result = if new == TCP_ESTABLISHED {
         connect_result::ESTABLISHED
     } else {
         connect_result::FAILED
     };
-    d.sport = a.as_ref().map(|a| a.local_port).unwrap_or(0);
-    d.dport = a.as_ref().map(|a| a.peer_port).unwrap_or(0);
-    d._pad = 0;
-    d.start_ns = pending.header.ts_ns;
-    d.saddr = a.as_ref().map(|a| a.local).unwrap_or([0; 16]);
-    d.daddr = a.as_ref().map(|a| a.peer).unwrap_or([0; 16]);
-    // The header was taken at SYN_SENT; the event time is the outcome's.
-    ev.header.ts_ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_boot_ns() };
-    entry.submit(0);
+    fill_sock(&mut ev.data, a.as_ref(), result, pending.header.ts_ns);
+    r.submit();
     Some(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let _ = try_connect(&ctx);
-    0
+/// Write a socket's addresses into a record (zeros when they could not be read).
+#[inline(always)]
+fn fill_sock(d: &mut SockData, a: Option<&crate::helpers::SockAddrs>, result: u16, start_ns: u64) {
+    d.start_ns = start_ns;
+    d.family = a.map(|a| a.family).unwrap_or(0);
+    d.protocol = IPPROTO_TCP;
+    d.result = result;
+    d.sport = a.map(|a| a.local_port).unwrap_or(0);
+    d.dport = a.map(|a| a.peer_port).unwrap_or(0);
+    d._pad = [0; 3];
+    d.saddr = a.map(|a| a.local).unwrap_or([0; 16]);
+    d.daddr = a.map(|a| a.peer).unwrap_or([0; 16]);
 }
 
+/// connect(2) entry, for every process: unix connects of tracked processes, any process's
+/// connect to a runtime API socket, and tracked resolvers connecting a socket to port 53.
 #[inline(always)]
-fn try_connect(ctx: &TracePointContext) -> Option<()> {
-    let cfg = config()?;
-    let tracked = tracked_current(cfg);
-    let addr = sys_arg(ctx, 1);
+pub fn enter_connect(cfg: &Config, fd: u64, addr: u64) -> Option<()> {
     if addr == 0 {
         return None;
     }
+    let tracked = tracked_current(cfg);
+    // SAFETY: bpf_probe_read_user checks the address.
     let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     if family == AF_UNIX {
-        return unix_connect(ctx, addr, tracked.map(|(_, t)| t.flags));
+        return unix_connect(cfg, addr, tracked.map(|(_, t)| t.flags));
     }
     // A tracked process connecting a socket to port 53 (resolvers that connect, then write):
     // its writes on that fd are DNS queries.
@@ -145,7 +126,7 @@ fn try_connect(ctx: &TracePointContext) -> Option<()> {
     }
     let (_, port, _) = read_sockaddr(addr)?;
     if port == 53 {
-        super::dns::watch_dns_fd(sys_arg(ctx, 0));
+        super::dns::watch_dns_fd(fd);
     }
     None
 }
@@ -155,7 +136,7 @@ pub const WATCH_API: u32 = 1;
 pub const WATCH_DNS: u32 = 2;
 
 #[inline(always)]
-fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
+fn unix_connect(cfg: &Config, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
     let key = SCRATCH_PATH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, exclusive on this CPU while the program runs.
     let key = unsafe { &mut *key };
@@ -164,6 +145,7 @@ fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>)
     }
     let path_ptr = (addr + 2) as *const u8;
     let mut abstract_ns = 0u16;
+    // SAFETY: bpf_probe_read_user checks the address.
     let first: u8 = unsafe { bpf_probe_read_user(path_ptr) }.ok()?;
     let len = if first == 0 {
         // Abstract namespace: the name follows the NUL; read it as a string too.
@@ -180,59 +162,106 @@ fn unix_connect(_ctx: &TracePointContext, addr: u64, tracked_flags: Option<u32>)
             }
         }
     };
+    // SAFETY: presence check only.
+    let runtime_socket = abstract_ns == 0 && unsafe { RUNTIME_SOCKETS.get(&*key) }.is_some();
     let flags = match tracked_flags {
         Some(f) => f,
         None => {
             // An untracked process: report it only when it talks to a runtime's API socket.
-            if abstract_ns != 0 {
+            if !runtime_socket {
                 return None;
             }
-            unsafe { RUNTIME_SOCKETS.get(&*key) }?;
             // Tracked from now on so that its exit is reported (the end of its request).
-            crate::helpers::track(crate::helpers::current_tgid(), track::API_CLIENT, 0);
+            track(current_tgid(), track::API_CLIENT, 0);
             track::API_CLIENT
         }
     };
-    let Some(mut entry) = EVENTS.reserve::<Event<UnixConnectData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation, all fields written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::UnixConnect as u32, flags);
-    ev.data.path_len = len as u16;
-    ev.data.abstract_ns = abstract_ns;
-    ev.data._pad = 0;
-    ev.data.path = *key;
-    entry.submit(0);
+    let mut r = reserve::<UnixConnectData>(EventKind::UnixConnect, flags)?;
+    let d = &mut r.event().data;
+    d.path_len = len as u16;
+    d.abstract_ns = abstract_ns;
+    d.client = 0;
+    d._pad = 0;
+    d.path = *key;
+    d.ppid = 0;
+    d.start_time_ns = 0;
+    d.exe_len = 0;
+    d.argv_len = 0;
+    d.cgroup_len = 0;
+    d._pad2 = 0;
+    // A client of a runtime's API (not a runtime talking to another): who it is, now, while
+    // it certainly exists; /proc may be gone by the time its request is read.
+    if runtime_socket && flags & track::RUNTIME == 0 {
+        fill_client(cfg, d);
+    }
+    r.submit();
     Some(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_accept(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_accept(&ctx);
-    0
-}
-
 #[inline(always)]
-fn try_accept(ctx: &TracePointContext) -> Option<()> {
-    let cfg = config()?;
+fn fill_client(cfg: &Config, d: &mut UnixConnectData) {
+    let o = &cfg.offsets;
+    let task = current_task();
+    let mut f = client_flags::CAPTURED;
+    d.ppid = read_at::<u64>(task, o.task_real_parent)
+        .and_then(|p| read_at::<u32>(p, o.task_tgid))
+        .unwrap_or(0);
+    d.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
+    match unpack(read_argv(task, o, &mut d.argv)) {
+        Some((n, complete)) => {
+            d.argv_len = n;
+            if !complete {
+                f |= client_flags::ARGV_TRUNCATED;
+            }
+        }
+        None => count(StatReason::ArgvReadFailed),
+    }
+    match unpack(exe_components(task, o, d.exe.as_mut_ptr(), EXE_CAP)) {
+        Some((n, complete)) => {
+            d.exe_len = n;
+            if !complete {
+                f |= client_flags::EXE_TRUNCATED;
+            }
+        }
+        None => f |= client_flags::EXE_UNREADABLE,
+    }
+    if let Some((n, complete)) = unpack(cgroup_components(
+        task,
+        o,
+        d.cgroup.as_mut_ptr(),
+        CGROUP_CAP,
+    )) {
+        d.cgroup_len = n;
+        if !complete {
+            f |= client_flags::CGROUP_TRUNCATED;
+        }
+    }
+    d.client = f;
+}
+
+/// accept(2)/accept4(2) entry of a tracked process: the new fd is known at the exit.
+#[inline(always)]
+pub fn enter_accept(cfg: &Config) -> Option<()> {
     if cfg.features & feature::NET_EVENTS == 0 {
         return None;
     }
-    let (_, t) = tracked_current(cfg)?;
-    let fd = sys_ret(ctx);
-    if fd < 0 {
+    pend(&PendingRead {
+        fd: 0,
+        buf: 0,
+        kind: READ_ACCEPT,
+    });
+    Some(())
+}
+
+#[inline(always)]
+pub fn exit_accept(ret: i64) -> Option<()> {
+    if ret < 0 {
         return None;
     }
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
     let o = &cfg.offsets;
-    let Some(sk) = sock_of_fd(o, fd as u64) else {
+    let Some(sk) = sock_of_fd(o, ret as u64) else {
         count(StatReason::SockLookupFailed);
         return None;
     };
@@ -240,30 +269,18 @@ fn try_accept(ctx: &TracePointContext) -> Option<()> {
     if a.family != AF_INET && a.family != AF_INET6 {
         return None; // unix accepts are seen as api_request peers instead
     }
-    let Some(mut entry) = EVENTS.reserve::<Event<SockData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation, all fields written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::Accept as u32, t.flags);
-    let d = &mut ev.data;
-    d.family = a.family;
-    d.protocol = IPPROTO_TCP;
-    d.result = connect_result::ESTABLISHED;
-    d.sport = a.local_port;
-    d.dport = a.peer_port;
-    d._pad = 0;
-    d.saddr = a.local;
-    d.daddr = a.peer;
-    d.start_ns = ev.header.ts_ns;
-    entry.submit(0);
+    let mut r = reserve::<SockData>(EventKind::Accept, t.flags)?;
+    let ev = r.event();
+    let now = ev.header.ts_ns;
+    fill_sock(&mut ev.data, Some(&a), connect_result::ESTABLISHED, now);
+    r.submit();
     Some(())
 }
 
 /// A destination from a user `sockaddr` (family, port host order, address).
 #[inline(always)]
 fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
+    // SAFETY (all reads): bpf_probe_read_user checks the address.
     let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
     let mut ip = [0u8; 16];
@@ -281,18 +298,16 @@ fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
 /// Report a datagram to port 53. `dest` is the user sockaddr (0 when the socket is connected).
 #[inline(always)]
 pub(crate) fn dns_send(
-    ctx: &TracePointContext,
+    cfg: &Config,
+    t: &Tracked,
     fd: u64,
     dest: u64,
     buf: u64,
     len: u64,
 ) -> Option<()> {
-    let cfg = config()?;
     if cfg.features & feature::DNS_EVENTS == 0 {
         return None;
     }
-    let (_, t) = tracked_current(cfg)?;
-    let _ = ctx;
     let (family, port, ip) = if dest != 0 {
         read_sockaddr(dest)?
     } else {
@@ -306,14 +321,8 @@ pub(crate) fn dns_send(
     }
     // The answer comes back on this socket.
     super::dns::watch_dns_fd(fd);
-    let Some(mut entry) = EVENTS.reserve::<Event<DnsData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation; payload bounded by `len` written below.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::DnsSend as u32, t.flags);
-    let d = &mut ev.data;
+    let mut r = reserve::<DnsData>(EventKind::DnsSend, t.flags)?;
+    let d = &mut r.event().data;
     d.family = family;
     d.dport = port;
     d.daddr = ip;
@@ -323,48 +332,27 @@ pub(crate) fn dns_send(
     } else {
         len as usize
     };
+    // SAFETY: bpf_probe_read_user_buf checks the source; n <= DNS_CAP.
     d.len = match unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut d.payload[..n]) } {
         Ok(()) => n as u16,
         Err(_) => 0,
     };
-    entry.submit(0);
+    r.submit();
     Some(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_enter_sendto")]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    let _ = dns_send(
-        &ctx,
-        sys_arg(&ctx, 0),
-        sys_arg(&ctx, 4),
-        sys_arg(&ctx, 1),
-        sys_arg(&ctx, 2),
-    );
-    0
-}
-
-/// `struct msghdr` (user ABI): msg_name at 0, msg_iov at 16; `struct iovec`: base 0, len 8.
+/// sendmsg(2)/sendmmsg(2): `struct msghdr` (user ABI) has msg_name at 0, msg_iov at 16;
+/// `struct iovec`: base 0, len 8. For sendmmsg the first message is enough to learn the name
+/// (resolvers send A and AAAA together).
 #[inline(always)]
-fn dns_msghdr(ctx: &TracePointContext, fd: u64, msg: u64) -> Option<()> {
-    if msg == 0 {
+pub(crate) fn dns_msghdr(cfg: &Config, t: &Tracked, fd: u64, msg: u64) -> Option<()> {
+    if msg == 0 || cfg.features & feature::DNS_EVENTS == 0 {
         return None;
     }
+    // SAFETY (all reads): bpf_probe_read_user checks the address.
     let name: u64 = unsafe { bpf_probe_read_user(msg as *const u64) }.ok()?;
     let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
     let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
     let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.ok()?;
-    dns_send(ctx, fd, name, base, len)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
-pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    let _ = dns_msghdr(&ctx, sys_arg(&ctx, 0), sys_arg(&ctx, 1));
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_sendmmsg")]
-pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
-    // The first message is enough to learn the name (resolvers send A and AAAA together).
-    let _ = dns_msghdr(&ctx, sys_arg(&ctx, 0), sys_arg(&ctx, 1));
-    0
+    dns_send(cfg, t, fd, name, base, len)
 }

@@ -1,18 +1,18 @@
 //! Process lifecycle: exec (which also makes runtime roots), fork (descendants), exit.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_user},
+    helpers::bpf_probe_read_kernel_str_bytes,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use sensor_common::{
-    ARGV_CAP, Event, EventKind, ExecData, ExitData, ForkData, KernelOffsets, StatReason,
-    exec_flags, track,
-};
+use sensor_common::{EventKind, ExecData, ExitData, ForkData, StatReason, exec_flags, track};
 
 use crate::{
-    helpers::{config, count, current_task, current_tgid, fill_header, read_at, track},
-    maps::{EVENTS, RUNTIME_NAMES, TRACKED},
+    helpers::{
+        config, count, current_task, current_tgid, read_argv, read_at, reserve, tp_field, track,
+        unpack,
+    },
+    maps::{RUNTIME_NAMES, TRACKED},
 };
 
 /// Flags a process keeps from its parent: only membership of the tree, not the parent's role.
@@ -55,27 +55,22 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         track(tgid, flags, depth);
     }
 
-    let Some(mut entry) = EVENTS.reserve::<Event<ExecData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: the reservation is sized for the event; every field is written below or is a
-    // byte array the reader bounds by the lengths written here.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::Exec as u32, flags);
-    let d = &mut ev.data;
+    // Every field is written below, or is a byte array the reader bounds by the lengths
+    // written here.
+    let mut r = reserve::<ExecData>(EventKind::Exec, flags)?;
+    let d = &mut r.event().data;
     let o = &cfg.offsets;
     let task = current_task();
     d.ppid = read_at::<u64>(task, o.task_real_parent)
         .and_then(|p| read_at::<u32>(p, o.task_tgid))
         .unwrap_or(0);
-    // SAFETY: tracepoint record fields at the offsets of its format (stable since 3.x).
-    d.old_pid = super::net::tp_field::<u32>(ctx, 16);
+    // Tracepoint record fields at the offsets of its format (stable since 3.x).
+    d.old_pid = tp_field::<u32>(ctx, 16);
     d.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
     d.truncated = 0;
     d._pad = 0;
 
-    let loc: u32 = super::net::tp_field::<u32>(ctx, 8);
+    let loc: u32 = tp_field::<u32>(ctx, 8);
     let src = (ctx.as_ptr() as u64 + (loc & 0xffff) as u64) as *const u8;
     d.filename_len = match unsafe { bpf_probe_read_kernel_str_bytes(src, &mut d.filename) } {
         Ok(s) => s.len() as u16,
@@ -89,36 +84,19 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     }
 
     d.argv_len = 0;
-    if read_argv(task, o, d).is_none() {
-        d.truncated |= exec_flags::ARGV_UNREADABLE;
-        count(StatReason::ArgvReadFailed);
+    match unpack(read_argv(task, o, &mut d.argv)) {
+        Some((n, complete)) => {
+            d.argv_len = n;
+            if !complete {
+                d.truncated |= exec_flags::ARGV_TRUNCATED;
+            }
+        }
+        None => {
+            d.truncated |= exec_flags::ARGV_UNREADABLE;
+            count(StatReason::ArgvReadFailed);
+        }
     }
-    entry.submit(0);
-    Some(())
-}
-
-/// Copy the new program's argv (the NUL-separated area between mm->arg_start and arg_end).
-#[inline(never)]
-fn read_argv(task: u64, o: &KernelOffsets, d: &mut ExecData) -> Option<()> {
-    let mm: u64 = read_at(task, o.task_mm)?;
-    let start: u64 = read_at(mm, o.mm_arg_start)?;
-    let end: u64 = read_at(mm, o.mm_arg_end)?;
-    if end <= start {
-        return None;
-    }
-    let mut n = end - start;
-    if n > ARGV_CAP as u64 {
-        n = ARGV_CAP as u64;
-        d.truncated |= exec_flags::ARGV_TRUNCATED;
-        count(StatReason::Truncated);
-    }
-    // SAFETY: n <= ARGV_CAP, the destination's size.
-    let r =
-        unsafe { bpf_probe_read_user(d.argv.as_mut_ptr() as *mut _, n as u32, start as *const _) };
-    if r != 0 {
-        return None;
-    }
-    d.argv_len = n as u16;
+    r.submit();
     Some(())
 }
 
@@ -147,17 +125,12 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
     let flags = (parent.flags & INHERITED) | track::DESCENDANT;
     track(child_tgid, flags, parent.depth.saturating_add(1));
 
-    let Some(mut entry) = EVENTS.reserve::<Event<ForkData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation, all fields written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::Fork as u32, parent.flags);
-    ev.data.parent_pid = parent_tgid;
-    ev.data.child_pid = child_tgid;
-    ev.data.child_start_time_ns = read_at::<u64>(child, o.task_start_boottime).unwrap_or(0);
-    entry.submit(0);
+    let mut r = reserve::<ForkData>(EventKind::Fork, parent.flags)?;
+    let d = &mut r.event().data;
+    d.parent_pid = parent_tgid;
+    d.child_pid = child_tgid;
+    d.child_start_time_ns = read_at::<u64>(child, o.task_start_boottime).unwrap_or(0);
+    r.submit();
     Some(())
 }
 
@@ -187,16 +160,11 @@ fn try_exit() -> Option<()> {
         return None;
     }
     let _ = TRACKED.remove(&tgid);
-    let Some(mut entry) = EVENTS.reserve::<Event<ExitData>>(0) else {
-        count(StatReason::RingbufFull);
-        return None;
-    };
-    // SAFETY: sized reservation, all fields written.
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.header, EventKind::Exit as u32, t.flags);
-    ev.data.exit_code = read_at::<u32>(task, o.task_exit_code).unwrap_or(0);
-    ev.data._pad = 0;
-    ev.data.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
-    entry.submit(0);
+    let mut r = reserve::<ExitData>(EventKind::Exit, t.flags)?;
+    let d = &mut r.event().data;
+    d.exit_code = read_at::<u32>(task, o.task_exit_code).unwrap_or(0);
+    d._pad = 0;
+    d.start_time_ns = read_at::<u64>(task, o.task_start_boottime).unwrap_or(0);
+    r.submit();
     Some(())
 }
