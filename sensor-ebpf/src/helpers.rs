@@ -15,7 +15,8 @@ use sensor_common::{
 };
 
 use crate::maps::{
-    CONFIG, EVENTS, PENDING_COUNT, PENDING_READ, PendingRead, RINGBUF_FILL, STATS, TRACKED,
+    CONFIG, EVENTS, PENDING_COUNT, PENDING_READ, PendingRead, RINGBUF_FILL, STATS, TRACK_CACHE,
+    TRACK_GEN, TRACKED,
 };
 
 /// An event reserved in the ring buffer with its header filled. Every path must end in
@@ -98,16 +99,35 @@ pub fn take_pending() -> Option<PendingRead> {
 #[inline(always)]
 fn pending_add(delta: u64) {
     if let Some(p) = PENDING_COUNT.get_ptr_mut(0) {
-        // SAFETY: a map value shared by all CPUs, updated only atomically. The BPF target has
-        // no `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic with its result unused
-        // is the kernel's atomic add (BPF_XADD).
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                p, delta,
-            )
-        };
+        atomic_add(p, delta);
     }
 }
+
+/// An atomic add to a map value shared by all CPUs. The BPF target has no
+/// `AtomicU64::fetch_add` (no compare-and-swap); the intrinsic with its result unused is the
+/// kernel's atomic add (BPF_XADD).
+#[inline(always)]
+fn atomic_add(p: *mut u64, delta: u64) {
+    // SAFETY: `p` is a valid map value pointer, updated only atomically.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, delta,
+        )
+    };
+}
+
+/// `TRACKED` changed: every CPU's `TRACK_CACHE` entry is stale.
+#[inline(always)]
+pub fn tracked_changed() {
+    if let Some(p) = TRACK_GEN.get_ptr_mut(0) {
+        atomic_add(p, 1);
+    }
+}
+
+const CACHE_GEN_MASK: u64 = 0xff_ffff;
+const CACHE_PRESENT: u64 = 1 << 63;
+// The flags must fit the cache word's 7 bits.
+const _: () = assert!(track::DNS_SOCKETS < 0x80);
 
 #[inline(always)]
 pub fn count(reason: StatReason) {
@@ -134,20 +154,39 @@ pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// The tracked entry of the current process, if any (and never the sensor itself).
+/// The tracked entry of the current process, if any (and never the sensor itself). Through the
+/// per-CPU `TRACK_CACHE`: the returned `depth` is 0 (callers that need it read `TRACKED`).
 #[inline(always)]
 pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
     let tgid = current_tgid();
     if tgid == cfg.self_tgid {
         return None;
     }
-    // SAFETY: the value is copied out at once.
-    let t = unsafe { TRACKED.get(&tgid) }.copied()?;
+    let generation = *TRACK_GEN.get(0)? & CACHE_GEN_MASK;
+    let slot = TRACK_CACHE.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU map value, read and written in one word each.
+    let word = unsafe { *slot };
+    let flags = if word as u32 == tgid && (word >> 32) & CACHE_GEN_MASK == generation {
+        if word & CACHE_PRESENT == 0 {
+            return None;
+        }
+        ((word >> 56) & 0x7f) as u32
+    } else {
+        // SAFETY: the value is copied out at once.
+        let t = unsafe { TRACKED.get(&tgid) }.copied();
+        let cached = match t {
+            Some(t) => CACHE_PRESENT | (u64::from(t.flags & 0x7f) << 56),
+            None => 0,
+        };
+        // SAFETY: as above.
+        unsafe { *slot = u64::from(tgid) | (generation << 32) | cached };
+        t?.flags
+    };
     // API clients are tracked only so that their exit is seen, not their activity.
-    if t.flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
         return None;
     }
-    Some((tgid, t))
+    Some((tgid, Tracked { flags, depth: 0 }))
 }
 
 #[inline(always)]
@@ -199,6 +238,7 @@ pub fn track(tgid: u32, flags: u32, depth: u32) {
     if TRACKED.insert(&tgid, &v, 0).is_err() {
         count(StatReason::TrackedMapFull);
     }
+    tracked_changed();
 }
 
 /// The socket (`struct sock *`) behind file descriptor `fd` of the current task.

@@ -28,6 +28,19 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_REASONS 
 #[map]
 pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
 
+/// Bumped (atomically) after every change of `TRACKED` (kernel or loader): a `TRACK_CACHE`
+/// entry taken under another generation is stale.
+#[map]
+pub static TRACK_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU, the last `TRACKED` lookup, packed in one word so that it is written in one store
+/// (a program preempted mid-update cannot leave a mixed entry): bits 0-31 tgid, 32-55 the
+/// generation (low 24 bits of `TRACK_GEN`), 56-62 the tracked flags, 63 set when the process is
+/// tracked. A storm of syscalls from one process (a database, `dd`) then costs array loads, not
+/// a hash lookup each (measured: the hash lookup was most of the untracked cost).
+#[map]
+pub static TRACK_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Names (comm, NUL padded) that make a process a tracked runtime root at exec.
 #[map]
 pub static RUNTIME_NAMES: HashMap<[u8; COMM_LEN], RuntimeName> = HashMap::with_max_entries(64, 0);

@@ -399,6 +399,21 @@ pub fn attach_all(
     (attached, failed)
 }
 
+/// Tell the kernel programs that `TRACKED` changed from userspace (seeding): their per-CPU
+/// lookup cache (`TRACK_CACHE`) holds entries of the previous generation.
+pub fn bump_tracked_generation(ebpf: &mut Ebpf) {
+    let Some(map) = ebpf.map_mut("TRACK_GEN") else {
+        return;
+    };
+    let Ok(mut generation) = Array::<_, u64>::try_from(map) else {
+        return;
+    };
+    let g = generation.get(&0, 0).unwrap_or(0);
+    if let Err(e) = generation.set(0, g.wrapping_add(1), 0) {
+        tracing::warn!("cannot bump TRACK_GEN: {e}");
+    }
+}
+
 /// The ring buffer's peak fill since start: the highest pending byte count any CPU saw.
 pub fn read_ringbuf_fill(fill: &PerCpuArray<MapData, u64>) -> u64 {
     fill.get(&0, 0)

@@ -177,6 +177,8 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             }
         }
     }
+    // The kernel's per-CPU cache of tracked lookups predates these entries.
+    loader::bump_tracked_generation(&mut loaded.ebpf);
     tracing::info!(
         "attached {} probes, tracking {seeded} running processes",
         loaded.attached.len()

@@ -20,6 +20,7 @@ pub fn watch_dns_fd(fd: u64) {
     if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
         // SAFETY: a map value pointer; a racing update can only set the same bit.
         unsafe { (*t).flags |= track::DNS_SOCKETS };
+        crate::helpers::tracked_changed();
     }
 }
 

@@ -160,6 +160,7 @@ fn try_exit() -> Option<()> {
         return None;
     }
     let _ = TRACKED.remove(&tgid);
+    crate::helpers::tracked_changed();
     let mut r = reserve::<ExitData>(EventKind::Exit, t.flags)?;
     let d = &mut r.event().data;
     d.exit_code = read_at::<u32>(task, o.task_exit_code).unwrap_or(0);

@@ -13,6 +13,8 @@ use crate::{
     maps::{READ_ACCEPT, READ_API, READ_DNS, SYSCALLS},
 };
 
+const WATCHES_FDS: u32 = track::API_SERVER | track::DNS_SOCKETS;
+
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
     let _ = try_enter(&ctx);
@@ -40,8 +42,11 @@ fn try_enter(ctx: &RawTracePointContext) -> Option<()> {
     let (_, t) = tracked_current(cfg)?;
     match code {
         syscall::READ => api::enter_read(cfg, &t, arg(0), arg(1)),
-        syscall::WRITE => api::enter_write(cfg, &t, arg(0), arg(1), arg(2)),
-        syscall::CLOSE => api::enter_close(arg(0)),
+        // Only API servers and processes that sent DNS queries have watched fds.
+        syscall::WRITE if t.flags & WATCHES_FDS != 0 => {
+            api::enter_write(cfg, &t, arg(0), arg(1), arg(2))
+        }
+        syscall::CLOSE if t.flags & WATCHES_FDS != 0 => api::enter_close(arg(0)),
         syscall::ACCEPT | syscall::ACCEPT4 => net::enter_accept(cfg),
         syscall::SENDTO => net::dns_send(cfg, &t, arg(0), arg(4), arg(1), arg(2)),
         syscall::SENDMSG | syscall::SENDMMSG => net::dns_msghdr(cfg, &t, arg(0), arg(1)),
