@@ -46,6 +46,8 @@ pub enum EventKind {
     /// A DNS response a tracked process read from a socket it sent a query on.
     DnsResponse = 14,
     FileWrite = 20,
+    /// Bytes written to a watched build file (a Dockerfile being received by the daemon).
+    FileContent = 21,
     ApiRequest = 30,
     /// The start of a write(2) an API server made on a connection that carried a watched request
     /// (POST /build, /images/{name}/push, /containers/create). Same layout as ApiRequest.
@@ -64,6 +66,7 @@ impl EventKind {
             13 => Self::DnsSend,
             14 => Self::DnsResponse,
             20 => Self::FileWrite,
+            21 => Self::FileContent,
             30 => Self::ApiRequest,
             31 => Self::ApiResponse,
             _ => return None,
@@ -85,6 +88,9 @@ pub mod track {
     pub const SEEDED: u32 = 1 << 4;
     /// The process sent a DNS query: its reads may be DNS responses (saves the others a lookup).
     pub const DNS_SOCKETS: u32 = 1 << 5;
+    /// The process opened a build file (a Dockerfile) for writing: its writes on that fd are
+    /// captured (dockerd writing a BuildKit context, the legacy builder's context extraction).
+    pub const FILE_WATCH: u32 = 1 << 6;
 }
 
 #[repr(C)]
@@ -251,6 +257,26 @@ pub struct FileData {
     /// Directory fd the path is relative to (AT_FDCWD = -100).
     pub dirfd: i32,
     pub path: [u8; PATH_CAP],
+}
+
+/// Chunks of a watched build file are this long; a write is captured up to
+/// `FILE_CONTENT_CHUNKS` chunks.
+pub const FILE_CONTENT_CAP: usize = 2048;
+pub const FILE_CONTENT_CHUNKS: usize = 8;
+
+/// One chunk of a write(2) to a watched build file.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileContentData {
+    pub fd: i32,
+    /// Bytes of `data` that are meaningful.
+    pub len: u16,
+    /// Index of this chunk in the write (offset `chunk * FILE_CONTENT_CAP`).
+    pub chunk: u16,
+    /// Bytes the write(2) asked for in total.
+    pub write_len: u32,
+    pub _pad: u32,
+    pub data: [u8; FILE_CONTENT_CAP],
 }
 
 /// The start of an HTTP request that an API server read from a connection.
@@ -473,6 +499,8 @@ const _: () = {
     assert!(size_of::<DnsData>() == 24 + DNS_CAP);
     assert!(size_of::<FileData>() == 16 + PATH_CAP);
     assert!(size_of::<ApiData>() == 64 + HTTP_CAP);
+    assert!(size_of::<FileContentData>() == 16 + FILE_CONTENT_CAP);
+    assert!(size_of::<Event<FileContentData>>() <= MAX_EVENT_SIZE);
     assert!(size_of::<Event<ExecData>>() <= MAX_EVENT_SIZE);
     assert!(size_of::<Event<ApiData>>() <= MAX_EVENT_SIZE);
     assert!(size_of::<Event<FileData>>() <= MAX_EVENT_SIZE);

@@ -127,7 +127,17 @@ pub fn tracked_changed() {
 const CACHE_GEN_MASK: u64 = 0xff_ffff;
 const CACHE_PRESENT: u64 = 1 << 63;
 // The flags must fit the cache word's 7 bits.
-const _: () = assert!(track::DNS_SOCKETS < 0x80);
+const _: () = assert!(track::DNS_SOCKETS < 0x80 && track::FILE_WATCH < 0x80);
+
+/// Set `flag` on the current process's tracked entry.
+#[inline(always)]
+pub fn set_tracked_flag(flag: u32) {
+    if let Some(t) = TRACKED.get_ptr_mut(&current_tgid()) {
+        // SAFETY: a map value pointer; a racing update can only set the same bit.
+        unsafe { (*t).flags |= flag };
+        tracked_changed();
+    }
+}
 
 #[inline(always)]
 pub fn count(reason: StatReason) {

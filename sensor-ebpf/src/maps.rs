@@ -74,6 +74,8 @@ pub const READ_API: u64 = 1;
 pub const READ_DNS: u64 = 2;
 /// accept(2)/accept4(2) by a tracked process: the new fd is the return value.
 pub const READ_ACCEPT: u64 = 3;
+/// open(2)/openat(2) of a build file for writing: the new fd is watched.
+pub const READ_OPEN_WATCHED: u64 = 4;
 
 /// Syscalls being watched between the raw `sys_enter` and `sys_exit` (API servers' reads, DNS
 /// responses, accepts), keyed by pid_tgid.

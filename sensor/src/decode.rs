@@ -1,7 +1,7 @@
 //! Ring-buffer bytes to typed kernel events. Reads the header, then dispatches on the kind.
 use sensor_common::{
-    ApiData, DnsData, Event, EventHeader, EventKind, ExecData, ExitData, FileData, ForkData,
-    SockData, UnixConnectData,
+    ApiData, DnsData, Event, EventHeader, EventKind, ExecData, ExitData, FileContentData, FileData,
+    ForkData, SockData, UnixConnectData,
 };
 use thiserror::Error;
 
@@ -16,6 +16,7 @@ pub enum KernelEvent {
     Dns(Event<DnsData>),
     DnsResponse(Event<DnsData>),
     File(Event<FileData>),
+    FileContent(Event<FileContentData>),
     Api(Event<ApiData>),
     ApiResponse(Event<ApiData>),
 }
@@ -64,6 +65,7 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::DnsSend => KernelEvent::Dns(read(buf)?),
         EventKind::DnsResponse => KernelEvent::DnsResponse(read(buf)?),
         EventKind::FileWrite => KernelEvent::File(read(buf)?),
+        EventKind::FileContent => KernelEvent::FileContent(read(buf)?),
         EventKind::ApiRequest => KernelEvent::Api(read(buf)?),
         EventKind::ApiResponse => KernelEvent::ApiResponse(read(buf)?),
     })
@@ -79,6 +81,7 @@ impl KernelEvent {
             KernelEvent::UnixConnect(e) => &e.header,
             KernelEvent::Dns(e) | KernelEvent::DnsResponse(e) => &e.header,
             KernelEvent::File(e) => &e.header,
+            KernelEvent::FileContent(e) => &e.header,
             KernelEvent::Api(e) | KernelEvent::ApiResponse(e) => &e.header,
         }
     }
@@ -95,6 +98,7 @@ impl KernelEvent {
             KernelEvent::Dns(_) => "dns_send",
             KernelEvent::DnsResponse(_) => "dns_response",
             KernelEvent::File(_) => "file_write",
+            KernelEvent::FileContent(_) => "file_content",
             KernelEvent::Api(_) => "api_request",
             KernelEvent::ApiResponse(_) => "api_response",
         }

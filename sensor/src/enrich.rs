@@ -120,6 +120,14 @@ pub fn join_components(buf: &[u8]) -> String {
     out
 }
 
+/// Whether a path names a build file, as the kernel program decides which files' writes to
+/// capture (`probes/file.rs`): it ends in `Dockerfile`, `dockerfile` or `Containerfile`.
+pub fn is_build_file(path: &str) -> bool {
+    ["Dockerfile", "dockerfile", "Containerfile"]
+        .iter()
+        .any(|p| path.ends_with(p))
+}
+
 /// The first `len` bytes of a fixed kernel buffer; a length past the buffer (a malformed
 /// record) is cut to the buffer.
 fn captured(buf: &[u8], len: impl Into<usize>) -> &[u8] {
@@ -175,6 +183,9 @@ pub struct Enricher {
     self_pid: u32,
     /// API clients described by the kernel at connect.
     pub clients: ClientTable,
+    /// The build file each process last opened for writing (its content events carry only the
+    /// fd). Bounded: cleared when full.
+    build_files: HashMap<u32, String>,
     /// Replace build-arg values in command lines and `POST /build` queries by `<redacted>`
     /// (unless `--show-build-args`): raw records must not carry what the build records hide.
     pub redact_build_args: bool,
@@ -186,6 +197,7 @@ impl Enricher {
             table: ProcessTable::new(cap),
             cgroup_containers: HashMap::new(),
             clients: ClientTable::default(),
+            build_files: HashMap::new(),
             self_pid: std::process::id(),
             redact_build_args: true,
         }
@@ -413,6 +425,13 @@ impl Enricher {
             }
             KernelEvent::File(e) => {
                 let d = &e.data;
+                let path = lossy(captured(&d.path, d.path_len));
+                if d.op == file_op::OPEN_WRITE && is_build_file(&path) {
+                    if self.build_files.len() >= 4096 {
+                        self.build_files.clear();
+                    }
+                    self.build_files.insert(e.header.pid, path);
+                }
                 Some(Body::FileWrite(FileWrite {
                     process: self.process_ref(&e.header),
                     op: if d.op == file_op::RENAME {
@@ -424,6 +443,22 @@ impl Enricher {
                     path: lossy(captured(&d.path, d.path_len)),
                     path_truncated: d.truncated != 0,
                     flags: d.flags,
+                }))
+            }
+            KernelEvent::FileContent(e) => {
+                let d = &e.data;
+                let offset = u64::from(d.chunk) * sensor_common::FILE_CONTENT_CAP as u64;
+                let expected = u64::from(d.write_len)
+                    .saturating_sub(offset)
+                    .min(sensor_common::FILE_CONTENT_CAP as u64);
+                Some(Body::FileContent(FileContent {
+                    process: self.process_ref(&e.header),
+                    path: self.build_files.get(&e.header.pid).cloned(),
+                    fd: d.fd,
+                    offset,
+                    write_len: d.write_len.into(),
+                    data: lossy(captured(&d.data, d.len)),
+                    truncated: u64::from(d.len) < expected,
                 }))
             }
             KernelEvent::Api(e) => self.api_request(&e.header, &e.data),

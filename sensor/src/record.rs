@@ -93,6 +93,7 @@ pub enum Body {
     DnsQuery(DnsQuery),
     DnsResponse(DnsResponse),
     FileWrite(FileWrite),
+    FileContent(FileContent),
     ApiRequest(ApiRequest),
     ApiResponse(ApiResponse),
     SensorStats(SensorStats),
@@ -115,6 +116,7 @@ impl Body {
             Body::DnsQuery(_) => "dns_query",
             Body::DnsResponse(_) => "dns_response",
             Body::FileWrite(_) => "file_write",
+            Body::FileContent(_) => "file_content",
             Body::ApiRequest(_) => "api_request",
             Body::ApiResponse(_) => "api_response",
             Body::SensorStats(_) => "sensor_stats",
@@ -128,7 +130,7 @@ impl Body {
 
     /// Kinds written only with `--raw` (kernel detail that the other records summarise).
     pub fn raw_only(&self) -> bool {
-        matches!(self, Body::ProcessFork(_))
+        matches!(self, Body::ProcessFork(_) | Body::FileContent(_))
     }
 }
 
@@ -276,6 +278,27 @@ pub struct DnsResponse {
     /// A and AAAA answers.
     #[serde(default)]
     pub addrs: Vec<String>,
+}
+
+/// Bytes written to a build file (`Dockerfile*`, `Containerfile*`, `*.dockerfile`) by a process
+/// in a runtime tree: the daemon receiving a build's Dockerfile. Raw only (`--raw`): the build
+/// records carry the assembled text.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct FileContent {
+    pub process: ProcessRef,
+    /// The path the process opened (the last build file it opened for writing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub fd: i32,
+    /// Offset of `data` in this write.
+    pub offset: u64,
+    /// Bytes of the write(2) in total.
+    pub write_len: u64,
+    /// The bytes (UTF-8, invalid sequences replaced).
+    pub data: String,
+    /// Bytes of this chunk that were not captured.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]

@@ -6,7 +6,7 @@ use sensor_common::{
     AF_UNIX, ApiData, Config, EventKind, HTTP_CAP, StatReason, Tracked, feature, track,
 };
 
-use super::net::{WATCH_API, WATCH_DNS, dns_send};
+use super::net::{WATCH_API, WATCH_DNS, WATCH_FILE, dns_send};
 use crate::{
     helpers::{
         config, count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd,
@@ -189,6 +189,9 @@ pub fn enter_write(cfg: &Config, t: &Tracked, fd: u64, buf: u64, write_len: u64)
     let what = unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied()?;
     if what == WATCH_DNS {
         return dns_send(cfg, t, fd, 0, buf, write_len);
+    }
+    if what == WATCH_FILE {
+        return super::file::content(t, fd, buf, write_len);
     }
     let mut r = reserve::<ApiData>(EventKind::ApiResponse, t.flags)?;
     let d = &mut r.event().data;

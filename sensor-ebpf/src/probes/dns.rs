@@ -2,26 +2,21 @@
 //! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
 //! the addresses a build step connects to.
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
+    bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
 };
 use sensor_common::{DNS_CAP, DnsData, EventKind, StatReason, track};
 
 use super::net::WATCH_DNS;
 use crate::{
     helpers::{config, count, fd_key, pend, reserve, sock_addrs, sock_of_fd, tracked_current},
-    maps::{PendingRead, READ_DNS, TRACKED, WATCH_FDS},
+    maps::{PendingRead, READ_DNS, WATCH_FDS},
 };
 
 /// Mark `fd` of the current process as a DNS socket: its reads are responses.
 #[inline(always)]
 pub fn watch_dns_fd(fd: u64) {
     let _ = WATCH_FDS.insert(&fd_key(fd), &WATCH_DNS, 0);
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
-        // SAFETY: a map value pointer; a racing update can only set the same bit.
-        unsafe { (*t).flags |= track::DNS_SOCKETS };
-        crate::helpers::tracked_changed();
-    }
+    crate::helpers::set_tracked_flag(track::DNS_SOCKETS);
 }
 
 /// At a read-like syscall's entry: remember the buffer when `fd` is a watched DNS socket.

@@ -134,6 +134,7 @@ pub fn enter_connect(cfg: &Config, fd: u64, addr: u64) -> Option<()> {
 /// `WATCH_FDS` values: what the writes on a watched fd are.
 pub const WATCH_API: u32 = 1;
 pub const WATCH_DNS: u32 = 2;
+pub const WATCH_FILE: u32 = 3;
 
 #[inline(always)]
 fn unix_connect(cfg: &Config, addr: u64, tracked_flags: Option<u32>) -> Option<()> {

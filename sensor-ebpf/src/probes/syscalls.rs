@@ -10,10 +10,10 @@ use sensor_common::{SYSCALL_TABLE, syscall, track};
 use super::{api, dns, file, net};
 use crate::{
     helpers::{config, syscall_arg, take_pending, tracked_current},
-    maps::{READ_ACCEPT, READ_API, READ_DNS, SYSCALLS},
+    maps::{READ_ACCEPT, READ_API, READ_DNS, READ_OPEN_WATCHED, SYSCALLS},
 };
 
-const WATCHES_FDS: u32 = track::API_SERVER | track::DNS_SOCKETS;
+const WATCHES_FDS: u32 = track::API_SERVER | track::DNS_SOCKETS | track::FILE_WATCH;
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> u32 {
@@ -42,7 +42,8 @@ fn try_enter(ctx: &RawTracePointContext) -> Option<()> {
     let (_, t) = tracked_current(cfg)?;
     match code {
         syscall::READ => api::enter_read(cfg, &t, arg(0), arg(1)),
-        // Only API servers and processes that sent DNS queries have watched fds.
+        // Only API servers, processes that sent DNS queries and writers of build files have
+        // watched fds.
         syscall::WRITE if t.flags & WATCHES_FDS != 0 => {
             api::enter_write(cfg, &t, arg(0), arg(1), arg(2))
         }
@@ -79,6 +80,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
         READ_API => api::exit_read(&p, ret),
         READ_DNS => dns::exit_read(&p, ret),
         READ_ACCEPT => net::exit_accept(ret),
+        READ_OPEN_WATCHED => file::exit_open_watched(ret),
         _ => None,
     }
 }

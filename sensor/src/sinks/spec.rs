@@ -20,6 +20,7 @@ pub const KINDS: &[&str] = &[
     "accept",
     "dns_query",
     "file_write",
+    "file_content",
     "api_request",
     "api_response",
     "build_started",
