@@ -91,6 +91,8 @@ pub mod track {
     /// The process opened a build file (a Dockerfile) for writing: its writes on that fd are
     /// captured (dockerd writing a BuildKit context, the legacy builder's context extraction).
     pub const FILE_WATCH: u32 = 1 << 6;
+    /// The process called accept(2): its syscall exits may carry an accepted fd.
+    pub const ACCEPTS: u32 = 1 << 7;
 }
 
 #[repr(C)]

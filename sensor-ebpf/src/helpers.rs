@@ -79,14 +79,15 @@ pub fn pend(p: &PendingRead) {
     pending_add(1);
 }
 
+/// Whether any watched syscall may be pending (an array load).
+#[inline(always)]
+pub fn any_pending() -> bool {
+    PENDING_COUNT.get(0).is_some_and(|n| *n != 0)
+}
+
 /// The current thread's watched syscall, taken out of the map (at `sys_exit`).
 #[inline(always)]
 pub fn take_pending() -> Option<PendingRead> {
-    // Every syscall exit of every process passes here: leave before the hash lookup when
-    // nothing is pending anywhere.
-    if *PENDING_COUNT.get(0)? == 0 {
-        return None;
-    }
     let key = bpf_get_current_pid_tgid();
     // SAFETY: copied out at once.
     let p = unsafe { PENDING_READ.get(&key) }.copied()?;
@@ -124,10 +125,13 @@ pub fn tracked_changed() {
     }
 }
 
-const CACHE_GEN_MASK: u64 = 0xff_ffff;
+/// The cache word: bits 0-31 tgid, 32-51 generation, 52-62 flags, 63 present.
+const CACHE_GEN_MASK: u64 = 0xf_ffff;
+const CACHE_FLAGS_SHIFT: u32 = 52;
+const CACHE_FLAGS_MASK: u64 = 0x7ff;
 const CACHE_PRESENT: u64 = 1 << 63;
-// The flags must fit the cache word's 7 bits.
-const _: () = assert!(track::DNS_SOCKETS < 0x80 && track::FILE_WATCH < 0x80);
+// Every flag must fit the cache word.
+const _: () = assert!((track::ACCEPTS as u64) <= CACHE_FLAGS_MASK);
 
 /// Set `flag` on the current process's tracked entry.
 #[inline(always)]
@@ -180,12 +184,14 @@ pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
         if word & CACHE_PRESENT == 0 {
             return None;
         }
-        ((word >> 56) & 0x7f) as u32
+        ((word >> CACHE_FLAGS_SHIFT) & CACHE_FLAGS_MASK) as u32
     } else {
         // SAFETY: the value is copied out at once.
         let t = unsafe { TRACKED.get(&tgid) }.copied();
         let cached = match t {
-            Some(t) => CACHE_PRESENT | (u64::from(t.flags & 0x7f) << 56),
+            Some(t) => {
+                CACHE_PRESENT | ((u64::from(t.flags) & CACHE_FLAGS_MASK) << CACHE_FLAGS_SHIFT)
+            }
             None => 0,
         };
         // SAFETY: as above.

@@ -34,8 +34,8 @@ pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
 pub static TRACK_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per CPU, the last `TRACKED` lookup, packed in one word so that it is written in one store
-/// (a program preempted mid-update cannot leave a mixed entry): bits 0-31 tgid, 32-55 the
-/// generation (low 24 bits of `TRACK_GEN`), 56-62 the tracked flags, 63 set when the process is
+/// (a program preempted mid-update cannot leave a mixed entry): bits 0-31 tgid, 32-51 the
+/// generation (low 20 bits of `TRACK_GEN`), 52-62 the tracked flags, 63 set when the process is
 /// tracked. A storm of syscalls from one process (a database, `dd`) then costs array loads, not
 /// a hash lookup each (measured: the hash lookup was most of the untracked cost).
 #[map]

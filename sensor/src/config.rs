@@ -357,7 +357,12 @@ mod tests {
         assert_eq!(a.sinks.len(), 2);
         assert_eq!(
             a.sinks[0].kinds,
-            vec!["build_finished", "build_started", "finding"]
+            vec![
+                "build_dockerfile",
+                "build_finished",
+                "build_started",
+                "finding"
+            ]
         );
         let a = merge(
             &p,

@@ -187,6 +187,100 @@ pub struct Rules {
     pub build_outbound_not_allowed: OutboundRule,
     pub deploy_soon_after_build: DeployRule,
     pub build_push_deploy_chain: ChainRule,
+    pub build_suspicious_instruction: InstructionRule,
+}
+
+/// Rule `build_suspicious_instruction`: patterns over a build's Dockerfile instructions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstructionRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub patterns: Vec<InstructionPattern>,
+}
+
+/// One pattern: a regular expression over the arguments of the named instructions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructionPattern {
+    pub name: String,
+    /// Instruction keywords it applies to (`RUN`, `ADD`, ...); empty: all.
+    #[serde(default)]
+    pub instructions: Vec<String>,
+    /// Regular expression (Rust `regex` syntax) searched in the instruction's arguments.
+    #[serde(rename = "match")]
+    pub pattern: InstructionRegex,
+}
+
+/// A compiled pattern; an invalid one is an error in the policy file, with its line.
+#[derive(Clone, Debug)]
+pub struct InstructionRegex(pub regex::Regex);
+
+impl<'de> Deserialize<'de> for InstructionRegex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::Regex::new(&s).map(InstructionRegex).map_err(|e| {
+            // regex's own message spans lines (the pattern, a caret, the error): keep the
+            // error's line, so that the policy error stays one line.
+            let msg = e.to_string();
+            let why = msg
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            serde::de::Error::custom(format!("invalid regular expression {s:?}: {why}"))
+        })
+    }
+}
+
+impl InstructionPattern {
+    fn new(name: &str, instructions: &[&str], pattern: &str) -> Self {
+        InstructionPattern {
+            name: name.into(),
+            instructions: instructions.iter().map(|s| s.to_string()).collect(),
+            // The defaults are constants checked by a unit test.
+            pattern: InstructionRegex(regex::Regex::new(pattern).expect("default pattern")),
+        }
+    }
+
+    /// Whether the pattern applies to `instruction` and matches `args`.
+    pub fn matches(&self, instruction: &str, args: &str) -> bool {
+        (self.instructions.is_empty()
+            || self
+                .instructions
+                .iter()
+                .any(|i| i.eq_ignore_ascii_case(instruction)))
+            && self.pattern.0.is_match(args)
+    }
+}
+
+impl Default for InstructionRule {
+    fn default() -> Self {
+        InstructionRule {
+            enabled: true,
+            severity: Severity::High,
+            patterns: vec![
+                // A download from a literal IP address: no DNS name, no registry, no mirror.
+                InstructionPattern::new(
+                    "download_from_ip_address",
+                    &["RUN", "ADD"],
+                    r"(?i)\b(https?|ftp)://\d{1,3}(\.\d{1,3}){3}\b",
+                ),
+                // A script fetched and run in one go, never written where a scan could see it.
+                InstructionPattern::new(
+                    "download_piped_to_shell",
+                    &["RUN"],
+                    r"(?i)\b(curl|wget)\b[^|;&]*\|\s*(sudo\s+)?(ba|da|z|k)?sh\b",
+                ),
+                // ADD of a remote URL: the daemon itself fetches it, outside any RUN step.
+                InstructionPattern::new(
+                    "add_from_url",
+                    &["ADD"],
+                    r"(?i)^(--\S+\s+)*(https?|ftp)://",
+                ),
+            ],
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

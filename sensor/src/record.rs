@@ -99,6 +99,7 @@ pub enum Body {
     SensorStats(SensorStats),
     BuildStarted(BuildStarted),
     BuildFinished(BuildFinished),
+    BuildDockerfile(BuildDockerfile),
     ContainerStart(ContainerStart),
     ImagePush(ImagePush),
     Finding(Finding),
@@ -122,6 +123,7 @@ impl Body {
             Body::SensorStats(_) => "sensor_stats",
             Body::BuildStarted(_) => "build_started",
             Body::BuildFinished(_) => "build_finished",
+            Body::BuildDockerfile(_) => "build_dockerfile",
             Body::ContainerStart(_) => "container_start",
             Body::ImagePush(_) => "image_push",
             Body::Finding(_) => "finding",
@@ -521,6 +523,38 @@ pub struct BuildStarted {
     #[serde(default)]
     pub partial: bool,
     pub evidence: Evidence,
+}
+
+/// The Dockerfile of a build, as the daemon received it (not as its progress stream showed it).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct BuildDockerfile {
+    pub build_id: String,
+    /// Where the daemon wrote it (a BuildKit context snapshot, or `/Dockerfile` inside the
+    /// legacy builder's extraction root).
+    pub path: String,
+    /// The text (at most 16 KiB; `ARG` defaults redacted unless `--show-build-args`).
+    pub text: String,
+    /// sha256 of the Dockerfile as received (before redaction), hex; set when it is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Bytes the daemon wrote.
+    pub size: u64,
+    /// More was written than was captured.
+    #[serde(default)]
+    pub truncated: bool,
+    pub instructions: Vec<DockerfileInstruction>,
+    /// The raw `file_content` records it was assembled from.
+    pub record_ids: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct DockerfileInstruction {
+    /// Line of the instruction's first line (1-based).
+    pub line: u32,
+    /// The keyword, upper-cased (`RUN`, `ADD`, ...).
+    pub instruction: String,
+    /// The rest, continuation lines joined.
+    pub args: String,
 }
 
 /// One destination a build talked to (aggregated).

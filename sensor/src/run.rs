@@ -53,7 +53,12 @@ fn engines(
         classify: policy.classifier(),
         ..Default::default()
     };
-    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(BuildTracker::new(config))];
+    let mut engines: Vec<Box<dyn Engine>> = vec![
+        Box::new(BuildTracker::new(config)),
+        Box::new(crate::builds::dockerfile::DockerfileEngine::new(
+            show_build_args,
+        )),
+    ];
     engines.extend(detect::engines(
         policy.clone(),
         lineage,

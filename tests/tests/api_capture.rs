@@ -55,7 +55,13 @@ fn build_request_with_headers_past_4_kib_is_captured() {
     let tar = ctx.path().with_extension("tar");
     run(
         "tar",
-        &["-C", ctx.path().to_str().unwrap(), "-cf", tar.to_str().unwrap(), "."],
+        &[
+            "-C",
+            ctx.path().to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
     );
     let tag = unique_tag("big-headers");
     let pad = format!("X-Pad: {}", "p".repeat(6000));
@@ -77,7 +83,10 @@ fn build_request_with_headers_past_4_kib_is_captured() {
     assert_eq!(req["method"], "POST", "{req}");
     assert_eq!(req["endpoint"], "/build", "{req}");
     assert_eq!(req["client"]["exe"], "/usr/bin/curl", "{req}");
-    assert_eq!(req["truncated"], true, "a 6 KB header cannot fit the 2 KiB capture: {req}");
+    assert_eq!(
+        req["truncated"], true,
+        "a 6 KB header cannot fit the 2 KiB capture: {req}"
+    );
     let finished = sensor
         .wait_for(|r| is_build_finished_for(r, &tag), Duration::from_secs(60))
         .unwrap();
@@ -88,7 +97,11 @@ fn build_request_with_headers_past_4_kib_is_captured() {
         Some(String::from_utf8_lossy(&id.stdout).trim()),
         "{finished}"
     );
-    assert_eq!(finished["client"]["pid"].as_u64(), Some(curl_pid), "{finished}");
+    assert_eq!(
+        finished["client"]["pid"].as_u64(),
+        Some(curl_pid),
+        "{finished}"
+    );
     assert!(sensor.stop().unwrap().success());
     remove_image(&tag);
 }
@@ -111,7 +124,10 @@ fn a_client_gone_before_its_request_is_read_is_still_described() {
     // The interpreter itself, not a wrapper (pyenv's shims are scripts that exec it).
     let real = run(
         "python3",
-        &["-c", "import os, sys; print(os.path.realpath(sys.executable))"],
+        &[
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable))",
+        ],
     );
     let python = String::from_utf8_lossy(&real.stdout).trim().to_string();
     let mut py = Command::new(&python)
@@ -142,9 +158,15 @@ fn a_client_gone_before_its_request_is_read_is_still_described() {
             .is_some_and(|a| a.iter().any(|s| s == marker.as_str())),
         "{req}"
     );
-    assert!(c["comm"].as_str().is_some_and(|s| s.starts_with("python")), "{req}");
+    assert!(
+        c["comm"].as_str().is_some_and(|s| s.starts_with("python")),
+        "{req}"
+    );
     assert!(c["start_time_ns"].as_u64().is_some_and(|t| t > 0), "{req}");
-    assert!(c["cgroup"].as_str().is_some_and(|s| s.starts_with('/')), "{req}");
+    assert!(
+        c["cgroup"].as_str().is_some_and(|s| s.starts_with('/')),
+        "{req}"
+    );
     // The connect record of the same client carries the same executable.
     let conn = sensor
         .wait_for(
@@ -152,7 +174,11 @@ fn a_client_gone_before_its_request_is_read_is_still_described() {
             Duration::from_secs(10),
         )
         .unwrap();
-    assert_eq!(conn["process"]["exe"].as_str(), Some(python.as_str()), "{conn}");
+    assert_eq!(
+        conn["process"]["exe"].as_str(),
+        Some(python.as_str()),
+        "{conn}"
+    );
     assert_eq!(conn["path"], DOCKER_SOCKET);
     assert!(sensor.stop().unwrap().success());
 }

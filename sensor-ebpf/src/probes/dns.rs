@@ -1,9 +1,7 @@
 //! DNS responses: what a tracked process reads back from a socket it sent a query to port 53
 //! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
 //! the addresses a build step connects to.
-use aya_ebpf::helpers::{
-    bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw,
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
 use sensor_common::{DNS_CAP, DnsData, EventKind, StatReason, track};
 
 use super::net::WATCH_DNS;

@@ -55,6 +55,9 @@ fn emit(cfg: &Config, t: &Tracked, op: u16, dirfd: i32, path: u64, flags: u64) -
     r.submit();
     if watched {
         // The fd is known at the exit: its writes are the file's content.
+        if t.flags & track::FILE_WATCH == 0 {
+            set_tracked_flag(track::FILE_WATCH);
+        }
         pend(&PendingRead {
             fd: 0,
             buf: 0,
@@ -94,8 +97,7 @@ fn is_build_file(path: &[u8; PATH_CAP], len: usize) -> bool {
                 .enumerate()
                 .all(|(k, c)| w[(n - word.len() + k) & 15] == *c)
     };
-    ends(b"Containerfile")
-        || (ends(b"ockerfile") && matches!(w[(n - 10) & 15], b'D' | b'd'))
+    ends(b"Containerfile") || (ends(b"ockerfile") && matches!(w[(n - 10) & 15], b'D' | b'd'))
 }
 
 /// The exit of an open of a build file: watch the new fd's writes.
@@ -104,11 +106,13 @@ pub fn exit_open_watched(ret: i64) -> Option<()> {
     if ret < 0 {
         return None;
     }
-    if WATCH_FDS.insert(&fd_key(ret as u64), &WATCH_FILE, 0).is_err() {
+    if WATCH_FDS
+        .insert(&fd_key(ret as u64), &WATCH_FILE, 0)
+        .is_err()
+    {
         count(StatReason::ScratchMapFull);
         return None;
     }
-    set_tracked_flag(track::FILE_WATCH);
     Some(())
 }
 
@@ -138,7 +142,11 @@ pub fn content(t: &Tracked, fd: u64, buf: u64, write_len: u64) -> Option<()> {
         d._pad = 0;
         // SAFETY: n <= FILE_CONTENT_CAP, the destination's size.
         let rc = unsafe {
-            read_user_raw(d.data.as_mut_ptr() as *mut _, n as u32, (buf + off) as *const _)
+            read_user_raw(
+                d.data.as_mut_ptr() as *mut _,
+                n as u32,
+                (buf + off) as *const _,
+            )
         };
         d.len = if rc == 0 { n as u16 } else { 0 };
         r.submit();

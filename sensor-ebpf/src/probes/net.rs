@@ -242,9 +242,12 @@ fn fill_client(cfg: &Config, d: &mut UnixConnectData) {
 
 /// accept(2)/accept4(2) entry of a tracked process: the new fd is known at the exit.
 #[inline(always)]
-pub fn enter_accept(cfg: &Config) -> Option<()> {
+pub fn enter_accept(cfg: &Config, t: &Tracked) -> Option<()> {
     if cfg.features & feature::NET_EVENTS == 0 {
         return None;
+    }
+    if t.flags & track::ACCEPTS == 0 {
+        crate::helpers::set_tracked_flag(track::ACCEPTS);
     }
     pend(&PendingRead {
         fd: 0,

@@ -9,7 +9,7 @@ use sensor_common::{SYSCALL_TABLE, syscall, track};
 
 use super::{api, dns, file, net};
 use crate::{
-    helpers::{config, syscall_arg, take_pending, tracked_current},
+    helpers::{any_pending, config, syscall_arg, take_pending, tracked_current},
     maps::{READ_ACCEPT, READ_API, READ_DNS, READ_OPEN_WATCHED, SYSCALLS},
 };
 
@@ -48,7 +48,7 @@ fn try_enter(ctx: &RawTracePointContext) -> Option<()> {
             api::enter_write(cfg, &t, arg(0), arg(1), arg(2))
         }
         syscall::CLOSE if t.flags & WATCHES_FDS != 0 => api::enter_close(arg(0)),
-        syscall::ACCEPT | syscall::ACCEPT4 => net::enter_accept(cfg),
+        syscall::ACCEPT | syscall::ACCEPT4 => net::enter_accept(cfg, &t),
         syscall::SENDTO => net::dns_send(cfg, &t, arg(0), arg(4), arg(1), arg(2)),
         syscall::SENDMSG | syscall::SENDMMSG => net::dns_msghdr(cfg, &t, arg(0), arg(1)),
         syscall::RECVFROM if t.flags & track::DNS_SOCKETS != 0 => {
@@ -72,8 +72,22 @@ pub fn sys_exit(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// Processes whose syscalls may be pending at their exit.
+const PENDS: u32 = track::API_SERVER | track::DNS_SOCKETS | track::ACCEPTS | track::FILE_WATCH;
+
 #[inline(always)]
 fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
+    // Every syscall exit of every process passes here. Nothing pending anywhere: leave. Else
+    // only a tracked process that can have a pending syscall pays the hash lookup (a daemon
+    // blocked in a read keeps the count up for long: its wait must not tax everyone else).
+    if !any_pending() {
+        return None;
+    }
+    let cfg = config()?;
+    let (_, t) = tracked_current(cfg)?;
+    if t.flags & PENDS == 0 {
+        return None;
+    }
     let p = take_pending()?;
     let ret: i64 = ctx.arg(1);
     match p.kind {

@@ -17,6 +17,7 @@
 //! guessed.
 mod attribution;
 mod cli;
+pub mod dockerfile;
 #[cfg(test)]
 mod fixtures;
 mod network;

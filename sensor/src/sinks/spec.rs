@@ -25,6 +25,7 @@ pub const KINDS: &[&str] = &[
     "api_response",
     "build_started",
     "build_finished",
+    "build_dockerfile",
     "container_start",
     "image_push",
     "finding",
@@ -39,7 +40,10 @@ pub const KIND_GROUPS: &[(&str, &[&str])] = &[
         &["connect", "accept", "dns_query", "dns_response"],
     ),
     ("api", &["api_request", "api_response"]),
-    ("builds", &["build_started", "build_finished"]),
+    (
+        "builds",
+        &["build_started", "build_finished", "build_dockerfile"],
+    ),
     ("images", &["container_start", "image_push"]),
     ("findings", &["finding"]),
 ];
@@ -279,7 +283,15 @@ mod tests {
                 keep: 2
             }
         );
-        assert_eq!(f.kinds, vec!["build_finished", "build_started", "finding"]);
+        assert_eq!(
+            f.kinds,
+            vec![
+                "build_dockerfile",
+                "build_finished",
+                "build_started",
+                "finding"
+            ]
+        );
         let t: SinkSpec = "tcp:127.0.0.1:5170?queue=10".parse().unwrap();
         assert_eq!((t.name.as_str(), t.queue), ("tcp", 10));
         assert_eq!(

@@ -1,0 +1,132 @@
+//! The Dockerfile of a build, as the daemon received it: comments, ENV, LABEL and ARG lines
+//! included (the progress stream shows none of them), ARG defaults redacted, its digest, its
+//! instructions, and the policy's patterns over them (`build_suspicious_instruction`).
+use std::{process::Command, time::Duration};
+
+use sensor_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let out = Cmd::new("sha256sum").stdin(bytes.to_vec()).run();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn dockerfile_of(sensor: &SensorProcess, build_id: &str) -> Value {
+    sensor
+        .wait_for(
+            |r| r["kind"] == "build_dockerfile" && r["build_id"] == build_id,
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no build_dockerfile for {build_id}: {e:#}"))
+}
+
+fn check(sensor: &SensorProcess, tag: &str, text: &str, ip: &str) {
+    let finished = build_record(sensor, "build_finished", tag, WAIT);
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    let build_id = finished["build_id"].as_str().unwrap();
+    let d = dockerfile_of(sensor, build_id);
+    let got = d["text"].as_str().unwrap();
+    assert!(got.contains("# fetch the tool"), "comments are kept: {d}");
+    assert!(got.contains("LABEL team=payments"), "{d}");
+    assert!(
+        got.contains("ARG TOKEN=<redacted>"),
+        "ARG defaults are redacted: {d}"
+    );
+    assert!(!got.contains("s3cret"), "{d}");
+    assert_eq!(
+        d["sha256"].as_str().unwrap(),
+        sha256_hex(text.as_bytes()),
+        "{d}"
+    );
+    assert_eq!(d["size"].as_u64(), Some(text.len() as u64), "{d}");
+    assert_eq!(d["truncated"], false);
+    let kws: Vec<&str> = d["instructions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instruction"].as_str().unwrap())
+        .collect();
+    assert_eq!(kws, ["FROM", "ARG", "ENV", "LABEL", "RUN"], "{d}");
+    let f = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "build_suspicious_instruction"
+                    && r["build_id"] == build_id
+            },
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(f["severity"], "high", "{f}");
+    assert_eq!(f["attack"][0], "T1612");
+    let m = &f["details"]["matches"][0];
+    assert_eq!(m["pattern"], "download_from_ip_address", "{f}");
+    assert_eq!(m["line"], 6, "{f}");
+    assert!(m["instruction"].as_str().unwrap().contains(ip), "{f}");
+}
+
+#[test]
+fn the_dockerfile_is_recorded_for_each_builder_and_client() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    ensure_base_image("localbase:1");
+    let peer = TestHost::new("dfile");
+    peer.serve_http(8080, &[("tool", b"#!/bin/sh\necho tool\n")]);
+    let ip = peer.ip().to_string();
+    let state = tempfile::tempdir().unwrap();
+    let mut sensor = SensorProcess::start(&[
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--kinds",
+        "sensor,builds,findings",
+    ])
+    .unwrap();
+    let text = format!(
+        "FROM localbase:1\nARG TOKEN=s3cret\nENV MODE=prod\nLABEL team=payments\n# fetch the tool\nRUN wget -q -O /tool {} \\\n && chmod +x /tool\n",
+        peer.url(8080, "tool")
+    );
+    let ctx = BuildContext::new(&text);
+    let mut tags = Vec::new();
+    for builder in [Builder::BuildKit, Builder::Legacy] {
+        let tag = unique_tag("dockerfile");
+        let out = ctx.build(&tag, builder);
+        assert!(out.status.success(), "{builder:?} build failed");
+        check(&sensor, &tag, &text, &ip);
+        tags.push(tag);
+    }
+    // A raw API upload with curl: the context tar in the request body.
+    let tar = ctx.path().with_extension("tar");
+    run(
+        "tar",
+        &[
+            "-C",
+            ctx.path().to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            ".",
+        ],
+    );
+    let tag = unique_tag("dockerfile-api");
+    let url = format!("http://x/v1.41/build?t={}", tag.replace(':', "%3A"));
+    let st = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--unix-socket", DOCKER_SOCKET])
+        .args(["-H", "Content-Type: application/x-tar"])
+        .args(["--data-binary", &format!("@{}", tar.display()), &url])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    check(&sensor, &tag, &text, &ip);
+    tags.push(tag);
+    let records = sensor.records();
+    assert_records_match_schema(&records);
+    assert!(sensor.stop().unwrap().success());
+    for t in &tags {
+        remove_image(t);
+    }
+}
