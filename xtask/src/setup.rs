@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     // no buildkitd package, so standalone BuildKit (buildctl) is not installed.
     "buildah",
     "podman",
+    // The bench's redis workload: `redis-server` started by the storm driver, `redis-benchmark`
+    // (from redis-tools) against it (xtask/src/storm.rs).
+    "redis-server",
+    "redis-tools",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
