@@ -32,7 +32,10 @@ impl Auditd {
     pub fn prepare(out_dir: &Path) -> Result<Self> {
         for program in ["auditd", "auditctl"] {
             if !cmd::succeeds(Command::new("sh").args(["-c", &format!("command -v {program}")])) {
-                bail!("{program} not found (Debian package auditd)");
+                bail!(
+                    "{program} not found (Debian package auditd: \
+                     `cargo xtask setup --bench-peers` installs it)"
+                );
             }
         }
         let status = auditctl(&["-s"])?;

@@ -487,3 +487,124 @@ pub fn verdicts(m: &Measurements) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{markdown, verdicts};
+    use crate::bench::{Case, CaseResults, Measurements, StormCounts, StormTiming, Workload};
+
+    fn timing(wall: f64, throughput: &[(&str, f64)]) -> StormTiming {
+        StormTiming {
+            wall,
+            cpu: wall,
+            throughput: throughput
+                .iter()
+                .map(|(t, r)| ((*t).to_owned(), *r))
+                .collect(),
+        }
+    }
+
+    fn results(
+        workload: Workload,
+        tracked: bool,
+        bare: StormTiming,
+        with: StormTiming,
+    ) -> CaseResults {
+        CaseResults {
+            case: Case {
+                workload,
+                tracked,
+                count: 1000,
+            },
+            without: vec![bare],
+            with: vec![with],
+            counts: vec![StormCounts {
+                events: if tracked { 30_000 } else { 0 },
+                drops: 0,
+                seconds: 1.0,
+            }],
+            auditd: Vec::new(),
+            auditd_bare: Vec::new(),
+        }
+    }
+
+    fn measurements(cases: Vec<CaseResults>) -> Measurements {
+        Measurements {
+            cases,
+            reps: 1,
+            commit: "abc1234-dirty".into(),
+            bursts: Vec::new(),
+            burst_procs: 0,
+            burst_connects: 0,
+            sensors: Vec::new(),
+            peers: None,
+            stats_not_cumulative: false,
+            load_before: "0.00".into(),
+            load_after: "0.00".into(),
+            other_sensors: BTreeSet::new(),
+        }
+    }
+
+    fn verdict<'a>(lines: &'a [String], name: &str) -> &'a str {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no verdict for {name} in {lines:#?}"));
+        &line[..4]
+    }
+
+    #[test]
+    fn each_row_is_held_to_its_target() {
+        let t = |wall| timing(wall, &[]);
+        let redis = |set, get| timing(2.0, &[("SET", set), ("GET", get)]);
+        let mut readwrite = results(Workload::ReadWrite, false, t(1.0), t(1.02));
+        readwrite.auditd = vec![t(1.6)];
+        readwrite.auditd_bare = vec![t(1.0)];
+        let m = measurements(vec![
+            readwrite,
+            results(Workload::ReadWrite, true, t(1.0), t(1.12)),
+            // The tracked exec storm keeps its 15 % target.
+            results(Workload::Exec, true, t(1.0), t(1.12)),
+            results(Workload::OpenClose, false, t(1.0), t(1.05)),
+            // Throughput: higher is better, at least 0.97 of bare.
+            results(
+                Workload::Redis,
+                false,
+                redis(100.0, 100.0),
+                redis(98.0, 96.0),
+            ),
+        ]);
+        let lines = verdicts(&m);
+        assert_eq!(verdict(&lines, "read/write storm, untracked"), "PASS");
+        assert_eq!(verdict(&lines, "read/write storm, tracked"), "FAIL");
+        assert_eq!(verdict(&lines, "exec storm, tracked"), "PASS");
+        assert_eq!(verdict(&lines, "open/close storm, untracked"), "FAIL");
+        assert_eq!(verdict(&lines, "redis-benchmark SET, untracked"), "PASS");
+        assert_eq!(verdict(&lines, "redis-benchmark GET, untracked"), "FAIL");
+        // No sensor run left a peak RSS or a final stats record: those targets fail.
+        assert_eq!(verdict(&lines, "peak RSS"), "FAIL");
+
+        let md = markdown(&m);
+        assert!(md.contains("commit abc1234-dirty;"), "{md}");
+        assert!(md.contains("| auditd / bare |"), "{md}");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| read/write storm, untracked"))
+            .unwrap_or_default();
+        assert!(
+            row.contains("| 1.020x | 1.600x |") && row.ends_with("| < 1.03x | PASS |"),
+            "{row}"
+        );
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| redis-benchmark GET, untracked"))
+            .unwrap_or_default();
+        assert!(
+            row.contains("| 100 req/s | 96 req/s | 0.960x |")
+                && row.ends_with("| ≥ 0.97x | FAIL |"),
+            "{row}"
+        );
+    }
+}
