@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// once, to see whether the sensor keeps up with a higher event rate (0 or 1: none).
     #[arg(long, default_value_t = 2)]
     pub burst: u32,
+    /// Optional probes the sensor leaves detached in its runs (its SENSOR_SKIP_PROBES, e.g.
+    /// `sys_enter,sys_exit`), to see what each hook costs; named in the report.
+    #[arg(long, env = "SENSOR_SKIP_PROBES", default_value = "")]
+    pub skip_probes: String,
     /// Also run the untracked read/write and open/close storms under auditd with the CIS
     /// Docker audit rules (xtask/src/bench/cis-docker.rules), as another column. Needs the
     /// Debian package auditd and no other audit daemon running.
@@ -188,6 +192,8 @@ pub struct Measurements {
     pub reps: u32,
     /// `git rev-parse --short HEAD`, `-dirty` when the tracked files differ from it.
     pub commit: String,
+    /// The sensor's SENSOR_SKIP_PROBES (empty: every probe attached).
+    pub skip_probes: String,
     /// Concurrent tracked connect storms, one per sensor run (with --burst > 1).
     pub bursts: Vec<StormCounts>,
     pub burst_procs: u32,
@@ -264,6 +270,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             .collect(),
         reps: args.reps,
         commit,
+        skip_probes: args.skip_probes.clone(),
         bursts: Vec::new(),
         burst_procs: args.burst,
         burst_connects: args.connects,
@@ -400,7 +407,13 @@ fn measure_with_sensor(
     m: &mut Measurements,
 ) -> Result<SensorSummary> {
     let index = m.sensors.len();
-    let mut run = SensorRun::start(sensor_bin, &args.runtime_name, out_dir, index)?;
+    let mut run = SensorRun::start(
+        sensor_bin,
+        &args.runtime_name,
+        &args.skip_probes,
+        out_dir,
+        index,
+    )?;
     eprintln!("bench:   sensor started (pid {})", run.pid());
     let mut before = match run.next_stats(STATS_TIMEOUT) {
         Ok(stats) => Some(stats),

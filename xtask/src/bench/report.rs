@@ -267,6 +267,13 @@ pub fn markdown(m: &Measurements) -> String {
         m.load_before,
         m.load_after,
     );
+    if !m.skip_probes.is_empty() {
+        let _ = writeln!(
+            md,
+            "The sensor ran with SENSOR_SKIP_PROBES={}: those probes were not attached.\n",
+            m.skip_probes
+        );
+    }
     let rows = rows(m);
     let auditd = rows.iter().any(|r| r.auditd_ratio.is_some());
     let auditd_head = if auditd { " auditd / bare |" } else { "" };
@@ -535,6 +542,7 @@ mod tests {
             cases,
             reps: 1,
             commit: "abc1234-dirty".into(),
+            skip_probes: String::new(),
             bursts: Vec::new(),
             burst_procs: 0,
             burst_connects: 0,
