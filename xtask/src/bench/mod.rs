@@ -16,6 +16,7 @@
 //! and open/close storms then run under auditd with the CIS Docker rules, alternating with
 //! bare runs of their own (peers.rs).
 
+mod hooks;
 mod peers;
 mod report;
 mod sensor;
@@ -68,6 +69,10 @@ pub struct BenchArgs {
     /// `sys_enter,sys_exit`), to see what each hook costs; named in the report.
     #[arg(long, env = "SENSOR_SKIP_PROBES", default_value = "")]
     pub skip_probes: String,
+    /// After the timed runs, one more sensor run with the kernel's BPF run-time statistics
+    /// on, every storm once: runs and nanoseconds per run of each of the sensor's programs.
+    #[arg(long)]
+    pub hook_stats: bool,
     /// Also run the untracked read/write and open/close storms under auditd with the CIS
     /// Docker audit rules (xtask/src/bench/cis-docker.rules), as another column. Needs the
     /// Debian package auditd and no other audit daemon running.
@@ -199,6 +204,8 @@ pub struct Measurements {
     pub burst_procs: u32,
     pub burst_connects: u32,
     pub sensors: Vec<SensorSummary>,
+    /// `--hook-stats`: per storm, what each of the sensor's programs did, or why not measured.
+    pub hook_costs: Option<Result<Vec<hooks::HookCost>, String>>,
     /// The `--peers` column: what ran and how, or why it did not.
     pub peers: Option<Result<String, String>>,
     /// True if a later stats record had lower totals than an earlier one (per-interval
@@ -275,6 +282,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         burst_procs: args.burst,
         burst_connects: args.connects,
         sensors: Vec::new(),
+        hook_costs: None,
         peers: None,
         stats_not_cumulative: false,
         load_before: loadavg(),
@@ -307,6 +315,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if args.hook_stats {
+        m.hook_costs = Some(
+            measure_hook_costs(args, &drivers, &sensor_bin, &out_dir, &m)
+                .map_err(|e| format!("{e:#}")),
+        );
     }
     if let Some(a) = auditd.as_mut() {
         // After the sensor's repetitions, never among them: once auditd has enabled the
@@ -380,6 +394,39 @@ fn measure_peers(
         }
     }
     Ok(auditd.describe())
+}
+
+/// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
+/// reading the sensor's programs' counters from its fdinfo around each.
+fn measure_hook_costs(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &Measurements,
+) -> Result<Vec<hooks::HookCost>> {
+    eprintln!("bench: --hook-stats: one sensor run with BPF run-time statistics on");
+    let stats = hooks::BpfStats::enable()?;
+    let run = SensorRun::start(
+        sensor_bin,
+        &args.runtime_name,
+        &args.skip_probes,
+        out_dir,
+        m.sensors.len(),
+    )?;
+    let first = hooks::program_stats(run.pid())?;
+    let names = hooks::program_names(first.keys());
+    let mut costs = Vec::new();
+    for (i, results) in m.cases.iter().enumerate() {
+        let before = hooks::program_stats(run.pid())?;
+        let t = drivers.case(&results.case)?;
+        let after = hooks::program_stats(run.pid())?;
+        eprintln!("bench:   {}", timing_line(&results.case, &t));
+        costs.extend(hooks::deltas(i, &before, &after, &names));
+    }
+    run.stop()?;
+    drop(stats);
+    Ok(costs)
 }
 
 /// `git rev-parse --short HEAD`, plus `-dirty` when tracked files differ from that commit.

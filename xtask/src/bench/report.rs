@@ -15,6 +15,8 @@ const TRACKED_IO_MAX_RATIO: f64 = 1.10;
 const REDIS_MIN_RATIO: f64 = 0.97;
 const ZERO_DROPS_AT_EVENTS_PER_S: f64 = 20_000.0;
 const MAX_RSS: u64 = 50 * 1024 * 1024;
+/// `--hook-stats` rows with fewer runs during a storm are left out.
+const HOOK_MIN_RUNS: u64 = 10;
 
 /// A row's target, on the ratio with the sensor over bare.
 #[derive(Clone, Copy)]
@@ -399,6 +401,7 @@ pub fn markdown(m: &Measurements) -> String {
             ringbuf_text(ringbuf)
         );
     }
+    hook_costs(&mut md, m);
     if !t.drop_reasons.is_empty() {
         let reasons: Vec<String> = t
             .drop_reasons
@@ -429,6 +432,44 @@ pub fn markdown(m: &Measurements) -> String {
         );
     }
     md
+}
+
+/// The `--hook-stats` table: per storm, each program that ran.
+fn hook_costs(md: &mut String, m: &Measurements) {
+    let costs = match &m.hook_costs {
+        None => return,
+        Some(Err(why)) => {
+            let _ = writeln!(md, "\n--hook-stats: not measured: {why}.");
+            return;
+        }
+        Some(Ok(costs)) => costs,
+    };
+    let _ = writeln!(
+        md,
+        "\n#### What each hook costs (`--hook-stats`)\n\n\
+         One more sensor run, after the timed ones, with the kernel's BPF run-time statistics \
+         on (BPF_ENABLE_STATS; each run then also pays two clock reads, included below), every \
+         storm once. Runs count every process's calls during the storm, not only the storm's; \
+         hooks with fewer than {HOOK_MIN_RUNS} runs in a storm are left out.\n"
+    );
+    let _ = writeln!(md, "| storm | hook | runs | ns per run | total |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    // A few runs of a program during a storm are other processes' (a compiler forking):
+    // noise beside the storm's thousands.
+    for c in costs.iter().filter(|c| c.runs >= HOOK_MIN_RUNS) {
+        let Some(r) = m.cases.get(c.case) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.1} ms |",
+            case_name(&r.case),
+            c.hook,
+            grouped(c.runs),
+            c.run_ns as f64 / c.runs as f64,
+            c.run_ns as f64 / 1e6
+        );
+    }
 }
 
 /// `{size_bytes, batches, max_batch_bytes}` in words; any other shape as JSON.
@@ -543,6 +584,7 @@ mod tests {
             reps: 1,
             commit: "abc1234-dirty".into(),
             skip_probes: String::new(),
+            hook_costs: None,
             bursts: Vec::new(),
             burst_procs: 0,
             burst_connects: 0,
