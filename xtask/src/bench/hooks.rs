@@ -20,7 +20,10 @@ const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_STATS_RUN_TIME: u32 = 0;
 
 /// The kernel's BPF run-time statistics, on while this lives.
-pub struct BpfStats(#[allow(dead_code)] OwnedFd);
+pub struct BpfStats {
+    /// Held, never read: closing it turns the statistics off.
+    _fd: OwnedFd,
+}
 
 impl BpfStats {
     pub fn enable() -> Result<Self> {
@@ -41,7 +44,9 @@ impl BpfStats {
         }
         let fd = i32::try_from(fd).context("bpf(BPF_ENABLE_STATS) returned no fd")?;
         // SAFETY: a fresh descriptor nothing else owns.
-        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(Self {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 }
 
