@@ -291,8 +291,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     for rep in 0..args.reps {
-        let sensor_first = rep % 2 == 1;
-        for with_sensor in [sensor_first, !sensor_first] {
+        for with_sensor in alternating(rep) {
             let label = if with_sensor {
                 "with sensor"
             } else {
@@ -345,6 +344,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Which side of a comparison runs first in repetition `rep` (false first, then true, then
+/// the other way round), so that drift on a shared machine hits both sides alike.
+fn alternating(rep: u32) -> [bool; 2] {
+    let true_first = rep % 2 == 1;
+    [true_first, !true_first]
+}
+
 /// The untracked storms auditd is compared on: the syscall-heavy ones of the issue.
 fn audited(case: &Case) -> bool {
     !case.tracked && matches!(case.workload, Workload::ReadWrite | Workload::OpenClose)
@@ -362,8 +368,7 @@ fn measure_peers(
         bail!("--read-writes and --opens are both 0: nothing to run under auditd");
     }
     for rep in 0..args.reps {
-        let audit_first = rep % 2 == 1;
-        for under_auditd in [audit_first, !audit_first] {
+        for under_auditd in alternating(rep) {
             let label = if under_auditd {
                 "under auditd (CIS Docker rules), no sensor"
             } else {
