@@ -7,8 +7,9 @@
 //! - `test`: build, then the unit tests and the end-to-end tests.
 //! - `image [--tag T]`: build the static (musl) binary and the container image of
 //!   deploy/Dockerfile.
-//! - `bench`: exec and connect storms with and without the sensor, inside and outside a tracked
-//!   runtime tree; writes `target/bench/results.md`.
+//! - `bench [--peers]`: exec, connect, read/write, open/close, unix socketpair and redis storms
+//!   with and without the sensor, inside and outside a tracked runtime tree (with `--peers`,
+//!   some under auditd too); writes `target/bench/results.md`.
 
 mod bench;
 mod cmd;
@@ -57,7 +58,8 @@ enum Task {
     Test,
     /// Build the static (musl) sensor and its container image (deploy/Dockerfile), offline.
     Image(image::ImageArgs),
-    /// Measure the sensor's overhead on exec and connect storms; write target/bench/results.md.
+    /// Measure the sensor's overhead on exec, connect, I/O and redis storms; write
+    /// target/bench/results.md.
     Bench(bench::BenchArgs),
     /// The bench's load generator (run by `bench`, through a symlink named as a runtime).
     #[command(hide = true)]

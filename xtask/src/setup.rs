@@ -32,6 +32,10 @@ const APT_PACKAGES: &[&str] = &[
     // no buildkitd package, so standalone BuildKit (buildctl) is not installed.
     "buildah",
     "podman",
+    // The bench's redis workload: `redis-server` started by the storm driver, `redis-benchmark`
+    // (from redis-tools) against it (xtask/src/storm.rs).
+    "redis-server",
+    "redis-tools",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
@@ -55,6 +59,9 @@ pub struct SetupArgs {
     /// without touching the linker in use).
     #[arg(long, hide = true)]
     pub bpf_linker_root: Option<PathBuf>,
+    /// Also install auditd for `cargo xtask bench --peers` (not as a running service).
+    #[arg(long)]
+    pub bench_peers: bool,
 }
 
 impl Default for SetupArgs {
@@ -64,6 +71,7 @@ impl Default for SetupArgs {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/opt/sensor-llvm")),
             bpf_linker_root: None,
+            bench_peers: false,
         }
     }
 }
@@ -86,7 +94,7 @@ type Step<'a> = Box<dyn Fn() -> Result<Outcome> + 'a>;
 /// Run every step; status lines go to stderr (stdout of `cargo xtask run` is the sensor's NDJSON).
 pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
     let toolchain = workspace_toolchain();
-    let steps: [(String, Step); 6] = [
+    let mut steps: Vec<(String, Step)> = vec![
         (
             format!("apt packages ({})", APT_PACKAGES.join(" ")),
             Box::new(apt_packages),
@@ -112,6 +120,12 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
             Box::new(kubernetes_validate),
         ),
     ];
+    if args.bench_peers {
+        steps.push((
+            "auditd for `cargo xtask bench --peers`, no service".into(),
+            Box::new(bench_peers_auditd),
+        ));
+    }
     let mut all_present = true;
     for (name, step) in &steps {
         match step().with_context(|| format!("setup step: {name}"))? {
@@ -150,10 +164,15 @@ fn kubernetes_validate() -> Result<Outcome> {
 }
 
 fn apt_packages() -> Result<Outcome> {
-    let missing = missing_apt_packages()?;
+    let missing = missing_apt_packages(APT_PACKAGES)?;
     if missing.is_empty() {
         return Ok(Outcome::AlreadyPresent);
     }
+    apt_install(&missing)?;
+    Ok(Outcome::Done)
+}
+
+fn apt_install(missing: &[&'static str]) -> Result<()> {
     eprintln!("setup: installing {}", missing.join(" "));
     cmd::run(
         Command::new("apt-get")
@@ -163,28 +182,28 @@ fn apt_packages() -> Result<Outcome> {
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y"])
-            .args(&missing)
+            .args(missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             // needrestart (if present) must not restart services mid-setup.
             .env("NEEDRESTART_SUSPEND", "1"),
     )?;
-    let still_missing = missing_apt_packages()?;
+    let still_missing = missing_apt_packages(missing)?;
     if !still_missing.is_empty() {
         bail!(
             "still not installed after apt-get install: {}",
             still_missing.join(" ")
         );
     }
-    Ok(Outcome::Done)
+    Ok(())
 }
 
-/// Packages of APT_PACKAGES that dpkg does not list as installed.
-fn missing_apt_packages() -> Result<Vec<&'static str>> {
+/// Packages of the list that dpkg does not list as installed.
+fn missing_apt_packages(packages: &[&'static str]) -> Result<Vec<&'static str>> {
     // dpkg-query exits 1 when a package is unknown to it; what it prints for the others is
     // still right, so read stdout whatever the status.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"])
-        .args(APT_PACKAGES)
+        .args(packages)
         .output()
         .context("could not run dpkg-query: setup supports Debian-based machines only")?;
     let listed = String::from_utf8_lossy(&out.stdout);
@@ -195,7 +214,7 @@ fn missing_apt_packages() -> Result<Vec<&'static str>> {
             status.starts_with("ii").then_some(name)
         })
         .collect();
-    Ok(APT_PACKAGES
+    Ok(packages
         .iter()
         .copied()
         .filter(|p| !installed.contains(p))
@@ -374,4 +393,25 @@ fn tracefs_mounted() -> Result<bool> {
         let (_dev, dir, fstype) = (fields.next(), fields.next(), fields.next());
         dir == Some(TRACEFS) && fstype == Some("tracefs")
     }))
+}
+
+/// auditd for `bench --peers`, which starts it itself only while its storms run. Never as a
+/// service: a running audit daemon taxes the syscalls of every process on the machine, the
+/// bench's bare runs too, so a service the package started is stopped and disabled.
+fn bench_peers_auditd() -> Result<Outcome> {
+    let mut outcome = Outcome::AlreadyPresent;
+    let missing = missing_apt_packages(&["auditd"])?;
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+        outcome = Outcome::Done;
+    }
+    let systemd = Path::new("/run/systemd/system").is_dir();
+    let service_on = |query: &str| {
+        cmd::succeeds(Command::new("systemctl").args([query, "--quiet", "auditd.service"]))
+    };
+    if systemd && (service_on("is-active") || service_on("is-enabled")) {
+        cmd::run(Command::new("systemctl").args(["disable", "--now", "auditd.service"]))?;
+        outcome = Outcome::Done;
+    }
+    Ok(outcome)
 }

@@ -1,16 +1,23 @@
 //! `cargo xtask bench`: the sensor's overhead, measured in one run.
 //!
-//! Four workloads: an exec storm (fork+exec of /bin/true) and a loopback TCP connect storm,
-//! each run outside any tracked runtime tree and inside one. "Inside" means the storm driver
-//! (`cargo xtask storm`, this binary) runs through a symlink named `bench-runtime`, a name the
-//! sensor is told to track (`--runtime-name bench-runtime`), so the driver and every child it
-//! forks are in a tracked tree.
+//! Six workloads, each run outside any tracked runtime tree and inside one: an exec storm
+//! (fork+exec of /bin/true), a loopback TCP connect storm, a read/write storm (`dd
+//! if=/dev/zero of=/dev/null bs=1`, in process), open+close of a file, one-byte send/recv on a
+//! unix socketpair, and `redis-benchmark -t set,get` against a `redis-server` the driver
+//! starts as its child. "Inside" means the storm driver (`cargo xtask storm`, this binary)
+//! runs through a symlink named `bench-runtime`, a name the sensor is told to track
+//! (`--runtime-name bench-runtime`), so the driver and every child it forks are in a tracked
+//! tree. What untracked processes pay is the cost the node's databases and proxies see.
 //!
-//! Each repetition runs the four workloads without the sensor and with it, alternating which
+//! Each repetition runs every workload without the sensor and with it, alternating which
 //! comes first so that drift on a shared machine hits both sides alike; the report uses
 //! medians. Around each storm with the sensor the bench waits for fresh `sensor_stats` records
-//! to count the events and drops the storm caused.
+//! to count the events and drops the storm caused. With `--peers`, the untracked read/write
+//! and open/close storms then run under auditd with the CIS Docker rules, alternating with
+//! bare runs of their own (peers.rs).
 
+mod hooks;
+mod peers;
 mod report;
 mod sensor;
 
@@ -30,12 +37,24 @@ use sensor::{SensorRun, SensorSummary, lost, sum_counters};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// fork+exec of /bin/true per exec storm.
+    /// fork+exec of /bin/true per exec storm (0: skip the exec storms).
     #[arg(long, default_value_t = 5000)]
     pub execs: u32,
-    /// TCP connects per connect storm (keep under the ephemeral port range, ~28,000).
+    /// TCP connects per connect storm (keep under the ephemeral port range, ~28,000; 0: skip).
     #[arg(long, default_value_t = 20000)]
     pub connects: u32,
+    /// One-byte read+write pairs per read/write storm, like `dd bs=1 count=N` (0: skip).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub read_writes: u32,
+    /// open+close pairs per open/close storm (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    pub opens: u32,
+    /// One-byte send+recv pairs per unix socketpair storm (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    pub unix_messages: u32,
+    /// Requests per redis-benchmark test (`-n`; SET then GET, about 2 s in all here; 0: skip).
+    #[arg(long, default_value_t = 30_000)]
+    pub redis_requests: u32,
     /// Alternating repetitions of every workload, with and without the sensor.
     #[arg(long, default_value_t = 5)]
     pub reps: u32,
@@ -46,51 +65,103 @@ pub struct BenchArgs {
     /// once, to see whether the sensor keeps up with a higher event rate (0 or 1: none).
     #[arg(long, default_value_t = 2)]
     pub burst: u32,
+    /// Optional probes the sensor leaves detached in its runs (its SENSOR_SKIP_PROBES, e.g.
+    /// `sys_enter,sys_exit`), to see what each hook costs; named in the report.
+    #[arg(long, env = "SENSOR_SKIP_PROBES", default_value = "")]
+    pub skip_probes: String,
+    /// After the timed runs, one more sensor run with the kernel's BPF run-time statistics
+    /// on, every storm once: runs and nanoseconds per run of each of the sensor's programs.
+    #[arg(long)]
+    pub hook_stats: bool,
+    /// Also run the untracked read/write and open/close storms under auditd with the CIS
+    /// Docker audit rules (xtask/src/bench/cis-docker.rules), as another column. Needs the
+    /// Debian package auditd and no other audit daemon running.
+    #[arg(long)]
+    pub peers: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Workload {
     Exec,
     Connect,
+    ReadWrite,
+    OpenClose,
+    UnixPair,
+    Redis,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 6] = [
+        Workload::Exec,
+        Workload::Connect,
+        Workload::ReadWrite,
+        Workload::OpenClose,
+        Workload::UnixPair,
+        Workload::Redis,
+    ];
+
+    /// The storm driver's name for it (`cargo xtask storm NAME N`).
+    fn storm_arg(self) -> &'static str {
+        match self {
+            Workload::Exec => "exec",
+            Workload::Connect => "connect",
+            Workload::ReadWrite => "read-write",
+            Workload::OpenClose => "open-close",
+            Workload::UnixPair => "unix-pair",
+            Workload::Redis => "redis",
+        }
+    }
+
+    fn count(self, args: &BenchArgs) -> u32 {
+        match self {
+            Workload::Exec => args.execs,
+            Workload::Connect => args.connects,
+            Workload::ReadWrite => args.read_writes,
+            Workload::OpenClose => args.opens,
+            Workload::UnixPair => args.unix_messages,
+            Workload::Redis => args.redis_requests,
+        }
+    }
+
+    /// A short run before the measured ones (page cache, binaries, redis's first start).
+    fn warm_up_count(self, args: &BenchArgs) -> u32 {
+        let cap = match self {
+            Workload::Exec => 200,
+            Workload::Connect => 1000,
+            Workload::ReadWrite | Workload::OpenClose | Workload::UnixPair => 20_000,
+            Workload::Redis => 2000,
+        };
+        self.count(args).min(cap)
+    }
+
+    /// Measured as requests per second (higher is better) rather than time.
+    pub fn is_throughput(self) -> bool {
+        self == Workload::Redis
+    }
 }
 
 #[derive(Clone, Copy)]
 pub struct Case {
     pub workload: Workload,
     pub tracked: bool,
+    /// The workload's count (fork+execs, connects, ... requests per test).
+    pub count: u32,
 }
-
-pub const CASES: [Case; 4] = [
-    Case {
-        workload: Workload::Exec,
-        tracked: false,
-    },
-    Case {
-        workload: Workload::Exec,
-        tracked: true,
-    },
-    Case {
-        workload: Workload::Connect,
-        tracked: false,
-    },
-    Case {
-        workload: Workload::Connect,
-        tracked: true,
-    },
-];
 
 /// How long to wait for the next `sensor_stats` record (written every second); without them
 /// the timings still count.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One storm as its driver timed it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct StormTiming {
     /// Wall-clock seconds of the loop.
     pub wall: f64,
     /// CPU seconds (user+system) of the driver and its children meanwhile: far less sensitive
     /// than wall time to other work on a shared machine.
     pub cpu: f64,
+    /// Requests per second by test (redis: `SET`, `GET`); empty for the other storms.
+    pub throughput: Vec<(String, f64)>,
 }
 
 /// What the sensor's periodic stats said about one storm.
@@ -107,20 +178,36 @@ impl StormCounts {
     }
 }
 
+/// Every run of one case.
+pub struct CaseResults {
+    pub case: Case,
+    pub without: Vec<StormTiming>,
+    pub with: Vec<StormTiming>,
+    /// For storms with the sensor whose stats were readable.
+    pub counts: Vec<StormCounts>,
+    /// Under auditd without the sensor, and bare runs alternating with those (`--peers`;
+    /// untracked read/write and open/close only).
+    pub auditd: Vec<StormTiming>,
+    pub auditd_bare: Vec<StormTiming>,
+}
+
 /// Everything measured; `report` turns it into the table.
 pub struct Measurements {
-    pub args_execs: u32,
-    pub args_connects: u32,
+    pub cases: Vec<CaseResults>,
     pub reps: u32,
-    /// Storm timings, per case (index into CASES).
-    pub without: [Vec<StormTiming>; 4],
-    pub with: [Vec<StormTiming>; 4],
-    /// Per case, for storms with the sensor whose stats were readable.
-    pub counts: [Vec<StormCounts>; 4],
+    /// `git rev-parse --short HEAD`, `-dirty` when the tracked files differ from it.
+    pub commit: String,
+    /// The sensor's SENSOR_SKIP_PROBES (empty: every probe attached).
+    pub skip_probes: String,
     /// Concurrent tracked connect storms, one per sensor run (with --burst > 1).
     pub bursts: Vec<StormCounts>,
     pub burst_procs: u32,
+    pub burst_connects: u32,
     pub sensors: Vec<SensorSummary>,
+    /// `--hook-stats`: per storm, what each of the sensor's programs did, or why not measured.
+    pub hook_costs: Option<Result<Vec<hooks::HookCost>, String>>,
+    /// The `--peers` column: what ran and how, or why it did not.
+    pub peers: Option<Result<String, String>>,
     /// True if a later stats record had lower totals than an earlier one (per-interval
     /// counters rather than totals): event and drop deltas are then not meaningful.
     pub stats_not_cumulative: bool,
@@ -132,43 +219,71 @@ pub struct Measurements {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
-    if args.reps == 0 || args.execs == 0 || args.connects == 0 {
-        bail!("--reps, --execs and --connects must be at least 1");
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let cases: Vec<Case> = Workload::ALL
+        .iter()
+        .filter(|w| w.count(args) > 0)
+        .flat_map(|&workload| {
+            [false, true].map(|tracked| Case {
+                workload,
+                tracked,
+                count: workload.count(args),
+            })
+        })
+        .collect();
+    if cases.is_empty() {
+        bail!("every workload's count is 0: nothing to measure");
     }
     let built = crate::tasks::build(true)?;
+    // The commit the binary was built from, read now: a commit made while the bench runs
+    // does not change what was measured.
+    let commit = commit_label();
     let out_dir = cmd::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     // Private copies: others rebuilding target/ in the same tree mid-bench must not swap the
     // binaries between repetitions.
     let sensor_bin = copy_executable(&built, &out_dir.join("sensor"))?;
     let drivers = Drivers::new(&out_dir, &args.runtime_name)?;
+    let mut auditd = if args.peers {
+        match peers::Auditd::prepare(&out_dir) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                eprintln!("bench: --peers: auditd column skipped: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     eprintln!("bench: warm-up");
-    drivers.storm(
-        Case {
-            workload: Workload::Exec,
-            tracked: false,
-        },
-        args.execs.min(200),
-    )?;
-    drivers.storm(
-        Case {
-            workload: Workload::Connect,
-            tracked: false,
-        },
-        args.connects.min(1000),
-    )?;
+    for case in cases.iter().filter(|c| !c.tracked) {
+        drivers.storm(case.workload, false, case.workload.warm_up_count(args))?;
+    }
 
     let mut m = Measurements {
-        args_execs: args.execs,
-        args_connects: args.connects,
+        cases: cases
+            .iter()
+            .map(|&case| CaseResults {
+                case,
+                without: Vec::new(),
+                with: Vec::new(),
+                counts: Vec::new(),
+                auditd: Vec::new(),
+                auditd_bare: Vec::new(),
+            })
+            .collect(),
         reps: args.reps,
-        without: Default::default(),
-        with: Default::default(),
-        counts: Default::default(),
+        commit,
+        skip_probes: args.skip_probes.clone(),
         bursts: Vec::new(),
         burst_procs: args.burst,
+        burst_connects: args.connects,
         sensors: Vec::new(),
+        hook_costs: None,
+        peers: None,
         stats_not_cumulative: false,
         load_before: loadavg(),
         load_after: String::new(),
@@ -176,8 +291,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     for rep in 0..args.reps {
-        let sensor_first = rep % 2 == 1;
-        for with_sensor in [sensor_first, !sensor_first] {
+        for with_sensor in alternating(rep) {
             let label = if with_sensor {
                 "with sensor"
             } else {
@@ -193,13 +307,29 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 let summary = measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
                 m.sensors.push(summary);
             } else {
-                for (i, case) in CASES.iter().enumerate() {
-                    let t = drivers.storm(*case, count(args, case))?;
-                    eprintln!("bench:   {}", timing_line(case, &t));
-                    m.without[i].push(t);
+                for results in &mut m.cases {
+                    let t = drivers.case(&results.case)?;
+                    eprintln!("bench:   {}", timing_line(&results.case, &t));
+                    results.without.push(t);
                 }
             }
         }
+    }
+    if args.hook_stats {
+        m.hook_costs = Some(
+            measure_hook_costs(args, &drivers, &sensor_bin, &out_dir, &m)
+                .map_err(|e| format!("{e:#}")),
+        );
+    }
+    if let Some(a) = auditd.as_mut() {
+        // After the sensor's repetitions, never among them: once auditd has enabled the
+        // kernel's audit, every task forked from then on carries an audit context until
+        // reboot, which would tax the bare runs of the sensor's comparison.
+        m.peers = Some(measure_peers(args, a, &drivers, &mut m).map_err(|e| format!("{e:#}")));
+    } else if args.peers {
+        m.peers = Some(Err(
+            "auditd could not run here (see the bench's stderr)".into()
+        ));
     }
     m.load_after = loadavg();
 
@@ -214,14 +344,112 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn count(args: &BenchArgs, case: &Case) -> u32 {
-    match case.workload {
-        Workload::Exec => args.execs,
-        Workload::Connect => args.connects,
-    }
+/// Which side of a comparison runs first in repetition `rep` (false first, then true, then
+/// the other way round), so that drift on a shared machine hits both sides alike.
+fn alternating(rep: u32) -> [bool; 2] {
+    let true_first = rep % 2 == 1;
+    [true_first, !true_first]
 }
 
-/// One sensor run: start it, run the four storms, counting events and drops around each from
+/// The untracked storms auditd is compared on: the syscall-heavy ones of the issue.
+fn audited(case: &Case) -> bool {
+    !case.tracked && matches!(case.workload, Workload::ReadWrite | Workload::OpenClose)
+}
+
+/// `--peers`: the audited storms under auditd and bare, alternating, as many repetitions as
+/// the sensor's; returns how auditd ran, for the report.
+fn measure_peers(
+    args: &BenchArgs,
+    auditd: &mut peers::Auditd,
+    drivers: &Drivers,
+    m: &mut Measurements,
+) -> Result<String> {
+    if !m.cases.iter().any(|r| audited(&r.case)) {
+        bail!("--read-writes and --opens are both 0: nothing to run under auditd");
+    }
+    for rep in 0..args.reps {
+        for under_auditd in alternating(rep) {
+            let label = if under_auditd {
+                "under auditd (CIS Docker rules), no sensor"
+            } else {
+                "bare, for the auditd column"
+            };
+            eprintln!(
+                "bench: --peers repetition {}/{}, {label}",
+                rep + 1,
+                args.reps
+            );
+            let running = if under_auditd {
+                Some(auditd.start()?)
+            } else {
+                None
+            };
+            for results in m.cases.iter_mut().filter(|r| audited(&r.case)) {
+                let t = drivers.case(&results.case)?;
+                eprintln!("bench:   {}", timing_line(&results.case, &t));
+                if under_auditd {
+                    results.auditd.push(t);
+                } else {
+                    results.auditd_bare.push(t);
+                }
+            }
+            if let Some(running) = running {
+                running.stop()?;
+            }
+        }
+    }
+    Ok(auditd.describe())
+}
+
+/// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
+/// reading the sensor's programs' counters from its fdinfo around each.
+fn measure_hook_costs(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &Measurements,
+) -> Result<Vec<hooks::HookCost>> {
+    eprintln!("bench: --hook-stats: one sensor run with BPF run-time statistics on");
+    let stats = hooks::BpfStats::enable()?;
+    let run = SensorRun::start(
+        sensor_bin,
+        &args.runtime_name,
+        &args.skip_probes,
+        out_dir,
+        m.sensors.len(),
+    )?;
+    let first = hooks::program_stats(run.pid())?;
+    let names = hooks::program_names(first.keys());
+    let mut costs = Vec::new();
+    for (i, results) in m.cases.iter().enumerate() {
+        let before = hooks::program_stats(run.pid())?;
+        let t = drivers.case(&results.case)?;
+        let after = hooks::program_stats(run.pid())?;
+        eprintln!("bench:   {}", timing_line(&results.case, &t));
+        costs.extend(hooks::deltas(i, &before, &after, &names));
+    }
+    run.stop()?;
+    drop(stats);
+    Ok(costs)
+}
+
+/// `git rev-parse --short HEAD`, plus `-dirty` when tracked files differ from that commit.
+fn commit_label() -> String {
+    let git = || {
+        let mut git = Command::new("git");
+        git.arg("-C").arg(cmd::workspace_root());
+        git
+    };
+    let Some(head) = cmd::quiet_output(git().args(["rev-parse", "--short", "HEAD"])) else {
+        return "unknown".into();
+    };
+    // `git diff --quiet HEAD` exits 1 when the work tree or index differs from HEAD.
+    let clean = cmd::succeeds(git().args(["diff", "--quiet", "HEAD", "--"]));
+    format!("{}{}", head.trim(), if clean { "" } else { "-dirty" })
+}
+
+/// One sensor run: start it, run every storm, counting events and drops around each from
 /// its periodic stats, then stop it.
 fn measure_with_sensor(
     args: &BenchArgs,
@@ -231,7 +459,13 @@ fn measure_with_sensor(
     m: &mut Measurements,
 ) -> Result<SensorSummary> {
     let index = m.sensors.len();
-    let mut run = SensorRun::start(sensor_bin, &args.runtime_name, out_dir, index)?;
+    let mut run = SensorRun::start(
+        sensor_bin,
+        &args.runtime_name,
+        &args.skip_probes,
+        out_dir,
+        index,
+    )?;
     eprintln!("bench:   sensor started (pid {})", run.pid());
     let mut before = match run.next_stats(STATS_TIMEOUT) {
         Ok(stats) => Some(stats),
@@ -240,17 +474,19 @@ fn measure_with_sensor(
             None
         }
     };
-    for (i, case) in CASES.iter().enumerate() {
-        let t = drivers.storm(*case, count(args, case))?;
-        m.with[i].push(t);
-        let mut line = format!("bench:   {}", timing_line(case, &t));
-        if let Some(counts) = counts_since(&mut run, &mut before, t.wall, m) {
+    for i in 0..m.cases.len() {
+        let case = m.cases[i].case;
+        let t = drivers.case(&case)?;
+        let mut line = format!("bench:   {}", timing_line(&case, &t));
+        let wall = t.wall;
+        m.cases[i].with.push(t);
+        if let Some(counts) = counts_since(&mut run, &mut before, wall, m) {
             line += &counts_text(&counts);
-            m.counts[i].push(counts);
+            m.cases[i].counts.push(counts);
         }
         eprintln!("{line}");
     }
-    if args.burst > 1 {
+    if args.burst > 1 && args.connects > 0 {
         // Not timed against a baseline: only how many events/s the sensor takes without loss
         // when several tracked processes connect at once.
         let wall = drivers.burst(args.burst, args.connects)?;
@@ -390,47 +626,60 @@ impl Drivers {
         Ok(longest)
     }
 
+    fn case(&self, case: &Case) -> Result<StormTiming> {
+        self.storm(case.workload, case.tracked, case.count)
+    }
+
     /// Run one storm; returns the driver's own timing of its loop.
-    fn storm(&self, case: Case, count: u32) -> Result<StormTiming> {
-        let driver = if case.tracked {
+    fn storm(&self, workload: Workload, tracked: bool, count: u32) -> Result<StormTiming> {
+        let driver = if tracked {
             &self.tracked
         } else {
             &self.untracked
         };
-        let kind = match case.workload {
-            Workload::Exec => "exec",
-            Workload::Connect => "connect",
-        };
         let mut storm = Command::new(driver);
         storm
-            .args(["storm", kind, &count.to_string()])
+            .args(["storm", workload.storm_arg(), &count.to_string()])
             .stderr(Stdio::inherit());
         parse_timing(&cmd::output(&mut storm)?)
     }
 }
 
-/// The storm driver's `WALL_NS CPU_NS` line.
+/// The storm driver's line, `{"wall_ns": N, "cpu_ns": N, "throughput": {"SET": RPS, ...}}`.
 fn parse_timing(out: &str) -> Result<StormTiming> {
-    let nanos: Vec<u64> = out
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    match nanos[..] {
-        [wall, cpu] => Ok(StormTiming {
-            wall: wall as f64 / 1e9,
-            cpu: cpu as f64 / 1e9,
-        }),
-        _ => bail!("the storm driver printed {out:?}, not `WALL_NS CPU_NS`"),
-    }
+    let bad = || format!("the storm driver printed {out:?}, not its JSON timing line");
+    let line: Value = serde_json::from_str(out.trim()).with_context(bad)?;
+    let nanos = |field: &str| {
+        line.get(field)
+            .and_then(Value::as_u64)
+            .map(|n| n as f64 / 1e9)
+            .with_context(bad)
+    };
+    let throughput = match line.get("throughput") {
+        Some(Value::Object(tests)) => tests
+            .iter()
+            .map(|(test, rps)| Ok((test.clone(), rps.as_f64().with_context(bad)?)))
+            .collect::<Result<_>>()?,
+        _ => Vec::new(),
+    };
+    Ok(StormTiming {
+        wall: nanos("wall_ns")?,
+        cpu: nanos("cpu_ns")?,
+        throughput,
+    })
 }
 
 fn timing_line(case: &Case, t: &StormTiming) -> String {
-    format!(
-        "{:<28} {:7.3} s ({:.3} s CPU)",
+    let mut line = format!(
+        "{:<36} {:7.3} s ({:.3} s CPU)",
         report::case_name(case),
         t.wall,
         t.cpu
-    )
+    );
+    for (test, rps) in &t.throughput {
+        line += &format!(" {test} {rps:.0}/s");
+    }
+    line
 }
 
 fn loadavg() -> String {

@@ -1,24 +1,83 @@
 //! The bench's markdown table (for the README) and its PASS/FAIL lines.
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use super::sensor::{NOT_LOST, lost, nonzero_counters, sum_counters};
-use super::{CASES, Case, Measurements, StormTiming, Workload};
+use super::{Case, CaseResults, Measurements, StormTiming, Workload};
 
-/// Targets the sensor is held to.
-const UNTRACKED_MAX_SLOWDOWN: f64 = 0.03;
-const TRACKED_MAX_SLOWDOWN: f64 = 0.15;
+/// Targets the sensor is held to (issue 9): what a process outside the runtime trees pays.
+const UNTRACKED_MAX_RATIO: f64 = 1.03;
+/// Tracked exec and connect storms keep their earlier target; the other tracked storms, whose
+/// every syscall the sensor looks at, have a tighter one.
+const TRACKED_STORM_MAX_RATIO: f64 = 1.15;
+const TRACKED_IO_MAX_RATIO: f64 = 1.10;
+/// Redis throughput with the sensor over bare, tracked or not.
+const REDIS_MIN_RATIO: f64 = 0.97;
 const ZERO_DROPS_AT_EVENTS_PER_S: f64 = 20_000.0;
 const MAX_RSS: u64 = 50 * 1024 * 1024;
+/// `--hook-stats` rows with fewer runs during a storm are left out.
+const HOOK_MIN_RUNS: u64 = 10;
 
-pub fn case_name(case: &Case) -> String {
-    let workload = match case.workload {
+/// A row's target, on the ratio with the sensor over bare.
+#[derive(Clone, Copy)]
+enum Target {
+    /// Time: at most this ratio (exclusive).
+    Below(f64),
+    /// Throughput: at least this ratio.
+    AtLeast(f64),
+}
+
+impl Target {
+    fn of(case: &Case) -> Self {
+        match (case.workload, case.tracked) {
+            (Workload::Redis, _) => Target::AtLeast(REDIS_MIN_RATIO),
+            (_, false) => Target::Below(UNTRACKED_MAX_RATIO),
+            (Workload::Exec | Workload::Connect, true) => Target::Below(TRACKED_STORM_MAX_RATIO),
+            (_, true) => Target::Below(TRACKED_IO_MAX_RATIO),
+        }
+    }
+
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Target::Below(max) => ratio < max,
+            Target::AtLeast(min) => ratio >= min,
+        }
+    }
+
+    fn text(self) -> String {
+        match self {
+            Target::Below(max) => format!("< {max:.2}x"),
+            Target::AtLeast(min) => format!("≥ {min:.2}x"),
+        }
+    }
+}
+
+fn workload_name(workload: Workload) -> &'static str {
+    match workload {
         Workload::Exec => "exec storm",
         Workload::Connect => "connect storm",
-    };
+        Workload::ReadWrite => "read/write storm",
+        Workload::OpenClose => "open/close storm",
+        Workload::UnixPair => "unix socketpair storm",
+        Workload::Redis => "redis-benchmark",
+    }
+}
+
+pub fn case_name(case: &Case) -> String {
     let tree = if case.tracked { "tracked" } else { "untracked" };
-    format!("{workload}, {tree}")
+    format!("{}, {tree}", workload_name(case.workload))
+}
+
+fn workload_detail(case: &Case) -> String {
+    let n = grouped(case.count.into());
+    match case.workload {
+        Workload::Exec => format!("{n} × fork+exec /bin/true"),
+        Workload::Connect => format!("{n} × TCP connect to 127.0.0.1"),
+        Workload::ReadWrite => format!("{n} × 1-byte read+write, as dd bs=1"),
+        Workload::OpenClose => format!("{n} × open+close of a file"),
+        Workload::UnixPair => format!("{n} × 1-byte send+recv"),
+        Workload::Redis => format!("-n {n}, server on CPU 1"),
+    }
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -35,26 +94,18 @@ fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-fn median_of(timings: &[StormTiming], f: impl Fn(&StormTiming) -> f64) -> Option<f64> {
-    median(&timings.iter().map(f).collect::<Vec<_>>())
+fn median_of(timings: &[StormTiming], f: impl Fn(&StormTiming) -> Option<f64>) -> Option<f64> {
+    median(&timings.iter().filter_map(f).collect::<Vec<_>>())
 }
 
-/// Wall time: median with / median without, minus one.
-fn slowdown(m: &Measurements, i: usize) -> Option<f64> {
-    Some(median_of(&m.with[i], |t| t.wall)? / median_of(&m.without[i], |t| t.wall)? - 1.0)
+fn rps(t: &StormTiming, test: &str) -> Option<f64> {
+    t.throughput
+        .iter()
+        .find_map(|(name, rps)| (name == test).then_some(*rps))
 }
 
-/// The same on the storm's CPU time.
-fn cpu_slowdown(m: &Measurements, i: usize) -> Option<f64> {
-    Some(median_of(&m.with[i], |t| t.cpu)? / median_of(&m.without[i], |t| t.cpu)? - 1.0)
-}
-
-fn limit(case: &Case) -> f64 {
-    if case.tracked {
-        TRACKED_MAX_SLOWDOWN
-    } else {
-        UNTRACKED_MAX_SLOWDOWN
-    }
+fn ratio(with: Option<f64>, bare: Option<f64>) -> Option<f64> {
+    Some(with? / bare?)
 }
 
 fn pass(ok: bool) -> &'static str {
@@ -78,13 +129,84 @@ fn grouped(n: u64) -> String {
     out
 }
 
-fn workload_detail(m: &Measurements, case: &Case) -> String {
-    match case.workload {
-        Workload::Exec => format!("{} × fork+exec /bin/true", grouped(m.args_execs.into())),
-        Workload::Connect => format!(
-            "{} × TCP connect to 127.0.0.1",
-            grouped(m.args_connects.into())
-        ),
+fn ratio_text(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}x"))
+}
+
+/// One line of the table: a storm (time) or one redis test (throughput) in one tree.
+struct Row {
+    name: String,
+    bare: String,
+    with: String,
+    /// With the sensor over bare: time, or throughput for redis.
+    ratio: Option<f64>,
+    cpu_ratio: Option<f64>,
+    /// Under auditd over bare (`--peers`), where measured.
+    auditd_ratio: Option<f64>,
+    events_per_s: String,
+    target: Target,
+}
+
+impl Row {
+    fn passed(&self) -> bool {
+        self.ratio.is_some_and(|r| self.target.met(r))
+    }
+}
+
+fn rows(m: &Measurements) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for r in &m.cases {
+        let case = &r.case;
+        let rates: Vec<f64> = r.counts.iter().map(|c| c.events_per_s()).collect();
+        let events_per_s = match median(&rates) {
+            Some(x) if case.tracked => grouped(x.round() as u64),
+            Some(x) => format!("{} (expect 0)", grouped(x.round() as u64)),
+            None => "n/a".into(),
+        };
+        let target = Target::of(case);
+        if case.workload.is_throughput() {
+            for test in ["SET", "GET"] {
+                let bare = median_of(&r.without, |t| rps(t, test));
+                let with = median_of(&r.with, |t| rps(t, test));
+                let req = |x: Option<f64>| {
+                    x.map_or_else(|| "n/a".into(), |x| format!("{} req/s", grouped(x as u64)))
+                };
+                rows.push(Row {
+                    name: format!(
+                        "{} {test}, {} ({})",
+                        workload_name(case.workload),
+                        if case.tracked { "tracked" } else { "untracked" },
+                        workload_detail(case)
+                    ),
+                    bare: req(bare),
+                    with: req(with),
+                    ratio: ratio(with, bare),
+                    cpu_ratio: None,
+                    auditd_ratio: None,
+                    events_per_s: events_per_s.clone(),
+                    target,
+                });
+            }
+        } else {
+            rows.push(time_row(r, events_per_s, target));
+        }
+    }
+    rows
+}
+
+fn time_row(r: &CaseResults, events_per_s: String, target: Target) -> Row {
+    let wall = |v: &[StormTiming]| median_of(v, |t| Some(t.wall));
+    let cpu = |v: &[StormTiming]| median_of(v, |t| Some(t.cpu));
+    let secs = |s: Option<f64>| s.map_or_else(|| "n/a".into(), |s| format!("{s:.3} s"));
+    Row {
+        name: format!("{} ({})", case_name(&r.case), workload_detail(&r.case)),
+        bare: secs(wall(&r.without)),
+        with: secs(wall(&r.with)),
+        ratio: ratio(wall(&r.with), wall(&r.without)),
+        cpu_ratio: ratio(cpu(&r.with), cpu(&r.without)),
+        auditd_ratio: ratio(wall(&r.auditd), wall(&r.auditd_bare)),
+        events_per_s,
+        target,
     }
 }
 
@@ -112,11 +234,11 @@ fn totals(m: &Measurements) -> Totals {
             }
         }
     }
-    let max_tracked_rate = CASES
+    let max_tracked_rate = m
+        .cases
         .iter()
-        .zip(&m.counts)
-        .filter(|(case, _)| case.tracked)
-        .flat_map(|(_, counts)| counts.iter())
+        .filter(|r| r.case.tracked)
+        .flat_map(|r| r.counts.iter())
         .chain(&m.bursts)
         .map(|c| (c.events_per_s(), c.drops))
         .max_by(|a, b| a.0.total_cmp(&b.0));
@@ -132,64 +254,85 @@ pub fn markdown(m: &Measurements) -> String {
     let mut md = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let commit = crate::cmd::quiet_output(
-        Command::new("git")
-            .args(["-C"])
-            .arg(crate::cmd::workspace_root())
-            .args(["rev-parse", "--short", "HEAD"]),
-    )
-    .unwrap_or_default();
     let _ = writeln!(md, "### Overhead (`cargo xtask bench`)\n");
     let _ = writeln!(
         md,
-        "Linux {}, {cpus} CPUs, commit {}; {} alternating repetitions with and without the \
-         sensor, medians; load average {} before, {} after.\n",
+        "Linux {}, {cpus} CPUs, commit {}; {} alternating with and without the sensor, \
+         medians; load average {} before, {} after.\n",
         kernel.trim(),
-        commit.trim(),
-        m.reps,
+        m.commit,
+        if m.reps == 1 {
+            "1 repetition".to_owned()
+        } else {
+            format!("{} repetitions", m.reps)
+        },
         m.load_before,
         m.load_after,
     );
-    let _ = writeln!(
-        md,
-        "| workload | without sensor | with sensor | slowdown | CPU-time slowdown | events/s | target | result |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|");
-    for (i, case) in CASES.iter().enumerate() {
-        let secs = |v: &[StormTiming]| {
-            median_of(v, |t| t.wall).map_or_else(|| "n/a".into(), |s| format!("{s:.3} s"))
-        };
-        let cpu_slow =
-            cpu_slowdown(m, i).map_or_else(|| "n/a".into(), |s| format!("{:+.1} %", s * 100.0));
-        let (slow, result) = match slowdown(m, i) {
-            Some(s) => (format!("{:+.1} %", s * 100.0), pass(s < limit(case))),
-            None => ("n/a".into(), "FAIL"),
-        };
-        let rates: Vec<f64> = m.counts[i].iter().map(|c| c.events_per_s()).collect();
-        let rate = match median(&rates) {
-            Some(r) if case.tracked => grouped(r.round() as u64),
-            Some(r) => format!("{} (expect 0)", grouped(r.round() as u64)),
-            None => "n/a".into(),
-        };
+    if !m.skip_probes.is_empty() {
         let _ = writeln!(
             md,
-            "| {} ({}) | {} | {} | {slow} | {cpu_slow} | {rate} | < {:.0} % | {result} |",
-            case_name(case),
-            workload_detail(m, case),
-            secs(&m.without[i]),
-            secs(&m.with[i]),
-            limit(case) * 100.0,
+            "The sensor ran with SENSOR_SKIP_PROBES={}: those probes were not attached.\n",
+            m.skip_probes
+        );
+    }
+    let rows = rows(m);
+    let auditd = rows.iter().any(|r| r.auditd_ratio.is_some());
+    let auditd_head = if auditd { " auditd / bare |" } else { "" };
+    let auditd_rule = if auditd { "---:|" } else { "" };
+    let _ = writeln!(
+        md,
+        "| workload | bare | with sensor | with / bare |{auditd_head} CPU time with / bare | events/s | target | result |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|{auditd_rule}---:|---:|---|---|");
+    for row in &rows {
+        let auditd_cell = if auditd {
+            match row.auditd_ratio {
+                Some(r) => format!(" {r:.3}x |"),
+                None => " |".into(),
+            }
+        } else {
+            String::new()
+        };
+        let cpu = row
+            .cpu_ratio
+            .map_or_else(String::new, |r| format!("{r:.3}x"));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |{auditd_cell} {cpu} | {} | {} | {} |",
+            row.name,
+            row.bare,
+            row.with,
+            ratio_text(row.ratio),
+            row.events_per_s,
+            row.target.text(),
+            pass(row.passed()),
         );
     }
 
     let _ = writeln!(
         md,
-        "\nSlowdown: median wall time with the sensor over median without, minus one. CPU-time \
-         slowdown: the same on the storm's own CPU time (user+system of the driver and its \
-         children, where the sensor's kernel programs are charged), steadier on a busy machine. \
-         Events/s: kernel events the sensor read per second of storm, from its `sensor_stats` \
-         (untracked storms should cause none)."
+        "\nWith / bare: median wall time with the sensor over median without (redis: median \
+         requests/s with over without, so higher is better). CPU time: the same on the storm's \
+         own CPU time (user+system of the driver and its children, where the sensor's kernel \
+         programs are charged), steadier on a busy machine. Events/s: kernel events the sensor \
+         read per second of storm, from its `sensor_stats` (untracked storms should cause \
+         none). Every storm runs in the driver's process pinned to CPU 0; redis-server is its \
+         child, pinned to CPU 1."
     );
+    match &m.peers {
+        Some(Ok(how)) => {
+            let _ = writeln!(
+                md,
+                "\nauditd / bare: median wall time under auditd (no sensor) over the median of \
+                 bare runs alternating with those, after the sensor's repetitions; {how}."
+            );
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(md, "\n--peers: no auditd column: {why}.");
+        }
+        None => {}
+    }
 
     let t = totals(m);
     let _ = writeln!(md, "\n| sensor | value | target | result |");
@@ -207,7 +350,7 @@ pub fn markdown(m: &Measurements) -> String {
             "| burst: {} tracked connect storms at once ({} × {}), median | {} events/s, {} lost | | |",
             m.burst_procs,
             m.burst_procs,
-            grouped(m.args_connects.into()),
+            grouped(m.burst_connects.into()),
             grouped(median(&rates).unwrap_or(0.0).round() as u64),
             grouped(drops),
         );
@@ -258,6 +401,7 @@ pub fn markdown(m: &Measurements) -> String {
             ringbuf_text(ringbuf)
         );
     }
+    hook_costs(&mut md, m);
     if !t.drop_reasons.is_empty() {
         let reasons: Vec<String> = t
             .drop_reasons
@@ -288,6 +432,44 @@ pub fn markdown(m: &Measurements) -> String {
         );
     }
     md
+}
+
+/// The `--hook-stats` table: per storm, each program that ran.
+fn hook_costs(md: &mut String, m: &Measurements) {
+    let costs = match &m.hook_costs {
+        None => return,
+        Some(Err(why)) => {
+            let _ = writeln!(md, "\n--hook-stats: not measured: {why}.");
+            return;
+        }
+        Some(Ok(costs)) => costs,
+    };
+    let _ = writeln!(
+        md,
+        "\n#### What each hook costs (`--hook-stats`)\n\n\
+         One more sensor run, after the timed ones, with the kernel's BPF run-time statistics \
+         on (BPF_ENABLE_STATS; each run then also pays two clock reads, included below), every \
+         storm once. Runs count every process's calls during the storm, not only the storm's; \
+         hooks with fewer than {HOOK_MIN_RUNS} runs in a storm are left out.\n"
+    );
+    let _ = writeln!(md, "| storm | hook | runs | ns per run | total |");
+    let _ = writeln!(md, "|---|---|---:|---:|---:|");
+    // A few runs of a program during a storm are other processes' (a compiler forking):
+    // noise beside the storm's thousands.
+    for c in costs.iter().filter(|c| c.runs >= HOOK_MIN_RUNS) {
+        let Some(r) = m.cases.get(c.case) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.1} ms |",
+            case_name(&r.case),
+            c.hook,
+            grouped(c.runs),
+            c.run_ns as f64 / c.runs as f64,
+            c.run_ns as f64 / 1e6
+        );
+    }
 }
 
 /// `{size_bytes, batches, max_batch_bytes}` in words; any other shape as JSON.
@@ -326,38 +508,18 @@ fn drops_verdict(t: &Totals) -> (String, &'static str) {
 
 /// One PASS/FAIL line per target.
 pub fn verdicts(m: &Measurements) -> Vec<String> {
-    let mut lines = Vec::new();
-    for tracked in [false, true] {
-        let limit_pct = if tracked {
-            TRACKED_MAX_SLOWDOWN
-        } else {
-            UNTRACKED_MAX_SLOWDOWN
-        } * 100.0;
-        let mut ok = true;
-        let mut parts = Vec::new();
-        for (i, case) in CASES
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.tracked == tracked)
-        {
-            match slowdown(m, i) {
-                Some(s) => {
-                    ok &= s < limit(case);
-                    parts.push(format!("{} {:+.1} %", case_name(case), s * 100.0));
-                }
-                None => {
-                    ok = false;
-                    parts.push(format!("{} n/a", case_name(case)));
-                }
-            }
-        }
-        let tree = if tracked { "tracked" } else { "untracked" };
-        lines.push(format!(
-            "{} {tree} slowdown < {limit_pct:.0} %: {}",
-            pass(ok),
-            parts.join(", ")
-        ));
-    }
+    let mut lines: Vec<String> = rows(m)
+        .iter()
+        .map(|row| {
+            format!(
+                "{} {}: {} (target {})",
+                pass(row.passed()),
+                row.name,
+                ratio_text(row.ratio),
+                row.target.text()
+            )
+        })
+        .collect();
     let t = totals(m);
     let (text, result) = drops_verdict(&t);
     lines.push(format!(
@@ -372,4 +534,127 @@ pub fn verdicts(m: &Measurements) -> Vec<String> {
         None => lines.push("FAIL peak RSS < 50 MiB: not measured".into()),
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::{markdown, verdicts};
+    use crate::bench::{Case, CaseResults, Measurements, StormCounts, StormTiming, Workload};
+
+    fn timing(wall: f64, throughput: &[(&str, f64)]) -> StormTiming {
+        StormTiming {
+            wall,
+            cpu: wall,
+            throughput: throughput
+                .iter()
+                .map(|(t, r)| ((*t).to_owned(), *r))
+                .collect(),
+        }
+    }
+
+    fn results(
+        workload: Workload,
+        tracked: bool,
+        bare: StormTiming,
+        with: StormTiming,
+    ) -> CaseResults {
+        CaseResults {
+            case: Case {
+                workload,
+                tracked,
+                count: 1000,
+            },
+            without: vec![bare],
+            with: vec![with],
+            counts: vec![StormCounts {
+                events: if tracked { 30_000 } else { 0 },
+                drops: 0,
+                seconds: 1.0,
+            }],
+            auditd: Vec::new(),
+            auditd_bare: Vec::new(),
+        }
+    }
+
+    fn measurements(cases: Vec<CaseResults>) -> Measurements {
+        Measurements {
+            cases,
+            reps: 1,
+            commit: "abc1234-dirty".into(),
+            skip_probes: String::new(),
+            hook_costs: None,
+            bursts: Vec::new(),
+            burst_procs: 0,
+            burst_connects: 0,
+            sensors: Vec::new(),
+            peers: None,
+            stats_not_cumulative: false,
+            load_before: "0.00".into(),
+            load_after: "0.00".into(),
+            other_sensors: BTreeSet::new(),
+        }
+    }
+
+    fn verdict<'a>(lines: &'a [String], name: &str) -> &'a str {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no verdict for {name} in {lines:#?}"));
+        &line[..4]
+    }
+
+    #[test]
+    fn each_row_is_held_to_its_target() {
+        let t = |wall| timing(wall, &[]);
+        let redis = |set, get| timing(2.0, &[("SET", set), ("GET", get)]);
+        let mut readwrite = results(Workload::ReadWrite, false, t(1.0), t(1.02));
+        readwrite.auditd = vec![t(1.6)];
+        readwrite.auditd_bare = vec![t(1.0)];
+        let m = measurements(vec![
+            readwrite,
+            results(Workload::ReadWrite, true, t(1.0), t(1.12)),
+            // The tracked exec storm keeps its 15 % target.
+            results(Workload::Exec, true, t(1.0), t(1.12)),
+            results(Workload::OpenClose, false, t(1.0), t(1.05)),
+            // Throughput: higher is better, at least 0.97 of bare.
+            results(
+                Workload::Redis,
+                false,
+                redis(100.0, 100.0),
+                redis(98.0, 96.0),
+            ),
+        ]);
+        let lines = verdicts(&m);
+        assert_eq!(verdict(&lines, "read/write storm, untracked"), "PASS");
+        assert_eq!(verdict(&lines, "read/write storm, tracked"), "FAIL");
+        assert_eq!(verdict(&lines, "exec storm, tracked"), "PASS");
+        assert_eq!(verdict(&lines, "open/close storm, untracked"), "FAIL");
+        assert_eq!(verdict(&lines, "redis-benchmark SET, untracked"), "PASS");
+        assert_eq!(verdict(&lines, "redis-benchmark GET, untracked"), "FAIL");
+        // No sensor run left a peak RSS or a final stats record: those targets fail.
+        assert_eq!(verdict(&lines, "peak RSS"), "FAIL");
+
+        let md = markdown(&m);
+        assert!(md.contains("commit abc1234-dirty;"), "{md}");
+        assert!(md.contains("| auditd / bare |"), "{md}");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| read/write storm, untracked"))
+            .unwrap_or_default();
+        assert!(
+            row.contains("| 1.020x | 1.600x |") && row.ends_with("| < 1.03x | PASS |"),
+            "{row}"
+        );
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| redis-benchmark GET, untracked"))
+            .unwrap_or_default();
+        assert!(
+            row.contains("| 100 req/s | 96 req/s | 0.960x |")
+                && row.ends_with("| ≥ 0.97x | FAIL |"),
+            "{row}"
+        );
+    }
 }

@@ -46,8 +46,15 @@ pub struct SensorRun {
 }
 
 impl SensorRun {
-    /// Start `sensor run --runtime-name NAME --stats-interval 1` and wait for `sensor_started`.
-    pub fn start(bin: &Path, runtime_name: &str, out_dir: &Path, index: usize) -> Result<Self> {
+    /// Start `sensor run --runtime-name NAME --stats-interval 1` (with SENSOR_SKIP_PROBES set
+    /// to `skip_probes`, which may be empty) and wait for `sensor_started`.
+    pub fn start(
+        bin: &Path,
+        runtime_name: &str,
+        skip_probes: &str,
+        out_dir: &Path,
+        index: usize,
+    ) -> Result<Self> {
         let stdout_path = out_dir.join(format!("sensor-{index}.ndjson"));
         let stderr_path = out_dir.join(format!("sensor-{index}.stderr"));
         let stdout = File::create(&stdout_path)
@@ -62,6 +69,7 @@ impl SensorRun {
                 "--stats-interval",
                 "1",
             ])
+            .env("SENSOR_SKIP_PROBES", skip_probes)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
