@@ -41,6 +41,7 @@ mod cmd;
 mod docker;
 mod netns;
 mod records;
+mod registry;
 mod sensor;
 mod tcp_dockerd;
 
@@ -49,8 +50,10 @@ pub use docker::{
     BuildContext, Builder, DOCKER_SOCKET, Dockerd, docker_build, docker_cli, ensure_base_image,
     remove_image,
 };
+pub use docker::{ContainerGuard, ImageGuard};
 pub use netns::{TcpSink, TestHost};
 pub use records::{assert_records_match_schema, build_record, has_tag};
+pub use registry::LocalRegistry;
 pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 

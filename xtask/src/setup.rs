@@ -32,11 +32,18 @@ const APT_PACKAGES: &[&str] = &[
     // no buildkitd package, so standalone BuildKit (buildctl) is not installed.
     "buildah",
     "podman",
+    // A real collector receiving the TCP sink, restarted mid-stream (tests/tests/collector.rs).
+    "rsyslog",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
 /// over deploy/kubernetes, from PyPI.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Python libraries of the end-to-end tests, from PyPI: `chdb`, ClickHouse's engine in-process,
+/// loads the streams through deploy/clickhouse (tests/tests/fleet.rs); `py-ocsf-models`
+/// validates the `format=ocsf` sink's events against the OCSF models.
+const PYTHON_TEST_LIBS: &[&str] = &["chdb==4.4.0", "py-ocsf-models==0.10.0"];
 
 /// The bpf-linker release known to link with the nightly's LLVM 22 (HOST-NOTES).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -86,7 +93,7 @@ type Step<'a> = Box<dyn Fn() -> Result<Outcome> + 'a>;
 /// Run every step; status lines go to stderr (stdout of `cargo xtask run` is the sensor's NDJSON).
 pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
     let toolchain = workspace_toolchain();
-    let steps: [(String, Step); 6] = [
+    let steps: [(String, Step); 7] = [
         (
             format!("apt packages ({})", APT_PACKAGES.join(" ")),
             Box::new(apt_packages),
@@ -110,6 +117,10 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
         (
             format!("{KUBERNETES_VALIDATE} (python3 -m pip)"),
             Box::new(kubernetes_validate),
+        ),
+        (
+            format!("{} (python3 -m pip)", PYTHON_TEST_LIBS.join(" ")),
+            Box::new(python_test_libs),
         ),
     ];
     let mut all_present = true;
@@ -146,6 +157,30 @@ fn kubernetes_validate() -> Result<Outcome> {
         "--quiet",
         KUBERNETES_VALIDATE,
     ]))?;
+    Ok(Outcome::Done)
+}
+
+fn python_test_libs() -> Result<Outcome> {
+    // One interpreter start for all: prints the packages not installed at the pinned version.
+    let check = format!(
+        "import importlib.metadata as m\nfor s in {:?}:\n    n, v = s.split('==')\n    try:\n        ok = m.version(n) == v\n    except m.PackageNotFoundError:\n        ok = False\n    if not ok:\n        print(s)\n",
+        PYTHON_TEST_LIBS
+    );
+    let missing = cmd::quiet_output(Command::new("python3").args(["-c", &check]))
+        .map(|out| {
+            out.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|| PYTHON_TEST_LIBS.iter().map(|s| s.to_string()).collect());
+    if missing.is_empty() {
+        return Ok(Outcome::AlreadyPresent);
+    }
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
+    )?;
     Ok(Outcome::Done)
 }
 
