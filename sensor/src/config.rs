@@ -144,7 +144,7 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
     for (k, v) in t {
         match k.as_str() {
             "type" | "path" | "addr" => {}
-            "name" | "queue" | "max_size" | "keep" => opts.push(format!(
+            "name" | "queue" | "max_size" | "keep" | "format" => opts.push(format!(
                 "{k}={}",
                 scalar(v).ok_or(format!("sink `{k}` must be a single value"))?
             )),
@@ -157,7 +157,7 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown sink key `{other}` (keys: type, path, addr, name, queue, kinds, max_size, keep)"
+                    "unknown sink key `{other}` (keys: type, path, addr, name, queue, kinds, max_size, keep, format)"
                 ));
             }
         }

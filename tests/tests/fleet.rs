@@ -87,6 +87,98 @@ fn assert_loaded_without_rejects(report: &Value) {
     }
 }
 
+/// Every line of the OCSF sink validates against the OCSF models (tests/py/ocsf_validate.py):
+/// one event per record of the NDJSON stream, the classes the mapping promises, and the chain's
+/// findings as Detection Findings naming T1612 and its evidences.
+fn assert_ocsf_valid(
+    path: &Path,
+    records: &[Value],
+    (build_id, image_id, container_id): (&str, &str, &str),
+    destination_ip: &str,
+) {
+    let out = Cmd::new("python3")
+        .arg(py_script("ocsf_validate.py"))
+        .arg(path)
+        .timeout(Duration::from_secs(60))
+        .run();
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "ocsf: {} events (OCSF {}), by class {}, {} invalid",
+        rep["lines"], rep["ocsf_version"], rep["classes"], rep["error_count"]
+    );
+    assert_eq!(
+        rep["error_count"], 0,
+        "invalid OCSF events: {:#}",
+        rep["errors"]
+    );
+    // The file sink got every record the stdout sink did (sensor_stats included).
+    assert_eq!(rep["lines"], records.len(), "{}", rep["classes"]);
+    for class in ["0", "1007", "2004", "4001", "4002"] {
+        assert!(
+            rep["classes"][class].as_u64().is_some_and(|n| n > 0),
+            "no OCSF class {class} event: {}",
+            rep["classes"]
+        );
+    }
+    let findings = records.iter().filter(|r| r["kind"] == "finding").count();
+    assert_eq!(rep["classes"]["2004"], findings, "{}", rep["classes"]);
+    let chain = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["finding_info"]["title"] == "build_push_deploy_chain")
+        .unwrap_or_else(|| panic!("no build_push_deploy_chain finding: {:#}", rep["findings"]));
+    let attack = &chain["finding_info"]["attacks"][0];
+    assert_eq!(attack["technique"]["uid"], "T1612", "{chain}");
+    assert_eq!(attack["tactic"]["uid"], "TA0005", "{chain}");
+    assert_eq!(
+        chain["finding_info"]["related_analytics"][0]["uid"], "AN0946",
+        "{chain}"
+    );
+    let evidence = |finding: &Value, what: &str| {
+        finding["evidences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["evidence"] == what)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} evidence: {finding}"))
+    };
+    assert_eq!(
+        evidence(chain, "build")["resources"][0]["uid"],
+        build_id,
+        "{chain}"
+    );
+    assert_eq!(
+        evidence(chain, "image")["resources"][0]["uid"],
+        image_id,
+        "{chain}"
+    );
+    assert_eq!(
+        evidence(chain, "container")["container"]["uid"],
+        container_id,
+        "{chain}"
+    );
+    // The deploy finding names the client that started the container and the build's download.
+    let deploy = rep["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["finding_info"]["title"] == "deploy_soon_after_build")
+        .unwrap_or_else(|| panic!("no deploy_soon_after_build finding: {:#}", rep["findings"]));
+    let client = evidence(deploy, "client");
+    assert_eq!(
+        client["actor"]["process"]["file"]["path"],
+        docker_cli(),
+        "{deploy}"
+    );
+    assert_eq!(
+        evidence(deploy, "destination")["dst_endpoint"],
+        serde_json::json!({"ip": destination_ip, "port": 8080}),
+        "{deploy}"
+    );
+}
+
 fn write_stream(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
@@ -127,11 +219,21 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
     let registry = LocalRegistry::start();
     let state = tempfile::tempdir().unwrap();
     let dir = state.path();
+    let ocsf_a = dir.join("nodea.ocsf.ndjson");
+    let ocsf_sink = format!("file:{}?format=ocsf&name=ocsf", ocsf_a.display());
     let state_a = dir.join("state-a");
     let state_b = dir.join("state-b");
-    let mut node_a =
-        SensorProcess::start(&["--host", "nodea", "--state-dir", state_a.to_str().unwrap()])
-            .unwrap();
+    let mut node_a = SensorProcess::start(&[
+        "--host",
+        "nodea",
+        "--state-dir",
+        state_a.to_str().unwrap(),
+        "--sink",
+        "stdout",
+        "--sink",
+        &ocsf_sink,
+    ])
+    .unwrap();
 
     // Node A: build with a download from the test host, push to the registry.
     let tag = unique_tag("fleet");
@@ -219,6 +321,13 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
     assert_records_match_schema(&node_b.records());
     let stream_a = write_stream(dir, "nodea.ndjson", &node_a.raw_lines());
     let stream_b = write_stream(dir, "nodeb.ndjson", &node_b.raw_lines());
+
+    assert_ocsf_valid(
+        &ocsf_a,
+        &node_a.records(),
+        (&build_id, &image_id, &container_id),
+        &src.ip().to_string(),
+    );
 
     let report = load_into_clickhouse(&[&stream_a, &stream_b], &["ci-runner"]);
     assert_loaded_without_rejects(&report);

@@ -7,6 +7,7 @@
 //! - `sink_<name>_write_failed`: stdout or the file refused the write (streams retry instead);
 //! - `sink_<name>_unsent_at_exit`: still queued when the drain time ran out at shutdown
 //!   (counted after the final `sensor_stats` was queued: logged on stderr and in metrics).
+mod ocsf;
 mod spec;
 mod writers;
 
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use spec::{SinkSpec, Target, expand_kinds};
+pub use spec::{Format, SinkSpec, Target, expand_kinds};
 use writers::{Endpoint, RotatingFile, StdoutWriter, StreamWriter, Writer};
 
 use crate::pipeline::Sink;
@@ -114,9 +115,10 @@ impl SinkSet {
             let (tx, rx) = sync_channel(s.queue);
             let st = status.clone();
             let label = s.to_string();
+            let format = s.format;
             let thread = std::thread::Builder::new()
                 .name(format!("sink-{}", s.name))
-                .spawn(move || run_writer(writer, rx, &st, &label))
+                .spawn(move || run_writer(writer, rx, &st, &label, format))
                 .map_err(|e| SinkError::Thread(s.name.clone(), e))?;
             sinks.push(SinkHandle {
                 kinds: s.kinds.clone(),
@@ -242,10 +244,25 @@ impl Drop for SinkSet {
     }
 }
 
+/// The line as the sink writes it: the record itself, or its OCSF event (converted here, on the
+/// writer thread, so that the event loop never pays for it).
+fn formatted(line: String, format: Format) -> String {
+    match format {
+        Format::Ndjson => line,
+        Format::Ocsf => ocsf::line_to_ocsf(&line),
+    }
+}
+
 /// The writer thread: take lines in batches, write them, flush when the queue runs empty.
 /// Streams keep a failed batch and retry it after a growing pause; the queue fills meanwhile
 /// and the producer counts what it cannot take.
-fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, label: &str) {
+fn run_writer(
+    mut w: Box<dyn Writer>,
+    rx: Receiver<String>,
+    st: &SinkStatus,
+    label: &str,
+    format: Format,
+) {
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
     let mut backoff = BACKOFF_MIN;
     let mut was_down = false;
@@ -253,7 +270,7 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
     loop {
         if batch.is_empty() {
             match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(l) => batch.push(l),
+                Ok(l) => batch.push(formatted(l, format)),
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = w.flush();
                     continue;
@@ -262,7 +279,7 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(l) => batch.push(l),
+                    Ok(l) => batch.push(formatted(l, format)),
                     Err(_) => break,
                 }
             }
