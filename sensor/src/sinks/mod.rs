@@ -329,7 +329,7 @@ fn run_writer(
         }
     }
     let _ = w.flush();
-    let left = batch.len() as u64 + rx.try_iter().count() as u64;
+    let left = batch.len() as u64 + rx.try_iter().count() as u64 + w.unconfirmed();
     st.unsent_at_exit.fetch_add(left, Relaxed);
 }
 
@@ -414,6 +414,38 @@ mod tests {
             "{d:?} written={written}"
         );
         assert_eq!(d["sink_tcp_queue_full"], 0, "{d:?}");
+    }
+
+    #[test]
+    fn lines_a_collector_dropped_unread_are_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut set = SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}"))]).unwrap();
+        for i in 0..3 {
+            set.write_record("finding", &format!("{{\"n\":{i}}}"));
+        }
+        let (first, _) = listener.accept().unwrap();
+        // The lines reach the collector's socket, which it closes without reading them (as a
+        // collector that exits does): the kernel had acknowledged them, the sensor wrote them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while set.statuses()[0].written.load(Relaxed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        drop(first);
+        set.write_record("finding", "{\"n\":3}");
+        let (second, _) = listener.accept().unwrap();
+        set.close(Duration::from_secs(5));
+        let got: Vec<String> = BufReader::new(second).lines().map(|l| l.unwrap()).collect();
+        for i in 0..4 {
+            assert!(
+                got.contains(&format!("{{\"n\":{i}}}")),
+                "line {i} lost: {got:?}"
+            );
+        }
+        let mut d = BTreeMap::new();
+        set.drops(&mut d);
+        assert_eq!(d["sink_tcp_unsent_at_exit"], 0, "{d:?}");
     }
 
     #[test]
