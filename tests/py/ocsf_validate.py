@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Validates the OCSF events of a `format=ocsf` sink with the OCSF models of py-ocsf-models.
-Used by tests/tests/fleet.rs and tests/tests/collector.rs.
+Used by tests/tests/fleet.rs.
 
     ocsf_validate.py FILE...
 

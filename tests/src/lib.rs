@@ -110,6 +110,14 @@ pub fn unique_tag(prefix: &str) -> String {
     format!("{repo}-{}-{seq}:t{nanos}", std::process::id())
 }
 
+/// A loopback TCP port free now: bound, then released for a server the test starts.
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"))
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -1,12 +1,12 @@
 //! A local Docker registry on loopback, for the push chains (tests/tests/detect_more.rs,
 //! tests/tests/fleet.rs).
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::tail_file;
+use crate::{Cmd, docker_cli, free_loopback_port, run, tail_file};
 
 /// A Docker registry (Debian's `docker-registry`, distribution 2.x) listening on 127.0.0.1 only,
 /// with its config and storage in a temporary directory; stopped on drop. dockerd treats
@@ -29,12 +29,7 @@ impl LocalRegistry {
             .prefix("sensor-tests-registry-")
             .tempdir()
             .unwrap();
-        // A free loopback port: bound, then released for the registry.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_loopback_port();
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         let config = dir.path().join("config.yml");
@@ -77,6 +72,31 @@ impl LocalRegistry {
             thread::sleep(Duration::from_millis(100));
         }
         reg
+    }
+
+    /// `docker push reference` (a reference under [`LocalRegistry::host`]); returns the pushed
+    /// image's repo digest reference, `HOST/REPO@sha256:...`.
+    pub fn push(&self, reference: &str) -> String {
+        Cmd::new(docker_cli())
+            .args(["push", reference])
+            .timeout(Duration::from_secs(120))
+            .run();
+        let out = run(
+            docker_cli(),
+            &[
+                "image",
+                "inspect",
+                "--format",
+                "{{index .RepoDigests 0}}",
+                reference,
+            ],
+        );
+        let repo_digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            repo_digest.contains('@'),
+            "no digest after pushing {reference}: {repo_digest:?}"
+        );
+        repo_digest
     }
 
     /// `127.0.0.1:PORT`, the registry part of a reference pushed to it.

@@ -12,14 +12,14 @@
 //! `cargo build --release -p sensor && cargo test -p sensor-tests --test collector -- --test-threads=1`
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sensor_tests::{Cmd, SensorProcess, require_root, tail_file};
+use sensor_tests::{Cmd, SensorProcess, free_loopback_port, require_root, tail_file};
 use serde_json::Value;
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
@@ -30,7 +30,6 @@ const GEN: &str = "collgen";
 struct Rsyslog {
     child: Option<Child>,
     dir: PathBuf,
-    port: u16,
 }
 
 impl Rsyslog {
@@ -74,7 +73,6 @@ impl Rsyslog {
         let mut r = Rsyslog {
             child: Some(child),
             dir: dir.to_path_buf(),
-            port,
         };
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -136,14 +134,6 @@ impl Drop for Rsyslog {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the generator: `n` children (`/bin/true`), each a process_exec and a process_exit.
 fn generate(script: &Path, n: u32) {
     Cmd::new(script)
@@ -175,7 +165,7 @@ fn rsyslog_receives_every_record_and_a_restart_loses_only_what_is_counted() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = free_port();
+    let port = free_loopback_port();
     let mut rsyslog = Rsyslog::start(dir, port);
     let sink = format!("tcp:127.0.0.1:{port}");
     let mut sensor = SensorProcess::start(&[

@@ -119,17 +119,7 @@ fn build_push_then_run_is_the_an0946_chain() {
     assert_eq!(build["image_id"], image.as_str(), "{build}");
 
     run(docker_cli(), &["tag", &tag, &pushed]);
-    Cmd::new(docker_cli())
-        .args(["push", &pushed])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let repo_digest = docker_out(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &pushed,
-    ]);
+    let repo_digest = registry.push(&pushed);
     let (_, digest) = repo_digest
         .split_once('@')
         .unwrap_or_else(|| panic!("no digest in {repo_digest}"));
@@ -244,17 +234,7 @@ fn push_survives_a_sensor_restart_and_completes_the_chain() {
         .build(&pushed, Builder::Legacy);
     let build = finished(&sensor, &pushed);
     let build_id = build["build_id"].as_str().unwrap().to_string();
-    Cmd::new(docker_cli())
-        .args(["push", &pushed])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let repo_digest = docker_out(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &pushed,
-    ]);
+    let repo_digest = registry.push(&pushed);
     let digest = repo_digest.split_once('@').unwrap().1.to_string();
     let push = sensor
         .wait_for(

@@ -26,12 +26,6 @@ use serde_json::Value;
 const BASE: &str = "localbase:1";
 const WAIT: Duration = Duration::from_secs(60);
 
-fn docker_out(args: &[&str]) -> String {
-    String::from_utf8_lossy(&run(docker_cli(), args).stdout)
-        .trim()
-        .to_string()
-}
-
 fn py_script(name: &str) -> PathBuf {
     workspace_root().join("tests/py").join(name)
 }
@@ -251,17 +245,7 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
     let build_id = build["build_id"].as_str().unwrap().to_string();
     let image_id = build["image_id"].as_str().unwrap().to_string();
     run(docker_cli(), &["tag", &tag, &pushed]);
-    Cmd::new(docker_cli())
-        .args(["push", &pushed])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let repo_digest = docker_out(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &pushed,
-    ]);
+    let repo_digest = registry.push(&pushed);
     let digest = repo_digest.split_once('@').unwrap().1.to_string();
     node_a
         .wait_for(
