@@ -107,7 +107,7 @@ fn assert_ocsf_valid(
     );
     // The file sink got every record the stdout sink did (sensor_stats included).
     assert_eq!(rep["lines"], records.len(), "{}", rep["classes"]);
-    for class in ["0", "1007", "2004", "4001", "4002"] {
+    for class in ["0", "1007", "2004", "4001", "4002", "4003"] {
         assert!(
             rep["classes"][class].as_u64().is_some_and(|n| n > 0),
             "no OCSF class {class} event: {}",
@@ -166,10 +166,14 @@ fn assert_ocsf_valid(
         docker_cli(),
         "{deploy}"
     );
-    assert_eq!(
-        evidence(deploy, "destination")["dst_endpoint"],
-        serde_json::json!({"ip": destination_ip, "port": 8080}),
-        "{deploy}"
+    let download = serde_json::json!({"ip": destination_ip, "port": 8080});
+    assert!(
+        deploy["evidences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["data"]["evidence"] == "destination" && e["dst_endpoint"] == download),
+        "no destination evidence {download}: {deploy}"
     );
 }
 
@@ -229,14 +233,17 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
     ])
     .unwrap();
 
-    // Node A: build with a download from the test host, push to the registry.
+    // Node A: build with a download from the test host, push to the registry. The step also asks
+    // the test host for a name (it serves no DNS: the query goes out, unanswered), so that the
+    // OCSF stream has a DNS Activity event too.
     let tag = unique_tag("fleet");
     let (repo, version) = tag.split_once(':').unwrap();
     let pushed = format!("{}/{repo}:{version}", registry.host());
     let _images = ImageGuard(vec![tag.clone(), pushed.clone()]);
     let url = src.url(8080, "payload.sh");
     BuildContext::new(&format!(
-        "FROM {BASE}\nRUN wget -q -O /payload.sh {url} && chmod +x /payload.sh\n"
+        "FROM {BASE}\nRUN (nslookup payload.fleet-test.example {ip} || true) && wget -q -O /payload.sh {url} && chmod +x /payload.sh\n",
+        ip = src.ip()
     ))
     .build(&tag, Builder::BuildKit);
     let build = build_record(&node_a, "build_finished", &tag, WAIT);
