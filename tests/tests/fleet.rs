@@ -19,7 +19,7 @@ use std::time::Duration;
 use sensor_tests::{
     BuildContext, Builder, Cmd, ContainerGuard, Dockerd, ImageGuard, LocalRegistry, SensorProcess,
     TestHost, assert_records_match_schema, build_record, docker_cli, ensure_base_image,
-    remove_image, require_root, run, unique_tag, workspace_root,
+    remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
 };
 use serde_json::Value;
 
@@ -183,8 +183,10 @@ fn write_stream(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     p
 }
 
-/// The recorded streams of the other end-to-end tests (tests/fixtures) load with no line
-/// rejected, and every field of every record kind in the JSON Schema has its column.
+/// The recorded streams of the other end-to-end tests (tests/fixtures, kernel records of real
+/// builds) and the derived records `sensor replay` makes of them (builds, starts, findings) load
+/// with no line rejected, and every field of every record kind in the JSON Schema has its
+/// column. A line with a field the table lacks is rejected: the load is strict.
 #[test]
 fn recorded_streams_load_into_clickhouse_without_rejects() {
     let dir = workspace_root().join("tests/fixtures");
@@ -195,16 +197,46 @@ fn recorded_streams_load_into_clickhouse_without_rejects() {
         .collect();
     files.sort();
     assert!(files.len() >= 5, "{files:?}");
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    let report = load_into_clickhouse(&refs, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut derived = Vec::new();
+    for f in &files {
+        let out = Cmd::new(sensor_bin()).arg("replay").arg(f).run();
+        let name = format!("replay-{}", f.file_name().unwrap().to_str().unwrap());
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        derived.push(write_stream(tmp.path(), &name, &lines));
+    }
+    let mut all: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    all.extend(derived.iter().map(PathBuf::as_path));
+    let report = load_into_clickhouse(&all, &[]);
     assert_loaded_without_rejects(&report);
-    let total: u64 = report["loads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["lines"].as_u64().unwrap())
-        .sum();
-    assert_eq!(report["rows"]["vm"], total, "{report}");
+    assert!(
+        report["derived"]["builds"].as_u64().unwrap() >= 5,
+        "{}",
+        report["derived"]
+    );
+
+    // Strictness: a field sensor_records does not know rejects the line (and only that line).
+    let good = std::fs::read_to_string(&files[0]).unwrap();
+    let good = good.lines().next().unwrap();
+    let bad = good.replacen('{', r#"{"no_such_field":1,"#, 1);
+    let mixed = write_stream(tmp.path(), "mixed.ndjson", &[good.to_string(), bad]);
+    let report = load_into_clickhouse(&[&mixed], &[]);
+    let load = &report["loads"][0];
+    assert_eq!(
+        (&load["loaded"], &load["rejected"]),
+        (&1.into(), &1.into()),
+        "{load}"
+    );
+    assert!(
+        load["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_field"),
+        "{load}"
+    );
 }
 
 #[test]
