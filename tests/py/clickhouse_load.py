@@ -19,8 +19,11 @@ import json
 import sys
 import tempfile
 
-import chdb
-from chdb import session
+try:
+    import chdb
+    from chdb import session
+except ImportError as e:
+    sys.exit(f"{e}: install chdb==4.4.0 (`cargo xtask setup` does)")
 
 STRICT = (
     "input_format_skip_unknown_fields = 0, "

@@ -18,15 +18,18 @@ import json
 import sys
 import typing
 
-from pydantic import BaseModel, ValidationError
-from py_ocsf_models import OCSF_VERSION
-from py_ocsf_models.events.base_event import BaseEvent
-from py_ocsf_models.events.findings.detection_finding import DetectionFinding
-from py_ocsf_models.objects.container import Container
-from py_ocsf_models.objects.dns_query import DNSQuery
-from py_ocsf_models.objects.evidence_artifacts import EvidenceArtifacts
-from py_ocsf_models.objects.image import Image
-from py_ocsf_models.objects.url import URL
+try:
+    from pydantic import BaseModel, ValidationError
+    from py_ocsf_models import OCSF_VERSION
+    from py_ocsf_models.events.base_event import BaseEvent
+    from py_ocsf_models.events.findings.detection_finding import DetectionFinding
+    from py_ocsf_models.objects.container import Container
+    from py_ocsf_models.objects.dns_query import DNSQuery
+    from py_ocsf_models.objects.evidence_artifacts import EvidenceArtifacts
+    from py_ocsf_models.objects.image import Image
+    from py_ocsf_models.objects.url import URL
+except ImportError as e:
+    sys.exit(f"{e}: install py-ocsf-models==0.10.0 (`cargo xtask setup` does)")
 
 # Attributes OCSF 1.5 defines that py-ocsf-models 0.10 leaves out of these models.
 ALSO_DEFINED = {
