@@ -144,7 +144,7 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
     for (k, v) in t {
         match k.as_str() {
             "type" | "path" | "addr" => {}
-            "name" | "queue" | "max_size" | "keep" => opts.push(format!(
+            "name" | "queue" | "max_size" | "keep" | "format" => opts.push(format!(
                 "{k}={}",
                 scalar(v).ok_or(format!("sink `{k}` must be a single value"))?
             )),
@@ -157,7 +157,7 @@ fn sink_table_to_spec(t: &Table) -> Result<String, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown sink key `{other}` (keys: type, path, addr, name, queue, kinds, max_size, keep)"
+                    "unknown sink key `{other}` (keys: type, path, addr, name, queue, kinds, max_size, keep, format)"
                 ));
             }
         }
@@ -348,9 +348,10 @@ mod tests {
             "merge",
             "stats_interval = 5\nraw = true\nruntime_names = [\"podman\"]\nmetrics_addr = \"127.0.0.1:9464\"\n\
              [[sinks]]\ntype = \"file\"\npath = \"/tmp/x.ndjson\"\nmax_size = \"1MiB\"\nkinds = [\"builds\", \"finding\"]\n\
-             [[sinks]]\ntype = \"tcp\"\naddr = \"127.0.0.1:5170\"\n",
+             [[sinks]]\ntype = \"tcp\"\naddr = \"127.0.0.1:5170\"\nformat = \"ocsf\"\n",
         );
         let a = merge(&p, &[]).unwrap();
+        assert_eq!(a.sinks[1].format, crate::sinks::Format::Ocsf);
         assert_eq!(a.stats_interval, 5);
         assert!(a.raw);
         assert_eq!(a.runtime_names, vec!["podman"]);

@@ -79,7 +79,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub show_build_args: bool,
     /// Where records go (repeatable; default stdout): stdout, file:PATH, tcp:HOST:PORT or unix:PATH,
-    /// with options after `?`: name=N, queue=LINES, kinds=a,b, max_size=64MiB, keep=5 (files).
+    /// with options after `?`: name=N, queue=LINES, kinds=a,b, max_size=64MiB, keep=5 (files), format=ocsf.
     #[arg(long = "sink", value_name = "SPEC")]
     pub sinks: Vec<SinkSpec>,
     /// Serve Prometheus metrics, /healthz and /readyz on this address (off by default), e.g. 127.0.0.1:9464.

@@ -466,3 +466,23 @@ impl BuildContext {
         docker_build(self.path(), tag, builder)
     }
 }
+
+/// Removes a container at the end of the test, passed or not.
+pub struct ContainerGuard(pub String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = Cmd::new(docker_cli()).args(["rm", "-f", &self.0]).try_run();
+    }
+}
+
+/// Removes images at the end of the test, passed or not.
+pub struct ImageGuard(pub Vec<String>);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            remove_image(t);
+        }
+    }
+}

@@ -41,6 +41,7 @@ mod cmd;
 mod docker;
 mod netns;
 mod records;
+mod registry;
 mod sensor;
 mod tcp_dockerd;
 
@@ -49,8 +50,10 @@ pub use docker::{
     BuildContext, Builder, DOCKER_SOCKET, Dockerd, docker_build, docker_cli, ensure_base_image,
     remove_image,
 };
+pub use docker::{ContainerGuard, ImageGuard};
 pub use netns::{TcpSink, TestHost};
 pub use records::{assert_records_match_schema, build_record, has_tag};
+pub use registry::LocalRegistry;
 pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 
@@ -105,6 +108,14 @@ pub fn unique_tag(prefix: &str) -> String {
     let repo = repo.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     let repo = if repo.is_empty() { "t" } else { repo };
     format!("{repo}-{}-{seq}:t{nanos}", std::process::id())
+}
+
+/// A loopback TCP port free now: bound, then released for a server the test starts.
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("cannot bind a loopback port: {e}"))
 }
 
 /// The workspace root (the parent of this crate's directory).

@@ -8,16 +8,14 @@
 //!
 //! Run as root, one test at a time, with the release sensor built:
 //! `cargo build --release -p sensor && cargo test -p sensor-tests --test detect_more -- --test-threads=1`
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, assert_records_match_schema,
-    build_record, docker_cli, ensure_base_image, remove_image, require_root, run, tail_file,
-    unique_tag,
+    BuildContext, Builder, Cmd, ContainerGuard, Dockerd, ImageGuard, LocalRegistry, SensorProcess,
+    TestHost, assert_records_match_schema, build_record, docker_cli, ensure_base_image,
+    require_root, run, tail_file, unique_tag,
 };
 use serde_json::Value;
 
@@ -88,109 +86,6 @@ fn api_records(sensor: &SensorProcess) -> String {
         .join("\n")
 }
 
-/// Removes a container at the end of the test, passed or not.
-struct ContainerGuard(String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = Cmd::new(docker_cli()).args(["rm", "-f", &self.0]).try_run();
-    }
-}
-
-/// Removes images at the end of the test, passed or not.
-struct ImageGuard(Vec<String>);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            remove_image(t);
-        }
-    }
-}
-
-/// A Docker registry (Debian's `docker-registry`, distribution 2.x) listening on 127.0.0.1 only,
-/// with its config and storage in a temporary directory; stopped on drop. dockerd treats
-/// 127.0.0.0/8 as an insecure registry range by default, so plain HTTP push works.
-struct LocalRegistry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl LocalRegistry {
-    fn start() -> LocalRegistry {
-        let bin = "/usr/bin/docker-registry";
-        assert!(
-            Path::new(bin).is_file(),
-            "{bin} not found: `apt-get install -y docker-registry` (cargo xtask setup)"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("sensor-tests-registry-")
-            .tempdir()
-            .unwrap();
-        // A free loopback port: bound, then released for the registry.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let storage = dir.path().join("storage");
-        std::fs::create_dir_all(&storage).unwrap();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("registry.log");
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("registry.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut reg = LocalRegistry {
-            child,
-            port,
-            _dir: dir,
-            log,
-        };
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_err() {
-            if let Ok(Some(status)) = reg.child.try_wait() {
-                panic!(
-                    "docker-registry exited ({status}):\n{}",
-                    tail_file(&reg.log.with_file_name("registry.err"), 20)
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on {addr} within 20 s"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-        reg
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for LocalRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Issue 5, AN0946: an image built on this host, pushed to a registry, then run.
 #[test]
 fn build_push_then_run_is_the_an0946_chain() {
@@ -224,17 +119,7 @@ fn build_push_then_run_is_the_an0946_chain() {
     assert_eq!(build["image_id"], image.as_str(), "{build}");
 
     run(docker_cli(), &["tag", &tag, &pushed]);
-    Cmd::new(docker_cli())
-        .args(["push", &pushed])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let repo_digest = docker_out(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &pushed,
-    ]);
+    let repo_digest = registry.push(&pushed);
     let (_, digest) = repo_digest
         .split_once('@')
         .unwrap_or_else(|| panic!("no digest in {repo_digest}"));
@@ -349,17 +234,7 @@ fn push_survives_a_sensor_restart_and_completes_the_chain() {
         .build(&pushed, Builder::Legacy);
     let build = finished(&sensor, &pushed);
     let build_id = build["build_id"].as_str().unwrap().to_string();
-    Cmd::new(docker_cli())
-        .args(["push", &pushed])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let repo_digest = docker_out(&[
-        "image",
-        "inspect",
-        "--format",
-        "{{index .RepoDigests 0}}",
-        &pushed,
-    ]);
+    let repo_digest = registry.push(&pushed);
     let digest = repo_digest.split_once('@').unwrap().1.to_string();
     let push = sensor
         .wait_for(

@@ -36,11 +36,18 @@ const APT_PACKAGES: &[&str] = &[
     // (from redis-tools) against it (xtask/src/storm.rs).
     "redis-server",
     "redis-tools",
+    // A real collector receiving the TCP sink, restarted mid-stream (tests/tests/collector.rs).
+    "rsyslog",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
 /// over deploy/kubernetes, from PyPI.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// Python libraries of the end-to-end tests, from PyPI: `chdb`, ClickHouse's engine in-process,
+/// loads the streams through deploy/clickhouse (tests/tests/fleet.rs); `py-ocsf-models`
+/// validates the `format=ocsf` sink's events against the OCSF models.
+const PYTHON_TEST_LIBS: &[&str] = &["chdb==4.4.0", "py-ocsf-models==0.10.0"];
 
 /// The bpf-linker release known to link with the nightly's LLVM 22 (HOST-NOTES).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -119,6 +126,10 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
             format!("{KUBERNETES_VALIDATE} (python3 -m pip)"),
             Box::new(kubernetes_validate),
         ),
+        (
+            format!("{} (python3 -m pip)", PYTHON_TEST_LIBS.join(" ")),
+            Box::new(python_test_libs),
+        ),
     ];
     if args.bench_peers {
         steps.push((
@@ -160,6 +171,30 @@ fn kubernetes_validate() -> Result<Outcome> {
         "--quiet",
         KUBERNETES_VALIDATE,
     ]))?;
+    Ok(Outcome::Done)
+}
+
+fn python_test_libs() -> Result<Outcome> {
+    // One interpreter start for all: prints the packages not installed at the pinned version.
+    let check = format!(
+        "import importlib.metadata as m\nfor s in {:?}:\n    n, v = s.split('==')\n    try:\n        ok = m.version(n) == v\n    except m.PackageNotFoundError:\n        ok = False\n    if not ok:\n        print(s)\n",
+        PYTHON_TEST_LIBS
+    );
+    let missing = cmd::quiet_output(Command::new("python3").args(["-c", &check]))
+        .map(|out| {
+            out.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_else(|| PYTHON_TEST_LIBS.iter().map(|s| s.to_string()).collect());
+    if missing.is_empty() {
+        return Ok(Outcome::AlreadyPresent);
+    }
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(&missing),
+    )?;
     Ok(Outcome::Done)
 }
 

@@ -7,6 +7,7 @@
 //! - `sink_<name>_write_failed`: stdout or the file refused the write (streams retry instead);
 //! - `sink_<name>_unsent_at_exit`: still queued when the drain time ran out at shutdown
 //!   (counted after the final `sensor_stats` was queued: logged on stderr and in metrics).
+mod ocsf;
 mod spec;
 mod writers;
 
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use spec::{SinkSpec, Target, expand_kinds};
+pub use spec::{Format, SinkSpec, Target, expand_kinds};
 use writers::{Endpoint, RotatingFile, StdoutWriter, StreamWriter, Writer};
 
 use crate::pipeline::Sink;
@@ -114,9 +115,10 @@ impl SinkSet {
             let (tx, rx) = sync_channel(s.queue);
             let st = status.clone();
             let label = s.to_string();
+            let format = s.format;
             let thread = std::thread::Builder::new()
                 .name(format!("sink-{}", s.name))
-                .spawn(move || run_writer(writer, rx, &st, &label))
+                .spawn(move || run_writer(writer, rx, &st, &label, format))
                 .map_err(|e| SinkError::Thread(s.name.clone(), e))?;
             sinks.push(SinkHandle {
                 kinds: s.kinds.clone(),
@@ -242,10 +244,25 @@ impl Drop for SinkSet {
     }
 }
 
+/// The line as the sink writes it: the record itself, or its OCSF event (converted here, on the
+/// writer thread, so that the event loop never pays for it).
+fn formatted(line: String, format: Format) -> String {
+    match format {
+        Format::Ndjson => line,
+        Format::Ocsf => ocsf::line_to_ocsf(&line),
+    }
+}
+
 /// The writer thread: take lines in batches, write them, flush when the queue runs empty.
 /// Streams keep a failed batch and retry it after a growing pause; the queue fills meanwhile
 /// and the producer counts what it cannot take.
-fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, label: &str) {
+fn run_writer(
+    mut w: Box<dyn Writer>,
+    rx: Receiver<String>,
+    st: &SinkStatus,
+    label: &str,
+    format: Format,
+) {
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
     let mut backoff = BACKOFF_MIN;
     let mut was_down = false;
@@ -253,7 +270,7 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
     loop {
         if batch.is_empty() {
             match rx.recv_timeout(Duration::from_millis(500)) {
-                Ok(l) => batch.push(l),
+                Ok(l) => batch.push(formatted(l, format)),
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = w.flush();
                     continue;
@@ -262,7 +279,7 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
             }
             while batch.len() < BATCH {
                 match rx.try_recv() {
-                    Ok(l) => batch.push(l),
+                    Ok(l) => batch.push(formatted(l, format)),
                     Err(_) => break,
                 }
             }
@@ -312,7 +329,7 @@ fn run_writer(mut w: Box<dyn Writer>, rx: Receiver<String>, st: &SinkStatus, lab
         }
     }
     let _ = w.flush();
-    let left = batch.len() as u64 + rx.try_iter().count() as u64;
+    let left = batch.len() as u64 + rx.try_iter().count() as u64 + w.unconfirmed();
     st.unsent_at_exit.fetch_add(left, Relaxed);
 }
 
@@ -397,6 +414,38 @@ mod tests {
             "{d:?} written={written}"
         );
         assert_eq!(d["sink_tcp_queue_full"], 0, "{d:?}");
+    }
+
+    #[test]
+    fn lines_a_collector_dropped_unread_are_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut set = SinkSet::start(&[spec(&format!("tcp:127.0.0.1:{port}"))]).unwrap();
+        for i in 0..3 {
+            set.write_record("finding", &format!("{{\"n\":{i}}}"));
+        }
+        let (first, _) = listener.accept().unwrap();
+        // The lines reach the collector's socket, which it closes without reading them (as a
+        // collector that exits does): the kernel had acknowledged them, the sensor wrote them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while set.statuses()[0].written.load(Relaxed) < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        drop(first);
+        set.write_record("finding", "{\"n\":3}");
+        let (second, _) = listener.accept().unwrap();
+        set.close(Duration::from_secs(5));
+        let got: Vec<String> = BufReader::new(second).lines().map(|l| l.unwrap()).collect();
+        for i in 0..4 {
+            assert!(
+                got.contains(&format!("{{\"n\":{i}}}")),
+                "line {i} lost: {got:?}"
+            );
+        }
+        let mut d = BTreeMap::new();
+        set.drops(&mut d);
+        assert_eq!(d["sink_tcp_unsent_at_exit"], 0, "{d:?}");
     }
 
     #[test]

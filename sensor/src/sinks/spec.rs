@@ -131,7 +131,17 @@ impl Target {
     }
 }
 
-/// One sink: `TYPE[:TARGET][?name=N&queue=N&kinds=a,b&max_size=64MiB&keep=5]`.
+/// How a sink writes each record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// The sensor's NDJSON records (docs/events.md).
+    #[default]
+    Ndjson,
+    /// One OCSF 1.x event per line (sinks/ocsf.rs, docs/collectors.md#ocsf).
+    Ocsf,
+}
+
+/// One sink: `TYPE[:TARGET][?name=N&queue=N&kinds=a,b&max_size=64MiB&keep=5&format=ocsf]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SinkSpec {
     /// Used in drop reasons and metrics (`sink_<name>_queue_full`); defaults to the type.
@@ -141,6 +151,7 @@ pub struct SinkSpec {
     pub queue: usize,
     /// Only these kinds (all when empty).
     pub kinds: Vec<String>,
+    pub format: Format,
 }
 
 impl SinkSpec {
@@ -150,6 +161,7 @@ impl SinkSpec {
             target: Target::Stdout,
             queue: DEFAULT_QUEUE,
             kinds: Vec::new(),
+            format: Format::Ndjson,
         }
     }
 }
@@ -174,6 +186,7 @@ impl FromStr for SinkSpec {
             target: Target::Stdout,
             queue: DEFAULT_QUEUE,
             kinds: Vec::new(),
+            format: Format::Ndjson,
         };
         for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv
@@ -201,10 +214,19 @@ impl FromStr for SinkSpec {
                         .parse()
                         .map_err(|_| SpecError::BadOption(kv.into(), "a number of files".into()))?
                 }
+                "format" => {
+                    spec.format = match v {
+                        "ndjson" => Format::Ndjson,
+                        "ocsf" => Format::Ocsf,
+                        _ => {
+                            return Err(SpecError::BadOption(kv.into(), "ndjson or ocsf".into()));
+                        }
+                    }
+                }
                 _ => {
                     return Err(SpecError::BadOption(
                         kv.into(),
-                        "unknown option (name, queue, kinds, max_size, keep)".into(),
+                        "unknown option (name, queue, kinds, max_size, keep, format)".into(),
                     ));
                 }
             }
@@ -331,6 +353,17 @@ mod tests {
         assert!(matches!(
             "file:/x?max_size=12XB".parse::<SinkSpec>(),
             Err(SpecError::BadSize(_))
+        ));
+    }
+
+    #[test]
+    fn format_option() {
+        let s: SinkSpec = "tcp:127.0.0.1:5170?format=ocsf&name=siem".parse().unwrap();
+        assert_eq!(s.format, Format::Ocsf);
+        assert_eq!(SinkSpec::stdout().format, Format::Ndjson);
+        assert!(matches!(
+            "stdout?format=cef".parse::<SinkSpec>(),
+            Err(SpecError::BadOption(..))
         ));
     }
 

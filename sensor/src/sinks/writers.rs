@@ -1,17 +1,23 @@
 //! The blocking writers behind each sink's queue: stdout, a rotating file, a TCP or unix stream.
 use std::{
+    collections::VecDeque,
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     net::{TcpStream, ToSocketAddrs},
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt, unix::net::UnixStream},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// How long a blocked write to a collector may take before it counts as failed.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connect may take (short: shutdown waits for it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lines written to a collector in this last while, up to this many bytes, are kept and sent
+/// again on the next connection when the current one turns out broken: a collector that exits
+/// drops what its socket still held unread, which the kernel had already acknowledged.
+const RETAIN_AGE: Duration = Duration::from_secs(2);
+const RETAIN_BYTES: usize = 4 << 20;
 
 /// Writes whole lines. On error, says how many of the lines went out before it.
 pub trait Writer: Send {
@@ -24,6 +30,10 @@ pub trait Writer: Send {
     /// Whether a connection to the collector is up (always true for stdout and files).
     fn connected(&self) -> bool {
         true
+    }
+    /// At exit: lines written to a connection found broken that could not be sent again.
+    fn unconfirmed(&self) -> u64 {
+        0
     }
 }
 
@@ -208,6 +218,11 @@ pub struct StreamWriter {
     endpoint: Endpoint,
     conn: Option<Conn>,
     buf: Vec<u8>,
+    /// Lines recently written on the current connection, oldest first, with when.
+    retained: VecDeque<(Instant, String)>,
+    retained_bytes: usize,
+    /// The connection broke after `retained` was written to it: send it again first.
+    resend: bool,
 }
 
 impl StreamWriter {
@@ -216,6 +231,9 @@ impl StreamWriter {
             endpoint,
             conn: None,
             buf: Vec::with_capacity(1 << 16),
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            resend: false,
         }
     }
 
@@ -243,33 +261,89 @@ impl StreamWriter {
             }
         }
     }
-}
 
-impl Writer for StreamWriter {
-    fn write_lines(&mut self, lines: &[String]) -> Result<(), (usize, io::Error)> {
+    /// Drops the connection if the collector closed it; what it may not have read is resent.
+    fn check_peer(&mut self) {
         if self.conn.as_ref().is_some_and(|c| c.peer_gone()) {
-            self.conn = None;
+            self.broken();
         }
+    }
+
+    fn broken(&mut self) {
+        self.conn = None;
+        if !self.retained.is_empty() {
+            self.resend = true;
+        }
+    }
+
+    fn retain(&mut self, lines: &[String]) {
+        let now = Instant::now();
+        for l in lines {
+            self.retained_bytes += l.len() + 1;
+            self.retained.push_back((now, l.clone()));
+        }
+        while let Some((at, l)) = self.retained.front() {
+            if now.duration_since(*at) <= RETAIN_AGE && self.retained_bytes <= RETAIN_BYTES {
+                break;
+            }
+            self.retained_bytes -= l.len() + 1;
+            self.retained.pop_front();
+        }
+    }
+
+    /// Connects if needed and writes the retained lines again (when the last connection broke)
+    /// and then `lines`, all or nothing.
+    fn send(&mut self, lines: &[String]) -> io::Result<()> {
         if self.conn.is_none() {
-            self.conn = Some(self.connect().map_err(|e| (0, e))?);
+            self.conn = Some(self.connect()?);
         }
         self.buf.clear();
+        if self.resend {
+            for (_, l) in &self.retained {
+                self.buf.extend_from_slice(l.as_bytes());
+                self.buf.push(b'\n');
+            }
+        }
         for l in lines {
             self.buf.extend_from_slice(l.as_bytes());
             self.buf.push(b'\n');
         }
         let Some(conn) = self.conn.as_mut() else {
-            return Err((0, io::Error::other("not connected")));
+            return Err(io::Error::other("not connected"));
         };
         // All or nothing: on a broken connection the whole batch is sent again on the next one
         // (a collector may see a line twice, or a cut line at the break, never a lost one).
         if let Err(e) = conn.stream().write_all(&self.buf) {
-            self.conn = None;
-            return Err((0, e));
+            self.broken();
+            return Err(e);
+        }
+        if self.resend {
+            tracing::info!(
+                "sink {}: the connection broke; sent the last {} records again (a collector may see them twice)",
+                self.endpoint,
+                self.retained.len()
+            );
+            self.resend = false;
         }
         Ok(())
     }
+}
+
+impl Writer for StreamWriter {
+    fn write_lines(&mut self, lines: &[String]) -> Result<(), (usize, io::Error)> {
+        self.check_peer();
+        self.send(lines).map_err(|e| (0, e))?;
+        self.retain(lines);
+        Ok(())
+    }
+    /// Called when the queue runs empty (and at least every 500 ms while idle): a collector that
+    /// went away meanwhile gets what it may not have read on a new connection now, not at the
+    /// next record.
     fn flush(&mut self) -> io::Result<()> {
+        self.check_peer();
+        if self.resend {
+            self.send(&[])?;
+        }
         Ok(())
     }
     fn retries(&self) -> bool {
@@ -277,6 +351,13 @@ impl Writer for StreamWriter {
     }
     fn connected(&self) -> bool {
         self.conn.is_some()
+    }
+    fn unconfirmed(&self) -> u64 {
+        if self.resend {
+            self.retained.len() as u64
+        } else {
+            0
+        }
     }
 }
 
