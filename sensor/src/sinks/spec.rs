@@ -27,6 +27,8 @@ pub const KINDS: &[&str] = &[
     "container_start",
     "image_push",
     "finding",
+    "image_contents",
+    "image_provenance",
 ];
 
 /// Names for groups of kinds, usable wherever kinds are listed.
@@ -39,7 +41,15 @@ pub const KIND_GROUPS: &[(&str, &[&str])] = &[
     ),
     ("api", &["api_request", "api_response"]),
     ("builds", &["build_started", "build_finished"]),
-    ("images", &["container_start", "image_push"]),
+    (
+        "images",
+        &[
+            "container_start",
+            "image_push",
+            "image_contents",
+            "image_provenance",
+        ],
+    ),
     ("findings", &["finding"]),
 ];
 
