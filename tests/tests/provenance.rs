@@ -263,9 +263,12 @@ fn build_with_download(builder: Builder, name: &str) {
         .as_array()
         .unwrap();
     assert!(deps.iter().any(|d| d["uri"] == url.as_str()), "{deps:?}");
+    // BuildKit names the base fully qualified (docker.io/library/localbase:1).
+    let base_id = image_id(BASE);
     assert!(
         deps.iter()
-            .any(|d| d["name"] == BASE && d["digest"]["sha256"].is_string()),
+            .any(|d| d["name"].as_str().is_some_and(|n| n.ends_with(BASE))
+                && d["digest"]["sha256"] == base_id.trim_start_matches("sha256:")),
         "{deps:?}"
     );
     let byproducts = p["runDetails"]["byproducts"].as_array().unwrap();

@@ -7,6 +7,7 @@ use super::layers::{self, DockerImage};
 use super::provenance::ResolvedBase;
 use super::walk::{Bounds, Budget, walk_layer};
 use crate::detect::HostPaths;
+use crate::detect::host::{docker_image_id, docker_repo_digests};
 use crate::policy::ALLOWED;
 use crate::record::{
     BuildFinished, BuildStep, Evidence, FetchSource, ImageContents, ImageLayer, OutboundConnection,
@@ -107,15 +108,18 @@ pub fn image_contents(i: &ContentsInput) -> (ImageContents, Vec<ResolvedBase>) {
         .base_images
         .iter()
         .map(|base| {
+            // BuildKit does not say which image a FROM resolved to: the tag names it now (read
+            // right after the build).
             let id = base
                 .image_id
                 .as_deref()
-                .and_then(|id| layers::resolve_image_id(i.paths, id));
+                .and_then(|id| layers::resolve_image_id(i.paths, id))
+                .or_else(|| docker_image_id(i.paths, &base.reference));
             ResolvedBase {
                 reference: base.reference.clone(),
                 repo_digests: id
                     .as_deref()
-                    .map(|id| super::repo_digests(i.paths, id))
+                    .map(|id| docker_repo_digests(i.paths, repository(&base.reference), id))
                     .unwrap_or_default(),
                 image_id: id,
             }
@@ -209,6 +213,15 @@ fn list_layers(c: &mut ImageContents, image: &DockerImage, from: usize, i: &Cont
     c.skipped = budget.skipped;
 }
 
+/// A reference without its tag or digest (`registry:5000/team/app:1` → `registry:5000/team/app`).
+fn repository(reference: &str) -> &str {
+    let r = reference.split('@').next().unwrap_or(reference);
+    match r.rfind(':') {
+        Some(i) if !r[i..].contains('/') => &r[..i],
+        _ => r,
+    }
+}
+
 /// A downloader's output path names the file: the same absolute path, or a relative one that
 /// the path ends with (its working directory is not known).
 fn writes(out: &str, path: &str) -> bool {
@@ -263,5 +276,11 @@ mod tests {
         assert!(step_of("/bin/sh -c #(nop) COPY file:abc in / ", &steps).is_none());
         assert!(writes("/usr//bin/./x", "/usr/bin/x"));
         assert!(writes("x", "/root/x") && !writes("x", "/root/y"));
+        assert_eq!(
+            repository("registry:5000/team/app:1"),
+            "registry:5000/team/app"
+        );
+        assert_eq!(repository("registry:5000/app"), "registry:5000/app");
+        assert_eq!(repository("app@sha256:ab"), "app");
     }
 }

@@ -310,31 +310,6 @@ fn dockerfile_of(paths: &HostPaths, c: &ApiClient) -> Option<(PathBuf, String)> 
     Some((read, shown.display().to_string()))
 }
 
-/// `repo@sha256:...` names the image store gives an image id (repositories.json).
-pub fn repo_digests(paths: &HostPaths, image_id: &str) -> Vec<String> {
-    let p = paths
-        .host(&paths.docker_root)
-        .join("image/overlay2/repositories.json");
-    let Ok(bytes) = std::fs::read(p) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Some(repos) = v["Repositories"].as_object() {
-        for refs in repos.values().filter_map(|r| r.as_object()) {
-            for (name, id) in refs {
-                if name.contains('@') && id == image_id {
-                    out.push(name.clone());
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 impl Engine for ImageEngine {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
