@@ -95,6 +95,21 @@ fn files(contents: &Value) -> Vec<&Value> {
         .collect()
 }
 
+/// The first record of `kind` for `build_id` (with `extra` true), or a panic naming both.
+fn record_of(
+    sensor: &SensorProcess,
+    kind: &str,
+    build_id: &str,
+    extra: impl Fn(&Value) -> bool,
+) -> Value {
+    sensor
+        .wait_for(
+            |r| r["kind"] == kind && r["build_id"] == build_id && extra(r),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no {kind} for {build_id}: {e:#}"))
+}
+
 fn statement_is_strictly_valid(statement: &Value) {
     let out = python(VALIDATE_STATEMENT, &[], statement.to_string().as_bytes());
     assert!(
@@ -154,12 +169,7 @@ fn build_with_download(builder: Builder, name: &str) {
     let id = image_id(&tag);
     let finished = build_record(&sensor, "build_finished", &tag, WAIT);
     let build_id = finished["build_id"].as_str().unwrap().to_string();
-    let contents = sensor
-        .wait_for(
-            |r| r["kind"] == "image_contents" && r["build_id"] == build_id.as_str(),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no image_contents for {build_id}: {e:#}"));
+    let contents = record_of(&sensor, "image_contents", &build_id, |_| true);
     eprintln!("{contents}");
     assert_eq!(contents["image_id"], id.as_str());
     assert_eq!(contents["storage"], "docker");
@@ -197,16 +207,9 @@ fn build_with_download(builder: Builder, name: &str) {
     assert_eq!(data["sha256"], sha256_hex(b"data\n").as_str());
     assert!(data.get("executable").is_none() && data.get("fetched_from").is_none());
 
-    let finding = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "build_downloaded_executable"
-                    && r["build_id"] == build_id.as_str()
-            },
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no build_downloaded_executable finding: {e:#}"));
+    let finding = record_of(&sensor, "finding", &build_id, |r| {
+        r["rule"] == "build_downloaded_executable"
+    });
     assert_eq!(finding["attack"][0], "T1612");
     assert_eq!(finding["analytics"][0], "AN1261");
     assert_eq!(
@@ -224,12 +227,7 @@ fn build_with_download(builder: Builder, name: &str) {
             .contains(&sha256_hex(TOOL))
     );
 
-    let prov = sensor
-        .wait_for(
-            |r| r["kind"] == "image_provenance" && r["build_id"] == build_id.as_str(),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no image_provenance for {build_id}: {e:#}"));
+    let prov = record_of(&sensor, "image_provenance", &build_id, |_| true);
     let st = &prov["statement"];
     assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
     assert_eq!(

@@ -93,7 +93,7 @@ type Step<'a> = Box<dyn Fn() -> Result<Outcome> + 'a>;
 /// Run every step; status lines go to stderr (stdout of `cargo xtask run` is the sensor's NDJSON).
 pub fn setup(args: &SetupArgs, verbosity: Verbosity) -> Result<()> {
     let toolchain = workspace_toolchain();
-    let steps: [(String, Step); 6] = [
+    let steps: [(String, Step); 7] = [
         (
             format!("apt packages ({})", APT_PACKAGES.join(" ")),
             Box::new(apt_packages),
