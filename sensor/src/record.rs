@@ -613,7 +613,8 @@ pub struct ImageContents {
     pub build_id: String,
     pub image_id: String,
     pub builder: String,
-    /// The image store the layers were read from: `docker` (overlay2), or empty when none was.
+    /// The image store the layers were read from: `docker` (overlay2), `containers-storage`
+    /// (buildah, podman), or empty when none was.
     pub storage: String,
     /// Layers of the image below the build's (the base image's), not listed.
     pub base_layers: u32,
@@ -641,6 +642,10 @@ pub struct ImageLayer {
     /// Index of the build step (`build_finished.steps[].index`) that produced it, when a RUN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<u32>,
+    /// When the layer holds the changes of several steps (buildah commits all RUNs of a stage
+    /// into one layer): their indexes. Files and connections are then those of all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<u32>,
     /// The step's outbound connections (from `build_finished.outbound`, `made_by` the step).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<StepConnection>,

@@ -119,10 +119,55 @@ fn statement_is_strictly_valid(statement: &Value) {
     );
 }
 
-fn build_with_download(builder: Builder, name: &str) {
+/// Who builds the image.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    Docker(Builder),
+    /// `buildah bud`, on containers-storage (which commits all RUNs of a stage into one layer).
+    Buildah,
+}
+
+/// Builds `ctx` as `tag`; returns the image id (`sha256:...`).
+fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
+    match via {
+        Via::Docker(builder) => {
+            ctx.build(tag, builder);
+            image_id(tag)
+        }
+        Via::Buildah => {
+            // --pull=never: the base is local; host network: the step reaches the test host
+            // through this host's routes (as in tests/tests/builds_more.rs).
+            let out = Cmd::new("buildah")
+                .args(["bud", "--pull=never", "--network", "host", "-t", tag])
+                .arg(ctx.path())
+                .timeout(Duration::from_secs(300))
+                .run();
+            let id = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            assert_eq!(id.len(), 64, "buildah printed no image id: {id:?}");
+            format!("sha256:{id}")
+        }
+    }
+}
+
+fn build_with_download(via: Via, name: &str) {
     require_root("running the sensor, dockerd and a test host");
     Dockerd::ensure();
     ensure_base_image(BASE);
+    let from = if via == Via::Buildah {
+        // containers-storage gets the offline base from the main engine (no registry).
+        Cmd::new("buildah")
+            .args(["pull", "--quiet", &format!("docker-daemon:{BASE}")])
+            .timeout(Duration::from_secs(120))
+            .run();
+        format!("docker.io/library/{BASE}")
+    } else {
+        BASE.to_string()
+    };
     let host = TestHost::new("prov");
     host.serve_http(8091, &[("tool", TOOL)]);
     let state = tempfile::tempdir().unwrap();
@@ -162,26 +207,36 @@ fn build_with_download(builder: Builder, name: &str) {
 
     let url = host.url(8091, "tool");
     let ctx = BuildContext::new(&format!(
-        "FROM {BASE}\nRUN wget -q -O /usr/bin/fetched-tool {url} && chmod +x /usr/bin/fetched-tool && /usr/bin/fetched-tool && rm /etc/group\nRUN echo data > /data.txt\n"
+        "FROM {from}\nRUN wget -q -O /usr/bin/fetched-tool {url} && chmod +x /usr/bin/fetched-tool && /usr/bin/fetched-tool && rm /etc/group\nRUN echo data > /data.txt\n"
     ));
     let tag = unique_tag(name);
-    ctx.build(&tag, builder);
-    let id = image_id(&tag);
+    let id = build(via, &ctx, &tag);
     let finished = build_record(&sensor, "build_finished", &tag, WAIT);
     let build_id = finished["build_id"].as_str().unwrap().to_string();
     let contents = record_of(&sensor, "image_contents", &build_id, |_| true);
     eprintln!("{contents}");
     assert_eq!(contents["image_id"], id.as_str());
-    assert_eq!(contents["storage"], "docker");
     assert!(contents.get("error").is_none(), "{contents}");
     assert!(contents["base_layers"].as_u64().unwrap() >= 1, "{contents}");
-    // Only the build's two RUN layers, not the base's.
-    assert_eq!(
-        contents["layers"].as_array().unwrap().len(),
-        2,
-        "{contents}"
-    );
-    assert_eq!(contents["layers"][0]["step"], 1, "{contents}");
+    if via == Via::Buildah {
+        assert_eq!(contents["storage"], "containers-storage");
+        // One layer for both RUNs, made by step 2 and holding step 1's changes.
+        assert_eq!(
+            contents["layers"].as_array().unwrap().len(),
+            1,
+            "{contents}"
+        );
+        assert_eq!(contents["layers"][0]["steps"], serde_json::json!([1, 2]));
+    } else {
+        assert_eq!(contents["storage"], "docker");
+        // Only the build's two RUN layers, not the base's.
+        assert_eq!(
+            contents["layers"].as_array().unwrap().len(),
+            2,
+            "{contents}"
+        );
+        assert_eq!(contents["layers"][0]["step"], 1, "{contents}");
+    }
 
     let all = files(&contents);
     let tool = all
@@ -329,15 +384,28 @@ fn build_with_download(builder: Builder, name: &str) {
         statement_is_strictly_valid(&r["statement"]);
     }
     assert_records_match_schema(&records);
-    remove_image(&tag);
+    match via {
+        Via::Docker(_) => remove_image(&tag),
+        Via::Buildah => {
+            let _ = Cmd::new("buildah")
+                .args(["rmi", "-f", &tag])
+                .timeout(Duration::from_secs(60))
+                .output();
+        }
+    }
 }
 
 #[test]
 fn legacy_build_contents_provenance_and_finding() {
-    build_with_download(Builder::Legacy, "prov-legacy");
+    build_with_download(Via::Docker(Builder::Legacy), "prov-legacy");
 }
 
 #[test]
 fn buildkit_build_contents_provenance_and_finding() {
-    build_with_download(Builder::BuildKit, "prov-buildkit");
+    build_with_download(Via::Docker(Builder::BuildKit), "prov-buildkit");
+}
+
+#[test]
+fn buildah_build_contents_provenance_and_finding() {
+    build_with_download(Via::Buildah, "prov-buildah");
 }

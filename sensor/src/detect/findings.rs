@@ -383,51 +383,59 @@ impl FindingsEngine {
         let mut files = Vec::new();
         let mut any_denied = false;
         let mut first: Option<String> = None;
-        for l in &c.layers {
-            for f in l.files.iter().filter(|f| f.executable && f.op != "deleted") {
-                let (source, class, certain) = match &f.fetched_from {
-                    Some(src) => (
-                        json!({ "url": src.url, "addr": src.dst_addr, "port": src.dst_port,
+        // Files with a certain source first: they lead the summary.
+        let mut candidates: Vec<(&crate::record::ImageLayer, &crate::record::ImageFile)> = c
+            .layers
+            .iter()
+            .flat_map(|l| l.files.iter().map(move |f| (l, f)))
+            .filter(|(_, f)| f.executable && f.op != "deleted")
+            .collect();
+        candidates.sort_by_key(|(_, f)| f.fetched_from.is_none());
+        for (l, f) in candidates {
+            let (source, class, certain) = match &f.fetched_from {
+                Some(src) => (
+                    json!({ "url": src.url, "addr": src.dst_addr, "port": src.dst_port,
                                 "dns_name": src.dns_name, "pid": src.pid }),
-                        src.policy.as_str(),
-                        true,
-                    ),
-                    None if f.outside_policy && r.include_uncertain => {
-                        let outside: Vec<&crate::record::StepConnection> =
-                            l.connections.iter().filter(|x| fires(&x.policy)).collect();
-                        let Some(worst) = outside
-                            .iter()
-                            .find(|x| x.policy == DENIED)
-                            .or(outside.first())
-                        else {
-                            continue;
-                        };
-                        (to_value(&outside), worst.policy.as_str(), false)
-                    }
-                    None => continue,
-                };
-                if !fires(class) {
-                    continue;
-                }
-                any_denied |= class == DENIED;
-                if first.is_none() {
-                    let from = match &f.fetched_from {
-                        Some(src) => src.url.clone(),
-                        None => "a step that connected outside policy".into(),
+                    src.policy.as_str(),
+                    true,
+                ),
+                // An empty file downloads nothing (buildah leaves empty 0755 mount points
+                // for /etc/hosts and the like in the layer).
+                None if f.outside_policy && r.include_uncertain && f.size > 0 => {
+                    let outside: Vec<&crate::record::StepConnection> =
+                        l.connections.iter().filter(|x| fires(&x.policy)).collect();
+                    let Some(worst) = outside
+                        .iter()
+                        .find(|x| x.policy == DENIED)
+                        .or(outside.first())
+                    else {
+                        continue;
                     };
-                    first = Some(format!(
-                        "{} (sha256 {}) from {from}",
-                        f.path,
-                        f.sha256.as_deref().unwrap_or("not computed")
-                    ));
+                    (to_value(&outside), worst.policy.as_str(), false)
                 }
-                if files.len() < MAX_FILES {
-                    files.push(json!({
-                        "path": f.path, "sha256": f.sha256, "size": f.size, "mode": f.mode,
-                        "setuid": f.setuid, "step": l.step, "layer": l.diff_id,
-                        "source": source, "policy": class, "certain": certain,
-                    }));
-                }
+                None => continue,
+            };
+            if !fires(class) {
+                continue;
+            }
+            any_denied |= class == DENIED;
+            if first.is_none() {
+                let from = match &f.fetched_from {
+                    Some(src) => src.url.clone(),
+                    None => "a step that connected outside policy".into(),
+                };
+                first = Some(format!(
+                    "{} (sha256 {}) from {from}",
+                    f.path,
+                    f.sha256.as_deref().unwrap_or("not computed")
+                ));
+            }
+            if files.len() < MAX_FILES {
+                files.push(json!({
+                    "path": f.path, "sha256": f.sha256, "size": f.size, "mode": f.mode,
+                    "setuid": f.setuid, "step": l.step, "layer": l.diff_id,
+                    "source": source, "policy": class, "certain": certain,
+                }));
             }
         }
         let Some(first) = first else { return };

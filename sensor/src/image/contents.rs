@@ -104,7 +104,7 @@ pub fn image_contents(i: &ContentsInput) -> (ImageContents, Vec<ResolvedBase>) {
         },
         ..Default::default()
     };
-    let bases: Vec<ResolvedBase> = b
+    let mut bases: Vec<ResolvedBase> = b
         .base_images
         .iter()
         .map(|base| {
@@ -125,29 +125,56 @@ pub fn image_contents(i: &ContentsInput) -> (ImageContents, Vec<ResolvedBase>) {
             }
         })
         .collect();
-    if !matches!(b.builder.as_str(), "legacy" | "buildkit") {
-        c.error = Some(format!(
-            "the layers of {} builds are not read (only dockerd's overlay2 store)",
-            b.builder
-        ));
-        return (c, bases);
-    }
-    let image = match layers::docker_image(i.paths, &image_id) {
+    let (image, storage) = match b.builder.as_str() {
+        "legacy" | "buildkit" => (layers::docker_image(i.paths, &image_id), "docker"),
+        // buildah and podman print the image id on their stdout, which the sensor does not
+        // read: the build's tag names it in the store.
+        "buildah" | "podman" => {
+            let tags = if b.tags.is_empty() {
+                &b.params.tags
+            } else {
+                &b.tags
+            };
+            (
+                layers::containers_image(i.paths, tags),
+                "containers-storage",
+            )
+        }
+        other => {
+            c.error = Some(format!(
+                "the layers of {other} builds are not read (dockerd's overlay2 store and containers-storage only)"
+            ));
+            return (c, bases);
+        }
+    };
+    let image = match image {
         Ok(img) => img,
         Err(e) => {
             c.error = Some(e.to_string());
             return (c, bases);
         }
     };
-    c.storage = "docker".into();
+    c.storage = storage.into();
+    c.image_id = image.id.clone();
+    if bases.is_empty()
+        && let Some((reference, id)) = &image.base
+    {
+        bases.push(ResolvedBase {
+            reference: reference.clone(),
+            image_id: Some(id.clone()),
+            repo_digests: Vec::new(),
+        });
+    }
     // The base's layers are a prefix of the image's; the last FROM is the image's base.
-    let base_layers = bases
-        .iter()
-        .rev()
-        .filter_map(|base| base.image_id.as_deref())
-        .filter_map(|id| layers::docker_image(i.paths, id).ok())
-        .map(|base| layers::shared_prefix(&image, &base))
-        .find(|n| *n > 0);
+    let base_layers = image.base_layers.or_else(|| {
+        bases
+            .iter()
+            .rev()
+            .filter_map(|base| base.image_id.as_deref())
+            .filter_map(|id| layers::docker_image(i.paths, id).ok())
+            .map(|base| layers::shared_prefix(&image, &base))
+            .find(|n| *n > 0)
+    });
     let base_layers = match base_layers {
         Some(n) => n,
         None => {
@@ -169,13 +196,28 @@ fn list_layers(c: &mut ImageContents, image: &DockerImage, from: usize, i: &Cont
             .created_by
             .as_deref()
             .and_then(|cb| step_of(cb, &b.steps));
+        // Every step whose changes the layer holds: its own and those committed with it.
+        let mut steps: Vec<u32> = layer
+            .also_by
+            .iter()
+            .filter_map(|cb| step_of(cb, &b.steps))
+            .chain(step)
+            .map(|s| s.index)
+            .collect();
+        steps.dedup();
         let mut out = ImageLayer {
             diff_id: layer.diff_id.clone(),
             created_by: layer.created_by.clone(),
             step: step.map(|s| s.index),
-            connections: step
-                .map(|s| connections(&b.outbound, s.index))
-                .unwrap_or_default(),
+            steps: if steps.len() > 1 {
+                steps.clone()
+            } else {
+                Vec::new()
+            },
+            connections: steps
+                .iter()
+                .flat_map(|s| connections(&b.outbound, *s))
+                .collect(),
             files: Vec::new(),
         };
         let Some(dir) = layer.dir.as_ref().filter(|d| d.is_dir()) else {
@@ -186,26 +228,29 @@ fn list_layers(c: &mut ImageContents, image: &DockerImage, from: usize, i: &Cont
         let lower: Vec<PathBuf> = dirs[..n].iter().rev().flatten().cloned().collect();
         out.files = walk_layer(dir, &lower, &mut budget);
         let outside = out.connections.iter().any(|x| x.policy != ALLOWED);
-        if let Some(s) = step {
-            let downloads: Vec<&StepDownload> =
-                i.downloads.iter().filter(|d| d.step == s.index).collect();
-            for f in out.files.iter_mut().filter(|f| f.op != "deleted") {
-                f.outside_policy = outside;
-                f.fetched_from = downloads
-                    .iter()
-                    .find(|d| writes(&d.download.path, &f.path))
-                    .and_then(|d| {
-                        source_of(d, &b.outbound).map(|o| FetchSource {
-                            url: d.download.url.clone(),
-                            dst_addr: o.dst_addr.clone(),
-                            dst_port: o.dst_port,
-                            dns_name: o.dns_name.clone(),
-                            policy: o.policy.clone(),
-                            pid: d.pid,
-                            argv: d.argv.clone(),
-                        })
-                    });
-            }
+        let downloads: Vec<&StepDownload> = i
+            .downloads
+            .iter()
+            .filter(|d| steps.contains(&d.step))
+            .collect();
+        for f in out.files.iter_mut().filter(|f| f.op != "deleted") {
+            f.outside_policy = outside;
+            // The last downloader that wrote the path wins (it overwrote the earlier ones).
+            f.fetched_from = downloads
+                .iter()
+                .rev()
+                .find(|d| writes(&d.download.path, &f.path))
+                .and_then(|d| {
+                    source_of(d, &b.outbound).map(|o| FetchSource {
+                        url: d.download.url.clone(),
+                        dst_addr: o.dst_addr.clone(),
+                        dst_port: o.dst_port,
+                        dns_name: o.dns_name.clone(),
+                        policy: o.policy.clone(),
+                        pid: d.pid,
+                        argv: d.argv.clone(),
+                    })
+                });
         }
         c.layers.push(out);
     }

@@ -7,7 +7,9 @@
 //!   layer, where chain-id(L0) = diff_id(L0) and chain-id(Ln) = sha256("<chain-id(Ln-1)> <diff_id(Ln)>");
 //! - `<root>/overlay2/<cache-id>/diff`: the layer's files, deletions as 0:0 character devices,
 //!   replaced directories with the `trusted.overlay.opaque` attribute.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,6 +32,8 @@ pub struct Layer {
     pub dir: Option<PathBuf>,
     /// The non-empty history entry of this layer.
     pub created_by: Option<String>,
+    /// History entries marked `empty_layer` right before it, whose changes it may hold.
+    pub also_by: Vec<String>,
 }
 
 /// An image as its config and layerdb describe it.
@@ -37,7 +41,15 @@ pub struct Layer {
 pub struct DockerImage {
     pub id: String,
     pub layers: Vec<Layer>,
+    /// Bottom layers that are the base image's, when the store says (containers-storage).
+    pub base_layers: Option<usize>,
+    /// The base image (reference, `sha256:` id) when the store records it (containers-storage:
+    /// the manifest's `org.opencontainers.image.base.name` annotation).
+    pub base: Option<(String, String)>,
 }
+
+/// Where buildah and podman keep images when run as root.
+pub const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
 
 fn hex_of(id: &str) -> &str {
     id.strip_prefix("sha256:").unwrap_or(id)
@@ -93,18 +105,17 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// Reads an image's config and finds each layer's directory.
-pub fn docker_image(paths: &HostPaths, image_id: &str) -> Result<DockerImage, LayerError> {
-    let hex = hex_of(image_id);
-    let cfg_path = imagedb(paths).join(hex);
-    if !is_hex(hex) || !cfg_path.is_file() {
-        return Err(LayerError::NoImage(image_id.to_string()));
-    }
+/// An image config's layers, bottom up, each with the history line that made it and the
+/// `empty_layer` lines since the previous layer (buildah commits several RUNs into one layer and
+/// marks all but the last empty).
+fn config_layers(
+    cfg_path: &Path,
+) -> Result<Vec<(String, Option<String>, Vec<String>)>, LayerError> {
     let bad = |why: String| LayerError::BadConfig {
         path: cfg_path.display().to_string(),
         why,
     };
-    let bytes = std::fs::read(&cfg_path).map_err(|e| bad(e.to_string()))?;
+    let bytes = std::fs::read(cfg_path).map_err(|e| bad(e.to_string()))?;
     let cfg: Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
         .as_array()
@@ -112,47 +123,179 @@ pub fn docker_image(paths: &HostPaths, image_id: &str) -> Result<DockerImage, La
         .iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
-    // History entries that made a layer, in order: one per diff_id when the config is whole.
-    let history: Vec<Option<String>> = cfg["history"]
+    let mut made: Vec<(Option<String>, Vec<String>)> = Vec::new();
+    let mut pending = Vec::new();
+    for e in cfg["history"]
         .as_array()
-        .map(|h| {
-            h.iter()
-                .filter(|e| !e["empty_layer"].as_bool().unwrap_or(false))
-                .map(|e| e["created_by"].as_str().map(str::to_string))
-                .collect()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let by = e["created_by"].as_str().map(str::to_string);
+        if e["empty_layer"].as_bool().unwrap_or(false) {
+            pending.extend(by);
+        } else {
+            made.push((by, std::mem::take(&mut pending)));
+        }
+    }
+    // One history entry per layer when the config is whole; otherwise none is trusted.
+    let fits = made.len() == diff_ids.len();
+    Ok(diff_ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| match (fits, made.get(i)) {
+            (true, Some((by, also))) => (d, by.clone(), also.clone()),
+            _ => (d, None, Vec::new()),
         })
-        .unwrap_or_default();
-    let history_fits = history.len() == diff_ids.len();
+        .collect())
+}
+
+/// Reads an image's config and finds each layer's directory.
+pub fn docker_image(paths: &HostPaths, image_id: &str) -> Result<DockerImage, LayerError> {
+    let hex = hex_of(image_id);
+    let cfg_path = imagedb(paths).join(hex);
+    if !is_hex(hex) || !cfg_path.is_file() {
+        return Err(LayerError::NoImage(image_id.to_string()));
+    }
+    let made = config_layers(&cfg_path)?;
     let layerdb = paths
         .host(&paths.docker_root)
         .join("image/overlay2/layerdb/sha256");
     let overlay = paths.host(&paths.docker_root).join("overlay2");
+    let diff_ids: Vec<String> = made.iter().map(|m| m.0.clone()).collect();
     let chains = chain_ids(&diff_ids);
-    let layers = diff_ids
-        .iter()
+    let layers = made
+        .into_iter()
         .zip(&chains)
-        .enumerate()
-        .map(|(i, (diff_id, chain))| {
+        .map(|((diff_id, created_by, also_by), chain)| {
             let dir = std::fs::read_to_string(layerdb.join(hex_of(chain)).join("cache-id"))
                 .ok()
                 .map(|c| c.trim().to_string())
-                // The cache id names a directory under overlay2/: nothing else.
-                .filter(|c| !c.is_empty() && !c.contains('/') && c != "..")
+                .filter(|c| safe_name(c))
                 .map(|c| overlay.join(c).join("diff"));
             Layer {
-                diff_id: diff_id.clone(),
+                diff_id,
                 dir,
-                created_by: if history_fits {
-                    history[i].clone()
-                } else {
-                    None
-                },
+                created_by,
+                also_by,
             }
         })
         .collect();
     Ok(DockerImage {
         id: format!("sha256:{hex}"),
         layers,
+        base_layers: None,
+        base: None,
+    })
+}
+
+/// A name from a store's metadata that names one directory entry, nothing else.
+fn safe_name(c: &str) -> bool {
+    !c.is_empty() && !c.contains('/') && c != ".." && c != "."
+}
+
+/// containers-storage (buildah, podman): `overlay-images/images.json` names the images
+/// (`names`, top `layer`), `overlay-layers/layers.json` their layers (`id`, `parent`),
+/// `overlay/<layer id>/diff` holds a layer's files, and the config is the image's big-data
+/// item `sha256:<id>`, in the file `overlay-images/<id>/=<base64 of the key>`.
+pub fn containers_image(paths: &HostPaths, tags: &[String]) -> Result<DockerImage, LayerError> {
+    let root = paths.host(Path::new(CONTAINERS_STORAGE));
+    let read = |p: PathBuf| -> Result<Value, LayerError> {
+        let bad = |why: String| LayerError::BadConfig {
+            path: p.display().to_string(),
+            why,
+        };
+        let bytes = std::fs::read(&p).map_err(|e| bad(e.to_string()))?;
+        serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
+    };
+    let images = read(root.join("overlay-images/images.json"))?;
+    let images = images.as_array().cloned().unwrap_or_default();
+    let named = |img: &Value, want: &str| {
+        img["names"].as_array().is_some_and(|ns| {
+            ns.iter()
+                .filter_map(Value::as_str)
+                .any(|n| n == want || n.strip_suffix(want).is_some_and(|p| p.ends_with('/')))
+        })
+    };
+    // The newest image a tag names (a tag moves to the newest build).
+    let image = images
+        .iter()
+        .filter(|i| tags.iter().any(|t| named(i, t)))
+        .max_by_key(|i| i["created"].as_str().unwrap_or("").to_string())
+        .ok_or_else(|| LayerError::NoImage(tags.join(", ")))?;
+    let id = image["id"]
+        .as_str()
+        .filter(|i| is_hex(i))
+        .ok_or_else(|| LayerError::NoImage(tags.join(", ")))?;
+    let key = format!("sha256:{id}");
+    let cfg_path = root.join("overlay-images").join(id).join(format!(
+        "={}",
+        base64::engine::general_purpose::STANDARD.encode(&key)
+    ));
+    let made = config_layers(&cfg_path)?;
+    let layers_json = read(root.join("overlay-layers/layers.json"))?;
+    let parent_of: std::collections::HashMap<&str, Option<&str>> = layers_json
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| Some((l["id"].as_str()?, l["parent"].as_str())))
+        .collect();
+    // The top layer's chain, bottom up.
+    let mut chain = Vec::new();
+    let mut cur = image["layer"].as_str();
+    while let Some(l) = cur {
+        if chain.len() > 512 || chain.contains(&l) {
+            break;
+        }
+        chain.push(l);
+        cur = parent_of.get(l).copied().flatten();
+    }
+    chain.reverse();
+    // The base: the named image the manifest's annotation names, else the nearest named
+    // ancestor image, whose top layer is in the chain.
+    let base_name = read(root.join("overlay-images").join(id).join("manifest"))
+        .ok()
+        .and_then(|m| {
+            m["annotations"]["org.opencontainers.image.base.name"]
+                .as_str()
+                .map(str::to_string)
+        });
+    let top_of = |i: &Value| {
+        i["layer"]
+            .as_str()
+            .and_then(|l| chain.iter().position(|c| *c == l))
+    };
+    let base_image = images
+        .iter()
+        .filter(|i| i["id"] != image["id"] && i["names"].as_array().is_some_and(|n| !n.is_empty()))
+        .filter(|i| base_name.as_deref().is_none_or(|b| named(i, b)))
+        .filter_map(|i| Some((top_of(i)?, i)))
+        .max_by_key(|(pos, _)| *pos);
+    let base_layers = base_image.map(|(pos, _)| pos + 1);
+    let base = base_image.and_then(|(_, i)| {
+        let name = base_name
+            .clone()
+            .or_else(|| i["names"][0].as_str().map(str::to_string))?;
+        Some((name, format!("sha256:{}", i["id"].as_str()?)))
+    });
+    let layers = made
+        .into_iter()
+        .enumerate()
+        .map(|(n, (diff_id, created_by, also_by))| Layer {
+            diff_id,
+            dir: chain
+                .get(n)
+                .filter(|c| safe_name(c))
+                .map(|c| root.join("overlay").join(c).join("diff")),
+            created_by,
+            also_by,
+        })
+        .collect();
+    Ok(DockerImage {
+        id: key,
+        layers,
+        base_layers,
+        base,
     })
 }
 

@@ -219,7 +219,11 @@ impl ImageEngine {
     }
 
     fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished) {
-        if b.image_id.is_none() {
+        // buildah/podman records carry no image id: their tag finds it in containers-storage.
+        let tool_image = matches!(b.builder.as_str(), "buildah" | "podman")
+            && b.status == "succeeded"
+            && !(b.tags.is_empty() && b.params.tags.is_empty());
+        if b.image_id.is_none() && !tool_image {
             return;
         }
         let daemon = daemon_pid(&b.build_id)

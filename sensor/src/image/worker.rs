@@ -162,6 +162,16 @@ impl Worker {
         } else {
             (None, Vec::new())
         };
+        // buildah/podman builds get their image id from the store.
+        let mut resolved;
+        let b = match &contents {
+            Some(c) if b.image_id.is_none() && !c.image_id.is_empty() => {
+                resolved = b.clone();
+                resolved.image_id = Some(c.image_id.clone());
+                &resolved
+            }
+            _ => b,
+        };
         let st = statement(&StatementInput {
             host,
             build: b,
