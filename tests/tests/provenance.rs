@@ -125,6 +125,8 @@ enum Via {
     Docker(Builder),
     /// `buildah bud`, on containers-storage (which commits all RUNs of a stage into one layer).
     Buildah,
+    /// `podman build`, on the same store (a layer per RUN).
+    Podman,
 }
 
 /// Builds `ctx` as `tag`; returns the image id (`sha256:...`).
@@ -134,11 +136,16 @@ fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
             ctx.build(tag, builder);
             image_id(tag)
         }
-        Via::Buildah => {
+        Via::Buildah | Via::Podman => {
+            let (tool, verb) = if via == Via::Buildah {
+                ("buildah", "bud")
+            } else {
+                ("podman", "build")
+            };
             // --pull=never: the base is local; host network: the step reaches the test host
             // through this host's routes (as in tests/tests/builds_more.rs).
-            let out = Cmd::new("buildah")
-                .args(["bud", "--pull=never", "--network", "host", "-t", tag])
+            let out = Cmd::new(tool)
+                .args([verb, "--pull=never", "--network", "host", "-t", tag])
                 .arg(ctx.path())
                 .timeout(Duration::from_secs(300))
                 .run();
@@ -148,7 +155,7 @@ fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            assert_eq!(id.len(), 64, "buildah printed no image id: {id:?}");
+            assert_eq!(id.len(), 64, "{tool} printed no image id: {id:?}");
             format!("sha256:{id}")
         }
     }
@@ -158,7 +165,8 @@ fn build_with_download(via: Via, name: &str) {
     require_root("running the sensor, dockerd and a test host");
     Dockerd::ensure();
     ensure_base_image(BASE);
-    let from = if via == Via::Buildah {
+    let on_storage = matches!(via, Via::Buildah | Via::Podman);
+    let from = if on_storage {
         // containers-storage gets the offline base from the main engine (no registry).
         Cmd::new("buildah")
             .args(["pull", "--quiet", &format!("docker-daemon:{BASE}")])
@@ -218,8 +226,12 @@ fn build_with_download(via: Via, name: &str) {
     assert_eq!(contents["image_id"], id.as_str());
     assert!(contents.get("error").is_none(), "{contents}");
     assert!(contents["base_layers"].as_u64().unwrap() >= 1, "{contents}");
-    if via == Via::Buildah {
+    if on_storage {
         assert_eq!(contents["storage"], "containers-storage");
+    } else {
+        assert_eq!(contents["storage"], "docker");
+    }
+    if via == Via::Buildah {
         // One layer for both RUNs, made by step 2 and holding step 1's changes.
         assert_eq!(
             contents["layers"].as_array().unwrap().len(),
@@ -228,7 +240,6 @@ fn build_with_download(via: Via, name: &str) {
         );
         assert_eq!(contents["layers"][0]["steps"], serde_json::json!([1, 2]));
     } else {
-        assert_eq!(contents["storage"], "docker");
         // Only the build's two RUN layers, not the base's.
         assert_eq!(
             contents["layers"].as_array().unwrap().len(),
@@ -386,11 +397,15 @@ fn build_with_download(via: Via, name: &str) {
     assert_records_match_schema(&records);
     match via {
         Via::Docker(_) => remove_image(&tag),
-        Via::Buildah => {
-            let _ = Cmd::new("buildah")
-                .args(["rmi", "-f", &tag])
-                .timeout(Duration::from_secs(60))
-                .output();
+        Via::Buildah | Via::Podman => {
+            let _ = Cmd::new(if via == Via::Buildah {
+                "buildah"
+            } else {
+                "podman"
+            })
+            .args(["rmi", "-f", &tag])
+            .timeout(Duration::from_secs(60))
+            .output();
         }
     }
 }
@@ -408,4 +423,9 @@ fn buildkit_build_contents_provenance_and_finding() {
 #[test]
 fn buildah_build_contents_provenance_and_finding() {
     build_with_download(Via::Buildah, "prov-buildah");
+}
+
+#[test]
+fn podman_build_contents_provenance_and_finding() {
+    build_with_download(Via::Podman, "prov-podman");
 }

@@ -108,9 +108,7 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 /// An image config's layers, bottom up, each with the history line that made it and the
 /// `empty_layer` lines since the previous layer (buildah commits several RUNs into one layer and
 /// marks all but the last empty).
-fn config_layers(
-    cfg_path: &Path,
-) -> Result<Vec<(String, Option<String>, Vec<String>)>, LayerError> {
+fn config_layers(cfg_path: &Path) -> Result<Vec<Layer>, LayerError> {
     let bad = |why: String| LayerError::BadConfig {
         path: cfg_path.display().to_string(),
         why,
@@ -142,9 +140,17 @@ fn config_layers(
     Ok(diff_ids
         .into_iter()
         .enumerate()
-        .map(|(i, d)| match (fits, made.get(i)) {
-            (true, Some((by, also))) => (d, by.clone(), also.clone()),
-            _ => (d, None, Vec::new()),
+        .map(|(i, diff_id)| {
+            let (created_by, also_by) = match (fits, made.get(i)) {
+                (true, Some((by, also))) => (by.clone(), also.clone()),
+                _ => (None, Vec::new()),
+            };
+            Layer {
+                diff_id,
+                dir: None,
+                created_by,
+                also_by,
+            }
         })
         .collect())
 }
@@ -161,23 +167,18 @@ pub fn docker_image(paths: &HostPaths, image_id: &str) -> Result<DockerImage, La
         .host(&paths.docker_root)
         .join("image/overlay2/layerdb/sha256");
     let overlay = paths.host(&paths.docker_root).join("overlay2");
-    let diff_ids: Vec<String> = made.iter().map(|m| m.0.clone()).collect();
+    let diff_ids: Vec<String> = made.iter().map(|m| m.diff_id.clone()).collect();
     let chains = chain_ids(&diff_ids);
     let layers = made
         .into_iter()
         .zip(&chains)
-        .map(|((diff_id, created_by, also_by), chain)| {
-            let dir = std::fs::read_to_string(layerdb.join(hex_of(chain)).join("cache-id"))
+        .map(|(layer, chain)| Layer {
+            dir: std::fs::read_to_string(layerdb.join(hex_of(chain)).join("cache-id"))
                 .ok()
                 .map(|c| c.trim().to_string())
                 .filter(|c| safe_name(c))
-                .map(|c| overlay.join(c).join("diff"));
-            Layer {
-                diff_id,
-                dir,
-                created_by,
-                also_by,
-            }
+                .map(|c| overlay.join(c).join("diff")),
+            ..layer
         })
         .collect();
     Ok(DockerImage {
@@ -281,14 +282,12 @@ pub fn containers_image(paths: &HostPaths, tags: &[String]) -> Result<DockerImag
     let layers = made
         .into_iter()
         .enumerate()
-        .map(|(n, (diff_id, created_by, also_by))| Layer {
-            diff_id,
+        .map(|(n, layer)| Layer {
             dir: chain
                 .get(n)
                 .filter(|c| safe_name(c))
                 .map(|c| root.join("overlay").join(c).join("diff")),
-            created_by,
-            also_by,
+            ..layer
         })
         .collect();
     Ok(DockerImage {
@@ -372,6 +371,60 @@ mod tests {
             docker_image(&paths, "sha256:ffff"),
             Err(LayerError::NoImage("sha256:ffff".into()))
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn containers_storage_image_by_tag_with_base_and_squashed_history() {
+        use base64::Engine as _;
+        let root = std::env::temp_dir().join(format!("sensor-cs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let paths = HostPaths {
+            host_root: root.clone(),
+            docker_root: "/var/lib/docker".into(),
+        };
+        let s = root.join("var/lib/containers/storage");
+        let (base, img) = ("aa".repeat(32), "bb".repeat(32));
+        std::fs::create_dir_all(s.join("overlay-images").join(&img)).unwrap();
+        std::fs::create_dir_all(s.join("overlay-layers")).unwrap();
+        let images = serde_json::json!([
+            {"id": base, "names": ["docker.io/library/base:1"], "layer": "L0", "created": "2026-01-01T00:00:00Z"},
+            {"id": img, "names": ["localhost/app:1"], "layer": "L1", "created": "2026-01-02T00:00:00Z"},
+        ]);
+        std::fs::write(s.join("overlay-images/images.json"), images.to_string()).unwrap();
+        let layers = serde_json::json!([{"id": "L0"}, {"id": "L1", "parent": "L0"}]);
+        std::fs::write(s.join("overlay-layers/layers.json"), layers.to_string()).unwrap();
+        let cfg = serde_json::json!({"rootfs": {"diff_ids": ["sha256:d0", "sha256:d1"]},
+            "history": [{"created_by": "import"},
+                        {"created_by": "/bin/sh -c one", "empty_layer": true},
+                        {"created_by": "/bin/sh -c two"}]});
+        let key = base64::engine::general_purpose::STANDARD.encode(format!("sha256:{img}"));
+        std::fs::write(
+            s.join("overlay-images").join(&img).join(format!("={key}")),
+            cfg.to_string(),
+        )
+        .unwrap();
+        let manifest = serde_json::json!({"annotations": {"org.opencontainers.image.base.name": "docker.io/library/base:1"}});
+        std::fs::write(
+            s.join("overlay-images").join(&img).join("manifest"),
+            manifest.to_string(),
+        )
+        .unwrap();
+
+        let got = containers_image(&paths, &["app:1".into()]).unwrap();
+        assert_eq!(got.id, format!("sha256:{img}"));
+        assert_eq!(got.base_layers, Some(1));
+        assert_eq!(
+            got.base,
+            Some(("docker.io/library/base:1".into(), format!("sha256:{base}")))
+        );
+        assert_eq!(got.layers[1].dir, Some(s.join("overlay/L1/diff")));
+        assert_eq!(got.layers[1].created_by.as_deref(), Some("/bin/sh -c two"));
+        assert_eq!(got.layers[1].also_by, vec!["/bin/sh -c one".to_string()]);
+        assert!(matches!(
+            containers_image(&paths, &["other:1".into()]),
+            Err(LayerError::NoImage(_))
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }
