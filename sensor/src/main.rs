@@ -143,6 +143,10 @@ pub struct RunArgs {
     /// (PKCS#8 PEM: `openssl genpkey -algorithm ed25519 -out FILE`).
     #[arg(long, value_name = "FILE")]
     pub provenance_key: Option<PathBuf>,
+    /// Files listed at most per build in `image_contents` (and its statement's byproducts);
+    /// about 180 bytes each in the record (10,000: about 2 MB lines).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub image_max_entries: u64,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -138,7 +138,10 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             host_root: crate::proc::host_root(),
             ..Default::default()
         },
-        bounds: Bounds::default(),
+        bounds: Bounds {
+            max_entries: args.image_max_entries,
+            ..Default::default()
+        },
         read_storage: true,
         state_dir: Some(args.state_dir.clone()),
         key: args
