@@ -23,7 +23,7 @@ mod schema;
 mod sinks;
 mod store;
 
-use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -215,8 +215,11 @@ fn provenance(args: ProvenanceArgs) -> anyhow::Result<()> {
         private_key: from_config.and_then(|c| c.provenance_key),
         public_key: args.public_key.clone(),
     })?;
-    println!("{out}");
-    Ok(())
+    // A reader that stops early (`| head`) is not an error.
+    match writeln!(std::io::stdout(), "{out}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -9,7 +9,7 @@
 //! engine's next call (at the latest the next tick). A later `image_push` of the image adds the
 //! pushed manifest to the statement's subjects.
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,6 @@ pub struct ImageConfig {
 }
 
 pub struct ImageEngine {
-    paths: HostPaths,
     jobs: SyncSender<Job>,
     done: Receiver<Vec<Body>>,
     pending: usize,
@@ -108,7 +107,7 @@ impl ImageEngine {
         let (jobs, job_rx) = mpsc::sync_channel(QUEUE);
         let (done_tx, done) = mpsc::channel();
         let wc = WorkerConfig {
-            paths: cfg.paths.clone(),
+            paths: cfg.paths,
             bounds: cfg.bounds,
             read_storage: cfg.read_storage,
             store: cfg.state_dir.as_deref().map(store::ProvenanceStore::new),
@@ -122,7 +121,6 @@ impl ImageEngine {
             tracing::warn!("image contents worker not started: {e}");
         }
         ImageEngine {
-            paths: cfg.paths,
             jobs,
             done,
             pending: 0,
@@ -209,7 +207,7 @@ impl ImageEngine {
     }
 
     fn on_build_started(&mut self, b: &BuildStarted) {
-        if let Some((path, shown)) = dockerfile_of(&self.paths, &b.client) {
+        if let Some((path, shown)) = dockerfile_of(&b.client) {
             self.send(Job::Dockerfile {
                 build_id: b.build_id.clone(),
                 path,
@@ -272,7 +270,7 @@ fn server_header(data: &str) -> Option<String> {
 /// directory) or `CONTEXT/Dockerfile`, the context being the last argument. Returns the path
 /// to read (through the client's /proc root, under the host root) and the path as the client
 /// names it.
-fn dockerfile_of(paths: &HostPaths, c: &ApiClient) -> Option<(PathBuf, String)> {
+fn dockerfile_of(c: &ApiClient) -> Option<(PathBuf, String)> {
     let pid = c.pid?;
     let argv = &c.argv;
     let prog = argv.first()?.rsplit('/').next()?;
@@ -304,13 +302,16 @@ fn dockerfile_of(paths: &HostPaths, c: &ApiClient) -> Option<(PathBuf, String)> 
     {
         return None;
     }
-    let cwd = std::fs::read_link(paths.host(Path::new(&format!("/proc/{pid}/cwd")))).ok()?;
+    // The host's /proc (`SENSOR_PROC` in a container), like the rest of the sensor.
+    let proc = crate::proc::proc_root().join(pid.to_string());
+    let cwd = std::fs::read_link(proc.join("cwd")).ok()?;
     let shown = match file {
         Some(f) => cwd.join(f),
         None => cwd.join(context).join("Dockerfile"),
     };
-    let root = paths.host(Path::new(&format!("/proc/{pid}/root")));
-    let read = root.join(shown.strip_prefix("/").unwrap_or(&shown));
+    let read = proc
+        .join("root")
+        .join(shown.strip_prefix("/").unwrap_or(&shown));
     Some((read, shown.display().to_string()))
 }
 
@@ -392,7 +393,6 @@ mod tests {
 
     #[test]
     fn dockerfile_from_docker_and_buildah_argv() {
-        let paths = HostPaths::default();
         let me = std::process::id();
         let cwd = std::env::current_dir().unwrap();
         let c = |argv: &[&str]| ApiClient {
@@ -400,17 +400,13 @@ mod tests {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        let (_, shown) = dockerfile_of(
-            &paths,
-            &c(&["/usr/bin/docker", "build", "-t", "x:1", "/ctx"]),
-        )
-        .unwrap();
+        let (_, shown) =
+            dockerfile_of(&c(&["/usr/bin/docker", "build", "-t", "x:1", "/ctx"])).unwrap();
         assert_eq!(shown, "/ctx/Dockerfile");
-        let (read, shown) =
-            dockerfile_of(&paths, &c(&["buildah", "bud", "-f", "df/F", "."])).unwrap();
+        let (read, shown) = dockerfile_of(&c(&["buildah", "bud", "-f", "df/F", "."])).unwrap();
         assert_eq!(PathBuf::from(&shown), cwd.join("df/F"));
         assert!(read.starts_with(format!("/proc/{me}/root")));
-        assert!(dockerfile_of(&paths, &c(&["docker", "build", "-"])).is_none());
-        assert!(dockerfile_of(&paths, &c(&["curl", "-X", "POST"])).is_none());
+        assert!(dockerfile_of(&c(&["docker", "build", "-"])).is_none());
+        assert!(dockerfile_of(&c(&["curl", "-X", "POST"])).is_none());
     }
 }
