@@ -129,6 +129,23 @@ enum Via {
     Podman,
 }
 
+/// Removes the test's image when the test ends, also when it fails.
+struct ImageGuard(Via, String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let tool = match self.0 {
+            Via::Docker(_) => return remove_image(&self.1),
+            Via::Buildah => "buildah",
+            Via::Podman => "podman",
+        };
+        let _ = Cmd::new(tool)
+            .args(["rmi", "-f", &self.1])
+            .timeout(Duration::from_secs(60))
+            .output();
+    }
+}
+
 /// Builds `ctx` as `tag`; returns the image id (`sha256:...`).
 fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
     match via {
@@ -218,6 +235,7 @@ fn build_with_download(via: Via, name: &str) {
         "FROM {from}\nRUN wget -q -O /usr/bin/fetched-tool {url} && chmod +x /usr/bin/fetched-tool && /usr/bin/fetched-tool && rm /etc/group\nRUN echo data > /data.txt\n"
     ));
     let tag = unique_tag(name);
+    let _image = ImageGuard(via, tag.clone());
     let id = build(via, &ctx, &tag);
     let finished = build_record(&sensor, "build_finished", &tag, WAIT);
     let build_id = finished["build_id"].as_str().unwrap().to_string();
@@ -395,19 +413,6 @@ fn build_with_download(via: Via, name: &str) {
         statement_is_strictly_valid(&r["statement"]);
     }
     assert_records_match_schema(&records);
-    match via {
-        Via::Docker(_) => remove_image(&tag),
-        Via::Buildah | Via::Podman => {
-            let _ = Cmd::new(if via == Via::Buildah {
-                "buildah"
-            } else {
-                "podman"
-            })
-            .args(["rmi", "-f", &tag])
-            .timeout(Duration::from_secs(60))
-            .output();
-        }
-    }
 }
 
 #[test]
