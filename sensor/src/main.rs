@@ -11,6 +11,7 @@ mod dns;
 mod engine;
 mod enrich;
 mod http;
+mod image;
 mod loader;
 mod metrics;
 mod pipeline;
@@ -22,7 +23,7 @@ mod schema;
 mod sinks;
 mod store;
 
-use std::{ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -52,6 +53,31 @@ enum Cmd {
     /// Config and policy files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Print the provenance statement kept for an image built here (in-toto, SLSA v1), its
+    /// DSSE envelope, or verify the envelope's signature.
+    Provenance(ProvenanceArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+struct ProvenanceArgs {
+    /// Image id (`sha256:...`, or at least 12 hex digits of it), tag or pushed reference.
+    image: String,
+    /// The sensor's state directory (where `sensor run` keeps statements under provenance/).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Take `state_dir` and `provenance_key` from the sensor's config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the DSSE envelope instead of the statement.
+    #[arg(long)]
+    envelope: bool,
+    /// Verify the envelope's signature (with --public-key, or the config's `provenance_key`)
+    /// and that its payload is the statement kept; one line, exit status 1 when it fails.
+    #[arg(long)]
+    verify: bool,
+    /// An ed25519 public key (PEM) to verify with.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +139,14 @@ pub struct RunArgs {
     /// Do not capture file writes (less volume on busy container hosts).
     #[arg(long)]
     pub no_file_events: bool,
+    /// Sign each image's provenance statement (a DSSE envelope) with this ed25519 private key
+    /// (PKCS#8 PEM: `openssl genpkey -algorithm ed25519 -out FILE`).
+    #[arg(long, value_name = "FILE")]
+    pub provenance_key: Option<PathBuf>,
+    /// Files listed at most per build in `image_contents` (and its statement's byproducts);
+    /// about 180 bytes each in the record (10,000: about 2 MB lines).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub image_max_entries: u64,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -162,6 +196,32 @@ fn with_config(args: RunArgs) -> anyhow::Result<RunArgs> {
     Ok(config::merge(&path, &after_run)?)
 }
 
+/// `sensor provenance`: the state directory and key from the flags, else from the config file.
+fn provenance(args: ProvenanceArgs) -> anyhow::Result<()> {
+    let from_config = match &args.config {
+        Some(path) => Some(config::merge(path, &[])?),
+        None => None,
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or_else(|| from_config.as_ref().map(|c| c.state_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/sensor"));
+    let out = image::cli::provenance(&image::cli::ProvenanceQuery {
+        image: &args.image,
+        state_dir: &state_dir,
+        envelope: args.envelope,
+        verify: args.verify,
+        private_key: from_config.and_then(|c| c.provenance_key),
+        public_key: args.public_key.clone(),
+    })?;
+    // A reader that stops early (`| head`) is not an error.
+    match writeln!(std::io::stdout(), "{out}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -189,6 +249,7 @@ fn main() -> ExitCode {
         Cmd::Config(ConfigCmd::Check { file }) => config::check(&file)
             .map(|ok| println!("{ok}"))
             .map_err(Into::into),
+        Cmd::Provenance(args) => provenance(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

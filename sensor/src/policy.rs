@@ -188,6 +188,7 @@ pub struct Rules {
     pub deploy_soon_after_build: DeployRule,
     pub build_push_deploy_chain: ChainRule,
     pub build_suspicious_instruction: InstructionRule,
+    pub build_downloaded_executable: DownloadRule,
 }
 
 /// Rule `build_suspicious_instruction`: patterns over a build's Dockerfile instructions.
@@ -279,6 +280,34 @@ impl Default for InstructionRule {
                     r"(?i)^(--\S+\s+)*(https?|ftp)://",
                 ),
             ],
+        }
+    }
+}
+
+/// A step wrote an executable it fetched from outside the allowed registries and mirrors.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadRule {
+    pub enabled: bool,
+    /// For sources classed `unknown`.
+    pub severity: Severity,
+    /// For sources classed `denied`.
+    pub severity_denied: Severity,
+    /// Fire on `unknown` sources too (not only `denied`).
+    pub include_unknown: bool,
+    /// Also fire for executables written by a step that connected outside policy when no
+    /// downloader's command line names the file (the source is then the step's connections).
+    pub include_uncertain: bool,
+}
+
+impl Default for DownloadRule {
+    fn default() -> Self {
+        DownloadRule {
+            enabled: true,
+            severity: Severity::High,
+            severity_denied: Severity::Critical,
+            include_unknown: true,
+            include_uncertain: true,
         }
     }
 }

@@ -103,6 +103,8 @@ pub enum Body {
     ContainerStart(ContainerStart),
     ImagePush(ImagePush),
     Finding(Finding),
+    ImageContents(ImageContents),
+    ImageProvenance(ImageProvenance),
 }
 
 impl Body {
@@ -127,6 +129,8 @@ impl Body {
             Body::ContainerStart(_) => "container_start",
             Body::ImagePush(_) => "image_push",
             Body::Finding(_) => "finding",
+            Body::ImageContents(_) => "image_contents",
+            Body::ImageProvenance(_) => "image_provenance",
         }
     }
 
@@ -669,6 +673,133 @@ pub struct Finding {
     /// Addresses, names and other facts the finding rests on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, serde_json::Value>,
+    pub evidence: Evidence,
+}
+
+/// What the layers a build added to its image hold (sensor/src/image/, docs/events.md).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageContents {
+    pub build_id: String,
+    pub image_id: String,
+    pub builder: String,
+    /// The image store the layers were read from: `docker` (overlay2), `containers-storage`
+    /// (buildah, podman), or empty when none was.
+    pub storage: String,
+    /// Layers of the image below the build's (the base image's), not listed.
+    pub base_layers: u32,
+    pub layers: Vec<ImageLayer>,
+    /// Entries listed, over all layers (at most 10,000 a build).
+    pub entries: u64,
+    /// Entries or digests left out, by reason: `entry_limit`, `file_too_large` (listed without
+    /// a digest), `hash_budget`, `unreadable`, `layer_missing`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, u64>,
+    /// Why nothing (or not everything) could be read, e.g. the image is not in the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub evidence: Evidence,
+}
+
+/// One layer the build added, in image order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageLayer {
+    /// `sha256:...` of the uncompressed layer (the image config's `rootfs.diff_ids`).
+    pub diff_id: String,
+    /// The image history's `created_by` for the layer (`RUN /bin/sh -c ...`, `COPY ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// Index of the build step (`build_finished.steps[].index`) that produced it, when a RUN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    /// When the layer holds the changes of several steps (buildah commits all RUNs of a stage
+    /// into one layer): their indexes. Files and connections are then those of all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<u32>,
+    /// The step's outbound connections (from `build_finished.outbound`, `made_by` the step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<StepConnection>,
+    pub files: Vec<ImageFile>,
+}
+
+/// A destination a step connected to, as listed beside the files it wrote.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct StepConnection {
+    pub dst_addr: String,
+    pub dst_port: u16,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// `allowed`, `unknown` or `denied`.
+    pub policy: String,
+}
+
+/// One file a layer added, changed or deleted.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageFile {
+    /// Absolute path in the image.
+    pub path: String,
+    /// `added`, `changed` (a lower layer had the path), `deleted` (a whiteout), or
+    /// `opaque_dir` (the directory replaces whatever lower layers had there).
+    pub op: String,
+    /// `file`, `dir`, `symlink`, `char`, `block`, `fifo`, `socket`; empty for deletions.
+    #[serde(rename = "type")]
+    pub file_type: String,
+    #[serde(default)]
+    pub size: u64,
+    /// Permission bits with setuid/setgid/sticky, e.g. `0755`, `4755`.
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Of regular files up to the size limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+    /// A regular file with an execute bit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub executable: bool,
+    /// setuid or setgid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub setuid: bool,
+    /// Written by a step that connected outside the policy's allowed destinations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outside_policy: bool,
+    /// The connection that fetched it, where the step's command makes it certain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_from: Option<FetchSource>,
+}
+
+/// Where a file was downloaded from: a downloader (`wget -O`, `curl -o`) of the step wrote this
+/// path and connected to this destination.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct FetchSource {
+    pub url: String,
+    pub dst_addr: String,
+    pub dst_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// `allowed`, `unknown` or `denied`.
+    pub policy: String,
+    /// The downloader process.
+    pub pid: u32,
+    /// Its argv.
+    pub argv: Vec<String>,
+}
+
+/// An in-toto Statement v1 with a SLSA Provenance v1 predicate for an image built here
+/// (docs/provenance.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageProvenance {
+    pub build_id: String,
+    pub image_id: String,
+    /// The statement (`_type` `https://in-toto.io/Statement/v1`).
+    pub statement: serde_json::Value,
+    /// The DSSE envelope of the statement, when a signing key is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envelope: Option<serde_json::Value>,
+    /// Where it is kept (`<state-dir>/provenance/<image>.json`), when it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
     pub evidence: Evidence,
 }
 

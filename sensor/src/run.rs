@@ -19,6 +19,7 @@ use crate::{
     caps,
     detect::{self, HostPaths, SharedLineage},
     engine::Engine,
+    image::{ImageConfig, ImageEngine, dsse, walk::Bounds},
     loader::{self, LoadOptions},
     metrics::{Metrics, Snapshot},
     pipeline::{Pipeline, PipelineOptions, StdoutSink},
@@ -47,6 +48,7 @@ fn engines(
     policy: &PolicyHandle,
     lineage: SharedLineage,
     show_build_args: bool,
+    images: ImageConfig,
 ) -> Vec<Box<dyn Engine>> {
     let config = BuildConfig {
         show_build_args,
@@ -58,6 +60,7 @@ fn engines(
         Box::new(crate::builds::dockerfile::DockerfileEngine::new(
             show_build_args,
         )),
+        Box::new(ImageEngine::new(images)),
     ];
     engines.extend(detect::engines(
         policy.clone(),
@@ -133,6 +136,23 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // The policy is read whole before anything is written; SIGHUP swaps it (see below).
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = detect::open_store(&policy, Some(&args.state_dir))?;
+    let images = ImageConfig {
+        paths: HostPaths {
+            host_root: crate::proc::host_root(),
+            ..Default::default()
+        },
+        bounds: Bounds {
+            max_entries: args.image_max_entries,
+            ..Default::default()
+        },
+        read_storage: true,
+        state_dir: Some(args.state_dir.clone()),
+        key: args
+            .provenance_key
+            .as_deref()
+            .map(dsse::load_key)
+            .transpose()?,
+    };
     let kinds = sinks::expand_kinds(&args.kinds)?;
     let specs = if args.sinks.is_empty() {
         vec![SinkSpec::stdout()]
@@ -157,7 +177,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             kinds,
             write_inputs: true,
         },
-        engines(&policy, lineage, args.show_build_args),
+        engines(&policy, lineage, args.show_build_args, images),
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
@@ -343,7 +363,19 @@ pub fn replay(
             kinds: Vec::new(),
             write_inputs: false,
         },
-        engines(&policy, lineage, show_build_args),
+        engines(
+            &policy,
+            lineage,
+            show_build_args,
+            // The recording's images are not the host's now: layers are not read in replay.
+            ImageConfig {
+                paths: HostPaths::default(),
+                bounds: Bounds::default(),
+                read_storage: false,
+                state_dir: state_dir.map(Path::to_path_buf),
+                key: None,
+            },
+        ),
         Box::new(StdoutSink::new()),
     );
     let mut bad = 0u64;

@@ -140,6 +140,22 @@ fn build_push_then_run_is_the_an0946_chain() {
         push["client"]["pid"].as_u64().is_some_and(|p| p > 0),
         "{push}"
     );
+    // Issue 11: the image's provenance statement gains the pushed manifest as a subject.
+    let hex = digest.trim_start_matches("sha256:");
+    let prov = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "image_provenance"
+                    && r["statement"]["subject"].as_array().is_some_and(|s| {
+                        s.iter()
+                            .any(|x| x["name"] == pushed.as_str() && x["digest"]["sha256"] == hex)
+                    })
+            },
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no image_provenance naming {pushed}@{digest}: {e:#}"));
+    assert_eq!(prov["build_id"], build_id.as_str(), "{prov}");
+    assert_eq!(prov["image_id"], image.as_str(), "{prov}");
 
     let name = format!("detect-chain-{}", std::process::id());
     let _container = ContainerGuard(name.clone());

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "iproute2",
     "curl",
+    // Signing keys for the provenance tests (tests/tests/provenance.rs).
+    "openssl",
     "iptables",
     "bpftool",
     // `systemd-analyze verify` of deploy/systemd/sensor.service (tests/tests/deploy.rs).
@@ -46,8 +48,15 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// Python libraries of the end-to-end tests, from PyPI: `chdb`, ClickHouse's engine in-process,
 /// loads the streams through deploy/clickhouse (tests/tests/fleet.rs); `py-ocsf-models`
-/// validates the `format=ocsf` sink's events against the OCSF models.
-const PYTHON_TEST_LIBS: &[&str] = &["chdb==4.4.0", "py-ocsf-models==0.10.0"];
+/// validates the `format=ocsf` sink's events against the OCSF models; the in-toto attestation
+/// library (Statement and SLSA provenance protobufs) and `cryptography` (ed25519) check every
+/// statement and signature the sensor writes (tests/tests/provenance.rs).
+const PYTHON_TEST_LIBS: &[&str] = &[
+    "chdb==4.4.0",
+    "py-ocsf-models==0.10.0",
+    "in-toto-attestation==0.9.3",
+    "cryptography==48.0.0",
+];
 
 /// The bpf-linker release known to link with the nightly's LLVM 22 (HOST-NOTES).
 const BPF_LINKER_VERSION: &str = "0.13.0";

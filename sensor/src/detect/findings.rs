@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::policy::{ALLOWED, DENIED, PolicyHandle, Severity, UNKNOWN, is_loopback};
 use crate::record::{
     ApiClient, Body, BuildDockerfile, BuildFinished, BuildStarted, ContainerStart, Evidence,
-    Finding, Record,
+    Finding, ImageContents, Record,
 };
 
 /// Build Image on Host.
@@ -425,6 +425,111 @@ impl FindingsEngine {
     }
 }
 
+/// Executables listed at most in one `build_downloaded_executable` finding.
+const MAX_FILES: usize = 16;
+
+impl FindingsEngine {
+    /// `build_downloaded_executable`: an executable in a layer the build added was fetched from
+    /// a destination outside policy (certain: a downloader's argv names the file), or written by
+    /// a step that connected outside policy (uncertain, with the step's connections).
+    fn on_image_contents(&mut self, rec: &Record, c: &ImageContents, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.build_downloaded_executable;
+        if !r.enabled {
+            return;
+        }
+        let fires = |class: &str| class == DENIED || (class == UNKNOWN && r.include_unknown);
+        let mut files = Vec::new();
+        let mut any_denied = false;
+        let mut first: Option<String> = None;
+        // Files with a certain source first: they lead the summary.
+        let mut candidates: Vec<(&crate::record::ImageLayer, &crate::record::ImageFile)> = c
+            .layers
+            .iter()
+            .flat_map(|l| l.files.iter().map(move |f| (l, f)))
+            .filter(|(_, f)| f.executable && f.op != "deleted")
+            .collect();
+        candidates.sort_by_key(|(_, f)| f.fetched_from.is_none());
+        for (l, f) in candidates {
+            let (source, class, certain) = match &f.fetched_from {
+                Some(src) => (
+                    json!({ "url": src.url, "addr": src.dst_addr, "port": src.dst_port,
+                                "dns_name": src.dns_name, "pid": src.pid }),
+                    src.policy.as_str(),
+                    true,
+                ),
+                // An empty file downloads nothing (buildah leaves empty 0755 mount points
+                // for /etc/hosts and the like in the layer).
+                None if f.outside_policy && r.include_uncertain && f.size > 0 => {
+                    let outside: Vec<&crate::record::StepConnection> =
+                        l.connections.iter().filter(|x| fires(&x.policy)).collect();
+                    let Some(worst) = outside
+                        .iter()
+                        .find(|x| x.policy == DENIED)
+                        .or(outside.first())
+                    else {
+                        continue;
+                    };
+                    (to_value(&outside), worst.policy.as_str(), false)
+                }
+                None => continue,
+            };
+            if !fires(class) {
+                continue;
+            }
+            any_denied |= class == DENIED;
+            if first.is_none() {
+                let from = match &f.fetched_from {
+                    Some(src) => src.url.clone(),
+                    None => "a step that connected outside policy".into(),
+                };
+                first = Some(format!(
+                    "{} (sha256 {}) from {from}",
+                    f.path,
+                    f.sha256.as_deref().unwrap_or("not computed")
+                ));
+            }
+            if files.len() < MAX_FILES {
+                files.push(json!({
+                    "path": f.path, "sha256": f.sha256, "size": f.size, "mode": f.mode,
+                    "setuid": f.setuid, "step": l.step, "layer": l.diff_id,
+                    "source": source, "policy": class, "certain": certain,
+                }));
+            }
+        }
+        let Some(first) = first else { return };
+        let more = if files.len() > 1 {
+            format!(" and {} more executable(s)", files.len() - 1)
+        } else {
+            String::new()
+        };
+        let mut d = BTreeMap::new();
+        d.insert("files".into(), Value::Array(files));
+        let mut ids = vec![rec.id];
+        ids.extend(c.evidence.record_ids.iter().copied());
+        let f = finding(
+            "build_downloaded_executable",
+            if any_denied {
+                r.severity_denied
+            } else {
+                r.severity
+            },
+            format!(
+                "Image build {} wrote the executable {first}{more}, outside the policy's allowed registries and mirrors.",
+                c.build_id
+            ),
+            &[T1612],
+            &[AN1261],
+            Some(&c.build_id),
+            None,
+            Some(&c.image_id),
+            d,
+            ids,
+        );
+        self.emit(f, out);
+    }
+}
+
 impl Engine for FindingsEngine {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
@@ -432,6 +537,7 @@ impl Engine for FindingsEngine {
             Body::BuildFinished(b) => self.on_build_finished(rec, b, out),
             Body::BuildDockerfile(d) => self.on_dockerfile(rec, d, out),
             Body::ContainerStart(c) => self.on_container_start(rec, c, out),
+            Body::ImageContents(c) => self.on_image_contents(rec, c, out),
             _ => {}
         }
     }
@@ -713,6 +819,80 @@ mod tests {
             &mut out,
         );
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn downloaded_executable_fires_on_outside_source_only() {
+        use crate::record::{FetchSource, ImageFile, ImageLayer, StepConnection};
+        let (mut e, _) = engine("");
+        let file = |path: &str, policy: &str| ImageFile {
+            path: path.into(),
+            op: "added".into(),
+            file_type: "file".into(),
+            mode: "0755".into(),
+            executable: true,
+            sha256: Some("ab".repeat(32)),
+            outside_policy: policy != "allowed",
+            fetched_from: Some(FetchSource {
+                url: format!("http://h/{path}"),
+                dst_addr: "10.0.0.2".into(),
+                dst_port: 80,
+                policy: policy.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let contents = |files: Vec<ImageFile>| ImageContents {
+            build_id: "b-1".into(),
+            image_id: "sha256:x".into(),
+            layers: vec![ImageLayer {
+                step: Some(1),
+                connections: vec![StepConnection {
+                    dst_addr: "10.0.0.2".into(),
+                    dst_port: 80,
+                    protocol: "tcp".into(),
+                    policy: "unknown".into(),
+                    ..Default::default()
+                }],
+                files,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        e.observe(
+            &rec(
+                5,
+                1,
+                Body::ImageContents(contents(vec![file("/x", "unknown")])),
+            ),
+            &mut out,
+        );
+        let f = findings(&out);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].rule, "build_downloaded_executable");
+        assert_eq!(f[0].severity, "high");
+        assert!(f[0].summary.contains("/x") && f[0].summary.contains("http://h//x"));
+        assert_eq!(f[0].details["files"][0]["certain"], true);
+
+        let mut out = Vec::new();
+        e.observe(
+            &rec(
+                6,
+                1,
+                Body::ImageContents(contents(vec![file("/ok", "allowed")])),
+            ),
+            &mut out,
+        );
+        assert!(findings(&out).is_empty(), "allowed source");
+        let mut not_exec = file("/data", "unknown");
+        not_exec.executable = false;
+        let mut out = Vec::new();
+        e.observe(
+            &rec(7, 1, Body::ImageContents(contents(vec![not_exec]))),
+            &mut out,
+        );
+        assert!(findings(&out).is_empty(), "not executable");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub const KINDS: &[&str] = &[
     "container_start",
     "image_push",
     "finding",
+    "image_contents",
+    "image_provenance",
 ];
 
 /// Names for groups of kinds, usable wherever kinds are listed.
@@ -44,7 +46,15 @@ pub const KIND_GROUPS: &[(&str, &[&str])] = &[
         "builds",
         &["build_started", "build_finished", "build_dockerfile"],
     ),
-    ("images", &["container_start", "image_push"]),
+    (
+        "images",
+        &[
+            "container_start",
+            "image_push",
+            "image_contents",
+            "image_provenance",
+        ],
+    ),
     ("findings", &["finding"]),
 ];
 
