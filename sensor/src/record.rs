@@ -426,6 +426,10 @@ pub struct BuildParams {
     pub no_cache: bool,
     #[serde(default)]
     pub pull: bool,
+    /// Quiet output asked for (`q=1`, `docker build -q`): the daemon shows the client only the
+    /// image id, so the build is followed from what the daemon does.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]

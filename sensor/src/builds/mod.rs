@@ -35,6 +35,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::detect::HostPaths;
 use crate::engine::Engine;
 use crate::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
@@ -57,6 +58,8 @@ pub struct BuildConfig {
     /// (`builds_timed_out`).
     pub build_timeout: Duration,
     pub classify: Classifier,
+    /// Where dockerd's image store is (image chains of quiet legacy builds).
+    pub paths: HostPaths,
 }
 
 impl Default for BuildConfig {
@@ -66,6 +69,7 @@ impl Default for BuildConfig {
             max_open_builds: 64,
             build_timeout: Duration::from_secs(3600),
             classify: Arc::new(|_, _, _| "unknown".to_string()),
+            paths: HostPaths::default(),
         }
     }
 }
@@ -117,6 +121,12 @@ struct PendingStep {
     pids: Vec<u32>,
     exit: Option<(Timestamp, Option<i32>, Option<i32>)>,
     net: Vec<NetEvent>,
+    /// Quiet legacy builds open when a container step started: the step is one of theirs or
+    /// none, decided when each ends (image chain), never by timing alone.
+    quiet_candidates: Vec<u64>,
+    /// A candidate ended that could not tell (no image chain): if no other claims the step,
+    /// it is unattributed rather than no build's.
+    lost_candidate: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -227,6 +237,9 @@ impl BuildTracker {
     }
 
     fn close(&mut self, key: u64, now: Timestamp, why: Option<&str>, out: &mut Vec<Body>) {
+        if self.builds.contains_key(&key) {
+            self.settle_quiet(key, now, out);
+        }
         let Some(s) = self.builds.remove(&key) else {
             return;
         };
@@ -349,6 +362,7 @@ impl BuildTracker {
         b.responses_seen += 1;
         b.add_record(record_id);
         b.touch(ts);
+        let mut response_ended = false;
         for ev in events {
             match ev {
                 StreamEvent::Step(line) => {
@@ -378,9 +392,14 @@ impl BuildTracker {
                     }
                 }
                 StreamEvent::ImageId(id) => {
+                    if b.builder == "legacy" && b.image_chain.is_empty() {
+                        b.image_chain =
+                            crate::detect::host::docker_image_chain(&self.cfg.paths, &id);
+                    }
                     b.image_id = Some(id);
                     b.end(Outcome::Succeeded, ts);
                 }
+                StreamEvent::End => response_ended = true,
                 StreamEvent::SuccessfullyBuilt(_) => b.end(Outcome::Succeeded, ts),
                 StreamEvent::SuccessfullyTagged(t) => b.add_tag(&t),
                 StreamEvent::Error(m) => b.end(Outcome::Failed(m), ts),
@@ -400,6 +419,12 @@ impl BuildTracker {
             }
         }
         self.resolve_pending(ts, false, out);
+        if response_ended {
+            // Every step has run and the image is written: nothing more is coming for this
+            // build, so its record goes out now rather than after a grace period.
+            let why = "the daemon ended the response without a result";
+            self.close(key, ts, Some(why), out);
+        }
     }
 
     fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
@@ -508,6 +533,13 @@ impl BuildTracker {
             pids: vec![pid],
             exit: None,
             net: Vec::new(),
+            quiet_candidates: self
+                .builds
+                .iter()
+                .filter(|(_, b)| b.quiet_legacy() && b.outcome.is_none())
+                .map(|(k, _)| *k)
+                .collect(),
+            lost_candidate: false,
         });
         self.resolve_pending(rec.ts, false, out);
     }

@@ -74,6 +74,7 @@ pub fn parse_build_query(
             "platform" if !v.is_empty() => p.platform = Some(v),
             "networkmode" if !v.is_empty() => p.network_mode = Some(v),
             "nocache" => p.no_cache = truthy(&v),
+            "q" => p.quiet = truthy(&v),
             "pull" => p.pull = !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"),
             "version" if v == "2" => builder = "buildkit",
             "buildargs" => p.build_args = build_args(&v, show_build_args),

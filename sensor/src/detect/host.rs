@@ -186,6 +186,43 @@ pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::
     None
 }
 
+/// Parents followed from an image to its base (a Dockerfile has at most this many steps).
+const MAX_IMAGE_CHAIN: usize = 512;
+
+/// The containers the legacy builder committed into an image and its parents, newest first:
+/// the `container` field of each image config in the chain of `parent` links of dockerd's
+/// image store. Each RUN step of a legacy build ran in one of them, so the chain ties step
+/// containers to the build that wrote the image, whatever the build showed its client.
+pub fn docker_image_chain(paths: &HostPaths, image_id: &str) -> Vec<String> {
+    let mut containers = Vec::new();
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
+        return containers;
+    };
+    for driver in dir.flatten() {
+        let db = driver.path().join("imagedb");
+        let mut id = image_id.to_string();
+        for _ in 0..MAX_IMAGE_CHAIN {
+            let Some(hex) = id.strip_prefix("sha256:").filter(|h| is_container_id(h)) else {
+                break;
+            };
+            let Some(config) = read_json(&db.join("content/sha256").join(hex)) else {
+                break;
+            };
+            if let Some(c) = config["container"].as_str().filter(|c| is_container_id(c)) {
+                containers.push(c.to_string());
+            }
+            match std::fs::read_to_string(db.join("metadata/sha256").join(hex).join("parent")) {
+                Ok(parent) => id = parent.trim().to_string(),
+                Err(_) => break,
+            }
+        }
+        if !containers.is_empty() {
+            break;
+        }
+    }
+    containers
+}
+
 /// A containerd task bundle's OCI annotations of interest.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BundleInfo {

@@ -1,0 +1,340 @@
+//! Quiet builds, live: `docker build -q` (legacy and BuildKit) and a raw `POST /build?q=1` over
+//! the unix socket, each with a RUN step that downloads from a test host. A quiet build shows
+//! its client no progress, only the image id at the end: the build record must still be whole
+//! (image id, steps with exit codes, outbound, status), from what the daemon does.
+//!
+//! Run as root after `cargo build --release -p sensor`:
+//! `cargo test -p sensor-tests --test builds_quiet -- --test-threads=1`.
+
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sensor_tests::{
+    BuildContext, Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli,
+    ensure_base_image, has_tag, remove_image, require_root, unique_tag,
+};
+use serde_json::Value;
+
+const BASE: &str = "localbase:1";
+const WAIT: Duration = Duration::from_secs(90);
+const PORT: u16 = 8093;
+
+fn setup() -> TestHost {
+    require_root("running the sensor, dockerd and a test host");
+    Dockerd::ensure();
+    ensure_base_image(BASE);
+    let host = TestHost::new("quiet");
+    host.serve_http(PORT, &[("payload", b"payload-for-a-quiet-build\n")]);
+    host
+}
+
+fn start_sensor() -> SensorProcess {
+    SensorProcess::start(&[
+        "--stats-interval",
+        "0",
+        "--kinds",
+        "sensor_started,build_started,build_finished,sensor_stats",
+    ])
+    .expect("sensor start")
+}
+
+fn image_id(tag: &str) -> String {
+    let out = Cmd::new(docker_cli())
+        .args(["image", "inspect", "--format", "{{.Id}}", tag])
+        .run();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn dockerfile(host: &TestHost) -> String {
+    format!(
+        "FROM {BASE}\nRUN wget -q -O /x {}\nRUN echo second > /y\n",
+        host.url(PORT, "payload")
+    )
+}
+
+/// The one `build_finished` of `tag`; fails when a second build record (a partial one, or a
+/// second record for the tag) shows that the build was split.
+fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str) -> Value {
+    let f = sensor
+        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
+        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+    eprintln!("{f}");
+    let id = image_id(tag);
+    assert_eq!(f["builder"], builder, "{f}");
+    assert_eq!(f["status"], "succeeded", "{f}");
+    assert_eq!(f["partial"], false, "{f}");
+    assert_eq!(f["image_id"].as_str(), Some(id.as_str()), "{f}");
+    let steps: Vec<(String, Option<i64>)> = f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["command"].as_str().unwrap_or("").to_string(),
+                s["exit_code"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (
+                format!("/bin/sh -c wget -q -O /x {}", host.url(PORT, "payload")),
+                Some(0)
+            ),
+            ("/bin/sh -c echo second > /y".to_string(), Some(0))
+        ],
+        "{f}"
+    );
+    let ip = host.ip().to_string();
+    assert!(
+        f["outbound"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == PORT && o["made_by"] == "1"),
+        "outbound to the test host by step 1 expected: {f}"
+    );
+    // No other build record of this daemon was opened for these steps: a split build shows as
+    // a second, partial build holding the step.
+    let split: Vec<Value> = sensor
+        .records_of_kind("build_finished")
+        .into_iter()
+        .filter(|r| {
+            r["build_id"] != f["build_id"]
+                && r["steps"].as_array().is_some_and(|s| {
+                    s.iter().any(|s| {
+                        s["command"]
+                            .as_str()
+                            .is_some_and(|c| c.contains(&host.url(PORT, "payload")))
+                    })
+                })
+        })
+        .collect();
+    assert!(split.is_empty(), "the build was split: {split:?}");
+    f
+}
+
+#[test]
+fn legacy_quiet_docker_build_is_whole() {
+    let host = setup();
+    let mut sensor = start_sensor();
+    let ctx = BuildContext::new(&dockerfile(&host));
+    let tag = unique_tag("quiet-legacy");
+    let out = Cmd::new(docker_cli())
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--no-cache", "-t", &tag])
+        .arg(ctx.path())
+        .timeout(Duration::from_secs(300))
+        .run();
+    let returned = Instant::now();
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let f = whole_build(&sensor, &tag, &host, "legacy");
+    let latency = returned.elapsed();
+    eprintln!("build_finished {latency:?} after docker build -q returned");
+    assert_eq!(
+        printed,
+        image_id(&tag),
+        "docker build -q prints the image id"
+    );
+    assert_eq!(f["client"]["exe"], "/usr/bin/docker", "{f}");
+    assert_eq!(f["params"]["quiet"], true, "{f}");
+    // The stream named no container: each step was tied to the build by the image it wrote.
+    for s in f["steps"].as_array().unwrap() {
+        assert_eq!(s["attribution"], "image_store", "{f}");
+    }
+    // The record goes out at the end of the response, not after a grace period (it was about
+    // 1.7 s before); generous against a loaded machine.
+    assert!(
+        latency < Duration::from_secs(1),
+        "build_finished came {latency:?} late"
+    );
+    sensor.stop().unwrap();
+    remove_image(&tag);
+}
+
+#[test]
+fn buildkit_quiet_docker_build_is_whole() {
+    let host = setup();
+    let mut sensor = start_sensor();
+    let ctx = BuildContext::new(&dockerfile(&host));
+    let tag = unique_tag("quiet-buildkit");
+    let out = Cmd::new(docker_cli())
+        .env("DOCKER_BUILDKIT", "1")
+        .args(["build", "-q", "--no-cache", "-t", &tag])
+        .arg(ctx.path())
+        .timeout(Duration::from_secs(300))
+        .run();
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        printed,
+        image_id(&tag),
+        "docker build -q prints the image id"
+    );
+    let f = whole_build(&sensor, &tag, &host, "buildkit");
+    assert_eq!(f["client"]["exe"], "/usr/bin/docker", "{f}");
+    sensor.stop().unwrap();
+    remove_image(&tag);
+}
+
+/// A context tar of the Dockerfile, made with tar(1).
+fn context_tar(ctx: &BuildContext) -> Vec<u8> {
+    Cmd::new("tar")
+        .args(["-C"])
+        .arg(ctx.path())
+        .args(["-cf", "-", "Dockerfile"])
+        .run()
+        .stdout
+}
+
+#[test]
+fn curl_quiet_api_build_is_whole() {
+    let host = setup();
+    let mut sensor = start_sensor();
+    let ctx = BuildContext::new(&dockerfile(&host));
+    let tag = unique_tag("quiet-curl");
+    let tarball = tempfile::NamedTempFile::new().unwrap();
+    tarball.as_file().write_all(&context_tar(&ctx)).unwrap();
+    let url = format!("http://localhost/v1.41/build?q=1&nocache=1&t={tag}");
+    let out = Cmd::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--unix-socket",
+            DOCKER_SOCKET,
+            "-X",
+            "POST",
+        ])
+        .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
+        .arg(format!("@{}", tarball.path().display()))
+        .arg(&url)
+        .timeout(Duration::from_secs(300))
+        .run();
+    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = image_id(&tag);
+    assert!(
+        body.contains(&id),
+        "the quiet stream ends with the image id: {body}"
+    );
+    let f = whole_build(&sensor, &tag, &host, "legacy");
+    assert!(
+        f["client"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/curl")),
+        "{f}"
+    );
+    sensor.stop().unwrap();
+    remove_image(&tag);
+}
+
+fn quiet_legacy_build(dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
+    thread::spawn(move || {
+        let ctx = BuildContext::new(&dockerfile);
+        Cmd::new(docker_cli())
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-q", "--no-cache", "-t", &tag])
+            .arg(ctx.path())
+            .timeout(Duration::from_secs(300))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    })
+}
+
+fn commands(f: &Value) -> Vec<String> {
+    f["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["command"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Two quiet legacy builds at once: the stream names no container, so each step is tied to a
+/// build by the image that build wrote, or counted as unattributed; never given to the other.
+#[test]
+fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
+    let _host = setup();
+    let mut sensor = start_sensor();
+    let tags: Vec<String> = (0..2)
+        .map(|i| unique_tag(&format!("quiet-overlap-{i}")))
+        .collect();
+    let run_text = |i: usize| format!("sleep 2 && echo first-{i}");
+    let builds: Vec<_> = (0..2)
+        .map(|i| {
+            quiet_legacy_build(
+                format!(
+                    "FROM {BASE}\nRUN {}\nRUN sleep 1 && echo second-{i}\n",
+                    run_text(i)
+                ),
+                tags[i].clone(),
+            )
+        })
+        .collect();
+    for b in builds {
+        assert!(b.join().unwrap(), "a quiet build failed");
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        let f = sensor
+            .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
+            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+        eprintln!("{f}");
+        assert_eq!(f["status"], "succeeded", "{f}");
+        assert_eq!(f["image_id"].as_str(), Some(image_id(tag).as_str()), "{f}");
+        assert_eq!(
+            commands(&f),
+            [
+                format!("/bin/sh -c {}", run_text(i)),
+                format!("/bin/sh -c sleep 1 && echo second-{i}")
+            ],
+            "build {i} got another build's steps, or lost its own"
+        );
+        remove_image(tag);
+    }
+
+    // One of two fails while the other runs: the failed step could be either's until both
+    // end, and the failed build wrote no image to tell: it is counted, not guessed.
+    let ok = unique_tag("quiet-overlap-ok");
+    let bad = unique_tag("quiet-overlap-bad");
+    let a = quiet_legacy_build(
+        format!("FROM {BASE}\nRUN sleep 3 && echo a-ok\n"),
+        ok.clone(),
+    );
+    thread::sleep(Duration::from_millis(300));
+    let b = quiet_legacy_build(format!("FROM {BASE}\nRUN sleep 1 && exit 3\n"), bad.clone());
+    assert!(a.join().unwrap());
+    assert!(!b.join().unwrap());
+    let fa = sensor
+        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &ok), WAIT)
+        .unwrap();
+    assert_eq!(fa["status"], "succeeded", "{fa}");
+    assert_eq!(commands(&fa), ["/bin/sh -c sleep 3 && echo a-ok"], "{fa}");
+    sensor.stop().unwrap();
+    let finished = sensor.records_of_kind("build_finished");
+    let fb = finished
+        .iter()
+        .find(|r| {
+            r["params"]["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == bad.as_str()))
+        })
+        .unwrap_or_else(|| panic!("no build_finished for {bad}"));
+    eprintln!("{fb}");
+    assert_eq!(fb["status"], "failed", "{fb}");
+    let own = commands(fb);
+    assert!(
+        own.is_empty() || own == ["/bin/sh -c sleep 1 && exit 3"],
+        "the failed build got another build's step: {fb}"
+    );
+    let stats = sensor.records_of_kind("sensor_stats");
+    let last = stats.last().expect("final sensor_stats");
+    let unattributed = last["drops"]["steps_unattributed"].as_u64().unwrap();
+    assert_eq!(
+        own.len() as u64 + unattributed,
+        1,
+        "the failed step is either the failed build's or counted: {last}"
+    );
+    remove_image(&ok);
+}
