@@ -1,10 +1,10 @@
 //! The engine over streams recorded live with `sensor run --raw` (tests/fixtures/builds-*.ndjson).
 use std::path::PathBuf;
 
-use super::params::REDACTED;
 use super::replay::replay_records;
 use super::*;
 use crate::record::BuildFinished;
+use crate::redact::REDACTED;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -35,13 +35,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::ApiCall;
 use crate::detect::HostPaths;
 use crate::engine::Engine;
 use crate::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
 };
-pub use params::{redact_buildargs_in, redact_exec_argv};
-use procs::RuntimeProc;
+use crate::runtime_exec::{self, RuntimeExec};
+#[cfg(test)]
+pub(crate) use params::parse_build_query;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};
 
@@ -257,55 +259,50 @@ impl BuildTracker {
             let why = "the client sent another request on the build's connection";
             self.close(key, rec.ts, Some(why), out);
         }
-        let ep = r.endpoint.as_str();
-        let query = r.query.as_deref();
-        if r.method == "POST" && ep == "/build" {
-            let req = params::parse_build_query(
-                query,
-                r.content_type.as_deref(),
-                self.cfg.show_build_args,
-            );
-            let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
-            let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
-            s.client = r.client.clone();
-            if !self.cfg.show_build_args {
-                s.client.argv = params::redact_argv(&s.client.argv);
-            }
-            s.user_agent = r.user_agent.clone();
-            s.params = req.params;
-            s.conn = Some(conn);
-            s.buildkit_build_id = params::query_pairs(query.unwrap_or(""))
-                .into_iter()
-                .find(|(k, v)| k == "buildid" && !v.is_empty())
-                .map(|(_, v)| v);
-            s.add_record(rec.id);
-            s.add_pid(r.client.pid.unwrap_or(0));
-            self.open(s, rec.ts, out);
-        } else if r.method == "POST" && ep == "/build/cancel" {
-            let id = params::query_pairs(query.unwrap_or(""))
-                .into_iter()
-                .find(|(k, _)| k == "id")
-                .map(|(_, v)| v);
-            if let Some(b) = self
-                .builds
-                .values_mut()
-                .find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id)
-            {
-                b.add_record(rec.id);
-                b.end(
-                    Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()),
-                    rec.ts,
+        match ApiCall::interpret(&r.method, &r.endpoint, r.query.as_deref()) {
+            ApiCall::Build { query } => {
+                let req = params::parse_build_query(
+                    &query,
+                    r.content_type.as_deref(),
+                    self.cfg.show_build_args,
                 );
+                let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
+                let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
+                s.client = r.client.clone();
+                if !self.cfg.show_build_args {
+                    s.client.argv = crate::redact::redact_argv(&s.client.argv);
+                }
+                s.user_agent = r.user_agent.clone();
+                s.params = req.params;
+                s.conn = Some(conn);
+                s.buildkit_build_id = query.non_empty("buildid").map(str::to_string);
+                s.add_record(rec.id);
+                s.add_pid(r.client.pid.unwrap_or(0));
+                self.open(s, rec.ts, out);
             }
-        } else if let Some(rest) = ep.strip_prefix("/containers/") {
-            if let Some(id) = rest.strip_suffix("/start") {
+            ApiCall::BuildCancel { id } => {
+                if let Some(b) = self
+                    .builds
+                    .values_mut()
+                    .find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id)
+                {
+                    b.add_record(rec.id);
+                    b.end(
+                        Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()),
+                        rec.ts,
+                    );
+                }
+            }
+            ApiCall::ContainerStart { reference } => {
                 if self.api_containers.len() >= MAX_API_CONTAINERS {
                     self.api_containers.pop_front();
                 }
-                self.api_containers.push_back(id.to_string());
+                self.api_containers.push_back(reference);
             }
-        } else if ep == "/images/create" || (ep.starts_with("/images/") && ep.ends_with("/push")) {
-            self.daemon_image_requests.insert(r.process.pid, rec.ts);
+            ApiCall::ImageCreate { .. } | ApiCall::ImagePush { .. } => {
+                self.daemon_image_requests.insert(r.process.pid, rec.ts);
+            }
+            ApiCall::ContainerCreate { .. } | ApiCall::Other => {}
         }
     }
 
@@ -429,8 +426,8 @@ impl BuildTracker {
 
     fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
         let (pid, ppid) = (e.process.pid, e.process.ppid);
-        match procs::classify(e) {
-            RuntimeProc::BuildkitRunc { executor_id } => {
+        match runtime_exec::classify(e) {
+            RuntimeExec::BuildkitRunc { executor_id } => {
                 self.add_runtime(
                     pid,
                     Executor {
@@ -441,31 +438,32 @@ impl BuildTracker {
                 );
                 return;
             }
-            RuntimeProc::ContainerRunc { container_id } => {
+            // Podman's own containers are not build steps (its builds run under the tool).
+            RuntimeExec::ContainerRuntime { container, .. } if container.runtime != "podman" => {
                 self.add_runtime(
                     pid,
                     Executor {
                         daemon: ppid,
-                        id: container_id,
+                        id: container.id,
                         container: true,
                     },
                 );
                 return;
             }
-            RuntimeProc::Shim { container_id } => {
+            RuntimeExec::Shim { container_id } => {
                 if self.shims.len() < MAX_RUNTIME_PROCS {
                     self.shims.insert(pid, container_id);
                 }
                 return;
             }
-            RuntimeProc::RuncInit => return,
-            RuntimeProc::BuilderCli { builder, args } => {
+            RuntimeExec::RuncInit => return,
+            RuntimeExec::BuilderCli { builder, args } => {
                 if !self.members.contains_key(&pid) {
                     cli::open_cli_build(self, rec, e, builder, &args, out);
                     return;
                 }
             }
-            RuntimeProc::Other => {}
+            RuntimeExec::ContainerRuntime { .. } | RuntimeExec::Other => {}
         }
         // A process of a build already known: a step's descendant, or a builder tool's step.
         if let Some(m) = self
@@ -497,7 +495,7 @@ impl BuildTracker {
             }
             return;
         }
-        if procs::is_runtime_helper(e) {
+        if runtime_exec::is_runtime_helper(e) {
             return;
         }
         let kind = if let Some(x) = self.executors.get(&ppid) {
@@ -677,7 +675,7 @@ impl Engine for BuildTracker {
             return;
         };
         let ppid = e.process.ppid;
-        let buildkit = matches!(procs::classify(e), RuntimeProc::BuildkitRunc { .. });
+        let buildkit = matches!(runtime_exec::classify(e), RuntimeExec::BuildkitRunc { .. });
         let under_step = self.executors.get(&ppid).is_some_and(|x| !x.container)
             || self.pending.iter().any(|p| p.pids.contains(&ppid))
             || self.members.contains_key(&ppid);

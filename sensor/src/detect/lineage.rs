@@ -10,13 +10,14 @@ use serde_json::Value;
 
 use super::SharedLineage;
 use super::host::{self, HostPaths};
-use super::runtime::{RuntimeStart, parse_runtime_exec};
+use crate::api::ApiCall;
 use crate::engine::Engine;
 use crate::policy::ALLOWED;
 use crate::record::{
     ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence, ImagePush,
     KubernetesRef, Record, Timestamp,
 };
+use crate::runtime_exec::{RuntimeStart, container_start};
 use crate::store::{ImageLineage, PushSeen};
 
 /// A start request waits this long for the runtime to create the container before the
@@ -133,54 +134,47 @@ impl LineageEngine {
     }
 
     fn on_request(&mut self, rec: &Record, a: &ApiRequest) {
-        if a.method != "POST" {
-            return;
-        }
-        let ep = a.endpoint.trim_end_matches('/');
-        if let Some(reference) = ep
-            .strip_prefix("/containers/")
-            .and_then(|r| r.strip_suffix("/start"))
-        {
-            self.starts.push(PendingStart {
-                reference: percent_decode(reference),
-                client: a.client.clone(),
-                record_id: rec.id,
-                ts: rec.ts,
-            });
-        } else if let Some(name) = ep
-            .strip_prefix("/images/")
-            .and_then(|r| r.strip_suffix("/push"))
-        {
-            let tag = query_param(a.query.as_deref().unwrap_or(""), "tag").unwrap_or_default();
-            let name = percent_decode(name);
-            // `tag` empty pushes every tag of the repository: no single image to watch on disk.
-            let image_id = if tag.is_empty() {
-                None
-            } else {
-                host::docker_image_id(&self.paths, &format!("{name}:{tag}"))
-            };
-            let digests_before = image_id
-                .as_deref()
-                .map(|i| host::docker_repo_digests(&self.paths, &name, i))
-                .unwrap_or_default();
-            self.pushes.insert(
-                (a.process.pid, a.fd),
-                PendingPush {
-                    name,
-                    tag,
-                    image_id,
-                    digests_before,
+        match ApiCall::interpret(&a.method, &a.endpoint, a.query.as_deref()) {
+            ApiCall::ContainerStart { reference } => {
+                self.starts.push(PendingStart {
+                    reference,
                     client: a.client.clone(),
                     record_id: rec.id,
                     ts: rec.ts,
-                    responses: 0,
-                    response_ids: Vec::new(),
-                    tags_reported: Vec::new(),
-                },
-            );
-        } else {
-            // Another request on a connection that carried a push ends that push's stream.
-            self.pushes.remove(&(a.process.pid, a.fd));
+                });
+            }
+            ApiCall::ImagePush { name, tag } => {
+                // `tag` empty pushes every tag of the repository: no single image to watch on
+                // disk.
+                let image_id = if tag.is_empty() {
+                    None
+                } else {
+                    host::docker_image_id(&self.paths, &format!("{name}:{tag}"))
+                };
+                let digests_before = image_id
+                    .as_deref()
+                    .map(|i| host::docker_repo_digests(&self.paths, &name, i))
+                    .unwrap_or_default();
+                self.pushes.insert(
+                    (a.process.pid, a.fd),
+                    PendingPush {
+                        name,
+                        tag,
+                        image_id,
+                        digests_before,
+                        client: a.client.clone(),
+                        record_id: rec.id,
+                        ts: rec.ts,
+                        responses: 0,
+                        response_ids: Vec::new(),
+                        tags_reported: Vec::new(),
+                    },
+                );
+            }
+            _ => {
+                // Another request on a connection that carried a push ends that push's stream.
+                self.pushes.remove(&(a.process.pid, a.fd));
+            }
         }
     }
 
@@ -387,7 +381,7 @@ impl Engine for LineageEngine {
             Body::ApiRequest(a) => self.on_request(rec, a),
             Body::ApiResponse(r) => self.on_response(rec, r, out),
             Body::ProcessExec(e) => {
-                if let Some(s) = parse_runtime_exec(e) {
+                if let Some(s) = container_start(e) {
                     self.on_runtime_start(rec, s, out);
                 }
             }
@@ -526,37 +520,6 @@ pub fn registry_of(name: &str) -> String {
         }
         _ => "docker.io".to_string(),
     }
-}
-
-fn query_param(q: &str, key: &str) -> Option<String> {
-    q.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(h << 4 | l);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -802,6 +765,5 @@ mod tests {
         assert_eq!(registry_of("me/app"), "docker.io");
         assert_eq!(registry_of("localhost/app"), "localhost");
         assert_eq!(registry_of("ghcr.io/me/app"), "ghcr.io");
-        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
     }
 }
