@@ -5,6 +5,7 @@ mod btf;
 mod builds;
 mod caps;
 mod check;
+mod client_origin;
 mod config;
 mod decode;
 mod detect;

@@ -187,6 +187,25 @@ pub struct Rules {
     pub build_outbound_not_allowed: OutboundRule,
     pub deploy_soon_after_build: DeployRule,
     pub build_push_deploy_chain: ChainRule,
+    pub build_from_container: ContainerClientRule,
+    pub container_start_from_container: ContainerClientRule,
+}
+
+/// A rule on an API client that runs inside a container.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerClientRule {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
+impl Default for ContainerClientRule {
+    fn default() -> Self {
+        ContainerClientRule {
+            enabled: true,
+            severity: Severity::High,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -315,6 +315,19 @@ pub struct ApiClient {
     /// The listener reached (local address and port) for TCP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
+    /// The container a local client runs in (a client inside a container, the runtime's socket
+    /// mounted into it): from its cgroup while it lives, else from its ancestors'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// That container's name, as its runtime records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The image that container runs, as it was asked for (`Config.Image`), else its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// The Kubernetes pod of that container, when its runtime records one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]

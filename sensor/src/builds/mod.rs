@@ -269,6 +269,7 @@ impl BuildTracker {
                 let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
                 let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
                 s.client = r.client.clone();
+                crate::client_origin::place_client(&mut s.client, &self.cfg.paths);
                 if !self.cfg.show_build_args {
                     s.client.argv = crate::redact::redact_argv(&s.client.argv);
                 }

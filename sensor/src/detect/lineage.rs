@@ -136,9 +136,11 @@ impl LineageEngine {
     fn on_request(&mut self, rec: &Record, a: &ApiRequest) {
         match ApiCall::interpret(&a.method, &a.endpoint, a.query.as_deref()) {
             ApiCall::ContainerStart { reference } => {
+                let mut client = a.client.clone();
+                crate::client_origin::place_client(&mut client, &self.paths);
                 self.starts.push(PendingStart {
                     reference,
-                    client: a.client.clone(),
+                    client,
                     record_id: rec.id,
                     ts: rec.ts,
                 });
