@@ -130,8 +130,11 @@ fn legacy_quiet_docker_build_is_whole() {
         .run();
     let returned = Instant::now();
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let f = whole_build(&sensor, &tag, &host, "legacy");
+    sensor
+        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &tag), WAIT)
+        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
     let latency = returned.elapsed();
+    let f = whole_build(&sensor, &tag, &host, "legacy");
     eprintln!("build_finished {latency:?} after docker build -q returned");
     assert_eq!(
         printed,
