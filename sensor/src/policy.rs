@@ -189,6 +189,24 @@ pub struct Rules {
     pub build_push_deploy_chain: ChainRule,
     pub build_from_container: ContainerClientRule,
     pub container_start_from_container: ContainerClientRule,
+    pub container_from_unexplained_image: UnexplainedImageRule,
+}
+
+/// A container started from an image made on this host that no build record explains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnexplainedImageRule {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
+impl Default for UnexplainedImageRule {
+    fn default() -> Self {
+        UnexplainedImageRule {
+            enabled: true,
+            severity: Severity::Medium,
+        }
+    }
 }
 
 /// A rule on an API client that runs inside a container.

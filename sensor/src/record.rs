@@ -101,6 +101,7 @@ pub enum Body {
     ContainerStart(ContainerStart),
     ImagePush(ImagePush),
     Finding(Finding),
+    ImageDiscovered(ImageDiscovered),
 }
 
 impl Body {
@@ -123,6 +124,7 @@ impl Body {
             Body::ContainerStart(_) => "container_start",
             Body::ImagePush(_) => "image_push",
             Body::Finding(_) => "finding",
+            Body::ImageDiscovered(_) => "image_discovered",
         }
     }
 
@@ -581,6 +583,38 @@ pub struct ContainerStart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds_since_build: Option<u64>,
     pub evidence: Evidence,
+    /// Where the image comes from, for Docker: `built_here` (a build record made it),
+    /// `registry` (the store records a registry digest for it: pulled or pushed), or
+    /// `unexplained` (made on this host, and no build record explains it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_origin: Option<String>,
+}
+
+/// An image found in a runtime's image store at start that was created while the sensor was
+/// not running and that no build record explains: built (or loaded, imported, committed) while
+/// nothing watched.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageDiscovered {
+    pub image_id: String,
+    /// The image store it is in: `docker`.
+    pub runtime: String,
+    /// When the store says the image was created (its config's `created`).
+    pub created: Timestamp,
+    /// The sensor's last persisted state: the image was created after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_until: Option<Timestamp>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Registry digests the store records for it (a pull or push), if any.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// What the store says of its history, oldest first: each layer's `created_by`
+    /// (Dockerfile instruction or command), bounded.
+    #[serde(default)]
+    pub history: Vec<String>,
+    /// The image the builder made it from (legacy builder's `parent`), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]

@@ -1,6 +1,7 @@
 //! No gaps, live: a build's record and its lineage are on disk by the time its client returns,
 //! so a sensor SIGKILLed right then still links, after its restart, a `docker run` of that
-//! image to its build.
+//! image to its build; and an image built while the sensor was stopped is reported when it
+//! starts again (`image_discovered`), and a container started from it raises a finding.
 //!
 //! Run as root after `cargo build --release -p sensor`:
 //! `cargo test -p sensor-tests --test no_gaps -- --test-threads=1`.
@@ -30,7 +31,7 @@ fn sensor(state_dir: &str) -> SensorProcess {
         "--state-dir",
         state_dir,
         "--kinds",
-        "sensor_started,build_finished,container_start,finding,sensor_stats",
+        "sensor_started,build_finished,container_start,image_discovered,finding,sensor_stats",
     ])
     .expect("sensor start")
 }
@@ -95,4 +96,103 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
         second.stop().unwrap();
         remove_image(&tag);
     }
+}
+
+fn build_quiet(tag: &str, dockerfile: &str) {
+    let ctx = BuildContext::new(dockerfile);
+    Cmd::new(docker_cli())
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "--no-cache", "-t", tag])
+        .arg(ctx.path())
+        .timeout(Duration::from_secs(300))
+        .run();
+}
+
+#[test]
+fn build_while_the_sensor_is_stopped_is_discovered() {
+    require_root("running the sensor and dockerd");
+    Dockerd::ensure();
+    ensure_base_image(BASE);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let state_dir = state_dir.to_str().unwrap();
+
+    // A first run sees one build, then stops (its stop is the last time it watched).
+    let mut first = sensor(state_dir);
+    let seen = unique_tag("nogaps-seen");
+    build_quiet(&seen, &format!("FROM {BASE}\nRUN echo seen > /m\n"));
+    first
+        .wait_for(
+            |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
+            WAIT,
+        )
+        .unwrap();
+    assert!(first.stop().unwrap().success());
+
+    // Built while nothing watched.
+    let unseen = unique_tag("nogaps-unseen");
+    build_quiet(&unseen, &format!("FROM {BASE}\nRUN echo {unseen} > /m\n"));
+    let unseen_id = image_id(&unseen);
+
+    let mut second = sensor(state_dir);
+    let d = second
+        .wait_for(
+            |r| r["kind"] == "image_discovered" && r["image_id"] == unseen_id.as_str(),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no image_discovered for {unseen}: {e:#}"));
+    eprintln!("{d}");
+    assert_eq!(d["runtime"], "docker", "{d}");
+    assert!(
+        d["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == unseen.as_str()),
+        "{d}"
+    );
+    assert!(
+        d["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h == format!("/bin/sh -c echo {unseen} > /m").as_str()),
+        "{d}"
+    );
+    assert!(d["repo_digests"].as_array().unwrap().is_empty(), "{d}");
+    assert!(d["created"].as_str() > d["seen_until"].as_str(), "{d}");
+    // The image the first run saw built is not reported again.
+    let seen_id = image_id(&seen);
+    assert!(
+        !second
+            .records_of_kind("image_discovered")
+            .iter()
+            .any(|r| r["image_id"] == seen_id.as_str()),
+        "an image built while the sensor watched was reported as discovered"
+    );
+
+    // Starting a container from it: no build explains the image.
+    run_container(&unseen);
+    let start = start_of(&second, &unseen);
+    assert_eq!(start["image_origin"], "unexplained", "{start}");
+    assert!(start.get("build_id").is_none_or(Value::is_null), "{start}");
+    let f = second
+        .wait_for(
+            |r| {
+                r["kind"] == "finding"
+                    && r["rule"] == "container_from_unexplained_image"
+                    && r["container_id"] == start["container_id"]
+            },
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no container_from_unexplained_image: {e:#}"));
+    eprintln!("{f}");
+    // One built while watched: explained by its build.
+    run_container(&seen);
+    let s2 = start_of(&second, &seen);
+    assert_eq!(s2["image_origin"], "built_here", "{s2}");
+    second.stop().unwrap();
+    sensor_tests::assert_records_match_schema(&second.records());
+    remove_image(&seen);
+    remove_image(&unseen);
 }

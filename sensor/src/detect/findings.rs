@@ -278,6 +278,40 @@ impl FindingsEngine {
         self.emit(f, out);
     }
 
+    /// `container_from_unexplained_image`: the image was made on this host (no registry digest)
+    /// and no build record explains it (built while the sensor was stopped, `docker load`,
+    /// `import`, `commit`).
+    fn on_unexplained_image(&mut self, rec: &Record, c: &ContainerStart, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.container_from_unexplained_image;
+        if !r.enabled || c.image_origin.as_deref() != Some("unexplained") {
+            return;
+        }
+        let mut d = BTreeMap::new();
+        d.insert("image".into(), json!(c.image));
+        d.insert("runtime".into(), json!(c.runtime));
+        d.insert("client".into(), to_value(&c.client));
+        let mut ids = vec![rec.id];
+        ids.extend(c.evidence.record_ids.iter().copied());
+        let f = finding(
+            "container_from_unexplained_image",
+            r.severity,
+            format!(
+                "Container {} was started from image {}, made on this host (no registry digest) by no build the sensor saw.",
+                c.name.as_deref().unwrap_or(&c.container_id),
+                c.image
+            ),
+            &[T1612, T1610],
+            &[AN1261],
+            None,
+            Some(&c.container_id),
+            c.image_id.as_deref(),
+            d,
+            ids,
+        );
+        self.emit(f, out);
+    }
+
     /// `container_start_from_container`: a client inside a container asked the runtime to
     /// start another container.
     fn on_start_from_container(&mut self, rec: &Record, c: &ContainerStart, out: &mut Vec<Body>) {
@@ -444,6 +478,7 @@ impl Engine for FindingsEngine {
             Body::BuildFinished(b) => self.on_build_finished(rec, b, out),
             Body::ContainerStart(c) => {
                 self.on_start_from_container(rec, c, out);
+                self.on_unexplained_image(rec, c, out);
                 self.on_container_start(rec, c, out)
             }
             _ => {}
@@ -561,6 +596,33 @@ mod tests {
         c.container_id = Some("c".repeat(64));
         e.observe(&rec(9, 5, build_started("B3", c)), &mut out);
         assert!(findings(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn unexplained_image_start_fires_and_others_are_quiet() {
+        let (mut e, _) = engine("");
+        let mut out = Vec::new();
+        for (i, origin) in [
+            Some("unexplained"),
+            Some("registry"),
+            Some("built_here"),
+            None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Body::ContainerStart(mut c) = container_start("d1", "sha256:x", None, None) else {
+                unreachable!()
+            };
+            c.image_origin = origin.map(str::to_string);
+            e.observe(&rec(10 + i as u64, 1, Body::ContainerStart(c)), &mut out);
+        }
+        let f = findings(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert_eq!(f[0].rule, "container_from_unexplained_image");
+        assert_eq!(f[0].severity, "medium");
+        assert_eq!(f[0].attack, vec!["T1612", "T1610"]);
+        assert_eq!(f[0].evidence.record_ids, vec![10]);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub const KINDS: &[&str] = &[
     "container_start",
     "image_push",
     "finding",
+    "image_discovered",
 ];
 
 /// Names for groups of kinds, usable wherever kinds are listed.
@@ -39,7 +40,10 @@ pub const KIND_GROUPS: &[(&str, &[&str])] = &[
     ),
     ("api", &["api_request", "api_response"]),
     ("builds", &["build_started", "build_finished"]),
-    ("images", &["container_start", "image_push"]),
+    (
+        "images",
+        &["container_start", "image_push", "image_discovered"],
+    ),
     ("findings", &["finding"]),
 ];
 
