@@ -6,13 +6,12 @@
 //! Run as root after `cargo build --release -p sensor`:
 //! `cargo test -p sensor-tests --test builds_quiet -- --test-threads=1`.
 
-use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli,
-    ensure_base_image, has_tag, remove_image, require_root, unique_tag,
+    BuildContext, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_cli, ensure_base_image,
+    has_outbound, has_tag, remove_image, require_root, unique_tag,
 };
 use serde_json::Value;
 
@@ -87,13 +86,8 @@ fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str
         ],
         "{f}"
     );
-    let ip = host.ip().to_string();
     assert!(
-        f["outbound"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == PORT && o["made_by"] == "1"),
+        has_outbound(&f, &host.ip().to_string(), PORT, "1"),
         "outbound to the test host by step 1 expected: {f}"
     );
     // No other build record of this daemon was opened for these steps: a split build shows as
@@ -181,40 +175,12 @@ fn buildkit_quiet_docker_build_is_whole() {
     remove_image(&tag);
 }
 
-/// A context tar of the Dockerfile, made with tar(1).
-fn context_tar(ctx: &BuildContext) -> Vec<u8> {
-    Cmd::new("tar")
-        .args(["-C"])
-        .arg(ctx.path())
-        .args(["-cf", "-", "Dockerfile"])
-        .run()
-        .stdout
-}
-
 #[test]
 fn curl_quiet_api_build_is_whole() {
     let host = setup();
     let mut sensor = start_sensor();
-    let ctx = BuildContext::new(&dockerfile(&host));
     let tag = unique_tag("quiet-curl");
-    let tarball = tempfile::NamedTempFile::new().unwrap();
-    tarball.as_file().write_all(&context_tar(&ctx)).unwrap();
-    let url = format!("http://localhost/v1.41/build?q=1&nocache=1&t={tag}");
-    let out = Cmd::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--unix-socket",
-            DOCKER_SOCKET,
-            "-X",
-            "POST",
-        ])
-        .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
-        .arg(format!("@{}", tarball.path().display()))
-        .arg(&url)
-        .timeout(Duration::from_secs(300))
-        .run();
-    let body = String::from_utf8_lossy(&out.stdout).to_string();
+    let body = curl_build(&dockerfile(&host), &format!("q=1&nocache=1&t={tag}"));
     let id = image_id(&tag);
     assert!(
         body.contains(&id),

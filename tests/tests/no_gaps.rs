@@ -67,13 +67,11 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
     for builder in ["0", "1"] {
         let mut first = sensor(state_dir);
         let tag = unique_tag(&format!("nogaps-kill-{builder}"));
-        let ctx = BuildContext::new(&format!("FROM {BASE}\nRUN echo {tag} > /marker\n"));
-        Cmd::new(docker_cli())
-            .env("DOCKER_BUILDKIT", builder)
-            .args(["build", "-q", "--no-cache", "-t", &tag])
-            .arg(ctx.path())
-            .timeout(Duration::from_secs(300))
-            .run();
+        build_quiet(
+            builder,
+            &tag,
+            &format!("FROM {BASE}\nRUN echo {tag} > /marker\n"),
+        );
         // Right as the client returns: no grace for the sensor to write anything more.
         let returned = Instant::now();
         sigkill(&first);
@@ -98,10 +96,12 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
     }
 }
 
-fn build_quiet(tag: &str, dockerfile: &str) {
+/// `docker build -q --no-cache -t TAG` of a context with `dockerfile`; `builder` is the value
+/// of DOCKER_BUILDKIT.
+fn build_quiet(builder: &str, tag: &str, dockerfile: &str) {
     let ctx = BuildContext::new(dockerfile);
     Cmd::new(docker_cli())
-        .env("DOCKER_BUILDKIT", "0")
+        .env("DOCKER_BUILDKIT", builder)
         .args(["build", "-q", "--no-cache", "-t", tag])
         .arg(ctx.path())
         .timeout(Duration::from_secs(300))
@@ -120,7 +120,7 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
     // A first run sees one build, then stops (its stop is the last time it watched).
     let mut first = sensor(state_dir);
     let seen = unique_tag("nogaps-seen");
-    build_quiet(&seen, &format!("FROM {BASE}\nRUN echo seen > /m\n"));
+    build_quiet("0", &seen, &format!("FROM {BASE}\nRUN echo seen > /m\n"));
     first
         .wait_for(
             |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
@@ -131,7 +131,11 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
 
     // Built while nothing watched.
     let unseen = unique_tag("nogaps-unseen");
-    build_quiet(&unseen, &format!("FROM {BASE}\nRUN echo {unseen} > /m\n"));
+    build_quiet(
+        "0",
+        &unseen,
+        &format!("FROM {BASE}\nRUN echo {unseen} > /m\n"),
+    );
     let unseen_id = image_id(&unseen);
 
     let mut second = sensor(state_dir);
