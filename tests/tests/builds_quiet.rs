@@ -64,9 +64,23 @@ fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str
     assert_eq!(f["status"], "succeeded", "{f}");
     assert_eq!(f["partial"], false, "{f}");
     assert_eq!(f["image_id"].as_str(), Some(id.as_str()), "{f}");
-    let steps: Vec<(String, Option<i64>)> = f["steps"]
-        .as_array()
-        .unwrap()
+    let wget = format!("/bin/sh -c wget -q -O /x {}", host.url(PORT, "payload"));
+    let expected = [
+        (wget.clone(), Some(0)),
+        ("/bin/sh -c echo second > /y".to_string(), Some(0)),
+    ];
+    let all = f["steps"].as_array().unwrap();
+    // BuildKit's quiet stream names no step: with one build open the daemon's executors are
+    // taken as its steps, so a step of another build whose request this sensor never saw (one
+    // begun before it started, by another user of this shared daemon) can land here. Those are
+    // shown, not failed on; on a quiet host there are none.
+    let (own, foreign): (Vec<&Value>, Vec<&Value>) = all.iter().partition(|s| {
+        builder != "buildkit" || expected.iter().any(|(c, _)| s["command"] == c.as_str())
+    });
+    if !foreign.is_empty() {
+        eprintln!("steps of builds the sensor did not see: {foreign:?}");
+    }
+    let steps: Vec<(String, Option<i64>)> = own
         .iter()
         .map(|s| {
             (
@@ -75,20 +89,11 @@ fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str
             )
         })
         .collect();
-    assert_eq!(
-        steps,
-        [
-            (
-                format!("/bin/sh -c wget -q -O /x {}", host.url(PORT, "payload")),
-                Some(0)
-            ),
-            ("/bin/sh -c echo second > /y".to_string(), Some(0))
-        ],
-        "{f}"
-    );
+    assert_eq!(steps, expected, "{f}");
+    let wget_index = own[0]["index"].to_string();
     assert!(
-        has_outbound(&f, &host.ip().to_string(), PORT, "1"),
-        "outbound to the test host by step 1 expected: {f}"
+        has_outbound(&f, &host.ip().to_string(), PORT, &wget_index),
+        "outbound to the test host by the wget step expected: {f}"
     );
     // No other build record of this daemon was opened for these steps: a split build shows as
     // a second, partial build holding the step.
@@ -198,10 +203,15 @@ fn curl_quiet_api_build_is_whole() {
 }
 
 fn quiet_legacy_build(dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
+    quiet_build("0", dockerfile, tag)
+}
+
+/// `docker build -q` on a thread; `builder` is the value of DOCKER_BUILDKIT.
+fn quiet_build(builder: &'static str, dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
     thread::spawn(move || {
         let ctx = BuildContext::new(&dockerfile);
         Cmd::new(docker_cli())
-            .env("DOCKER_BUILDKIT", "0")
+            .env("DOCKER_BUILDKIT", builder)
             .args(["build", "-q", "--no-cache", "-t", &tag])
             .arg(ctx.path())
             .timeout(Duration::from_secs(300))
@@ -306,4 +316,53 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
         "the failed step is either the failed build's or counted: {last}"
     );
     remove_image(&ok);
+}
+
+/// Two quiet BuildKit builds at once: BuildKit's quiet stream carries no progress to match RUN
+/// text against, so with two open each step is the one build's only if it was alone, else
+/// counted; never the other build's.
+#[test]
+fn overlapping_quiet_buildkit_builds_are_never_mixed_up() {
+    let _host = setup();
+    let mut sensor = start_sensor();
+    let tags: Vec<String> = (0..2)
+        .map(|i| unique_tag(&format!("quiet-bk-overlap-{i}")))
+        .collect();
+    let builds: Vec<_> = (0..2)
+        .map(|i| {
+            quiet_build(
+                "1",
+                format!("FROM {BASE}\nRUN sleep 2 && echo bk-first-{i}\nRUN echo bk-second-{i}\n"),
+                tags[i].clone(),
+            )
+        })
+        .collect();
+    for b in builds {
+        assert!(b.join().unwrap(), "a quiet build failed");
+    }
+    let mut attributed = 0;
+    for (i, tag) in tags.iter().enumerate() {
+        let f = sensor
+            .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
+            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+        eprintln!("{f}");
+        assert_eq!(f["status"], "succeeded", "{f}");
+        assert_eq!(f["image_id"].as_str(), Some(image_id(tag).as_str()), "{f}");
+        for c in commands(&f) {
+            assert!(
+                c.ends_with(&format!("-{i}")),
+                "build {i} got another build's step {c:?}: {f}"
+            );
+        }
+        attributed += commands(&f).len() as u64;
+        remove_image(tag);
+    }
+    sensor.stop().unwrap();
+    let stats = sensor.records_of_kind("sensor_stats");
+    let last = stats.last().expect("final sensor_stats");
+    let unattributed = last["drops"]["steps_unattributed"].as_u64().unwrap();
+    assert!(
+        attributed + unattributed >= 4,
+        "each of the 4 steps is a build's or counted ({attributed} + {unattributed}): {last}"
+    );
 }

@@ -107,33 +107,38 @@ impl BuildTracker {
                 let cands: Vec<(&u64, &BuildSession)> = self
                     .builds
                     .iter()
-                    .filter(|(_, b)| {
-                        b.outcome.is_none()
-                            && ((b.builder == "buildkit" && b.daemon_pid == *daemon)
-                                || (b.builder == "buildctl"
-                                    && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
-                    })
+                    .filter(|(_, b)| b.outcome.is_none() && b.runs_executors_of(*daemon))
                     .collect();
+                // Several were open when the step started: only its RUN text can tell, even
+                // after all but one have ended.
+                let alone = |k: u64| match p.executor_candidates.as_slice() {
+                    [] => true,
+                    [only] => *only == k,
+                    _ => false,
+                };
                 let matching: Vec<&(&u64, &BuildSession)> = cands
                     .iter()
                     .filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some())
                     .collect();
                 match (cands.as_slice(), matching.as_slice()) {
-                    ([], _) => Resolution::Build {
+                    ([], _) if p.executor_candidates.is_empty() => Resolution::Build {
                         key: 0,
                         attribution: "only_open_build",
                         instruction: None,
                     },
+                    ([], _) => Resolution::Unattributed,
                     (_, [(k, b)]) => Resolution::Build {
                         key: **k,
                         attribution: "response",
                         instruction: b.vertex_for_run(&p.run_text).map(str::to_string),
                     },
-                    ([(k, b)], []) if expired || b.responses_seen == 0 => Resolution::Build {
-                        key: **k,
-                        attribution: "only_open_build",
-                        instruction: None,
-                    },
+                    ([(k, b)], []) if alone(**k) && (expired || b.responses_seen == 0) => {
+                        Resolution::Build {
+                            key: **k,
+                            attribution: "only_open_build",
+                            instruction: None,
+                        }
+                    }
                     _ if expired => Resolution::Unattributed,
                     _ => Resolution::Wait,
                 }

@@ -129,6 +129,9 @@ struct PendingStep {
     /// A candidate ended that could not tell (no image chain): if no other claims the step,
     /// it is unattributed rather than no build's.
     lost_candidate: bool,
+    /// BuildKit builds open on the step's daemon when it started: "the only open build" holds
+    /// only if it was the only one then (one that ended since may have been the step's).
+    executor_candidates: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -517,6 +520,7 @@ impl BuildTracker {
             self.unattributed += 1;
             return;
         }
+        let executor_candidates = executor_candidates(&self.builds, &kind);
         self.pending.push(PendingStep {
             kind,
             pid,
@@ -539,6 +543,7 @@ impl BuildTracker {
                 .map(|(k, _)| *k)
                 .collect(),
             lost_candidate: false,
+            executor_candidates,
         });
         self.resolve_pending(rec.ts, false, out);
     }
@@ -645,6 +650,18 @@ impl BuildTracker {
             None => {}
         }
     }
+}
+
+/// The BuildKit (and buildctl) builds open on an executor step's daemon now.
+fn executor_candidates(builds: &BTreeMap<u64, BuildSession>, kind: &PendingKind) -> Vec<u64> {
+    let PendingKind::Executor { daemon, .. } = kind else {
+        return Vec::new();
+    };
+    builds
+        .iter()
+        .filter(|(_, b)| b.outcome.is_none() && b.runs_executors_of(*daemon))
+        .map(|(k, _)| *k)
+        .collect()
 }
 
 impl Engine for BuildTracker {

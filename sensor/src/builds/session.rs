@@ -104,6 +104,12 @@ impl BuildSession {
         self.builder == "legacy" && self.params.quiet && self.conn.is_some()
     }
 
+    /// Whether BuildKit executors started by `daemon` can be this build's steps.
+    pub fn runs_executors_of(&self, daemon: u32) -> bool {
+        (self.builder == "buildkit" && self.daemon_pid == daemon)
+            || (self.builder == "buildctl" && (self.daemon_pid == 0 || self.daemon_pid == daemon))
+    }
+
     pub fn touch(&mut self, ts: Timestamp) {
         if ts > self.last_activity {
             self.last_activity = ts;
