@@ -429,6 +429,18 @@ pub fn docker_build(dir: &Path, tag: &str, builder: Builder) -> Output {
     cmd.arg(dir).run()
 }
 
+/// Runs `docker build -q --no-cache -t tag dir` (quiet: the client is shown only the image id,
+/// which it prints) with the chosen builder; returns its output whatever the outcome.
+pub fn docker_build_quiet(dir: &Path, tag: &str, builder: Builder) -> Output {
+    Cmd::new(docker_cli())
+        .env("DOCKER_BUILDKIT", builder.env_value())
+        .args(["build", "-q", "--no-cache", "-t", tag])
+        .arg(dir)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// A build context in a temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct BuildContext {

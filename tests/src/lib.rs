@@ -46,8 +46,8 @@ mod tcp_dockerd;
 
 pub use cmd::{Cmd, DEFAULT_TIMEOUT, run, run_env};
 pub use docker::{
-    BuildContext, Builder, DOCKER_SOCKET, Dockerd, curl_build, docker_build, docker_cli,
-    ensure_base_image, remove_image,
+    BuildContext, Builder, DOCKER_SOCKET, Dockerd, curl_build, docker_build, docker_build_quiet,
+    docker_cli, ensure_base_image, remove_image,
 };
 pub use netns::{TcpSink, TestHost};
 pub use records::{assert_records_match_schema, build_record, has_outbound, has_tag};

@@ -10,8 +10,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_cli, ensure_base_image,
-    has_outbound, has_tag, remove_image, require_root, unique_tag,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_build_quiet,
+    docker_cli, ensure_base_image, has_outbound, has_tag, remove_image, require_root, unique_tag,
 };
 use serde_json::Value;
 
@@ -115,25 +115,29 @@ fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str
     f
 }
 
-#[test]
-fn legacy_quiet_docker_build_is_whole() {
+/// `docker build -q` of the downloading Dockerfile: one whole record, within a second.
+fn quiet_docker_build_is_whole(builder: Builder, name: &str) -> Value {
     let host = setup();
     let mut sensor = start_sensor();
     let ctx = BuildContext::new(&dockerfile(&host));
-    let tag = unique_tag("quiet-legacy");
-    let out = Cmd::new(docker_cli())
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "--no-cache", "-t", &tag])
-        .arg(ctx.path())
-        .timeout(Duration::from_secs(300))
-        .run();
+    let tag = unique_tag(name);
+    let out = docker_build_quiet(ctx.path(), &tag, builder);
     let returned = Instant::now();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
     sensor
         .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &tag), WAIT)
         .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
     let latency = returned.elapsed();
-    let f = whole_build(&sensor, &tag, &host, "legacy");
+    let expect_builder = match builder {
+        Builder::Legacy => "legacy",
+        Builder::BuildKit => "buildkit",
+    };
+    let f = whole_build(&sensor, &tag, &host, expect_builder);
     eprintln!("build_finished {latency:?} after docker build -q returned");
     assert_eq!(
         printed,
@@ -142,10 +146,6 @@ fn legacy_quiet_docker_build_is_whole() {
     );
     assert_eq!(f["client"]["exe"], "/usr/bin/docker", "{f}");
     assert_eq!(f["params"]["quiet"], true, "{f}");
-    // The stream named no container: each step was tied to the build by the image it wrote.
-    for s in f["steps"].as_array().unwrap() {
-        assert_eq!(s["attribution"], "image_store", "{f}");
-    }
     // The record goes out at the end of the response, not after a grace period (it was about
     // 1.7 s before); generous against a loaded machine.
     assert!(
@@ -154,30 +154,21 @@ fn legacy_quiet_docker_build_is_whole() {
     );
     sensor.stop().unwrap();
     remove_image(&tag);
+    f
+}
+
+#[test]
+fn legacy_quiet_docker_build_is_whole() {
+    let f = quiet_docker_build_is_whole(Builder::Legacy, "quiet-legacy");
+    // The stream named no container: each step was tied to the build by the image it wrote.
+    for s in f["steps"].as_array().unwrap() {
+        assert_eq!(s["attribution"], "image_store", "{f}");
+    }
 }
 
 #[test]
 fn buildkit_quiet_docker_build_is_whole() {
-    let host = setup();
-    let mut sensor = start_sensor();
-    let ctx = BuildContext::new(&dockerfile(&host));
-    let tag = unique_tag("quiet-buildkit");
-    let out = Cmd::new(docker_cli())
-        .env("DOCKER_BUILDKIT", "1")
-        .args(["build", "-q", "--no-cache", "-t", &tag])
-        .arg(ctx.path())
-        .timeout(Duration::from_secs(300))
-        .run();
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(
-        printed,
-        image_id(&tag),
-        "docker build -q prints the image id"
-    );
-    let f = whole_build(&sensor, &tag, &host, "buildkit");
-    assert_eq!(f["client"]["exe"], "/usr/bin/docker", "{f}");
-    sensor.stop().unwrap();
-    remove_image(&tag);
+    quiet_docker_build_is_whole(Builder::BuildKit, "quiet-buildkit");
 }
 
 #[test]
@@ -203,20 +194,14 @@ fn curl_quiet_api_build_is_whole() {
 }
 
 fn quiet_legacy_build(dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
-    quiet_build("0", dockerfile, tag)
+    quiet_build(Builder::Legacy, dockerfile, tag)
 }
 
-/// `docker build -q` on a thread; `builder` is the value of DOCKER_BUILDKIT.
-fn quiet_build(builder: &'static str, dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
+/// `docker build -q` on a thread; whether it succeeded.
+fn quiet_build(builder: Builder, dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
     thread::spawn(move || {
         let ctx = BuildContext::new(&dockerfile);
-        Cmd::new(docker_cli())
-            .env("DOCKER_BUILDKIT", builder)
-            .args(["build", "-q", "--no-cache", "-t", &tag])
-            .arg(ctx.path())
-            .timeout(Duration::from_secs(300))
-            .output()
-            .unwrap()
+        docker_build_quiet(ctx.path(), &tag, builder)
             .status
             .success()
     })
@@ -331,7 +316,7 @@ fn overlapping_quiet_buildkit_builds_are_never_mixed_up() {
     let builds: Vec<_> = (0..2)
         .map(|i| {
             quiet_build(
-                "1",
+                Builder::BuildKit,
                 format!("FROM {BASE}\nRUN sleep 2 && echo bk-first-{i}\nRUN echo bk-second-{i}\n"),
                 tags[i].clone(),
             )

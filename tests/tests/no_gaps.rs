@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use sensor_tests::{
-    BuildContext, Cmd, Dockerd, SensorProcess, docker_cli, ensure_base_image, remove_image,
-    require_root, unique_tag,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, docker_build_quiet, docker_cli,
+    ensure_base_image, remove_image, require_root, unique_tag,
 };
 use serde_json::Value;
 
@@ -58,15 +58,12 @@ fn start_of(s: &SensorProcess, image: &str) -> Value {
 
 #[test]
 fn sigkill_right_after_a_build_keeps_its_lineage() {
-    require_root("running the sensor and dockerd");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let state = tempfile::tempdir().unwrap();
+    let state = setup();
     let state_dir = state.path().join("state");
     let state_dir = state_dir.to_str().unwrap();
-    for builder in ["0", "1"] {
+    for builder in [Builder::Legacy, Builder::BuildKit] {
         let mut first = sensor(state_dir);
-        let tag = unique_tag(&format!("nogaps-kill-{builder}"));
+        let tag = unique_tag(&format!("nogaps-kill-{builder:?}"));
         build_quiet(
             builder,
             &tag,
@@ -78,7 +75,7 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
         let killed_after = returned.elapsed();
         let status = first.stop().unwrap();
         assert!(!status.success(), "the sensor was not killed: {status}");
-        eprintln!("DOCKER_BUILDKIT={builder}: SIGKILL {killed_after:?} after the build returned");
+        eprintln!("{builder:?}: SIGKILL {killed_after:?} after the build returned");
 
         let mut second = sensor(state_dir);
         run_container(&tag);
@@ -96,31 +93,40 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
     }
 }
 
-/// `docker build -q --no-cache -t TAG` of a context with `dockerfile`; `builder` is the value
-/// of DOCKER_BUILDKIT.
-fn build_quiet(builder: &str, tag: &str, dockerfile: &str) {
+/// `docker build -q --no-cache -t TAG` of a context with `dockerfile`; fails the test when
+/// the build does.
+fn build_quiet(builder: Builder, tag: &str, dockerfile: &str) {
     let ctx = BuildContext::new(dockerfile);
-    Cmd::new(docker_cli())
-        .env("DOCKER_BUILDKIT", builder)
-        .args(["build", "-q", "--no-cache", "-t", tag])
-        .arg(ctx.path())
-        .timeout(Duration::from_secs(300))
-        .run();
+    let out = docker_build_quiet(ctx.path(), tag, builder);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Root, the engine and the base image, and a state directory for the runs of one test.
+fn setup() -> tempfile::TempDir {
+    require_root("running the sensor and dockerd");
+    Dockerd::ensure();
+    ensure_base_image(BASE);
+    tempfile::tempdir().unwrap()
 }
 
 #[test]
 fn build_while_the_sensor_is_stopped_is_discovered() {
-    require_root("running the sensor and dockerd");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let state = tempfile::tempdir().unwrap();
+    let state = setup();
     let state_dir = state.path().join("state");
     let state_dir = state_dir.to_str().unwrap();
 
     // A first run sees one build, then stops (its stop is the last time it watched).
     let mut first = sensor(state_dir);
     let seen = unique_tag("nogaps-seen");
-    build_quiet("0", &seen, &format!("FROM {BASE}\nRUN echo seen > /m\n"));
+    build_quiet(
+        Builder::Legacy,
+        &seen,
+        &format!("FROM {BASE}\nRUN echo seen > /m\n"),
+    );
     first
         .wait_for(
             |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
@@ -132,7 +138,7 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
     // Built while nothing watched.
     let unseen = unique_tag("nogaps-unseen");
     build_quiet(
-        "0",
+        Builder::Legacy,
         &unseen,
         &format!("FROM {BASE}\nRUN echo {unseen} > /m\n"),
     );
