@@ -48,6 +48,8 @@ pub enum RuntimeExec {
     /// `containerd-shim-runc-v2 -namespace moby -id <id> ...`.
     Shim {
         container_id: String,
+        /// containerd namespace (`-namespace`): `moby` for Docker, `k8s.io` for the CRI.
+        namespace: Option<String>,
     },
     /// `runc init` (a container's process before it execs the command).
     RuncInit,
@@ -113,6 +115,7 @@ pub fn classify(exec: &ProcessExec) -> RuntimeExec {
         return match flag_value(argv, "-id") {
             Some(id) => RuntimeExec::Shim {
                 container_id: id.to_string(),
+                namespace: flag_value(argv, "-namespace").map(str::to_string),
             },
             None => RuntimeExec::Other,
         };
@@ -290,7 +293,8 @@ mod classify_tests {
                 ]
             )),
             RuntimeExec::Shim {
-                container_id: "abc123".into()
+                container_id: "abc123".into(),
+                namespace: Some("moby".into()),
             }
         );
         assert_eq!(

@@ -442,8 +442,9 @@ impl BuildTracker {
                 );
                 return;
             }
-            // Podman's own containers are not build steps (its builds run under the tool).
-            RuntimeExec::ContainerRuntime { container, .. } if container.runtime != "podman" => {
+            // Legacy build steps are Docker containers (containerd namespace `moby`): a CRI
+            // pod's or Podman's container is never one (Podman's builds run under the tool).
+            RuntimeExec::ContainerRuntime { container, .. } if container.runtime == "docker" => {
                 self.add_runtime(
                     pid,
                     Executor {
@@ -454,8 +455,13 @@ impl BuildTracker {
                 );
                 return;
             }
-            RuntimeExec::Shim { container_id } => {
-                if self.shims.len() < MAX_RUNTIME_PROCS {
+            RuntimeExec::Shim {
+                container_id,
+                namespace,
+            } => {
+                if namespace.as_deref().is_none_or(|n| n == "moby")
+                    && self.shims.len() < MAX_RUNTIME_PROCS
+                {
                     self.shims.insert(pid, container_id);
                 }
                 return;
