@@ -207,7 +207,7 @@ impl Enricher {
         if !self.redact_build_args {
             return argv;
         }
-        crate::builds::redact_exec_argv(&argv).unwrap_or(argv)
+        crate::redact::redact_exec_argv(&argv).unwrap_or(argv)
     }
 
     /// The container a process is in, from its cgroup (cached by cgroup v2 id).
@@ -563,7 +563,7 @@ impl Enricher {
         let mut client = client;
         client.argv = self.redact_argv(client.argv);
         let query = match head.query {
-            Some(q) if self.redact_build_args => Some(crate::builds::redact_buildargs_in(&q)),
+            Some(q) if self.redact_build_args => Some(crate::redact::redact_buildargs_in(&q)),
             q => q,
         };
         Some(Body::ApiRequest(ApiRequest {

@@ -1,9 +1,11 @@
 //! sensor: catches container images built on the host and follows what happens to them.
 //! This file parses arguments and wires the parts; the work is in the modules.
+mod api;
 mod btf;
 mod builds;
 mod caps;
 mod check;
+mod client_origin;
 mod config;
 mod decode;
 mod detect;
@@ -18,7 +20,9 @@ mod pipeline;
 mod policy;
 mod proc;
 mod record;
+mod redact;
 mod run;
+mod runtime_exec;
 mod schema;
 mod sinks;
 mod store;

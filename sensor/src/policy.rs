@@ -189,6 +189,9 @@ pub struct Rules {
     pub build_push_deploy_chain: ChainRule,
     pub build_suspicious_instruction: InstructionRule,
     pub build_downloaded_executable: DownloadRule,
+    pub build_from_container: ContainerClientRule,
+    pub container_start_from_container: ContainerClientRule,
+    pub container_from_unexplained_image: UnexplainedImageRule,
 }
 
 /// Rule `build_suspicious_instruction`: patterns over a build's Dockerfile instructions.
@@ -284,6 +287,23 @@ impl Default for InstructionRule {
     }
 }
 
+/// A container started from an image made on this host that no build record explains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnexplainedImageRule {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
+impl Default for UnexplainedImageRule {
+    fn default() -> Self {
+        UnexplainedImageRule {
+            enabled: true,
+            severity: Severity::Medium,
+        }
+    }
+}
+
 /// A step wrote an executable it fetched from outside the allowed registries and mirrors.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -308,6 +328,23 @@ impl Default for DownloadRule {
             severity_denied: Severity::Critical,
             include_unknown: true,
             include_uncertain: true,
+        }
+    }
+}
+
+/// A rule on an API client that runs inside a container.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerClientRule {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
+impl Default for ContainerClientRule {
+    fn default() -> Self {
+        ContainerClientRule {
+            enabled: true,
+            severity: Severity::High,
         }
     }
 }

@@ -105,6 +105,7 @@ pub enum Body {
     Finding(Finding),
     ImageContents(ImageContents),
     ImageProvenance(ImageProvenance),
+    ImageDiscovered(ImageDiscovered),
 }
 
 impl Body {
@@ -131,6 +132,7 @@ impl Body {
             Body::Finding(_) => "finding",
             Body::ImageContents(_) => "image_contents",
             Body::ImageProvenance(_) => "image_provenance",
+            Body::ImageDiscovered(_) => "image_discovered",
         }
     }
 
@@ -356,6 +358,19 @@ pub struct ApiClient {
     /// cgroup path of a local client (memory controller, else v2), e.g. `/docker/<id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// The container a local client runs in (a client inside a container, the runtime's socket
+    /// mounted into it): from its cgroup while it lives, else from its ancestors'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// That container's name, as its runtime records it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The image that container runs, as it was asked for (`Config.Image`), else its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_image: Option<String>,
+    /// The Kubernetes pod of that container, when its runtime records one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
@@ -467,6 +482,10 @@ pub struct BuildParams {
     pub no_cache: bool,
     #[serde(default)]
     pub pull: bool,
+    /// Quiet output asked for (`q=1`, `docker build -q`): the daemon shows the client only the
+    /// image id, so the build is followed from what the daemon does.
+    #[serde(default)]
+    pub quiet: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]
@@ -637,6 +656,38 @@ pub struct ContainerStart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds_since_build: Option<u64>,
     pub evidence: Evidence,
+    /// Where the image comes from, for Docker: `built_here` (a build record made it),
+    /// `registry` (the store records a registry digest for it: pulled or pushed), or
+    /// `unexplained` (made on this host, and no build record explains it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_origin: Option<String>,
+}
+
+/// An image found in a runtime's image store at start that was created while the sensor was
+/// not running and that no build record explains: built (or loaded, imported, committed) while
+/// nothing watched.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct ImageDiscovered {
+    pub image_id: String,
+    /// The image store it is in: `docker`.
+    pub runtime: String,
+    /// When the store says the image was created (its config's `created`).
+    pub created: Timestamp,
+    /// The sensor's last persisted state: the image was created after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_until: Option<Timestamp>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Registry digests the store records for it (a pull or push), if any.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    /// What the store says of its history, oldest first: each layer's `created_by`
+    /// (Dockerfile instruction or command), bounded.
+    #[serde(default)]
+    pub history: Vec<String>,
+    /// The image the builder made it from (legacy builder's `parent`), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]

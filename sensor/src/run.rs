@@ -415,7 +415,7 @@ pub fn replay(
 fn seeded_exec(p: crate::proc::ProcInfo) -> crate::record::ProcessExec {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let argv = crate::builds::redact_exec_argv(&p.argv).unwrap_or(p.argv);
+    let argv = crate::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
     crate::record::ProcessExec {
         process: crate::record::ProcessRef {
             pid: p.pid,

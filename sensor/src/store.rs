@@ -78,6 +78,10 @@ pub struct ImageLineage {
 struct StoreFile {
     version: u32,
     images: Vec<ImageLineage>,
+    /// Until when a sensor watched this host (its last heartbeat or its stop): images created
+    /// after it and absent from the store were made while nothing watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seen_until: Option<Timestamp>,
 }
 
 /// The lineage store: in memory, written through to disk when it has a directory.
@@ -91,6 +95,9 @@ pub struct LineageStore {
     pub evicted: u64,
     /// Failed writes (reported as `lineage_write_failed`); the store keeps working in memory.
     pub write_failures: u64,
+    /// `seen_until` as the last run left it (None: no earlier run, or an in-memory store).
+    previous_seen_until: Option<Timestamp>,
+    seen_until: Option<Timestamp>,
 }
 
 impl LineageStore {
@@ -104,6 +111,8 @@ impl LineageStore {
                 .unwrap_or(i64::MAX),
             evicted: 0,
             write_failures: 0,
+            previous_seen_until: None,
+            seen_until: None,
         }
     }
 
@@ -127,6 +136,8 @@ impl LineageStore {
         match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<StoreFile>(&bytes) {
                 Ok(file) => {
+                    store.previous_seen_until = file.seen_until;
+                    store.seen_until = file.seen_until;
                     for img in file.images {
                         store.images.insert(img.image_id.clone(), img);
                     }
@@ -153,6 +164,17 @@ impl LineageStore {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.images.len()
+    }
+
+    /// Until when the previous run watched the host (see [`LineageStore::mark_alive`]).
+    pub fn previous_seen_until(&self) -> Option<Timestamp> {
+        self.previous_seen_until
+    }
+
+    /// Records that the sensor watched the host until `now` and writes the store.
+    pub fn mark_alive(&mut self, now: Timestamp) {
+        self.seen_until = Some(now);
+        self.save_or_count();
     }
 
     pub fn get(&self, image_id: &str) -> Option<&ImageLineage> {
@@ -238,6 +260,7 @@ impl LineageStore {
         let file = StoreFile {
             version: STORE_VERSION,
             images: self.images.values().cloned().collect(),
+            seen_until: self.seen_until,
         };
         let bytes = serde_json::to_vec(&file)?;
         let tmp = path.with_extension("json.tmp");
@@ -301,6 +324,21 @@ mod tests {
         let d = std::env::temp_dir().join(format!("sensor-store-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn seen_until_is_kept_for_the_next_run() {
+        let dir = tempdir("alive");
+        let mut s = LineageStore::open(&dir, 10, 30, ts(0)).unwrap();
+        assert_eq!(s.previous_seen_until(), None);
+        s.mark_alive(ts(7));
+        drop(s);
+        let mut s = LineageStore::open(&dir, 10, 30, ts(9)).unwrap();
+        assert_eq!(s.previous_seen_until(), Some(ts(7)));
+        s.mark_alive(ts(12));
+        // This run's heartbeat does not move what the previous run left.
+        assert_eq!(s.previous_seen_until(), Some(ts(7)));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

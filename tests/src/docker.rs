@@ -429,6 +429,18 @@ pub fn docker_build(dir: &Path, tag: &str, builder: Builder) -> Output {
     cmd.arg(dir).run()
 }
 
+/// Runs `docker build -q --no-cache -t tag dir` (quiet: the client is shown only the image id,
+/// which it prints) with the chosen builder; returns its output whatever the outcome.
+pub fn docker_build_quiet(dir: &Path, tag: &str, builder: Builder) -> Output {
+    Cmd::new(docker_cli())
+        .env("DOCKER_BUILDKIT", builder.env_value())
+        .args(["build", "-q", "--no-cache", "-t", tag])
+        .arg(dir)
+        .timeout(Duration::from_secs(300))
+        .output()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
 /// A build context in a temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct BuildContext {
@@ -485,4 +497,31 @@ impl Drop for ImageGuard {
             remove_image(t);
         }
     }
+}
+
+/// `POST /v1.41/build?QUERY` over the unix socket with curl, a tar of `dockerfile` as the body
+/// (as an attacker holding the socket would send it). Returns the response body (the build's
+/// JSON stream) whatever the outcome; the caller checks it.
+pub fn curl_build(dockerfile: &str, query: &str) -> String {
+    let ctx = BuildContext::new(dockerfile);
+    let tar = tempfile::Builder::new()
+        .prefix("sensor-tests-ctx-")
+        .suffix(".tar")
+        .tempfile()
+        .expect("cannot create a temporary file");
+    Cmd::new(tool("tar"))
+        .arg("-C")
+        .arg(ctx.path())
+        .arg("-cf")
+        .arg(tar.path())
+        .arg("Dockerfile")
+        .run();
+    let out = Cmd::new(tool("curl"))
+        .args(["-sS", "--unix-socket", DOCKER_SOCKET, "-X", "POST"])
+        .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
+        .arg(format!("@{}", tar.path().display()))
+        .arg(format!("http://localhost/v1.41/build?{query}"))
+        .timeout(Duration::from_secs(300))
+        .run();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

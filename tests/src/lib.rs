@@ -47,12 +47,12 @@ mod tcp_dockerd;
 
 pub use cmd::{Cmd, DEFAULT_TIMEOUT, run, run_env};
 pub use docker::{
-    BuildContext, Builder, DOCKER_SOCKET, Dockerd, docker_build, docker_cli, ensure_base_image,
-    remove_image,
+    BuildContext, Builder, DOCKER_SOCKET, Dockerd, curl_build, docker_build, docker_build_quiet,
+    docker_cli, ensure_base_image, remove_image,
 };
 pub use docker::{ContainerGuard, ImageGuard};
 pub use netns::{TcpSink, TestHost};
-pub use records::{assert_records_match_schema, build_record, has_tag};
+pub use records::{assert_records_match_schema, build_record, has_outbound, has_tag};
 pub use registry::LocalRegistry;
 pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};

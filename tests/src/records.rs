@@ -13,6 +13,15 @@ pub fn has_tag(r: &Value, tag: &str) -> bool {
         .any(|l| l.as_array().is_some_and(|a| a.iter().any(|t| t == tag)))
 }
 
+/// Whether a build record lists an outbound connection to `addr:port` made by `made_by` (a step
+/// index, or `daemon`).
+pub fn has_outbound(r: &Value, addr: &str, port: u16, made_by: &str) -> bool {
+    r["outbound"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|o| o["dst_addr"] == addr && o["dst_port"] == port && o["made_by"] == made_by)
+    })
+}
+
 /// The first record of `kind` (`build_started`, `build_finished`) for the build of `tag`;
 /// panics, naming both, when none comes within `wait`.
 pub fn build_record(sensor: &SensorProcess, kind: &str, tag: &str, wait: Duration) -> Value {

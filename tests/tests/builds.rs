@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, docker_cli,
+    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_cli,
     ensure_base_image, remove_image, require_root, run, unique_tag,
 };
 use serde_json::Value;
@@ -150,30 +150,6 @@ fn legacy_docker_build_is_reconstructed() {
 }
 
 /// `POST /v1.41/build` with a tar body, sent with curl over the unix socket.
-fn curl_build(dockerfile: &str, query: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    let tar = dir.path().join("context.tar");
-    run(
-        "tar",
-        &[
-            "-C",
-            dir.path().to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            "Dockerfile",
-        ],
-    );
-    let out = Cmd::new("curl")
-        .args(["-sS", "--unix-socket", DOCKER_SOCKET, "-X", "POST"])
-        .args(["-H", "Content-Type: application/x-tar", "--data-binary"])
-        .arg(format!("@{}", tar.display()))
-        .arg(format!("http://localhost/v1.41/build?{query}"))
-        .timeout(Duration::from_secs(300))
-        .run();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn curl_post_build_over_the_unix_socket() {
     let _host = setup();

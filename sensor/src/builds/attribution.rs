@@ -54,6 +54,25 @@ impl BuildTracker {
                 {
                     return Resolution::NotABuild;
                 }
+                if let Some((key, _)) = self
+                    .builds
+                    .iter()
+                    .find(|(_, b)| b.image_chain.iter().any(|c| c == cid))
+                {
+                    return Resolution::Build {
+                        key: *key,
+                        attribution: "image_store",
+                        instruction: None,
+                    };
+                }
+                // A quiet legacy build that may own it is still open: its end decides
+                // (settle_quiet), not the clock.
+                if p.quiet_candidates
+                    .iter()
+                    .any(|k| self.builds.contains_key(k))
+                {
+                    return Resolution::Wait;
+                }
                 if !expired {
                     return Resolution::Wait;
                 }
@@ -88,38 +107,100 @@ impl BuildTracker {
                 let cands: Vec<(&u64, &BuildSession)> = self
                     .builds
                     .iter()
-                    .filter(|(_, b)| {
-                        b.outcome.is_none()
-                            && ((b.builder == "buildkit" && b.daemon_pid == *daemon)
-                                || (b.builder == "buildctl"
-                                    && (b.daemon_pid == 0 || b.daemon_pid == *daemon)))
-                    })
+                    .filter(|(_, b)| b.outcome.is_none() && b.runs_executors_of(*daemon))
                     .collect();
+                // Several were open when the step started: only its RUN text can tell, even
+                // after all but one have ended.
+                let alone = |k: u64| match p.executor_candidates.as_slice() {
+                    [] => true,
+                    [only] => *only == k,
+                    _ => false,
+                };
                 let matching: Vec<&(&u64, &BuildSession)> = cands
                     .iter()
                     .filter(|(_, b)| b.vertex_for_run(&p.run_text).is_some())
                     .collect();
                 match (cands.as_slice(), matching.as_slice()) {
-                    ([], _) => Resolution::Build {
+                    ([], _) if p.executor_candidates.is_empty() => Resolution::Build {
                         key: 0,
                         attribution: "only_open_build",
                         instruction: None,
                     },
+                    ([], _) => Resolution::Unattributed,
                     (_, [(k, b)]) => Resolution::Build {
                         key: **k,
                         attribution: "response",
                         instruction: b.vertex_for_run(&p.run_text).map(str::to_string),
                     },
-                    ([(k, b)], []) if expired || b.responses_seen == 0 => Resolution::Build {
-                        key: **k,
-                        attribution: "only_open_build",
-                        instruction: None,
-                    },
+                    ([(k, b)], []) if alone(**k) && (expired || b.responses_seen == 0) => {
+                        Resolution::Build {
+                            key: **k,
+                            attribution: "only_open_build",
+                            instruction: None,
+                        }
+                    }
                     _ if expired => Resolution::Unattributed,
                     _ => Resolution::Wait,
                 }
             }
         }
+    }
+
+    /// A quiet legacy build `key` is ending: each waiting container step that it could own is
+    /// decided now. In its image chain: its step. Not in a chain it has: not its step. No
+    /// chain (it failed, or the store cannot be read): its step only when it was the one
+    /// candidate; else another candidate's chain may still claim it, and if none does it is
+    /// counted as unattributed.
+    pub(super) fn settle_quiet(&mut self, key: u64, now: Timestamp, out: &mut Vec<Body>) {
+        let Some(b) = self.builds.get(&key) else {
+            return;
+        };
+        if !b.quiet_legacy() {
+            return;
+        }
+        let has_chain = !b.image_chain.is_empty();
+        // Steps are attached in the order they started (earlier removals reorder the list).
+        self.pending.sort_by_key(|p| p.start);
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &mut self.pending[i];
+            let PendingKind::Container(cid) = &p.kind else {
+                i += 1;
+                continue;
+            };
+            if !p.quiet_candidates.contains(&key) {
+                i += 1;
+                continue;
+            }
+            let owned = self
+                .builds
+                .get(&key)
+                .is_some_and(|b| b.image_chain.iter().any(|c| c == cid));
+            if owned {
+                let p = self.pending.remove(i);
+                self.attach_pending(key, p, "image_store", None);
+                continue;
+            }
+            p.quiet_candidates.retain(|k| *k != key);
+            if !has_chain {
+                if p.quiet_candidates.is_empty() && !p.lost_candidate {
+                    let p = self.pending.remove(i);
+                    self.attach_pending(key, p, "only_open_build", None);
+                    continue;
+                }
+                // It may have been this build's, and this build can no longer take it.
+                p.lost_candidate = true;
+            }
+            if p.quiet_candidates.is_empty() {
+                if p.lost_candidate {
+                    self.unattributed += 1;
+                }
+                self.pending.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.resolve_pending(now, false, out);
     }
 
     pub(super) fn started_recently(&self, now: Timestamp) -> bool {

@@ -26,7 +26,7 @@ pub(super) fn open_cli_build(
         argv: if t.cfg.show_build_args {
             e.argv.clone()
         } else {
-            params::redact_argv(&e.argv)
+            crate::redact::redact_argv(&e.argv)
         },
         ..Default::default()
     };

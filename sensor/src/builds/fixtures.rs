@@ -1,10 +1,10 @@
 //! The engine over streams recorded live with `sensor run --raw` (tests/fixtures/builds-*.ndjson).
 use std::path::PathBuf;
 
-use super::params::REDACTED;
 use super::replay::replay_records;
 use super::*;
 use crate::record::BuildFinished;
+use crate::redact::REDACTED;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -178,4 +178,29 @@ fn replay_is_deterministic() {
     let a = replay_file(&fixture("builds-legacy.ndjson"));
     let b = replay_file(&fixture("builds-legacy.ndjson"));
     assert_eq!(a, b);
+}
+
+/// Two quiet BuildKit builds at once (`docker build -q` twice, recorded live): no progress
+/// stream to match RUN text against. Each step started while both were open, so neither may
+/// take it when the other ends first: both are counted, none is given to the wrong build.
+#[test]
+fn overlapping_quiet_buildkit_builds_leave_steps_unattributed() {
+    let path = fixture("builds-buildkit-quiet-overlap.ndjson");
+    let f = std::fs::File::open(&path).unwrap();
+    let (records, _) = replay::read_records(std::io::BufReader::new(f)).unwrap();
+    let mut t = BuildTracker::new(BuildConfig::default());
+    let recs = replay_records(records, &mut [&mut t]);
+    let f = finished(&recs);
+    assert_eq!(f.len(), 2, "two builds expected");
+    for b in &f {
+        assert_eq!(b.status, "succeeded", "{b:?}");
+        assert!(b.params.quiet);
+        assert!(
+            b.steps.is_empty(),
+            "a step given to a build by elimination: {b:?}"
+        );
+    }
+    let mut drops = BTreeMap::new();
+    t.drops(&mut drops);
+    assert_eq!(drops["steps_unattributed"], 2);
 }

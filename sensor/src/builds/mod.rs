@@ -36,12 +36,15 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::ApiCall;
+use crate::detect::HostPaths;
 use crate::engine::Engine;
 use crate::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
 };
-pub use params::{redact_buildargs_in, redact_exec_argv};
-use procs::RuntimeProc;
+use crate::runtime_exec::{self, RuntimeExec};
+#[cfg(test)]
+pub(crate) use params::parse_build_query;
 use response::StreamEvent;
 use session::{BuildSession, MAX_STEPS, Outcome};
 
@@ -58,6 +61,8 @@ pub struct BuildConfig {
     /// (`builds_timed_out`).
     pub build_timeout: Duration,
     pub classify: Classifier,
+    /// Where dockerd's image store is (image chains of quiet legacy builds).
+    pub paths: HostPaths,
 }
 
 impl Default for BuildConfig {
@@ -67,6 +72,7 @@ impl Default for BuildConfig {
             max_open_builds: 64,
             build_timeout: Duration::from_secs(3600),
             classify: Arc::new(|_, _, _| "unknown".to_string()),
+            paths: HostPaths::default(),
         }
     }
 }
@@ -118,6 +124,15 @@ struct PendingStep {
     pids: Vec<u32>,
     exit: Option<(Timestamp, Option<i32>, Option<i32>)>,
     net: Vec<NetEvent>,
+    /// Quiet legacy builds open when a container step started: the step is one of theirs or
+    /// none, decided when each ends (image chain), never by timing alone.
+    quiet_candidates: Vec<u64>,
+    /// A candidate ended that could not tell (no image chain): if no other claims the step,
+    /// it is unattributed rather than no build's.
+    lost_candidate: bool,
+    /// BuildKit builds open on the step's daemon when it started: "the only open build" holds
+    /// only if it was the only one then (one that ended since may have been the step's).
+    executor_candidates: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -228,6 +243,9 @@ impl BuildTracker {
     }
 
     fn close(&mut self, key: u64, now: Timestamp, why: Option<&str>, out: &mut Vec<Body>) {
+        if self.builds.contains_key(&key) {
+            self.settle_quiet(key, now, out);
+        }
         let Some(s) = self.builds.remove(&key) else {
             return;
         };
@@ -245,55 +263,51 @@ impl BuildTracker {
             let why = "the client sent another request on the build's connection";
             self.close(key, rec.ts, Some(why), out);
         }
-        let ep = r.endpoint.as_str();
-        let query = r.query.as_deref();
-        if r.method == "POST" && ep == "/build" {
-            let req = params::parse_build_query(
-                query,
-                r.content_type.as_deref(),
-                self.cfg.show_build_args,
-            );
-            let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
-            let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
-            s.client = r.client.clone();
-            if !self.cfg.show_build_args {
-                s.client.argv = params::redact_argv(&s.client.argv);
-            }
-            s.user_agent = r.user_agent.clone();
-            s.params = req.params;
-            s.conn = Some(conn);
-            s.buildkit_build_id = params::query_pairs(query.unwrap_or(""))
-                .into_iter()
-                .find(|(k, v)| k == "buildid" && !v.is_empty())
-                .map(|(_, v)| v);
-            s.add_record(rec.id);
-            s.add_pid(r.client.pid.unwrap_or(0));
-            self.open(s, rec.ts, out);
-        } else if r.method == "POST" && ep == "/build/cancel" {
-            let id = params::query_pairs(query.unwrap_or(""))
-                .into_iter()
-                .find(|(k, _)| k == "id")
-                .map(|(_, v)| v);
-            if let Some(b) = self
-                .builds
-                .values_mut()
-                .find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id)
-            {
-                b.add_record(rec.id);
-                b.end(
-                    Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()),
-                    rec.ts,
+        match ApiCall::interpret(&r.method, &r.endpoint, r.query.as_deref()) {
+            ApiCall::Build { query } => {
+                let req = params::parse_build_query(
+                    &query,
+                    r.content_type.as_deref(),
+                    self.cfg.show_build_args,
                 );
+                let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
+                let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
+                s.client = r.client.clone();
+                crate::client_origin::place_client(&mut s.client, &self.cfg.paths);
+                if !self.cfg.show_build_args {
+                    s.client.argv = crate::redact::redact_argv(&s.client.argv);
+                }
+                s.user_agent = r.user_agent.clone();
+                s.params = req.params;
+                s.conn = Some(conn);
+                s.buildkit_build_id = query.non_empty("buildid").map(str::to_string);
+                s.add_record(rec.id);
+                s.add_pid(r.client.pid.unwrap_or(0));
+                self.open(s, rec.ts, out);
             }
-        } else if let Some(rest) = ep.strip_prefix("/containers/") {
-            if let Some(id) = rest.strip_suffix("/start") {
+            ApiCall::BuildCancel { id } => {
+                if let Some(b) = self
+                    .builds
+                    .values_mut()
+                    .find(|b| b.buildkit_build_id.is_some() && b.buildkit_build_id == id)
+                {
+                    b.add_record(rec.id);
+                    b.end(
+                        Outcome::Cancelled("cancelled by the client (POST /build/cancel)".into()),
+                        rec.ts,
+                    );
+                }
+            }
+            ApiCall::ContainerStart { reference } => {
                 if self.api_containers.len() >= MAX_API_CONTAINERS {
                     self.api_containers.pop_front();
                 }
-                self.api_containers.push_back(id.to_string());
+                self.api_containers.push_back(reference);
             }
-        } else if ep == "/images/create" || (ep.starts_with("/images/") && ep.ends_with("/push")) {
-            self.daemon_image_requests.insert(r.process.pid, rec.ts);
+            ApiCall::ImageCreate { .. } | ApiCall::ImagePush { .. } => {
+                self.daemon_image_requests.insert(r.process.pid, rec.ts);
+            }
+            ApiCall::ContainerCreate { .. } | ApiCall::Other => {}
         }
     }
 
@@ -350,6 +364,7 @@ impl BuildTracker {
         b.responses_seen += 1;
         b.add_record(record_id);
         b.touch(ts);
+        let mut response_ended = false;
         for ev in events {
             match ev {
                 StreamEvent::Step(line) => {
@@ -379,9 +394,14 @@ impl BuildTracker {
                     }
                 }
                 StreamEvent::ImageId(id) => {
+                    if b.builder == "legacy" && b.image_chain.is_empty() {
+                        b.image_chain =
+                            crate::detect::host::docker_image_chain(&self.cfg.paths, &id);
+                    }
                     b.image_id = Some(id);
                     b.end(Outcome::Succeeded, ts);
                 }
+                StreamEvent::End => response_ended = true,
                 StreamEvent::SuccessfullyBuilt(_) => b.end(Outcome::Succeeded, ts),
                 StreamEvent::SuccessfullyTagged(t) => b.add_tag(&t),
                 StreamEvent::Error(m) => b.end(Outcome::Failed(m), ts),
@@ -401,12 +421,18 @@ impl BuildTracker {
             }
         }
         self.resolve_pending(ts, false, out);
+        if response_ended {
+            // Every step has run and the image is written: nothing more is coming for this
+            // build, so its record goes out now rather than after a grace period.
+            let why = "the daemon ended the response without a result";
+            self.close(key, ts, Some(why), out);
+        }
     }
 
     fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
         let (pid, ppid) = (e.process.pid, e.process.ppid);
-        match procs::classify(e) {
-            RuntimeProc::BuildkitRunc { executor_id } => {
+        match runtime_exec::classify(e) {
+            RuntimeExec::BuildkitRunc { executor_id } => {
                 self.add_runtime(
                     pid,
                     Executor {
@@ -417,31 +443,38 @@ impl BuildTracker {
                 );
                 return;
             }
-            RuntimeProc::ContainerRunc { container_id } => {
+            // Legacy build steps are Docker containers (containerd namespace `moby`): a CRI
+            // pod's or Podman's container is never one (Podman's builds run under the tool).
+            RuntimeExec::ContainerRuntime { container, .. } if container.runtime == "docker" => {
                 self.add_runtime(
                     pid,
                     Executor {
                         daemon: ppid,
-                        id: container_id,
+                        id: container.id,
                         container: true,
                     },
                 );
                 return;
             }
-            RuntimeProc::Shim { container_id } => {
-                if self.shims.len() < MAX_RUNTIME_PROCS {
+            RuntimeExec::Shim {
+                container_id,
+                namespace,
+            } => {
+                if namespace.as_deref().is_none_or(|n| n == "moby")
+                    && self.shims.len() < MAX_RUNTIME_PROCS
+                {
                     self.shims.insert(pid, container_id);
                 }
                 return;
             }
-            RuntimeProc::RuncInit => return,
-            RuntimeProc::BuilderCli { builder, args } => {
+            RuntimeExec::RuncInit => return,
+            RuntimeExec::BuilderCli { builder, args } => {
                 if !self.members.contains_key(&pid) {
                     cli::open_cli_build(self, rec, e, builder, &args, out);
                     return;
                 }
             }
-            RuntimeProc::Other => {}
+            RuntimeExec::ContainerRuntime { .. } | RuntimeExec::Other => {}
         }
         // A process of a build already known: a step's descendant, or a builder tool's step.
         if let Some(m) = self
@@ -473,7 +506,7 @@ impl BuildTracker {
             }
             return;
         }
-        if procs::is_runtime_helper(e) {
+        if runtime_exec::is_runtime_helper(e) {
             return;
         }
         let kind = if let Some(x) = self.executors.get(&ppid) {
@@ -494,6 +527,7 @@ impl BuildTracker {
             self.unattributed += 1;
             return;
         }
+        let executor_candidates = executor_candidates(&self.builds, &kind);
         self.pending.push(PendingStep {
             kind,
             pid,
@@ -509,6 +543,14 @@ impl BuildTracker {
             pids: vec![pid],
             exit: None,
             net: Vec::new(),
+            quiet_candidates: self
+                .builds
+                .iter()
+                .filter(|(_, b)| b.quiet_legacy() && b.outcome.is_none())
+                .map(|(k, _)| *k)
+                .collect(),
+            lost_candidate: false,
+            executor_candidates,
         });
         self.resolve_pending(rec.ts, false, out);
     }
@@ -617,6 +659,18 @@ impl BuildTracker {
     }
 }
 
+/// The BuildKit (and buildctl) builds open on an executor step's daemon now.
+fn executor_candidates(builds: &BTreeMap<u64, BuildSession>, kind: &PendingKind) -> Vec<u64> {
+    let PendingKind::Executor { daemon, .. } = kind else {
+        return Vec::new();
+    };
+    builds
+        .iter()
+        .filter(|(_, b)| b.outcome.is_none() && b.runs_executors_of(*daemon))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 impl Engine for BuildTracker {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
@@ -646,7 +700,7 @@ impl Engine for BuildTracker {
             return;
         };
         let ppid = e.process.ppid;
-        let buildkit = matches!(procs::classify(e), RuntimeProc::BuildkitRunc { .. });
+        let buildkit = matches!(runtime_exec::classify(e), RuntimeExec::BuildkitRunc { .. });
         let under_step = self.executors.get(&ppid).is_some_and(|x| !x.container)
             || self.pending.iter().any(|p| p.pids.contains(&ppid))
             || self.members.contains_key(&ppid);

@@ -29,6 +29,9 @@ pub enum StreamEvent {
     Vertex(trace::Vertex),
     /// BuildKit: a status line such as `naming to docker.io/library/x:1`.
     Status(String),
+    /// The last chunk of the chunked response (`0\r\n\r\n`): the daemon has said all it
+    /// will say about this build.
+    End,
 }
 
 /// Whether the text looks like a build response at all (used to recognise a build whose
@@ -57,6 +60,7 @@ pub fn parse(text: &str) -> Vec<StreamEvent> {
         out.push(StreamEvent::Error(msg));
         return out;
     }
+    let end = is_last_chunk(text);
     for line in text.split('\n') {
         let line = line.trim();
         let Some(start) = line.find('{') else {
@@ -68,7 +72,17 @@ pub fn parse(text: &str) -> Vec<StreamEvent> {
             Err(_) => lenient(json, &mut out),
         }
     }
+    if end {
+        out.push(StreamEvent::End);
+    }
     out
+}
+
+/// Whether a captured write ends the chunked body: Go's `net/http` writes the zero-size last
+/// chunk when the handler returns. JSON messages escape CR and LF, so the sequence cannot
+/// occur inside one.
+fn is_last_chunk(text: &str) -> bool {
+    text == "0\r\n\r\n" || text.ends_with("\r\n0\r\n\r\n")
 }
 
 fn http_error_status(text: &str) -> Option<u16> {
@@ -176,8 +190,17 @@ fn stream_text(s: &str, out: &mut Vec<StreamEvent>) {
             out.push(StreamEvent::SuccessfullyBuilt(id.trim().to_string()));
         } else if let Some(t) = l.strip_prefix("Successfully tagged ") {
             out.push(StreamEvent::SuccessfullyTagged(t.trim().to_string()));
+        } else if is_image_id(l) {
+            // A quiet build (`q=1`) writes nothing but the image id, as a stream line.
+            out.push(StreamEvent::ImageId(l.to_string()));
         }
     }
+}
+
+/// `sha256:` and 64 hex digits.
+pub fn is_image_id(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The RUN instruction a legacy `Step N/M : RUN x` or BuildKit `[2/3] RUN x` line names.
@@ -274,6 +297,24 @@ mod tests {
                 StreamEvent::SuccessfullyTagged("x:1".into()),
             ]
         );
+    }
+
+    #[test]
+    fn quiet_stream_names_the_image_and_the_last_chunk_ends_it() {
+        let id = format!("sha256:{}", "4b".repeat(32));
+        let text = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n58\r\n{{\"stream\":\"{id}\\n\"}}\r\n\r\n"
+        );
+        assert_eq!(parse(&text), vec![StreamEvent::ImageId(id.clone())]);
+        assert_eq!(parse("0\r\n\r\n"), vec![StreamEvent::End]);
+        let both = format!("{{\"stream\":\"{id}\\n\"}}\r\n\r\n0\r\n\r\n");
+        assert_eq!(
+            parse(&both),
+            vec![StreamEvent::ImageId(id), StreamEvent::End]
+        );
+        // Not an id: too short, or words around it.
+        assert!(parse("{\"stream\":\"sha256:abc\\n\"}").is_empty());
+        assert!(parse("{\"stream\":\"see sha256:abc\\n\"}").is_empty());
     }
 
     #[test]

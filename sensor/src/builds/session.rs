@@ -57,6 +57,9 @@ pub struct BuildSession {
     pub vertices: Vec<Vertex>,
     /// Response writes seen: once a build has them, steps are attributed from them only.
     pub responses_seen: u64,
+    /// The containers committed into the built image and its parents (legacy builder, from
+    /// dockerd's image store once the image id is known): the build's step containers.
+    pub image_chain: Vec<String>,
     pub outbound: BTreeMap<(String, u16, String, String), OutboundConnection>,
     pub evidence: Evidence,
 }
@@ -89,9 +92,22 @@ impl BuildSession {
             current_instruction: None,
             vertices: Vec::new(),
             responses_seen: 0,
+            image_chain: Vec::new(),
             outbound: BTreeMap::new(),
             evidence: Evidence::default(),
         }
+    }
+
+    /// A legacy build whose client asked for quiet output: the stream does not name its step
+    /// containers, so they wait for the image chain (or for it to be the only candidate).
+    pub fn quiet_legacy(&self) -> bool {
+        self.builder == "legacy" && self.params.quiet && self.conn.is_some()
+    }
+
+    /// Whether BuildKit executors started by `daemon` can be this build's steps.
+    pub fn runs_executors_of(&self, daemon: u32) -> bool {
+        (self.builder == "buildkit" && self.daemon_pid == daemon)
+            || (self.builder == "buildctl" && (self.daemon_pid == 0 || self.daemon_pid == daemon))
     }
 
     pub fn touch(&mut self, ts: Timestamp) {

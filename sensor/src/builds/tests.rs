@@ -2,10 +2,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::params::REDACTED;
 use super::replay::replay_records;
 use super::*;
 use crate::record::{ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION};
+use crate::redact::REDACTED;
 
 const DOCKERD: u32 = 100;
 const T0: i64 = 1_700_000_000_000_000_000;
@@ -539,9 +539,9 @@ fn show_build_args_and_policy_classifier() {
 #[test]
 fn query_and_cli_params() {
     let r = params::parse_build_query(
-        Some(
+        &crate::api::Query::parse(Some(
             "remote=https%3A%2F%2Fgit.example%2Fr.git&target=prod&platform=linux%2Famd64&pull=1&t=a+b",
-        ),
+        )),
         None,
         false,
     );
@@ -578,7 +578,7 @@ fn query_and_cli_params() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(
-        params::redact_argv(&argv),
+        crate::redact::redact_argv(&argv),
         [
             "docker",
             "build",

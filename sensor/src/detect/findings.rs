@@ -101,6 +101,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 
 impl FindingsEngine {
     fn on_build_started(&mut self, rec: &Record, b: &BuildStarted, out: &mut Vec<Body>) {
+        self.on_build_from_container(rec, b, out);
         let p = self.policy.current();
         let mut ids = vec![rec.id];
         ids.extend(b.evidence.record_ids.iter().copied());
@@ -295,6 +296,111 @@ impl FindingsEngine {
             Some(&b.build_id),
             None,
             b.image_id.as_deref(),
+            d,
+            ids,
+        );
+        self.emit(f, out);
+    }
+
+    /// `build_from_container`: the build's client runs inside a container.
+    fn on_build_from_container(&mut self, rec: &Record, b: &BuildStarted, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.build_from_container;
+        let Some(cid) = b.client.container_id.as_deref().filter(|_| r.enabled) else {
+            return;
+        };
+        let mut d = BTreeMap::new();
+        d.insert("client".into(), to_value(&b.client));
+        let mut ids = vec![rec.id];
+        ids.extend(b.evidence.record_ids.iter().copied());
+        let f = finding(
+            "build_from_container",
+            r.severity,
+            format!(
+                "Image build {} was requested by {} running inside container {}{}.",
+                b.build_id,
+                describe_client(&b.client),
+                b.client.container_name.as_deref().unwrap_or(cid),
+                b.client
+                    .container_image
+                    .as_deref()
+                    .map(|i| format!(" (image {i})"))
+                    .unwrap_or_default()
+            ),
+            &[T1612],
+            &[AN1261],
+            Some(&b.build_id),
+            Some(cid),
+            None,
+            d,
+            ids,
+        );
+        self.emit(f, out);
+    }
+
+    /// `container_from_unexplained_image`: the image was made on this host (no registry digest)
+    /// and no build record explains it (built while the sensor was stopped, `docker load`,
+    /// `import`, `commit`).
+    fn on_unexplained_image(&mut self, rec: &Record, c: &ContainerStart, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.container_from_unexplained_image;
+        if !r.enabled || c.image_origin.as_deref() != Some("unexplained") {
+            return;
+        }
+        let mut d = BTreeMap::new();
+        d.insert("image".into(), json!(c.image));
+        d.insert("runtime".into(), json!(c.runtime));
+        d.insert("client".into(), to_value(&c.client));
+        let mut ids = vec![rec.id];
+        ids.extend(c.evidence.record_ids.iter().copied());
+        let f = finding(
+            "container_from_unexplained_image",
+            r.severity,
+            format!(
+                "Container {} was started from image {}, made on this host (no registry digest) by no build the sensor saw.",
+                c.name.as_deref().unwrap_or(&c.container_id),
+                c.image
+            ),
+            &[T1612, T1610],
+            &[AN1261],
+            None,
+            Some(&c.container_id),
+            c.image_id.as_deref(),
+            d,
+            ids,
+        );
+        self.emit(f, out);
+    }
+
+    /// `container_start_from_container`: a client inside a container asked the runtime to
+    /// start another container.
+    fn on_start_from_container(&mut self, rec: &Record, c: &ContainerStart, out: &mut Vec<Body>) {
+        let p = self.policy.current();
+        let r = &p.rules.container_start_from_container;
+        let Some(from) = c.client.container_id.as_deref().filter(|_| r.enabled) else {
+            return;
+        };
+        let mut d = BTreeMap::new();
+        d.insert("client".into(), to_value(&c.client));
+        d.insert("image".into(), json!(c.image));
+        d.insert("started_container".into(), json!(c.container_id));
+        let mut ids = vec![rec.id];
+        ids.extend(c.evidence.record_ids.iter().copied());
+        let f = finding(
+            "container_start_from_container",
+            r.severity,
+            format!(
+                "Container {} (image {}) was started at the request of {} running inside container {}.",
+                c.name.as_deref().unwrap_or(&c.container_id),
+                c.image,
+                describe_client(&c.client),
+                c.client.container_name.as_deref().unwrap_or(from),
+            ),
+            &[T1610],
+            &[],
+            c.build_id.as_deref(),
+            Some(&c.container_id),
+            c.image_id.as_deref(),
             d,
             ids,
         );
@@ -536,7 +642,11 @@ impl Engine for FindingsEngine {
             Body::BuildStarted(b) => self.on_build_started(rec, b, out),
             Body::BuildFinished(b) => self.on_build_finished(rec, b, out),
             Body::BuildDockerfile(d) => self.on_dockerfile(rec, d, out),
-            Body::ContainerStart(c) => self.on_container_start(rec, c, out),
+            Body::ContainerStart(c) => {
+                self.on_start_from_container(rec, c, out);
+                self.on_unexplained_image(rec, c, out);
+                self.on_container_start(rec, c, out)
+            }
             Body::ImageContents(c) => self.on_image_contents(rec, c, out),
             _ => {}
         }
@@ -667,6 +777,87 @@ mod tests {
         let (mut e, _) = engine("");
         e.observe(&rec(7, 1, build_started("B3", unix_client(1000))), &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn clients_inside_containers_build_and_start() {
+        let (mut e, _) = engine("");
+        let mut inside = unix_client(0);
+        inside.exe = Some("/usr/bin/docker".into());
+        inside.container_id = Some("c".repeat(64));
+        inside.container_name = Some("pwned".into());
+        inside.container_image = Some("web:1".into());
+        let mut out = Vec::new();
+        e.observe(&rec(5, 1, build_started("B1", inside.clone())), &mut out);
+        let f = findings(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert_eq!(f[0].rule, "build_from_container");
+        assert_eq!(f[0].severity, "high");
+        assert_eq!(
+            (f[0].attack.clone(), f[0].analytics.clone()),
+            (vec!["T1612".to_string()], vec!["AN1261".to_string()])
+        );
+        assert_eq!(f[0].container_id.as_deref(), Some("c".repeat(64).as_str()));
+        assert!(
+            f[0].summary
+                .contains("inside container pwned (image web:1)"),
+            "{}",
+            f[0].summary
+        );
+
+        out.clear();
+        let Body::ContainerStart(mut start) = container_start("d1", "sha256:x", None, None) else {
+            unreachable!()
+        };
+        start.client = inside;
+        e.observe(&rec(6, 2, Body::ContainerStart(start)), &mut out);
+        let f = findings(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert_eq!(f[0].rule, "container_start_from_container");
+        assert_eq!(f[0].attack, vec!["T1610"]);
+        assert_eq!(f[0].container_id.as_deref(), Some("d1"));
+
+        // Host clients: neither rule.
+        out.clear();
+        e.observe(&rec(7, 3, build_started("B2", unix_client(0))), &mut out);
+        e.observe(
+            &rec(8, 4, container_start("d2", "sha256:x", None, None)),
+            &mut out,
+        );
+        assert!(findings(&out).is_empty(), "{out:?}");
+        // Disabled by policy.
+        let (mut e, _) = engine("[rules.build_from_container]\nenabled = false\n");
+        let mut c = unix_client(0);
+        c.container_id = Some("c".repeat(64));
+        e.observe(&rec(9, 5, build_started("B3", c)), &mut out);
+        assert!(findings(&out).is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn unexplained_image_start_fires_and_others_are_quiet() {
+        let (mut e, _) = engine("");
+        let mut out = Vec::new();
+        for (i, origin) in [
+            Some("unexplained"),
+            Some("registry"),
+            Some("built_here"),
+            None,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Body::ContainerStart(mut c) = container_start("d1", "sha256:x", None, None) else {
+                unreachable!()
+            };
+            c.image_origin = origin.map(str::to_string);
+            e.observe(&rec(10 + i as u64, 1, Body::ContainerStart(c)), &mut out);
+        }
+        let f = findings(&out);
+        assert_eq!(f.len(), 1, "{out:?}");
+        assert_eq!(f[0].rule, "container_from_unexplained_image");
+        assert_eq!(f[0].severity, "medium");
+        assert_eq!(f[0].attack, vec!["T1612", "T1610"]);
+        assert_eq!(f[0].evidence.record_ids, vec![10]);
     }
 
     #[test]

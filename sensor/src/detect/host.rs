@@ -186,6 +186,157 @@ pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::
     None
 }
 
+/// Parents followed from an image to its base (a Dockerfile has at most this many steps).
+const MAX_IMAGE_CHAIN: usize = 512;
+
+/// The containers the legacy builder committed into an image and its parents, newest first:
+/// the `container` field of each image config in the chain of `parent` links of dockerd's
+/// image store. Each RUN step of a legacy build ran in one of them, so the chain ties step
+/// containers to the build that wrote the image, whatever the build showed its client.
+pub fn docker_image_chain(paths: &HostPaths, image_id: &str) -> Vec<String> {
+    let mut containers = Vec::new();
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
+        return containers;
+    };
+    for driver in dir.flatten() {
+        let db = driver.path().join("imagedb");
+        let mut id = image_id.to_string();
+        for _ in 0..MAX_IMAGE_CHAIN {
+            let Some(hex) = id.strip_prefix("sha256:").filter(|h| is_container_id(h)) else {
+                break;
+            };
+            let Some(config) = read_json(&db.join("content/sha256").join(hex)) else {
+                break;
+            };
+            if let Some(c) = config["container"].as_str().filter(|c| is_container_id(c)) {
+                containers.push(c.to_string());
+            }
+            match std::fs::read_to_string(db.join("metadata/sha256").join(hex).join("parent")) {
+                Ok(parent) => id = parent.trim().to_string(),
+                Err(_) => break,
+            }
+        }
+        if !containers.is_empty() {
+            break;
+        }
+    }
+    containers
+}
+
+/// Layers of history kept per image, and characters per `created_by`.
+const MAX_HISTORY: usize = 64;
+const MAX_CREATED_BY: usize = 512;
+
+/// One image of dockerd's image store.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DockerImage {
+    pub id: String,
+    pub created: Option<crate::record::Timestamp>,
+    pub tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Each history entry's `created_by` (or `comment`), oldest first, bounded.
+    pub history: Vec<String>,
+    pub parent: Option<String>,
+}
+
+fn parse_time(v: &Value) -> Option<crate::record::Timestamp> {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc)))
+}
+
+/// Every image in dockerd's image store, with the tags and digests repositories.json gives it.
+pub fn docker_images(paths: &HostPaths) -> Vec<DockerImage> {
+    let mut images = Vec::new();
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
+        return images;
+    };
+    for driver in dir.flatten() {
+        let db = driver.path().join("imagedb");
+        let Ok(content) = std::fs::read_dir(db.join("content/sha256")) else {
+            continue;
+        };
+        let repos = read_json(&driver.path().join("repositories.json")).unwrap_or(Value::Null);
+        for e in content.flatten() {
+            let hex = e.file_name().to_string_lossy().into_owned();
+            if !is_container_id(&hex) {
+                continue;
+            }
+            let Some(config) = read_json(&e.path()) else {
+                continue;
+            };
+            let id = format!("sha256:{hex}");
+            let mut img = DockerImage {
+                created: parse_time(&config["created"]),
+                history: config["history"]
+                    .as_array()
+                    .map(|h| {
+                        h.iter()
+                            .take(MAX_HISTORY)
+                            .filter_map(|x| {
+                                x["created_by"].as_str().or_else(|| x["comment"].as_str())
+                            })
+                            .map(|s| {
+                                crate::redact::redact_history(s)
+                                    .chars()
+                                    .take(MAX_CREATED_BY)
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                parent: std::fs::read_to_string(
+                    db.join("metadata/sha256").join(&hex).join("parent"),
+                )
+                .ok()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty()),
+                ..Default::default()
+            };
+            if let Some(repos) = repos["Repositories"].as_object() {
+                for refs in repos.values().filter_map(Value::as_object) {
+                    for (r, target) in refs {
+                        if target.as_str() != Some(id.as_str()) {
+                            continue;
+                        }
+                        match r.split_once('@') {
+                            Some((_, digest)) => {
+                                if !img.repo_digests.iter().any(|d| d == digest) {
+                                    img.repo_digests.push(digest.to_string());
+                                }
+                            }
+                            None => img.tags.push(r.clone()),
+                        }
+                    }
+                }
+            }
+            img.id = id;
+            images.push(img);
+        }
+        if !images.is_empty() {
+            break;
+        }
+    }
+    images
+}
+
+/// Whether dockerd records a registry digest for the image (it was pulled, or pushed).
+pub fn docker_image_has_digest(paths: &HostPaths, image_id: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
+        return false;
+    };
+    dir.flatten().any(|driver| {
+        read_json(&driver.path().join("repositories.json")).is_some_and(|v| {
+            v["Repositories"].as_object().is_some_and(|repos| {
+                repos.values().filter_map(Value::as_object).any(|refs| {
+                    refs.iter()
+                        .any(|(r, id)| r.contains('@') && id.as_str() == Some(image_id))
+                })
+            })
+        })
+    })
+}
+
 /// A containerd task bundle's OCI annotations of interest.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BundleInfo {

@@ -10,13 +10,14 @@ use serde_json::Value;
 
 use super::SharedLineage;
 use super::host::{self, HostPaths};
-use super::runtime::{RuntimeStart, parse_runtime_exec};
+use crate::api::ApiCall;
 use crate::engine::Engine;
 use crate::policy::ALLOWED;
 use crate::record::{
-    ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence, ImagePush,
-    KubernetesRef, Record, Timestamp,
+    ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence,
+    ImageDiscovered, ImagePush, KubernetesRef, Record, Timestamp,
 };
+use crate::runtime_exec::{RuntimeStart, container_start};
 use crate::store::{ImageLineage, PushSeen};
 
 /// A start request waits this long for the runtime to create the container before the
@@ -62,7 +63,13 @@ pub struct LineageEngine {
     recent: HashMap<String, Timestamp>,
     unresolved_starts: u64,
     unconfirmed_pushes: u64,
+    /// The image store was compared with the lineage store (once, at start).
+    reconciled: bool,
+    last_alive: Option<Timestamp>,
 }
+
+/// How often the store records that the sensor is watching (`seen_until`).
+const ALIVE_EVERY_MS: u64 = 60_000;
 
 impl LineageEngine {
     pub fn new(paths: HostPaths, store: SharedLineage) -> Self {
@@ -74,7 +81,56 @@ impl LineageEngine {
             recent: HashMap::new(),
             unresolved_starts: 0,
             unconfirmed_pushes: 0,
+            reconciled: false,
+            last_alive: None,
         }
+    }
+
+    /// At start: images dockerd's store holds that were created after the previous run's
+    /// `seen_until` and that the lineage store does not know were made while nothing watched
+    /// (a build while the sensor was stopped): one `image_discovered` each.
+    fn reconcile(&mut self, out: &mut Vec<Body>) {
+        if std::mem::replace(&mut self.reconciled, true) {
+            return;
+        }
+        let Some(since) = self.store().previous_seen_until() else {
+            return;
+        };
+        let mut found: Vec<host::DockerImage> = host::docker_images(&self.paths)
+            .into_iter()
+            .filter(|i| i.created.is_some_and(|c| c > since))
+            .collect();
+        found.sort_by_key(|i| i.created);
+        for img in found {
+            if self.store().get(&img.id).is_some() {
+                continue;
+            }
+            let Some(created) = img.created else {
+                continue;
+            };
+            out.push(Body::ImageDiscovered(ImageDiscovered {
+                image_id: img.id,
+                runtime: "docker".into(),
+                created,
+                seen_until: Some(since),
+                tags: img.tags,
+                repo_digests: img.repo_digests,
+                history: img.history,
+                parent: img.parent,
+            }));
+        }
+    }
+
+    /// `built_here`, `registry` or `unexplained`, for a Docker image (see ContainerStart).
+    fn image_origin(&self, image_id: Option<&str>, built_here: bool) -> Option<String> {
+        let origin = if built_here {
+            "built_here"
+        } else if host::docker_image_has_digest(&self.paths, image_id?) {
+            "registry"
+        } else {
+            "unexplained"
+        };
+        Some(origin.to_string())
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, crate::store::LineageStore> {
@@ -133,54 +189,49 @@ impl LineageEngine {
     }
 
     fn on_request(&mut self, rec: &Record, a: &ApiRequest) {
-        if a.method != "POST" {
-            return;
-        }
-        let ep = a.endpoint.trim_end_matches('/');
-        if let Some(reference) = ep
-            .strip_prefix("/containers/")
-            .and_then(|r| r.strip_suffix("/start"))
-        {
-            self.starts.push(PendingStart {
-                reference: percent_decode(reference),
-                client: a.client.clone(),
-                record_id: rec.id,
-                ts: rec.ts,
-            });
-        } else if let Some(name) = ep
-            .strip_prefix("/images/")
-            .and_then(|r| r.strip_suffix("/push"))
-        {
-            let tag = query_param(a.query.as_deref().unwrap_or(""), "tag").unwrap_or_default();
-            let name = percent_decode(name);
-            // `tag` empty pushes every tag of the repository: no single image to watch on disk.
-            let image_id = if tag.is_empty() {
-                None
-            } else {
-                host::docker_image_id(&self.paths, &format!("{name}:{tag}"))
-            };
-            let digests_before = image_id
-                .as_deref()
-                .map(|i| host::docker_repo_digests(&self.paths, &name, i))
-                .unwrap_or_default();
-            self.pushes.insert(
-                (a.process.pid, a.fd),
-                PendingPush {
-                    name,
-                    tag,
-                    image_id,
-                    digests_before,
-                    client: a.client.clone(),
+        match ApiCall::interpret(&a.method, &a.endpoint, a.query.as_deref()) {
+            ApiCall::ContainerStart { reference } => {
+                let mut client = a.client.clone();
+                crate::client_origin::place_client(&mut client, &self.paths);
+                self.starts.push(PendingStart {
+                    reference,
+                    client,
                     record_id: rec.id,
                     ts: rec.ts,
-                    responses: 0,
-                    response_ids: Vec::new(),
-                    tags_reported: Vec::new(),
-                },
-            );
-        } else {
-            // Another request on a connection that carried a push ends that push's stream.
-            self.pushes.remove(&(a.process.pid, a.fd));
+                });
+            }
+            ApiCall::ImagePush { name, tag } => {
+                // `tag` empty pushes every tag of the repository: no single image to watch on
+                // disk.
+                let image_id = if tag.is_empty() {
+                    None
+                } else {
+                    host::docker_image_id(&self.paths, &format!("{name}:{tag}"))
+                };
+                let digests_before = image_id
+                    .as_deref()
+                    .map(|i| host::docker_repo_digests(&self.paths, &name, i))
+                    .unwrap_or_default();
+                self.pushes.insert(
+                    (a.process.pid, a.fd),
+                    PendingPush {
+                        name,
+                        tag,
+                        image_id,
+                        digests_before,
+                        client: a.client.clone(),
+                        record_id: rec.id,
+                        ts: rec.ts,
+                        responses: 0,
+                        response_ids: Vec::new(),
+                        tags_reported: Vec::new(),
+                    },
+                );
+            }
+            _ => {
+                // Another request on a connection that carried a push ends that push's stream.
+                self.pushes.remove(&(a.process.pid, a.fd));
+            }
         }
     }
 
@@ -362,6 +413,11 @@ impl LineageEngine {
                 l.map(|l| (l.build_id.clone(), l.built_at)),
             )
         };
+        let image_origin = if runtime == "docker" {
+            self.image_origin(image_id.as_deref(), build.is_some())
+        } else {
+            None
+        };
         Body::ContainerStart(ContainerStart {
             container_id,
             name,
@@ -376,6 +432,7 @@ impl LineageEngine {
                 record_ids: ids,
                 pids: Vec::new(),
             },
+            image_origin,
         })
     }
 }
@@ -383,11 +440,12 @@ impl LineageEngine {
 impl Engine for LineageEngine {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
+            Body::SensorStarted(_) => self.reconcile(out),
             Body::BuildFinished(b) => self.on_build_finished(rec, b),
             Body::ApiRequest(a) => self.on_request(rec, a),
             Body::ApiResponse(r) => self.on_response(rec, r, out),
             Body::ProcessExec(e) => {
-                if let Some(s) = parse_runtime_exec(e) {
+                if let Some(s) = container_start(e) {
                     self.on_runtime_start(rec, s, out);
                 }
             }
@@ -496,6 +554,17 @@ impl Engine for LineageEngine {
         self.recent
             .retain(|_, t| now.millis_since(t) < RECENT_START_MS);
         self.store().prune(now);
+        if self
+            .last_alive
+            .is_none_or(|t| now.millis_since(&t) >= ALIVE_EVERY_MS)
+        {
+            self.last_alive = Some(now);
+            self.store().mark_alive(now);
+        }
+    }
+
+    fn finish(&mut self, now: Timestamp, _out: &mut Vec<Body>) {
+        self.store().mark_alive(now);
     }
 
     fn drops(&self, drops: &mut BTreeMap<String, u64>) {
@@ -526,37 +595,6 @@ pub fn registry_of(name: &str) -> String {
         }
         _ => "docker.io".to_string(),
     }
-}
-
-fn query_param(q: &str, key: &str) -> Option<String> {
-    q.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(h << 4 | l);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -648,6 +686,98 @@ mod tests {
         assert_eq!(c.client.uid, Some(0));
         assert_eq!(c.evidence.record_ids, vec![12, 13]);
         std::fs::remove_dir_all(&paths.host_root).unwrap();
+    }
+
+    /// Writes an image config (and its tag) into the fake store.
+    fn add_image(paths: &HostPaths, hex: &str, created: &str, tag: &str, digest: Option<&str>) {
+        let img = paths.host_root.join("var/lib/docker/image/overlay2");
+        let content = img.join("imagedb/content/sha256");
+        std::fs::create_dir_all(&content).unwrap();
+        std::fs::write(
+            content.join(hex),
+            serde_json::json!({"created": created, "history": [
+                {"created": created, "comment": "Imported from -"},
+                {"created": created, "created_by": "/bin/sh -c wget -q http://x/p"}]})
+            .to_string(),
+        )
+        .unwrap();
+        let repos_path = img.join("repositories.json");
+        let mut repos: Value =
+            serde_json::from_slice(&std::fs::read(&repos_path).unwrap()).unwrap();
+        let repo = tag.split(':').next().unwrap().to_string();
+        let id = format!("sha256:{hex}");
+        repos["Repositories"][&repo][tag] = Value::String(id.clone());
+        if let Some(d) = digest {
+            repos["Repositories"][&repo][format!("{repo}@{d}")] = Value::String(id);
+        }
+        std::fs::write(&repos_path, repos.to_string()).unwrap();
+    }
+
+    #[test]
+    fn images_made_while_stopped_are_discovered_and_unexplained() {
+        let id = "e".repeat(64);
+        let paths = fake_docker("lin-rec", &id, "web", "sha256:old", "old:1");
+        let (old, new, pulled) = ("1".repeat(64), "2".repeat(64), "3".repeat(64));
+        add_image(&paths, &old, "2023-11-14T22:00:00Z", "old:1", None);
+        add_image(&paths, &new, "2023-11-14T22:20:00Z", "made:1", None);
+        add_image(
+            &paths,
+            &pulled,
+            "2023-11-14T22:21:00Z",
+            "pulled:1",
+            Some("sha256:dd"),
+        );
+        let dir = std::env::temp_dir().join(format!("sensor-lin-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // The previous run watched until 22:10 (ts(0) is 2023-11-14T22:13:20Z).
+        let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+        first.mark_alive(ts(-200));
+        drop(first);
+        let store = Arc::new(Mutex::new(
+            LineageStore::open(&dir, 10, 3650, ts(0)).unwrap(),
+        ));
+        let mut e = LineageEngine::new(paths.clone(), store);
+        let mut out = Vec::new();
+        let started = Body::SensorStarted(crate::record::SensorStarted {
+            version: "t".into(),
+            kernel: "t".into(),
+            probes: vec![],
+            probes_failed: Default::default(),
+            seeded_processes: 0,
+            runtime_names: vec![],
+            raw: false,
+        });
+        e.observe(&rec(1, 0, started.clone()), &mut out);
+        let found: Vec<&ImageDiscovered> = out
+            .iter()
+            .filter_map(|b| match b {
+                Body::ImageDiscovered(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(found.len(), 2, "{out:?}");
+        assert_eq!(found[0].image_id, format!("sha256:{new}"));
+        assert_eq!(found[0].tags, ["made:1"]);
+        assert_eq!(found[0].history[1], "/bin/sh -c wget -q http://x/p");
+        assert!(found[0].repo_digests.is_empty());
+        assert_eq!(found[1].repo_digests, ["sha256:dd"]);
+        // Once per run.
+        out.clear();
+        e.observe(&rec(2, 1, started), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            e.image_origin(Some(&format!("sha256:{new}")), false)
+                .as_deref(),
+            Some("unexplained")
+        );
+        assert_eq!(
+            e.image_origin(Some(&format!("sha256:{pulled}")), false)
+                .as_deref(),
+            Some("registry")
+        );
+        assert_eq!(e.image_origin(None, true).as_deref(), Some("built_here"));
+        std::fs::remove_dir_all(&paths.host_root).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -802,6 +932,5 @@ mod tests {
         assert_eq!(registry_of("me/app"), "docker.io");
         assert_eq!(registry_of("localhost/app"), "localhost");
         assert_eq!(registry_of("ghcr.io/me/app"), "ghcr.io");
-        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
     }
 }

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 pub mod findings;
 pub mod host;
 pub mod lineage;
-pub mod runtime;
 #[cfg(test)]
 pub(crate) mod testutil;
 

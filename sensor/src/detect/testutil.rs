@@ -147,5 +147,6 @@ pub fn container_start(
         build_id: build_id.map(str::to_string),
         seconds_since_build: secs_since,
         evidence: Evidence::default(),
+        image_origin: None,
     })
 }

@@ -30,6 +30,14 @@ pub struct StepDownload {
 fn step_of<'a>(created_by: &str, steps: &'a [BuildStep]) -> Option<&'a BuildStep> {
     let c = created_by.strip_prefix("RUN ").unwrap_or(created_by);
     let c = c.strip_suffix(" # buildkit").unwrap_or(c);
+    // A RUN of a build with build args: `|N K=V ... CMD` (values redacted by then).
+    let c = match c.strip_prefix('|').and_then(|a| a.split_once(' ')) {
+        Some((n, rest)) => match n.parse::<usize>() {
+            Ok(n) => rest.splitn(n + 1, ' ').nth(n).unwrap_or(""),
+            Err(_) => c,
+        },
+        None => c,
+    };
     if c.contains("#(nop)") {
         return None;
     }

@@ -128,7 +128,7 @@ fn config_layers(cfg_path: &Path) -> Result<Vec<Layer>, LayerError> {
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        let by = e["created_by"].as_str().map(str::to_string);
+        let by = e["created_by"].as_str().map(crate::redact::redact_history);
         if e["empty_layer"].as_bool().unwrap_or(false) {
             pending.extend(by);
         } else {

@@ -31,6 +31,7 @@ pub const KINDS: &[&str] = &[
     "finding",
     "image_contents",
     "image_provenance",
+    "image_discovered",
 ];
 
 /// Names for groups of kinds, usable wherever kinds are listed.
@@ -53,6 +54,7 @@ pub const KIND_GROUPS: &[(&str, &[&str])] = &[
             "image_push",
             "image_contents",
             "image_provenance",
+            "image_discovered",
         ],
     ),
     ("findings", &["finding"]),
