@@ -1,7 +1,9 @@
 //! Where a local API client runs: on the host, or inside a container (the runtime's socket
 //! mounted into it, the usual path from a compromised container to T1612 and T1610).
 //!
-//! The client's own cgroup names its container while the client lives; a client already gone
+//! The client's cgroup path, taken in the kernel when it connected (`client.cgroup`), names its
+//! container even when it is gone. Without it (the sensor started after the connect), the
+//! client's own cgroup names its container while the client lives; a client already gone
 //! (a short `curl`) is placed by its ancestors: a shell still running in the container, or the
 //! `containerd-shim` that runs the container (its `-id` argument). A pid read back from /proc
 //! must still be the process the record names (same exe or comm), so a reused pid (or a replay
@@ -31,6 +33,12 @@ pub fn place_client(client: &mut ApiClient, paths: &HostPaths) {
 }
 
 fn container_of(client: &ApiClient) -> Option<String> {
+    // The cgroup path the kernel captured at the client's connect: no race with its exit.
+    if let Some(cg) = &client.cgroup
+        && let Some(id) = container_id_from_cgroup(&format!("0::{cg}"))
+    {
+        return Some(id);
+    }
     if let Some(pid) = client.pid
         && still_is(pid, client.exe.as_deref(), None)
         && let Some(id) = cgroup_container(pid)
@@ -106,6 +114,27 @@ mod tests {
         };
         place_client(&mut t, &HostPaths::default());
         assert_eq!(t.container_id, None);
+    }
+
+    #[test]
+    fn the_kernel_cgroup_path_places_a_client_that_is_gone() {
+        let id = "ab".repeat(32);
+        let mut c = ApiClient {
+            transport: "unix".into(),
+            pid: Some(u32::MAX - 1),
+            cgroup: Some(format!("/docker/{id}")),
+            ..Default::default()
+        };
+        place_client(&mut c, &HostPaths::default());
+        assert_eq!(c.container_id.as_deref(), Some(id.as_str()));
+        let mut host = ApiClient {
+            transport: "unix".into(),
+            pid: Some(u32::MAX - 1),
+            cgroup: Some("/user.slice/session-3.scope".into()),
+            ..Default::default()
+        };
+        place_client(&mut host, &HostPaths::default());
+        assert_eq!(host.container_id, None);
     }
 
     #[test]
