@@ -19,6 +19,7 @@ pub const KINDS: &[&str] = &[
     "connect",
     "accept",
     "dns_query",
+    "dns_response",
     "file_write",
     "file_content",
     "api_request",
@@ -300,6 +301,30 @@ impl fmt::Display for SinkSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One list per fact: every kind a record can have (from the JSON Schema derived from the
+    /// record types) is in `KINDS`, and every group names only kinds (`--kinds dns_response`
+    /// was refused though the `network` group listed it).
+    #[test]
+    fn kinds_are_the_record_kinds_and_groups_name_only_kinds() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&crate::schema::records_schema_json()).unwrap();
+        let mut from_types: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["properties"]["kind"]["const"].as_str().unwrap())
+            .collect();
+        from_types.sort_unstable();
+        let mut listed = KINDS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(listed, from_types);
+        for (group, members) in KIND_GROUPS {
+            for m in *members {
+                assert!(KINDS.contains(m), "group {group} names unknown kind {m}");
+            }
+        }
+    }
 
     #[test]
     fn parses_specs() {
