@@ -6,19 +6,25 @@ use std::{process::Command, time::Duration};
 
 use sensor_tests::*;
 
+/// A sensor writing `kinds`, with a state directory of its own (kept while the guard lives).
+fn build_sensor(kinds: &str) -> (tempfile::TempDir, SensorProcess) {
+    let state = tempfile::tempdir().unwrap();
+    let sensor = SensorProcess::start(&[
+        "--state-dir",
+        state.path().to_str().unwrap(),
+        "--kinds",
+        kinds,
+    ])
+    .unwrap();
+    (state, sensor)
+}
+
 #[test]
 fn consecutive_builds_are_all_seen() {
     require_root("loading eBPF programs");
     Dockerd::ensure();
     ensure_base_image("localbase:1");
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor = SensorProcess::start(&[
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--kinds",
-        "sensor,builds",
-    ])
-    .unwrap();
+    let (_state, mut sensor) = build_sensor("sensor,builds");
     let ctx = BuildContext::new("FROM localbase:1\nRUN true\n");
     let tags: Vec<String> = (0..16).map(|_| unique_tag("seen")).collect();
     for tag in &tags {
@@ -43,14 +49,7 @@ fn build_request_with_headers_past_4_kib_is_captured() {
     require_root("loading eBPF programs");
     Dockerd::ensure();
     ensure_base_image("localbase:1");
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor = SensorProcess::start(&[
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--kinds",
-        "sensor,builds,api_request",
-    ])
-    .unwrap();
+    let (_state, mut sensor) = build_sensor("sensor,builds,api_request");
     let ctx = BuildContext::new("FROM localbase:1\nRUN true\n");
     let tar = ctx.path().with_extension("tar");
     run(

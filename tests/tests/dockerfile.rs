@@ -1,7 +1,7 @@
 //! The Dockerfile of a build, as the daemon received it: comments, ENV, LABEL and ARG lines
 //! included (the progress stream shows none of them), ARG defaults redacted, its digest, its
 //! instructions, and the policy's patterns over them (`build_suspicious_instruction`).
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use sensor_tests::*;
 use serde_json::Value;
@@ -101,26 +101,8 @@ fn the_dockerfile_is_recorded_for_each_builder_and_client() {
         tags.push(tag);
     }
     // A raw API upload with curl: the context tar in the request body.
-    let tar = ctx.path().with_extension("tar");
-    run(
-        "tar",
-        &[
-            "-C",
-            ctx.path().to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            ".",
-        ],
-    );
     let tag = unique_tag("dockerfile-api");
-    let url = format!("http://x/v1.41/build?t={}", tag.replace(':', "%3A"));
-    let st = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--unix-socket", DOCKER_SOCKET])
-        .args(["-H", "Content-Type: application/x-tar"])
-        .args(["--data-binary", &format!("@{}", tar.display()), &url])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    curl_build(&text, &format!("t={}", tag.replace(':', "%3A")));
     check(&sensor, &tag, &text, &ip);
     tags.push(tag);
     let records = sensor.records();
