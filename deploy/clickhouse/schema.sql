@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS sensor_records
     build_id String,
     image_id String,
     digest String,
+    dockerfile String,
     container_id String,
     rule LowCardinality(String),
     severity LowCardinality(String),

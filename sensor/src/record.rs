@@ -628,7 +628,22 @@ pub struct BuildFinished {
     pub partial: bool,
     #[serde(default)]
     pub outbound: Vec<OutboundConnection>,
+    /// The Dockerfile the daemon received, when seen (`build_dockerfile` has its instructions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<DockerfileText>,
     pub evidence: Evidence,
+}
+
+/// A build's Dockerfile as `build_finished` carries it (see `build_dockerfile`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+pub struct DockerfileText {
+    pub path: String,
+    /// At most 16 KiB; `ARG` defaults redacted unless `--show-build-args`.
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, JsonSchema)]

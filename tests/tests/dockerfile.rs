@@ -46,6 +46,10 @@ fn check(sensor: &SensorProcess, tag: &str, text: &str, ip: &str) {
     );
     assert_eq!(d["size"].as_u64(), Some(text.len() as u64), "{d}");
     assert_eq!(d["truncated"], false);
+    // build_finished carries the same text and digest (it is written after the Dockerfile).
+    let finished = build_record(sensor, "build_finished", tag, WAIT);
+    assert_eq!(finished["dockerfile"]["sha256"], d["sha256"], "{finished}");
+    assert_eq!(finished["dockerfile"]["text"], d["text"], "{finished}");
     let kws: Vec<&str> = d["instructions"]
         .as_array()
         .unwrap()

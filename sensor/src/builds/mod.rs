@@ -688,6 +688,17 @@ impl Engine for BuildTracker {
             Body::ApiResponse(r) => {
                 self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out)
             }
+            Body::BuildDockerfile(d) => {
+                if let Some(s) = self.builds.values_mut().find(|s| s.build_id == d.build_id) {
+                    s.dockerfile = Some(crate::record::DockerfileText {
+                        path: d.path.clone(),
+                        text: d.text.clone(),
+                        sha256: d.sha256.clone(),
+                        truncated: d.truncated,
+                    });
+                    s.evidence.record_ids.push(rec.id);
+                }
+            }
             _ => {}
         }
     }

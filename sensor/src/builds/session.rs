@@ -61,6 +61,8 @@ pub struct BuildSession {
     /// dockerd's image store once the image id is known): the build's step containers.
     pub image_chain: Vec<String>,
     pub outbound: BTreeMap<(String, u16, String, String), OutboundConnection>,
+    /// The Dockerfile the daemon received (from `build_dockerfile`).
+    pub dockerfile: Option<crate::record::DockerfileText>,
     pub evidence: Evidence,
 }
 
@@ -94,6 +96,7 @@ impl BuildSession {
             responses_seen: 0,
             image_chain: Vec::new(),
             outbound: BTreeMap::new(),
+            dockerfile: None,
             evidence: Evidence::default(),
         }
     }
@@ -308,6 +311,7 @@ impl BuildSession {
             tags,
             partial: self.partial || why_unseen.is_some() && self.outcome.is_none(),
             outbound: self.outbound.into_values().collect(),
+            dockerfile: self.dockerfile,
             evidence: self.evidence,
         }
     }

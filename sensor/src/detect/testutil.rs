@@ -126,6 +126,7 @@ pub fn build_finished(id: &str, image_id: Option<&str>, outbound: &[(&str, u16, 
                 policy: pol.to_string(),
             })
             .collect(),
+        dockerfile: None,
         evidence: Evidence::default(),
     })
 }
