@@ -684,7 +684,8 @@ pub struct ContainerStart {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ImageDiscovered {
     pub image_id: String,
-    /// The image store it is in: `docker`.
+    /// The image store it is in: `docker`, or `containers-storage` (buildah, podman; there
+    /// `created` is when the store made it: a commit, or a pull).
     pub runtime: String,
     /// When the store says the image was created (its config's `created`).
     pub created: Timestamp,

@@ -206,3 +206,87 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
     remove_image(&seen);
     remove_image(&unseen);
 }
+
+/// The same for buildah, on containers-storage: an image built while the sensor was stopped is
+/// discovered at the next start; one it saw built (its lineage resolved by tag in the store) is
+/// not.
+#[test]
+fn buildah_build_while_the_sensor_is_stopped_is_discovered() {
+    let state = setup();
+    let state_dir = state.path().join("state");
+    let state_dir = state_dir.to_str().unwrap();
+    // containers-storage gets the offline base from the main engine (no registry).
+    Cmd::new("buildah")
+        .args(["pull", "--quiet", &format!("docker-daemon:{BASE}")])
+        .timeout(Duration::from_secs(120))
+        .run();
+    let from = format!("docker.io/library/{BASE}");
+    let bud = |tag: &str, marker: &str| -> String {
+        let ctx = BuildContext::new(&format!("FROM {from}\nRUN echo {marker} > /m\n"));
+        let out = Cmd::new("buildah")
+            .args(["bud", "--pull=never", "-q", "-t", tag])
+            .arg(ctx.path())
+            .timeout(Duration::from_secs(300))
+            .run();
+        let id = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        assert_eq!(id.len(), 64, "buildah printed no image id: {id:?}");
+        format!("sha256:{id}")
+    };
+    let mut rmi = BuildahImages(Vec::new());
+
+    let mut first = sensor(state_dir);
+    let seen = unique_tag("nogaps-bseen");
+    let seen_id = bud(&seen, "seen");
+    rmi.0.push(seen.clone());
+    first
+        .wait_for(
+            |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
+            WAIT,
+        )
+        .unwrap();
+    assert!(first.stop().unwrap().success());
+
+    let unseen = unique_tag("nogaps-bunseen");
+    let unseen_id = bud(&unseen, &unseen);
+    rmi.0.push(unseen.clone());
+
+    let mut second = sensor(state_dir);
+    let d = second
+        .wait_for(
+            |r| r["kind"] == "image_discovered" && r["image_id"] == unseen_id.as_str(),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("no image_discovered for {unseen}: {e:#}"));
+    assert_eq!(d["runtime"], "containers-storage", "{d}");
+    assert!(
+        d["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().is_some_and(|t| t.ends_with(unseen.as_str()))),
+        "{d}"
+    );
+    second
+        .expect_none(
+            |r| r["kind"] == "image_discovered" && r["image_id"] == seen_id.as_str(),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    assert!(second.stop().unwrap().success());
+}
+
+/// Removes buildah images at the end of the test, passed or not.
+struct BuildahImages(Vec<String>);
+
+impl Drop for BuildahImages {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            let _ = Cmd::new("buildah").args(["rmi", t]).try_run();
+        }
+    }
+}

@@ -246,6 +246,55 @@ fn parse_time(v: &Value) -> Option<crate::record::Timestamp> {
 }
 
 /// Every image in dockerd's image store, with the tags and digests repositories.json gives it.
+/// Where buildah and podman (rootful) keep images.
+pub const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
+
+/// The images of containers-storage (buildah, podman): `overlay-images/images.json`, with the
+/// time the store made each (a build's commit, or a pull) and its names. No history: that is
+/// in each image's config, which the reconciliation does not need to tell built from unseen.
+pub fn containers_images(paths: &HostPaths) -> Vec<DockerImage> {
+    let file = paths
+        .host(Path::new(CONTAINERS_STORAGE))
+        .join("overlay-images/images.json");
+    let Some(list) = read_json(&file) else {
+        return Vec::new();
+    };
+    list.as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| {
+            let hex = i["id"].as_str().filter(|h| is_container_id(h))?;
+            Some(DockerImage {
+                id: format!("sha256:{hex}"),
+                created: parse_time(&i["created"]),
+                tags: i["names"]
+                    .as_array()
+                    .map(|n| {
+                        n.iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
+/// The id (`sha256:<hex>`) of the newest containers-storage image a reference names
+/// (`name:tag`, matched against the store's `localhost/name:tag` and
+/// `docker.io/library/name:tag` names too).
+pub fn containers_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
+    let norm = |r: &str| crate::store::normalize_ref(r.strip_prefix("localhost/").unwrap_or(r));
+    let want = norm(reference);
+    containers_images(paths)
+        .into_iter()
+        .filter(|i| i.tags.iter().any(|n| norm(n) == want))
+        .max_by_key(|i| i.created.map(|c| c.unix_nanos()))
+        .map(|i| i.id)
+}
+
 pub fn docker_images(paths: &HostPaths) -> Vec<DockerImage> {
     let mut images = Vec::new();
     let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {

@@ -96,12 +96,18 @@ impl LineageEngine {
         let Some(since) = self.store().previous_seen_until() else {
             return;
         };
-        let mut found: Vec<host::DockerImage> = host::docker_images(&self.paths)
+        let mut found: Vec<(&str, host::DockerImage)> = host::docker_images(&self.paths)
             .into_iter()
-            .filter(|i| i.created.is_some_and(|c| c > since))
+            .map(|i| ("docker", i))
+            .chain(
+                host::containers_images(&self.paths)
+                    .into_iter()
+                    .map(|i| ("containers-storage", i)),
+            )
+            .filter(|(_, i)| i.created.is_some_and(|c| c > since))
             .collect();
-        found.sort_by_key(|i| i.created);
-        for img in found {
+        found.sort_by_key(|(_, i)| i.created);
+        for (runtime, img) in found {
             if self.store().get(&img.id).is_some() {
                 continue;
             }
@@ -110,7 +116,7 @@ impl LineageEngine {
             };
             out.push(Body::ImageDiscovered(ImageDiscovered {
                 image_id: img.id,
-                runtime: "docker".into(),
+                runtime: runtime.into(),
                 created,
                 seen_until: Some(since),
                 tags: img.tags,
@@ -139,11 +145,16 @@ impl LineageEngine {
     }
 
     fn on_build_finished(&mut self, rec: &Record, b: &BuildFinished) {
+        // buildah and podman builds carry no image id: their store names it by tag.
+        let on_storage = matches!(b.builder.as_str(), "buildah" | "podman");
         let resolved = || {
-            b.tags
-                .iter()
-                .chain(&b.params.tags)
-                .find_map(|t| host::docker_image_id(&self.paths, t))
+            b.tags.iter().chain(&b.params.tags).find_map(|t| {
+                if on_storage {
+                    host::containers_image_id(&self.paths, t)
+                } else {
+                    host::docker_image_id(&self.paths, t)
+                }
+            })
         };
         let image_id = match b.status.as_str() {
             "succeeded" => b.image_id.clone().or_else(resolved),
