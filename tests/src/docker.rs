@@ -479,6 +479,37 @@ impl BuildContext {
     }
 }
 
+/// The offline base image copied from the main engine into containers-storage (buildah and
+/// podman build from there; no registry is reachable): returns its name there.
+pub fn storage_base(base: &str) -> String {
+    Cmd::new("buildah")
+        .args(["pull", "--quiet", &format!("docker-daemon:{base}")])
+        .timeout(Duration::from_secs(120))
+        .run();
+    format!("docker.io/library/{base}")
+}
+
+/// `buildah bud` or `podman build` (`tool`) of `dir` as `tag` on containers-storage, with
+/// `args` before the context; returns the image id the tool printed, as `sha256:...`.
+pub fn storage_build(tool: &str, dir: &Path, tag: &str, args: &[&str]) -> String {
+    let verb = if tool == "buildah" { "bud" } else { "build" };
+    let out = Cmd::new(tool)
+        .args([verb, "--pull=never"])
+        .args(args)
+        .args(["-t", tag])
+        .arg(dir)
+        .timeout(Duration::from_secs(300))
+        .run();
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 64, "{tool} printed no image id: {id:?}");
+    format!("sha256:{id}")
+}
+
 /// Removes a container at the end of the test, passed or not.
 pub struct ContainerGuard(pub String);
 

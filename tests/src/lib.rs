@@ -48,7 +48,7 @@ mod tcp_dockerd;
 pub use cmd::{Cmd, DEFAULT_TIMEOUT, run, run_env};
 pub use docker::{
     BuildContext, Builder, DOCKER_SOCKET, Dockerd, curl_build, docker_build, docker_build_quiet,
-    docker_cli, ensure_base_image, remove_image,
+    docker_cli, ensure_base_image, remove_image, storage_base, storage_build,
 };
 pub use docker::{ContainerGuard, ImageGuard};
 pub use netns::{TcpSink, TestHost};

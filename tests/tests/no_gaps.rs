@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sensor_tests::{
     BuildContext, Builder, Cmd, Dockerd, SensorProcess, docker_build_quiet, docker_cli,
-    ensure_base_image, remove_image, require_root, unique_tag,
+    ensure_base_image, remove_image, require_root, storage_base, storage_build, unique_tag,
 };
 use serde_json::Value;
 
@@ -215,27 +215,10 @@ fn buildah_build_while_the_sensor_is_stopped_is_discovered() {
     let state = setup();
     let state_dir = state.path().join("state");
     let state_dir = state_dir.to_str().unwrap();
-    // containers-storage gets the offline base from the main engine (no registry).
-    Cmd::new("buildah")
-        .args(["pull", "--quiet", &format!("docker-daemon:{BASE}")])
-        .timeout(Duration::from_secs(120))
-        .run();
-    let from = format!("docker.io/library/{BASE}");
+    let from = storage_base(BASE);
     let bud = |tag: &str, marker: &str| -> String {
         let ctx = BuildContext::new(&format!("FROM {from}\nRUN echo {marker} > /m\n"));
-        let out = Cmd::new("buildah")
-            .args(["bud", "--pull=never", "-q", "-t", tag])
-            .arg(ctx.path())
-            .timeout(Duration::from_secs(300))
-            .run();
-        let id = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        assert_eq!(id.len(), 64, "buildah printed no image id: {id:?}");
-        format!("sha256:{id}")
+        storage_build("buildah", ctx.path(), tag, &["-q"])
     };
     let mut rmi = BuildahImages(Vec::new());
 

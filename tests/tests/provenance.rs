@@ -14,7 +14,7 @@ use std::time::Duration;
 use sensor_tests::{
     BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, assert_records_match_schema,
     build_record, docker_cli, ensure_base_image, remove_image, require_root, run, sensor_bin,
-    unique_tag,
+    storage_base, storage_build, unique_tag,
 };
 use serde_json::Value;
 
@@ -154,26 +154,14 @@ fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
             image_id(tag)
         }
         Via::Buildah | Via::Podman => {
-            let (tool, verb) = if via == Via::Buildah {
-                ("buildah", "bud")
+            let tool = if via == Via::Buildah {
+                "buildah"
             } else {
-                ("podman", "build")
+                "podman"
             };
-            // --pull=never: the base is local; host network: the step reaches the test host
-            // through this host's routes (as in tests/tests/builds_more.rs).
-            let out = Cmd::new(tool)
-                .args([verb, "--pull=never", "--network", "host", "-t", tag])
-                .arg(ctx.path())
-                .timeout(Duration::from_secs(300))
-                .run();
-            let id = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            assert_eq!(id.len(), 64, "{tool} printed no image id: {id:?}");
-            format!("sha256:{id}")
+            // Host network: the step reaches the test host through this host's routes (as in
+            // tests/tests/builds_more.rs).
+            storage_build(tool, ctx.path(), tag, &["--network", "host"])
         }
     }
 }
@@ -184,12 +172,7 @@ fn build_with_download(via: Via, name: &str) {
     ensure_base_image(BASE);
     let on_storage = matches!(via, Via::Buildah | Via::Podman);
     let from = if on_storage {
-        // containers-storage gets the offline base from the main engine (no registry).
-        Cmd::new("buildah")
-            .args(["pull", "--quiet", &format!("docker-daemon:{BASE}")])
-            .timeout(Duration::from_secs(120))
-            .run();
-        format!("docker.io/library/{BASE}")
+        storage_base(BASE)
     } else {
         BASE.to_string()
     };
