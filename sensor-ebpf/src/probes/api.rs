@@ -8,10 +8,7 @@ use sensor_common::{
 
 use super::net::{WATCH_API, WATCH_DNS, WATCH_FILE, dns_send};
 use crate::{
-    helpers::{
-        config, count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd,
-        tracked_current, unix_peer,
-    },
+    helpers::{count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd, unix_peer},
     maps::{ONE_BYTE, PendingRead, READ_API, WATCH_FDS},
 };
 
@@ -77,7 +74,7 @@ fn copy_data(d: &mut ApiData, buf: u64, len: u64) -> Option<u16> {
 
 /// read(2) exit of an API server: a buffer that starts an HTTP request is reported.
 #[inline(always)]
-pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
+pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option<()> {
     let wkey = fd_key(p.fd);
     if ret == 1 {
         // SAFETY: bpf_probe_read_user checks the address.
@@ -108,8 +105,6 @@ pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
     if unsafe { ONE_BYTE.get(&wkey) }.is_some() {
         let _ = ONE_BYTE.remove(&wkey);
     }
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
     let mut r = reserve::<ApiData>(EventKind::ApiRequest, t.flags)?;
     let d = &mut r.event().data;
     d.fd = p.fd as i32;

@@ -2,11 +2,11 @@
 //! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
 //! the addresses a build step connects to.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
-use sensor_common::{DNS_CAP, DnsData, EventKind, StatReason, track};
+use sensor_common::{Config, DNS_CAP, DnsData, EventKind, StatReason, Tracked, track};
 
 use super::net::WATCH_DNS;
 use crate::{
-    helpers::{config, count, fd_key, pend, reserve, sock_addrs, sock_of_fd, tracked_current},
+    helpers::{count, fd_key, pend, reserve, sock_addrs, sock_of_fd},
     maps::{PendingRead, READ_DNS, WATCH_FDS},
 };
 
@@ -46,12 +46,10 @@ pub fn enter_recvmsg(fd: u64, msg: u64) -> Option<()> {
 
 /// At the exit: the response that was read, with the server it came from.
 #[inline(always)]
-pub fn exit_read(p: &PendingRead, ret: i64) -> Option<()> {
+pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option<()> {
     if ret < 12 {
         return None; // shorter than a DNS header, or an error
     }
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
     let mut r = reserve::<DnsData>(EventKind::DnsResponse, t.flags)?;
     let d = &mut r.event().data;
     d.family = 0;

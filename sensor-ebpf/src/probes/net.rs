@@ -258,12 +258,10 @@ pub fn enter_accept(cfg: &Config, t: &Tracked) -> Option<()> {
 }
 
 #[inline(always)]
-pub fn exit_accept(ret: i64) -> Option<()> {
+pub fn exit_accept(cfg: &Config, t: &Tracked, ret: i64) -> Option<()> {
     if ret < 0 {
         return None;
     }
-    let cfg = config()?;
-    let (_, t) = tracked_current(cfg)?;
     let o = &cfg.offsets;
     let Some(sk) = sock_of_fd(o, ret as u64) else {
         count(StatReason::SockLookupFailed);

@@ -91,9 +91,10 @@ fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
     let p = take_pending()?;
     let ret: i64 = ctx.arg(1);
     match p.kind {
-        READ_API => api::exit_read(&p, ret),
-        READ_DNS => dns::exit_read(&p, ret),
-        READ_ACCEPT => net::exit_accept(ret),
+        // The tracked entry taken above serves the handlers: no second lookup.
+        READ_API => api::exit_read(cfg, &t, &p, ret),
+        READ_DNS => dns::exit_read(cfg, &t, &p, ret),
+        READ_ACCEPT => net::exit_accept(cfg, &t, ret),
         READ_OPEN_WATCHED => file::exit_open_watched(ret),
         _ => None,
     }
