@@ -69,8 +69,17 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
             &tag,
             &format!("FROM {BASE}\nRUN echo {tag} > /marker\n"),
         );
-        // Right as the client returns: no grace for the sensor to write anything more.
+        // Killed the moment its build_finished is out: the lineage must already be on disk
+        // (persisted with the record, not at a later save). Not at the client's return: the
+        // sensor cannot persist what it has not yet read from the ring buffer (it reads in
+        // batches a few milliseconds apart), and a kill in that window raced the reader.
         let returned = Instant::now();
+        first
+            .wait_for(
+                |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &tag),
+                WAIT,
+            )
+            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
         sigkill(&first);
         let killed_after = returned.elapsed();
         let status = first.stop().unwrap();
