@@ -416,6 +416,17 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     pub kn_name: u32,
     pub kn_parent: u32,
+    /// The syscall number in `struct pt_regs` (`orig_ax` on x86_64, `syscallno` on arm64): the
+    /// socket hooks read which syscall they run under from the task's saved registers.
+    pub regs_nr: u32,
+    /// `unix_sock.peer` and `unix_sock.addr` (a `struct unix_address *`, shared by a listener
+    /// and the sockets it accepted), `unix_address.len` and `.name` (a `sockaddr_un`).
+    pub unix_peer: u32,
+    pub unix_addr: u32,
+    pub unix_addr_len: u32,
+    pub unix_addr_name: u32,
+    /// `sock.__sk_common.skc_net.net`: a socket's network namespace (keys TCP listeners).
+    pub sk_net: u32,
 }
 
 pub const OFFSET_MISSING: u32 = u32::MAX;
@@ -436,6 +447,10 @@ pub mod feature {
     pub const NET_EVENTS: u32 = 1 << 1;
     pub const API_EVENTS: u32 = 1 << 2;
     pub const DNS_EVENTS: u32 = 1 << 3;
+    /// Socket data is taken at the `sock_recv_length`/`sock_send_length` tracepoints (6.3+),
+    /// not in the raw `sys_enter`/`sys_exit` dispatch, which (when attached at all, for file
+    /// events) then leaves sockets alone.
+    pub const SOCKET_HOOKS: u32 = 1 << 4;
 }
 
 /// Value of the `RUNTIME_NAMES` map (keyed by a NUL-padded comm).
@@ -509,7 +524,7 @@ const _: () = {
     assert!(size_of::<Event<DnsData>>() <= MAX_EVENT_SIZE);
     assert!(size_of::<Event<UnixConnectData>>() <= MAX_EVENT_SIZE);
     assert!(HTTP_CAP.is_power_of_two() && ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
-    assert!(EXE_CAP.is_power_of_two() && CGROUP_CAP.is_power_of_two());
+    assert!(EXE_CAP.is_power_of_two() && CGROUP_CAP.is_power_of_two() && DNS_CAP.is_power_of_two());
 };
 
 #[cfg(feature = "user")]

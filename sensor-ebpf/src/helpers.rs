@@ -4,19 +4,22 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
         bpf_probe_read_kernel,
-        generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_kernel_str, bpf_probe_read_user,
+            bpf_task_pt_regs,
+        },
     },
     maps::ring_buf::RingBufEntry,
     programs::TracePointContext,
 };
 use sensor_common::{
     ARGV_CAP, Config, Event, EventHeader, EventKind, KernelOffsets, OFFSET_MISSING, PATH_DEPTH,
-    StatReason, Tracked, track,
+    SYSCALL_TABLE, StatReason, Tracked, syscall, track,
 };
 
 use crate::maps::{
-    CONFIG, EVENTS, PENDING_COUNT, PENDING_READ, PendingRead, RINGBUF_FILL, STATS, TRACK_CACHE,
-    TRACK_GEN, TRACKED,
+    CONFIG, EVENTS, PENDING_COUNT, PENDING_READ, PendingRead, RINGBUF_FILL, RUNTIME_EPOCH, STATS,
+    SYSCALLS, TRACK_CACHE, TRACK_GEN, TRACKED, WATCH_FDS,
 };
 
 /// An event reserved in the ring buffer with its header filled. Every path must end in
@@ -64,6 +67,17 @@ pub fn tp_field<T: Copy>(ctx: &TracePointContext, off: usize) -> T {
 #[inline(always)]
 pub fn syscall_arg(o: &KernelOffsets, regs: u64, n: usize) -> u64 {
     read_at::<u64>(regs, o.regs_arg[n]).unwrap_or(0)
+}
+
+/// At most `cap` bytes of `len`, computed so that the verifier sees the bound on the register
+/// that is used: an empty asm hides the value from the compiler, which could otherwise keep
+/// an unbounded copy for the use and test another.
+#[inline(always)]
+pub fn bounded(len: u64, cap: u64) -> u64 {
+    let mut v = len;
+    // SAFETY: an empty instruction template; it only makes `v` opaque to the optimiser.
+    unsafe { core::arch::asm!("/* {0} */", inout(reg) v) };
+    if v > cap { cap } else { v }
 }
 
 /// Remember a watched syscall of the current thread until its `sys_exit`.
@@ -172,6 +186,18 @@ pub fn current_tgid() -> u32 {
 /// per-CPU `TRACK_CACHE`: the returned `depth` is 0 (callers that need it read `TRACKED`).
 #[inline(always)]
 pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
+    let (tgid, flags) = tracked_flags_current(cfg)?;
+    // API clients are tracked only so that their exit is seen, not their activity.
+    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+        return None;
+    }
+    Some((tgid, Tracked { flags, depth: 0 }))
+}
+
+/// The current process's `TRACKED` flags, whatever they are (API clients included), through
+/// the per-CPU cache; `None` when it is not in the map (or is the sensor).
+#[inline(always)]
+pub fn tracked_flags_current(cfg: &Config) -> Option<(u32, u32)> {
     let tgid = current_tgid();
     if tgid == cfg.self_tgid {
         return None;
@@ -198,11 +224,83 @@ pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
         unsafe { *slot = u64::from(tgid) | (generation << 32) | cached };
         t?.flags
     };
-    // API clients are tracked only so that their exit is seen, not their activity.
-    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+    Some((tgid, flags))
+}
+
+/// `WATCH_FDS`: mark fd `fd` of the current process as `what`, on socket `sk` (0: unknown).
+#[inline(always)]
+pub fn watch_set(fd: u64, what: u32, sk: u64) {
+    let _ = WATCH_FDS.insert(&fd_key(fd), &((sk & !7) | u64::from(what & 7)), 0);
+}
+
+/// What fd `fd` of the current process is watched as, when it still is the socket `sk` that
+/// was watched (`sk` 0, or an entry without a socket: not checked). A stale entry is removed.
+#[inline(always)]
+pub fn watch_get(fd: u64, sk: u64) -> Option<u32> {
+    let key = fd_key(fd);
+    // SAFETY: copied out at once.
+    let v = unsafe { WATCH_FDS.get(&key) }.copied()?;
+    let watched_sk = v & !7;
+    if sk != 0 && watched_sk != 0 && watched_sk != sk & !7 {
+        let _ = WATCH_FDS.remove(&key);
         return None;
     }
-    Some((tgid, Tracked { flags, depth: 0 }))
+    Some((v & 7) as u32)
+}
+
+/// Forget fd `fd` of the current process in `WATCH_FDS`.
+#[inline(always)]
+pub fn watch_clear(fd: u64) {
+    let key = fd_key(fd);
+    // SAFETY: presence check only.
+    if unsafe { WATCH_FDS.get(&key) }.is_some() {
+        let _ = WATCH_FDS.remove(&key);
+    }
+}
+
+/// The syscall the current task is in, as the socket hooks see it: its code in `SYSCALLS` and
+/// its first arguments, from the user registers saved at entry (`bpf_task_pt_regs`).
+pub struct Call {
+    pub code: u8,
+    pub args: [u64; 5],
+}
+
+#[inline(always)]
+pub fn current_call(o: &KernelOffsets) -> Option<Call> {
+    // SAFETY: helpers without preconditions; the task pointer is the verifier-checked current
+    // task, as bpf_task_pt_regs requires.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let nr: u64 = read_at(regs, o.regs_nr)?;
+    if nr >= SYSCALL_TABLE as u64 {
+        return None;
+    }
+    let code = *SYSCALLS.get(nr as u32)?;
+    if code == syscall::IGNORED {
+        return None;
+    }
+    Some(Call {
+        code,
+        args: [
+            syscall_arg(o, regs, 0),
+            syscall_arg(o, regs, 1),
+            syscall_arg(o, regs, 2),
+            syscall_arg(o, regs, 3),
+            syscall_arg(o, regs, 4),
+        ],
+    })
+}
+
+/// A runtime root exec'd: addresses checked before may now be its API socket's.
+#[inline(always)]
+pub fn runtime_epoch_bump() {
+    if let Some(p) = RUNTIME_EPOCH.get_ptr_mut(0) {
+        atomic_add(p, 1);
+    }
+}
+
+#[inline(always)]
+pub fn runtime_epoch() -> u64 {
+    RUNTIME_EPOCH.get(0).copied().unwrap_or(0)
 }
 
 #[inline(always)]

@@ -7,6 +7,8 @@
 // The atomic add of `helpers::pending_add` (the kernel crate is always built with nightly).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// `helpers::bounded`: an empty asm block as an optimisation barrier.
+#![feature(asm_experimental_arch)]
 
 mod helpers;
 mod maps;

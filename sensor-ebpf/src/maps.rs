@@ -103,7 +103,37 @@ pub static SCRATCH_PATH: PerCpuArray<UnixPathKey> = PerCpuArray::with_max_entrie
 #[map]
 pub static ONE_BYTE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
 
-/// API connections whose responses are captured, keyed by `tgid << 32 | fd`. Set when a watched
-/// request (POST /build, push, container create) is read; cleared on the next request or close.
+/// Watched fds (API connections whose responses are captured, DNS sockets, build files), keyed
+/// by `tgid << 32 | fd`. Value: what (`WATCH_*`, low 3 bits) and the socket's address (the
+/// rest; 0 when not known): the socket hooks see no close(2), so an entry whose socket is not
+/// the one now behind the fd is stale (the fd was reused). Set when a watched request (POST
+/// /build, push, container create) is read; cleared on the next request or close.
 #[map]
-pub static WATCH_FDS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub static WATCH_FDS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// TCP listeners of tracked processes (socket hooks, which have no accept(2) hook), keyed by
+/// [network namespace, local port], with the header of the process that listened: a passively
+/// established connection to one is reported as its accept.
+#[map]
+pub static LISTENERS: LruHashMap<[u64; 2], PendingConnect> = LruHashMap::with_max_entries(4096, 0);
+
+/// Unix sockets of tracked processes already reported as connected (socket hooks: the connect
+/// is reported at the first send), keyed by the socket's address.
+#[map]
+pub static SEEN_UNIX: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Listener addresses (`struct unix_address *`) known not to be a runtime's API socket, with
+/// the `RUNTIME_EPOCH` they were checked under: an untracked process's sends on a named unix
+/// socket then cost one lookup, not a path read.
+#[map]
+pub static NOT_RUNTIME_ADDR: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Bumped when a runtime root execs (it may bind its API socket at an address freed by
+/// another socket): older `NOT_RUNTIME_ADDR` entries no longer count.
+#[map]
+pub static RUNTIME_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
+/// sendmmsg(2) messages seen so far in the current call, per thread: the `sock_send_length`
+/// tracepoint fires once per message with no index. Value: [vector address, index].
+#[map]
+pub static MMSG_INDEX: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);

@@ -655,7 +655,19 @@ const FIELDS: &[(&str, &str, &str, FieldRef)] = &[
     field!(regs_arg[3], "pt_regs", REGS_ARGS[3]),
     field!(regs_arg[4], "pt_regs", REGS_ARGS[4]),
     field!(regs_arg[5], "pt_regs", REGS_ARGS[5]),
+    field!(regs_nr, "pt_regs", REGS_NR),
+    field!(unix_peer, "unix_sock", "peer"),
+    field!(unix_addr, "unix_sock", "addr"),
+    field!(unix_addr_len, "unix_address", "len"),
+    field!(unix_addr_name, "unix_address", "name"),
+    field!(sk_net, "sock", "__sk_common.skc_net.net"),
 ];
+
+/// Where the syscall number is in `struct pt_regs`.
+#[cfg(target_arch = "x86_64")]
+const REGS_NR: &str = "orig_ax";
+#[cfg(target_arch = "aarch64")]
+const REGS_NR: &str = "syscallno";
 
 /// Where the six syscall arguments are in `struct pt_regs` on this architecture.
 #[cfg(target_arch = "x86_64")]
@@ -712,6 +724,12 @@ fn all_missing() -> KernelOffsets {
         cgroup_kn: m,
         kn_name: m,
         kn_parent: m,
+        regs_nr: m,
+        unix_peer: m,
+        unix_addr: m,
+        unix_addr_len: m,
+        unix_addr_name: m,
+        sk_net: m,
     }
 }
 

@@ -88,8 +88,26 @@ pub fn check() -> ExitCode {
     }
     match loader::load(&loader::LoadOptions::default()) {
         Ok(loaded) => {
+            line(
+                true,
+                "socket data",
+                if loaded.socket_hooks {
+                    "socket hooks (sock_recv_length/sock_send_length): processes without \
+                     socket I/O pay nothing"
+                } else {
+                    "raw syscall dispatch (no socket hooks on this kernel): every syscall pays"
+                },
+            );
             for p in loader::PROBES {
                 let name = p.name;
+                if let Some(why) = loaded.unused.get(name) {
+                    line(
+                        true,
+                        &format!("probe {name}"),
+                        &format!("{} [{}]: not used here: {why}", p.purpose, hook(p.kind)),
+                    );
+                    continue;
+                }
                 match loaded.failed.get(name) {
                     None => line(
                         true,

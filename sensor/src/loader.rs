@@ -91,24 +91,60 @@ pub const PROBES: &[Probe] = &[
         without: "no TCP connect records; builds have no outbound list",
     },
     Probe {
+        name: "sock_recv_length",
+        kind: ProbeKind::BtfTracepoint("sock_recv_length"),
+        purpose: "socket hooks: Engine API requests an API server reads, DNS responses, \
+                  accepts (at the first read); runs only on socket reads",
+        needs: "the sock_recv_length tracepoint (6.3+)",
+        without: "the raw sys_enter/sys_exit dispatch does it (every syscall of every process \
+                  pays for it)",
+    },
+    Probe {
+        name: "sock_send_length",
+        kind: ProbeKind::BtfTracepoint("sock_send_length"),
+        purpose: "socket hooks: API clients and unix connects (at the first send), API \
+                  responses, DNS queries; runs only on socket sends",
+        needs: "the sock_send_length tracepoint (6.3+)",
+        without: "the raw sys_enter/sys_exit dispatch does it",
+    },
+    Probe {
         name: "sys_enter",
         kind: ProbeKind::RawTracepoint("sys_enter"),
-        purpose: "one dispatch for unix connects and API clients, accepts, DNS queries, \
-                  Engine API requests and responses, file writes; a syscall the sensor ignores \
-                  costs one array load",
+        purpose: "one dispatch for file writes and, without the socket hooks, unix connects \
+                  and API clients, accepts, DNS queries, Engine API requests and responses; \
+                  runs on every syscall of every process",
         needs: "raw tracepoints (4.17+)",
-        without: "no API requests (no build sessions), no API clients, no accepts, DNS or \
-                  file writes: process and TCP connect records only",
+        without: "no file writes; without the socket hooks also no API requests (no build \
+                  sessions), API clients, accepts or DNS",
     },
     Probe {
         name: "sys_exit",
         kind: ProbeKind::RawTracepoint("sys_exit"),
-        purpose: "results of the watched syscalls (request bytes read, accepted fd, DNS \
-                  responses); leaves at once while none is pending",
+        purpose: "results of the watched syscalls (build files opened; without the socket \
+                  hooks also request bytes read, accepted fds, DNS responses); leaves at once \
+                  while none is pending",
         needs: "raw tracepoints (4.17+)",
-        without: "no API requests, accepts or DNS responses",
+        without: "no build-file contents; without the socket hooks no API requests, accepts \
+                  or DNS responses",
     },
 ];
+
+/// The probes of the socket hooks, attached together or not at all.
+pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
+/// The raw syscall dispatch: all of it without the socket hooks, else only for file events.
+pub const SYSCALL_PROBES: &[&str] = &["sys_enter", "sys_exit"];
+
+/// Where socket data (API requests, DNS, accepts, API clients) is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelHooks {
+    /// The socket hooks when this kernel has them (6.3+), else the syscall dispatch.
+    #[default]
+    Auto,
+    /// The `sock_recv_length`/`sock_send_length` tracepoints; refuse to start without them.
+    Socket,
+    /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
+    Syscall,
+}
 
 /// The syscalls the raw `sys_enter`/`sys_exit` dispatch reads, by this architecture's numbers.
 const SYSCALL_CODES: &[(libc::c_long, u8)] = &[
@@ -164,6 +200,8 @@ pub enum LoadError {
     NameTooLong(String),
     #[error("API socket path {0:?} is longer than 107 bytes")]
     SocketTooLong(String),
+    #[error("--kernel-hooks socket: {0} (this kernel lacks the socket hooks; use auto or syscall)")]
+    NoSocketHooks(String),
 }
 
 pub struct LoadOptions {
@@ -172,6 +210,7 @@ pub struct LoadOptions {
     pub api_sockets: Vec<String>,
     pub ringbuf_bytes: u32,
     pub features: u32,
+    pub hooks: KernelHooks,
 }
 
 impl Default for LoadOptions {
@@ -188,6 +227,7 @@ impl Default for LoadOptions {
                 | feature::NET_EVENTS
                 | feature::API_EVENTS
                 | feature::DNS_EVENTS,
+            hooks: KernelHooks::Auto,
         }
     }
 }
@@ -200,6 +240,10 @@ pub struct Loaded {
     pub counters: KernelCounters,
     pub attached: Vec<String>,
     pub failed: BTreeMap<String, String>,
+    /// Probes not attached because this configuration does not need them, with why.
+    pub unused: BTreeMap<String, String>,
+    /// Whether socket data comes from the socket hooks (else the raw syscall dispatch).
+    pub socket_hooks: bool,
     pub missing_offsets: Vec<btf::MissingField>,
 }
 
@@ -233,19 +277,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
 
-    {
-        let mut cfg: Array<_, Config> = Array::try_from(
-            ebpf.map_mut("CONFIG")
-                .ok_or(LoadError::MissingMap("CONFIG"))?,
-        )
-        .map_err(|e| LoadError::Map("CONFIG", e))?;
-        let c = Config {
-            self_tgid: std::process::id(),
-            features: opts.features,
-            offsets,
-        };
-        cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))?;
-    }
+    let mut config = Config {
+        self_tgid: std::process::id(),
+        features: opts.features,
+        offsets,
+    };
+    write_config(&mut ebpf, config)?;
     {
         let mut names: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
             ebpf.map_mut("RUNTIME_NAMES")
@@ -299,7 +336,67 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
 
-    let (attached, failed) = attach_all(&mut ebpf, aya_btf.as_ref());
+    let skip = skipped_probes();
+    let btf = aya_btf.as_ref();
+    let mut a = Attach::default();
+    let base: Vec<&str> = PROBES
+        .iter()
+        .map(|p| p.name)
+        .filter(|n| !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n))
+        .collect();
+    a.probes(&mut ebpf, btf, &skip, &base);
+    // The socket hooks, unless told not to; both or neither (a program left without its
+    // partner is unloaded again, and the syscall dispatch takes over).
+    let socket = opts.hooks != KernelHooks::Syscall && {
+        a.probes(&mut ebpf, btf, &skip, SOCKET_PROBES);
+        let missing: Vec<String> = SOCKET_PROBES
+            .iter()
+            .filter_map(|n| a.failed.get(*n).map(|why| format!("{n}: {why}")))
+            .collect();
+        if missing.is_empty() {
+            true
+        } else if opts.hooks == KernelHooks::Socket {
+            return Err(LoadError::NoSocketHooks(missing.join("; ")));
+        } else {
+            for n in SOCKET_PROBES {
+                if a.attached.iter().any(|x| x == n)
+                    && let Some(prog) = ebpf.program_mut(n)
+                    && let Ok(p) = <&mut BtfTracePoint>::try_from(prog)
+                {
+                    let _ = p.unload();
+                    a.attached.retain(|x| x != n);
+                    a.failed
+                        .insert(n.to_string(), "unloaded: its partner failed".to_string());
+                }
+            }
+            false
+        }
+    };
+    if socket {
+        config.features |= feature::SOCKET_HOOKS;
+        write_config(&mut ebpf, config)?;
+    } else if opts.hooks == KernelHooks::Syscall {
+        for n in SOCKET_PROBES {
+            a.unused
+                .insert(n.to_string(), "--kernel-hooks syscall".to_string());
+        }
+    }
+    // The syscall dispatch: everything without the socket hooks; with them, only file events.
+    if !socket || opts.features & feature::FILE_EVENTS != 0 {
+        a.probes(&mut ebpf, btf, &skip, SYSCALL_PROBES);
+    } else {
+        for n in SYSCALL_PROBES {
+            a.unused.insert(
+                n.to_string(),
+                "the socket hooks take socket data and file events are off".to_string(),
+            );
+        }
+    }
+    let Attach {
+        attached,
+        failed,
+        unused,
+    } = a;
     drop(aya_btf);
     for name in REQUIRED {
         if let Some(reason) = failed.get(*name) {
@@ -340,28 +437,63 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         },
         attached,
         failed,
+        unused,
+        socket_hooks: socket,
         missing_offsets,
     })
 }
 
-/// Load and attach every program; returns (attached, failed with reason).
-pub fn attach_all(
-    ebpf: &mut Ebpf,
-    btf: Option<&aya::Btf>,
-) -> (Vec<String>, BTreeMap<String, String>) {
-    let mut attached = Vec::new();
-    let mut failed = BTreeMap::new();
-    // A debugging aid: leave named optional probes detached (e.g. to measure their cost).
-    let skip: Vec<String> = std::env::var("SENSOR_SKIP_PROBES")
+/// What became of each probe.
+#[derive(Default)]
+struct Attach {
+    attached: Vec<String>,
+    failed: BTreeMap<String, String>,
+    unused: BTreeMap<String, String>,
+}
+
+impl Attach {
+    fn probes(&mut self, ebpf: &mut Ebpf, btf: Option<&aya::Btf>, skip: &[String], names: &[&str]) {
+        for p in PROBES.iter().filter(|p| names.contains(&p.name)) {
+            match attach_one(ebpf, btf, p, skip) {
+                Ok(()) => self.attached.push(p.name.to_string()),
+                Err(e) => {
+                    self.failed.insert(p.name.to_string(), e);
+                }
+            }
+        }
+    }
+}
+
+fn write_config(ebpf: &mut Ebpf, c: Config) -> Result<(), LoadError> {
+    let mut cfg: Array<_, Config> = Array::try_from(
+        ebpf.map_mut("CONFIG")
+            .ok_or(LoadError::MissingMap("CONFIG"))?,
+    )
+    .map_err(|e| LoadError::Map("CONFIG", e))?;
+    cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))
+}
+
+/// A debugging aid: leave named optional probes detached (e.g. to measure their cost).
+fn skipped_probes() -> Vec<String> {
+    std::env::var("SENSOR_SKIP_PROBES")
         .unwrap_or_default()
         .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
-        .collect();
-    for Probe { name, kind, .. } in PROBES {
+        .collect()
+}
+
+/// Load and attach one program; the reason when it failed (its first line).
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: Option<&aya::Btf>,
+    probe: &Probe,
+    skip: &[String],
+) -> Result<(), String> {
+    let Probe { name, kind, .. } = probe;
+    {
         if skip.iter().any(|s| s == name) && !REQUIRED.contains(name) {
-            failed.insert(name.to_string(), "skipped (SENSOR_SKIP_PROBES)".to_string());
-            continue;
+            return Err("skipped (SENSOR_SKIP_PROBES)".to_string());
         }
         let r: Result<(), String> = (|| {
             let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
@@ -386,17 +518,12 @@ pub fn attach_all(
             }
             Ok(())
         })();
-        match r {
-            Ok(()) => attached.push(name.to_string()),
-            Err(e) => {
-                // The verifier log follows the first line; keep the record and the log readable.
-                let first = e.lines().next().unwrap_or("").to_string();
-                tracing::debug!("probe {name}: {e}");
-                failed.insert(name.to_string(), first);
-            }
-        }
+        r.map_err(|e| {
+            // The verifier log follows the first line; keep the record and the log readable.
+            tracing::debug!("probe {name}: {e}");
+            e.lines().next().unwrap_or("").to_string()
+        })
     }
-    (attached, failed)
 }
 
 /// Tell the kernel programs that `TRACKED` changed from userspace (seeding): their per-CPU

@@ -187,6 +187,13 @@ pub struct SensorStarted {
     pub probes: Vec<String>,
     /// Probes that could not attach, with the reason.
     pub probes_failed: BTreeMap<String, String>,
+    /// Probes not attached because this configuration does not need them, with why.
+    #[serde(default)]
+    pub probes_unused: BTreeMap<String, String>,
+    /// Where socket data is taken: `socket` (the sock_recv_length/sock_send_length
+    /// tracepoints) or `syscall` (the raw sys_enter/sys_exit dispatch).
+    #[serde(default)]
+    pub kernel_hooks: String,
     /// Processes found in runtime trees in /proc at start.
     pub seeded_processes: u64,
     pub runtime_names: Vec<String>,

@@ -98,6 +98,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.no_file_events {
         opts.features &= !feature::FILE_EVENTS;
     }
+    opts.hooks = args.kernel_hooks;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,8 +206,9 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // The kernel's per-CPU cache of tracked lookups predates these entries.
     loader::bump_tracked_generation(&mut loaded.ebpf);
     tracing::info!(
-        "attached {} probes, tracking {seeded} running processes",
-        loaded.attached.len()
+        "attached {} probes ({} hooks for socket data), tracking {seeded} running processes",
+        loaded.attached.len(),
+        if loaded.socket_hooks { "socket" } else { "syscall" }
     );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
     #[cfg(target_env = "gnu")]
@@ -221,6 +223,13 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             kernel: kernel_release(),
             probes: loaded.attached.clone(),
             probes_failed: loaded.failed.clone(),
+            probes_unused: loaded.unused.clone(),
+            kernel_hooks: if loaded.socket_hooks {
+                "socket"
+            } else {
+                "syscall"
+            }
+            .into(),
             seeded_processes: seeded,
             runtime_names: opts.runtime_names.clone(),
             raw: args.raw,

@@ -8,8 +8,11 @@ use sensor_common::{
 
 use super::net::{WATCH_API, WATCH_DNS, WATCH_FILE, dns_send};
 use crate::{
-    helpers::{count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd, unix_peer},
-    maps::{ONE_BYTE, PendingRead, READ_API, WATCH_FDS},
+    helpers::{
+        count, fd_key, is_api_server, pend, reserve, sock_addrs, sock_of_fd, unix_peer,
+        watch_clear, watch_get, watch_set,
+    },
+    maps::{ONE_BYTE, PendingRead, READ_API},
 };
 
 /// read(2) entry of a tracked process: DNS responses on its DNS sockets, requests on an API
@@ -75,10 +78,24 @@ fn copy_data(d: &mut ApiData, buf: u64, len: u64) -> Option<u16> {
 /// read(2) exit of an API server: a buffer that starts an HTTP request is reported.
 #[inline(always)]
 pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option<()> {
-    let wkey = fd_key(p.fd);
+    request(cfg, t, p.fd, p.buf, ret, None)
+}
+
+/// `ret` bytes an API server read from fd `fd` into `buf` (its socket `sk` when the hook knows
+/// it, else found from the fd): a buffer that starts an HTTP request is reported.
+#[inline(always)]
+pub fn request(
+    cfg: &Config,
+    t: &Tracked,
+    fd: u64,
+    buf: u64,
+    ret: i64,
+    sk: Option<u64>,
+) -> Option<()> {
+    let wkey = fd_key(fd);
     if ret == 1 {
         // SAFETY: bpf_probe_read_user checks the address.
-        let b: u8 = unsafe { bpf_probe_read_user(p.buf as *const u8) }.ok()?;
+        let b: u8 = unsafe { bpf_probe_read_user(buf as *const u8) }.ok()?;
         if b.is_ascii_uppercase() {
             let _ = ONE_BYTE.insert(&wkey, &b, 0);
         }
@@ -88,7 +105,7 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
         return None;
     }
     // SAFETY: bpf_probe_read_user checks the address.
-    let head: [u8; 8] = unsafe { bpf_probe_read_user(p.buf as *const [u8; 8]) }.ok()?;
+    let head: [u8; 8] = unsafe { bpf_probe_read_user(buf as *const [u8; 8]) }.ok()?;
     let mut prefix = 0u8;
     if !is_request(&head) {
         // SAFETY: copied out at once.
@@ -107,14 +124,14 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
     }
     let mut r = reserve::<ApiData>(EventKind::ApiRequest, t.flags)?;
     let d = &mut r.event().data;
-    d.fd = p.fd as i32;
+    d.fd = fd as i32;
     d.read_len = ret as u32;
     d.prefix = prefix as u32;
     d._pad2 = 0;
     if ret as u64 > HTTP_CAP as u64 {
         count(StatReason::Truncated);
     }
-    d.len = match copy_data(d, p.buf, ret as u64) {
+    d.len = match copy_data(d, buf, ret as u64) {
         Some(n) => n,
         None => {
             count(StatReason::HttpReadFailed);
@@ -123,7 +140,8 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
     };
     clear_peer(d);
     let o = &cfg.offsets;
-    match sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk).map(|a| (sk, a))) {
+    let sk = sk.or_else(|| sock_of_fd(o, fd));
+    match sk.and_then(|sk| sock_addrs(o, sk).map(|a| (sk, a))) {
         Some((sk, a)) => {
             d.peer_family = a.family;
             if a.family == AF_UNIX {
@@ -140,9 +158,9 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
         None => count(StatReason::SockLookupFailed),
     }
     if is_watched(d) {
-        let _ = WATCH_FDS.insert(&wkey, &WATCH_API, 0);
-    } else if unsafe { WATCH_FDS.get(&wkey) }.is_some() {
-        let _ = WATCH_FDS.remove(&wkey);
+        watch_set(fd, WATCH_API, sk.unwrap_or(0));
+    } else {
+        watch_clear(fd);
     }
     r.submit();
     Some(())
@@ -180,14 +198,23 @@ fn is_watched(d: &ApiData) -> bool {
 /// on a connected DNS socket.
 #[inline(always)]
 pub fn enter_write(cfg: &Config, t: &Tracked, fd: u64, buf: u64, write_len: u64) -> Option<()> {
-    // SAFETY: copied out at once.
-    let what = unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied()?;
-    if what == WATCH_DNS {
-        return dns_send(cfg, t, fd, 0, buf, write_len);
-    }
+    let what = watch_get(fd, 0)?;
     if what == WATCH_FILE {
         return super::file::content(t, fd, buf, write_len);
     }
+    // With the socket hooks, sockets' writes are theirs (`sock_send_length`).
+    if cfg.features & feature::SOCKET_HOOKS != 0 {
+        return None;
+    }
+    if what == WATCH_DNS {
+        return dns_send(cfg, t, fd, 0, buf, write_len);
+    }
+    response(t, fd, buf, write_len)
+}
+
+/// `len` bytes an API server wrote from `buf` on a watched connection's fd `fd`.
+#[inline(always)]
+pub fn response(t: &Tracked, fd: u64, buf: u64, write_len: u64) -> Option<()> {
     let mut r = reserve::<ApiData>(EventKind::ApiResponse, t.flags)?;
     let d = &mut r.event().data;
     d.fd = fd as i32;
@@ -203,10 +230,6 @@ pub fn enter_write(cfg: &Config, t: &Tracked, fd: u64, buf: u64, write_len: u64)
 /// close(2) entry of a tracked process: the connection is no longer watched.
 #[inline(always)]
 pub fn enter_close(fd: u64) -> Option<()> {
-    let key = fd_key(fd);
-    // SAFETY: presence check only.
-    if unsafe { WATCH_FDS.get(&key) }.is_some() {
-        let _ = WATCH_FDS.remove(&key);
-    }
+    watch_clear(fd);
     Some(())
 }

@@ -6,22 +6,22 @@ use sensor_common::{Config, DNS_CAP, DnsData, EventKind, StatReason, Tracked, tr
 
 use super::net::WATCH_DNS;
 use crate::{
-    helpers::{count, fd_key, pend, reserve, sock_addrs, sock_of_fd},
-    maps::{PendingRead, READ_DNS, WATCH_FDS},
+    helpers::{count, pend, reserve, sock_addrs, sock_of_fd, watch_get, watch_set},
+    maps::{PendingRead, READ_DNS},
 };
 
-/// Mark `fd` of the current process as a DNS socket: its reads are responses.
+/// Mark `fd` (socket `sk`, 0 when not known) of the current process as a DNS socket: its
+/// reads are responses.
 #[inline(always)]
-pub fn watch_dns_fd(fd: u64) {
-    let _ = WATCH_FDS.insert(&fd_key(fd), &WATCH_DNS, 0);
+pub fn watch_dns_fd(fd: u64, sk: u64) {
+    watch_set(fd, WATCH_DNS, sk);
     crate::helpers::set_tracked_flag(track::DNS_SOCKETS);
 }
 
 /// At a read-like syscall's entry: remember the buffer when `fd` is a watched DNS socket.
 #[inline(always)]
 pub fn enter_read(fd: u64, buf: u64) -> bool {
-    // SAFETY: copied out at once.
-    if unsafe { WATCH_FDS.get(&fd_key(fd)) }.copied() != Some(WATCH_DNS) {
+    if watch_get(fd, 0) != Some(WATCH_DNS) {
         return false;
     }
     pend(&PendingRead {
@@ -32,21 +32,37 @@ pub fn enter_read(fd: u64, buf: u64) -> bool {
     true
 }
 
-/// recvmsg(2) entry: `struct msghdr` (user ABI) has msg_iov at 16; `struct iovec`: base at 0.
+/// recvmsg(2) entry: the first buffer of its `struct msghdr`.
 #[inline(always)]
 pub fn enter_recvmsg(fd: u64, msg: u64) -> Option<()> {
-    // SAFETY (both reads): bpf_probe_read_user checks the address.
-    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
-    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
+    let base = msghdr_buf(msg)?.0;
     if base != 0 {
         enter_read(fd, base);
     }
     Some(())
 }
 
+/// The first buffer of a user `struct msghdr` (msg_iov at 16; `struct iovec`: base 0, len 8):
+/// (base, len).
+#[inline(always)]
+pub fn msghdr_buf(msg: u64) -> Option<(u64, u64)> {
+    // SAFETY (all reads): bpf_probe_read_user checks the address.
+    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
+    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
+    let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.ok()?;
+    Some((base, len))
+}
+
 /// At the exit: the response that was read, with the server it came from.
 #[inline(always)]
 pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option<()> {
+    let sk = sock_of_fd(&cfg.offsets, p.fd);
+    response(cfg, t, sk, p.buf, ret)
+}
+
+/// `ret` bytes of a DNS response read into `buf` from socket `sk`.
+#[inline(always)]
+pub fn response(cfg: &Config, t: &Tracked, sk: Option<u64>, buf: u64, ret: i64) -> Option<()> {
     if ret < 12 {
         return None; // shorter than a DNS header, or an error
     }
@@ -57,22 +73,21 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
     d.daddr = [0; 16];
     d._pad = 0;
     let o = &cfg.offsets;
-    if let Some(a) = sock_of_fd(o, p.fd).and_then(|sk| sock_addrs(o, sk)) {
+    if let Some(a) = sk.and_then(|sk| sock_addrs(o, sk)) {
         d.family = a.family;
         d.dport = a.peer_port;
         d.daddr = a.peer;
     }
-    let mut n = ret as u64;
-    if n > DNS_CAP as u64 {
-        n = DNS_CAP as u64;
+    if ret as u64 > DNS_CAP as u64 {
         count(StatReason::Truncated);
     }
+    let n = crate::helpers::bounded(ret as u64, DNS_CAP as u64);
     // SAFETY: n <= DNS_CAP, the destination's size.
     let r2 = unsafe {
         read_user_raw(
             d.payload.as_mut_ptr() as *mut _,
             n as u32,
-            p.buf as *const _,
+            buf as *const _,
         )
     };
     d.len = if r2 == 0 { n as u16 } else { 0 };

@@ -107,7 +107,7 @@ pub fn exit_open_watched(ret: i64) -> Option<()> {
         return None;
     }
     if WATCH_FDS
-        .insert(&fd_key(ret as u64), &WATCH_FILE, 0)
+        .insert(&fd_key(ret as u64), &u64::from(WATCH_FILE), 0)
         .is_err()
     {
         count(StatReason::ScratchMapFull);

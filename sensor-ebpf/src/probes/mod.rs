@@ -3,4 +3,5 @@ pub mod dns;
 pub mod file;
 pub mod net;
 pub mod process;
+pub mod sock;
 pub mod syscalls;

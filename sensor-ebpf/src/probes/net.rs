@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AF_INET, AF_INET6, AF_UNIX, CGROUP_CAP, Config, DNS_CAP, DnsData, EXE_CAP, EventKind, SockData,
-    StatReason, Tracked, UnixConnectData, client_flags, connect_result, feature, track,
+    StatReason, Tracked, UnixConnectData, UnixPathKey, client_flags, connect_result, feature,
+    track,
 };
 
 use crate::{
@@ -16,12 +17,15 @@ use crate::{
         pend, read_argv, read_at, reserve, sock_addrs, sock_of_fd, track, tracked_current, unpack,
     },
     maps::{
-        PENDING_CONNECT, PendingConnect, PendingRead, READ_ACCEPT, RUNTIME_SOCKETS, SCRATCH_PATH,
+        LISTENERS, PENDING_CONNECT, PendingConnect, PendingRead, READ_ACCEPT, RUNTIME_SOCKETS,
+        SCRATCH_PATH,
     },
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_LISTEN: i32 = 10;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
 
@@ -39,6 +43,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
 fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if (old == TCP_SYN_RECV && new == TCP_ESTABLISHED)
+        || (old == TCP_CLOSE && new == TCP_LISTEN)
+        || (old == TCP_LISTEN && new == TCP_CLOSE)
+    {
+        return listener_change(ctx.arg(0), old, new);
+    }
     // Most state changes are neither the start nor the outcome of a connect: leave first.
     if old != TCP_SYN_SENT && !(old == TCP_CLOSE && new == TCP_SYN_SENT) {
         return None;
@@ -91,9 +101,57 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
     Some(())
 }
 
+/// With the socket hooks (no accept(2) hook): a tracked process starting to listen on a TCP
+/// port (in its context), its listener closing, and a connection to it established (in
+/// softirq), which is reported as the listener's accept.
+#[inline(always)]
+fn listener_change(sk: u64, old: i32, new: i32) -> Option<()> {
+    let cfg = config()?;
+    if cfg.features & (feature::SOCKET_HOOKS | feature::NET_EVENTS)
+        != feature::SOCKET_HOOKS | feature::NET_EVENTS
+    {
+        return None;
+    }
+    let o = &cfg.offsets;
+    if read_at::<u16>(sk, o.sk_protocol)? != IPPROTO_TCP {
+        return None;
+    }
+    let key = [
+        read_at::<u64>(sk, o.sk_net)?,
+        u64::from(read_at::<u16>(sk, o.sk_num)?),
+    ];
+    if new == TCP_LISTEN {
+        let (_, t) = tracked_current(cfg)?;
+        let mut p = PendingConnect {
+            // SAFETY: all-zero is a valid header; every field is written by fill_header.
+            header: unsafe { core::mem::zeroed() },
+        };
+        fill_header(&mut p.header, EventKind::Accept as u32, t.flags);
+        if LISTENERS.insert(&key, &p, 0).is_err() {
+            count(StatReason::ScratchMapFull);
+        }
+        return Some(());
+    }
+    if new == TCP_CLOSE {
+        let _ = LISTENERS.remove(&key);
+        return None;
+    }
+    // SAFETY: copied out at once.
+    let l = unsafe { LISTENERS.get(&key) }.copied()?;
+    let a = sock_addrs(o, sk)?;
+    let mut r = reserve::<SockData>(EventKind::Accept, l.header.track_flags)?;
+    let ev = r.event();
+    let now = ev.header.ts_ns;
+    ev.header = l.header;
+    ev.header.ts_ns = now;
+    fill_sock(&mut ev.data, Some(&a), connect_result::ESTABLISHED, now);
+    r.submit();
+    Some(())
+}
+
 /// Write a socket's addresses into a record (zeros when they could not be read).
 #[inline(always)]
-fn fill_sock(d: &mut SockData, a: Option<&crate::helpers::SockAddrs>, result: u16, start_ns: u64) {
+pub(crate) fn fill_sock(d: &mut SockData, a: Option<&crate::helpers::SockAddrs>, result: u16, start_ns: u64) {
     d.start_ns = start_ns;
     d.family = a.map(|a| a.family).unwrap_or(0);
     d.protocol = IPPROTO_TCP;
@@ -126,7 +184,7 @@ pub fn enter_connect(cfg: &Config, fd: u64, addr: u64) -> Option<()> {
     }
     let (_, port, _) = read_sockaddr(addr)?;
     if port == 53 {
-        super::dns::watch_dns_fd(fd);
+        super::dns::watch_dns_fd(fd, 0);
     }
     None
 }
@@ -138,12 +196,7 @@ pub const WATCH_FILE: u32 = 3;
 
 #[inline(always)]
 fn unix_connect(cfg: &Config, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
-    let key = SCRATCH_PATH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, exclusive on this CPU while the program runs.
-    let key = unsafe { &mut *key };
-    for b in key.iter_mut() {
-        *b = 0;
-    }
+    let key = scratch_key()?;
     let path_ptr = (addr + 2) as *const u8;
     let mut abstract_ns = 0u16;
     // SAFETY: bpf_probe_read_user checks the address.
@@ -163,8 +216,39 @@ fn unix_connect(cfg: &Config, addr: u64, tracked_flags: Option<u32>) -> Option<(
             }
         }
     };
+    unix_report(cfg, key, len, abstract_ns, tracked_flags)
+}
+
+/// The per-CPU scratch key, zeroed.
+#[inline(always)]
+pub(crate) fn scratch_key() -> Option<&'static mut UnixPathKey> {
+    let key = SCRATCH_PATH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, exclusive on this CPU while the program runs.
+    let key = unsafe { &mut *key };
+    for b in key.iter_mut() {
+        *b = 0;
+    }
+    Some(key)
+}
+
+/// Whether a socket path (NUL padded, not abstract) is a runtime's API socket.
+#[inline(always)]
+pub(crate) fn is_runtime_socket(key: &UnixPathKey) -> bool {
     // SAFETY: presence check only.
-    let runtime_socket = abstract_ns == 0 && unsafe { RUNTIME_SOCKETS.get(&*key) }.is_some();
+    unsafe { RUNTIME_SOCKETS.get(key) }.is_some()
+}
+
+/// Report a unix connect to the socket at `key` (`len` bytes): a tracked process's (flags
+/// given), or an untracked one's to a runtime's API socket (then with who the client is).
+#[inline(always)]
+pub(crate) fn unix_report(
+    cfg: &Config,
+    key: &UnixPathKey,
+    len: usize,
+    abstract_ns: u16,
+    tracked_flags: Option<u32>,
+) -> Option<()> {
+    let runtime_socket = abstract_ns == 0 && is_runtime_socket(key);
     let flags = match tracked_flags {
         Some(f) => f,
         None => {
@@ -281,7 +365,7 @@ pub fn exit_accept(cfg: &Config, t: &Tracked, ret: i64) -> Option<()> {
 
 /// A destination from a user `sockaddr` (family, port host order, address).
 #[inline(always)]
-fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
+pub(crate) fn read_sockaddr(addr: u64) -> Option<(u16, u16, [u8; 16])> {
     // SAFETY (all reads): bpf_probe_read_user checks the address.
     let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     let port: u16 = unsafe { bpf_probe_read_user((addr + 2) as *const u16) }.ok()?;
@@ -310,19 +394,37 @@ pub(crate) fn dns_send(
     if cfg.features & feature::DNS_EVENTS == 0 {
         return None;
     }
-    let (family, port, ip) = if dest != 0 {
-        read_sockaddr(dest)?
-    } else {
-        let o = &cfg.offsets;
-        let sk = sock_of_fd(o, fd)?;
-        let a = sock_addrs(o, sk)?;
-        (a.family, a.peer_port, a.peer)
+    let o = &cfg.offsets;
+    let sk = if dest != 0 { None } else { sock_of_fd(o, fd) };
+    let (family, port, ip) = match sk {
+        None => read_sockaddr(dest)?,
+        Some(sk) => {
+            let a = sock_addrs(o, sk)?;
+            (a.family, a.peer_port, a.peer)
+        }
     };
     if port != 53 || buf == 0 {
         return None;
     }
+    dns_emit(t, fd, sk.unwrap_or(0), family, port, ip, buf, len)
+}
+
+/// Report a DNS query of `len` bytes at `buf` sent on fd `fd` (socket `sk`, 0 when not known)
+/// to `ip`:`port`, and watch the socket for the answer.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dns_emit(
+    t: &Tracked,
+    fd: u64,
+    sk: u64,
+    family: u16,
+    port: u16,
+    ip: [u8; 16],
+    buf: u64,
+    len: u64,
+) -> Option<()> {
     // The answer comes back on this socket.
-    super::dns::watch_dns_fd(fd);
+    super::dns::watch_dns_fd(fd, sk);
     let mut r = reserve::<DnsData>(EventKind::DnsSend, t.flags)?;
     let d = &mut r.event().data;
     d.family = family;
@@ -351,10 +453,8 @@ pub(crate) fn dns_msghdr(cfg: &Config, t: &Tracked, fd: u64, msg: u64) -> Option
     if msg == 0 || cfg.features & feature::DNS_EVENTS == 0 {
         return None;
     }
-    // SAFETY (all reads): bpf_probe_read_user checks the address.
+    // SAFETY: bpf_probe_read_user checks the address.
     let name: u64 = unsafe { bpf_probe_read_user(msg as *const u64) }.ok()?;
-    let iov: u64 = unsafe { bpf_probe_read_user((msg + 16) as *const u64) }.ok()?;
-    let base: u64 = unsafe { bpf_probe_read_user(iov as *const u64) }.ok()?;
-    let len: u64 = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.ok()?;
+    let (base, len) = super::dns::msghdr_buf(msg)?;
     dns_send(cfg, t, fd, name, base, len)
 }

@@ -43,6 +43,7 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     };
     if let Some(n) = named {
         flags |= track::RUNTIME | n.flags;
+        crate::helpers::runtime_epoch_bump();
     } else {
         // A runtime that exec'd into something else is no longer a runtime, but what it runs
         // now is still part of its tree.

@@ -600,6 +600,8 @@ fn replay_runs_the_engine_over_records() {
             kernel: "k".into(),
             probes: vec![],
             probes_failed: BTreeMap::new(),
+            probes_unused: BTreeMap::new(),
+            kernel_hooks: "socket".into(),
             seeded_processes: 0,
             runtime_names: vec![],
             raw: true,

@@ -754,6 +754,8 @@ mod tests {
             kernel: "t".into(),
             probes: vec![],
             probes_failed: Default::default(),
+            probes_unused: Default::default(),
+            kernel_hooks: "socket".into(),
             seeded_processes: 0,
             runtime_names: vec![],
             raw: false,

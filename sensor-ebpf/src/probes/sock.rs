@@ -1,0 +1,256 @@
+//! Socket hooks (kernels with the `sock_recv_length`/`sock_send_length` tracepoints, 6.3+):
+//! what the raw `sys_enter`/`sys_exit` dispatch took at every syscall of every process, taken
+//! only where socket data was received or sent. Both fire after the transfer, in the caller's
+//! context, with the socket and the byte count; which syscall it was and its fd and buffer
+//! come from the user registers saved at the syscall's entry, so the bytes are read from the
+//! caller's own buffer as before. A process that does no socket I/O pays nothing; one that
+//! does pays one program run per transfer, which leaves after the tracked-process cache check
+//! unless the process is tracked or the socket is a named unix socket. Accepts are taken from
+//! the TCP state changes instead (`net.rs`).
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use sensor_common::{AF_INET, AF_INET6, AF_UNIX, Config, Tracked, feature, syscall, track};
+
+use super::{
+    api, dns,
+    net::{WATCH_API, WATCH_DNS, dns_emit, is_runtime_socket, read_sockaddr},
+};
+use crate::{
+    helpers::{
+        Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
+        tracked_flags_current, watch_get,
+    },
+    maps::{MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
+};
+
+const MSG_PEEK: i32 = 2;
+const IPPROTO_UDP: u16 = 17;
+/// `struct mmsghdr` (user ABI): a `struct msghdr` (56 bytes) and `msg_len`, padded to 64.
+const MMSGHDR_SIZE: u64 = 64;
+
+#[btf_tracepoint(function = "sock_recv_length")]
+// Inlined into the entry point, which ignores its result: left out of line, LLVM drops the
+// dead return value and the verifier may find a stack pointer in R0 at exit.
+#[inline(always)]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_recv(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return None;
+    }
+    let cfg = config()?;
+    let (_, flags) = tracked_flags_current(cfg)?;
+    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+        return None;
+    }
+    let t = Tracked { flags, depth: 0 };
+    let sk = sock_arg(ctx)?;
+    let peek: i32 = ctx.arg(2);
+    if flags & (track::API_SERVER | track::DNS_SOCKETS) == 0 || peek & MSG_PEEK != 0 {
+        return None;
+    }
+    let c = current_call(&cfg.offsets)?;
+    let fd = c.args[0];
+    let buf = match c.code {
+        syscall::READ | syscall::RECVFROM => c.args[1],
+        syscall::RECVMSG => dns::msghdr_buf(c.args[1])?.0,
+        _ => return None,
+    };
+    // Positive here; zero-extended so that the verifier keeps its lower bound.
+    let ret = i64::from(ret as u32);
+    if flags & track::DNS_SOCKETS != 0 && watch_get(fd, sk) == Some(WATCH_DNS) {
+        return dns::response(cfg, &t, Some(sk), buf, ret);
+    }
+    if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
+        return None;
+    }
+    api::request(cfg, &t, fd, buf, ret, Some(sk))
+}
+
+/// The tracepoint's socket, as a plain number: the verifier types `ctx.arg(0)` as a pointer
+/// to `struct sock`, on which the masking of `WATCH_FDS` values is refused; it is only ever
+/// read with `bpf_probe_read_kernel` and used as a key.
+#[inline(always)]
+fn sock_arg(ctx: &BtfTracePointContext) -> Option<u64> {
+    read_at::<u64>(ctx.as_ptr() as u64, 0)
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+// Inlined into the entry point, which ignores its result: left out of line, LLVM drops the
+// dead return value and the verifier may find a stack pointer in R0 at exit.
+#[inline(always)]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    let _ = try_send(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return None;
+    }
+    let cfg = config()?;
+    let sk = sock_arg(ctx)?;
+    let Some((_, flags)) = tracked_flags_current(cfg) else {
+        // Not tracked: a client of a runtime's API, sending its first request?
+        return client_send(cfg, sk);
+    };
+    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
+        return None; // an API client already reported
+    }
+    let t = Tracked { flags, depth: 0 };
+    let o = &cfg.offsets;
+    let family: u16 = read_at(sk, o.sk_family)?;
+    if family == AF_UNIX {
+        first_unix_send(cfg, &t, sk);
+    }
+    let c = current_call(o)?;
+    if is_api_server(&t) && c.code == syscall::WRITE && watch_get(c.args[0], sk) == Some(WATCH_API)
+    {
+        return api::response(&t, c.args[0], c.args[1], u64::from(ret as u32));
+    }
+    if (family == AF_INET || family == AF_INET6) && cfg.features & feature::DNS_EVENTS != 0 {
+        return dns_query(cfg, &t, sk, &c, u64::from(ret as u32));
+    }
+    None
+}
+
+/// A tracked process's send on a UDP socket: a DNS query when it goes to port 53 (the socket's
+/// peer when connected, else the destination the call names).
+#[inline(always)]
+fn dns_query(cfg: &Config, t: &Tracked, sk: u64, c: &Call, len: u64) -> Option<()> {
+    let o = &cfg.offsets;
+    if read_at::<u16>(sk, o.sk_protocol)? != IPPROTO_UDP {
+        return None;
+    }
+    let fd = c.args[0];
+    // The message's buffer and named destination (0: none).
+    let (buf, dest) = match c.code {
+        syscall::WRITE => (c.args[1], 0),
+        syscall::SENDTO => (c.args[1], c.args[4]),
+        syscall::SENDMSG => (dns::msghdr_buf(c.args[1])?.0, msg_name(c.args[1])),
+        syscall::SENDMMSG => {
+            let msg = c.args[1] + MMSGHDR_SIZE * mmsg_index(c.args[1], c.args[2]);
+            (dns::msghdr_buf(msg)?.0, msg_name(msg))
+        }
+        _ => return None,
+    };
+    let (family, port, ip) = if dest != 0 {
+        read_sockaddr(dest)?
+    } else {
+        let a = sock_addrs(o, sk)?;
+        (a.family, a.peer_port, a.peer)
+    };
+    if port != 53 || buf == 0 {
+        return None;
+    }
+    dns_emit(t, fd, sk, family, port, ip, buf, len)
+}
+
+/// `msg_name` of a user `struct msghdr` (0 when unreadable or none).
+#[inline(always)]
+fn msg_name(msg: u64) -> u64 {
+    // SAFETY: bpf_probe_read_user checks the address.
+    unsafe { bpf_probe_read_user(msg as *const u64) }.unwrap_or(0)
+}
+
+/// Which message of a sendmmsg(2) over `vec` (`vlen` messages) this send is: the tracepoint
+/// fires once per message, in order, with no index; a new vector or a full round starts at 0.
+#[inline(always)]
+fn mmsg_index(vec: u64, vlen: u64) -> u64 {
+    let key = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    // SAFETY: copied out at once.
+    let prev = unsafe { MMSG_INDEX.get(&key) }.copied();
+    let i = match prev {
+        Some([v, i]) if v == vec && i + 1 < vlen => i + 1,
+        _ => 0,
+    };
+    let _ = MMSG_INDEX.insert(&key, &[vec, i & 0xff], 0);
+    i & 0xff
+}
+
+/// The first send of a tracked process on a unix socket: its connect, to the peer's address.
+#[inline(always)]
+fn first_unix_send(cfg: &Config, t: &Tracked, sk: u64) -> Option<()> {
+    // SAFETY: presence check only.
+    if unsafe { SEEN_UNIX.get(&sk) }.is_some() {
+        return None;
+    }
+    let _ = SEEN_UNIX.insert(&sk, &0, 0);
+    let addr = peer_addr(cfg, sk)?;
+    let (key, len, abstract_ns) = addr_path(cfg, addr)?;
+    super::net::unix_report(cfg, key, len, abstract_ns, Some(t.flags))
+}
+
+/// An untracked process's send: on a unix socket whose peer was bound to a runtime's API
+/// socket, this is a client's first request. Reported (with who the client is) and the
+/// process tracked as an API client, so that its later sends leave at the cache check.
+#[inline(always)]
+fn client_send(cfg: &Config, sk: u64) -> Option<()> {
+    let o = &cfg.offsets;
+    if read_at::<u16>(sk, o.sk_family)? != AF_UNIX {
+        return None;
+    }
+    let addr = peer_addr(cfg, sk)?;
+    let epoch = runtime_epoch();
+    // SAFETY: copied out at once.
+    if unsafe { NOT_RUNTIME_ADDR.get(&addr) }.copied() == Some(epoch) {
+        return None;
+    }
+    let (key, len, abstract_ns) = addr_path(cfg, addr)?;
+    if abstract_ns != 0 || !is_runtime_socket(key) {
+        let _ = NOT_RUNTIME_ADDR.insert(&addr, &epoch, 0);
+        return None;
+    }
+    super::net::unix_report(cfg, key, len, abstract_ns, None)
+}
+
+/// The address (`struct unix_address *`) the peer of unix socket `sk` is bound to: a listener's
+/// (the sockets it accepts share it); `None` for unnamed peers (socketpair) or no peer.
+#[inline(always)]
+fn peer_addr(cfg: &Config, sk: u64) -> Option<u64> {
+    let o = &cfg.offsets;
+    let peer: u64 = read_at(sk, o.unix_peer)?;
+    let addr: u64 = read_at(peer, o.unix_addr)?;
+    (addr != 0).then_some(addr)
+}
+
+/// The path of a unix address, into the scratch key: (key, length, abstract).
+#[inline(always)]
+fn addr_path(
+    cfg: &Config,
+    addr: u64,
+) -> Option<(&'static mut sensor_common::UnixPathKey, usize, u16)> {
+    let o = &cfg.offsets;
+    if o.unix_addr_name == sensor_common::OFFSET_MISSING {
+        return None;
+    }
+    let total: i32 = read_at(addr, o.unix_addr_len)?;
+    // sun_path follows the 2-byte family.
+    let path = addr + o.unix_addr_name as u64 + 2;
+    let first: u8 = read_at(path, 0)?;
+    let key = super::net::scratch_key()?;
+    let (src, abstract_ns) = if first == 0 { (path + 1, 1u16) } else { (path, 0) };
+    // SAFETY: bpf_probe_read_kernel_str_bytes checks the address and bounds by the slice.
+    let n = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, &mut key[..]) }
+        .map(|s| s.len())
+        .ok()?;
+    // An abstract name is not NUL terminated: its length is the address's.
+    let len = if abstract_ns != 0 {
+        let l = (total as usize).saturating_sub(3);
+        if l < n { l } else { n }
+    } else {
+        n
+    };
+    Some((key, len, abstract_ns))
+}
