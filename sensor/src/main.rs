@@ -132,8 +132,8 @@ pub struct RunArgs {
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
     /// taken: `auto` uses the socket tracepoints when the kernel has them (6.3+), so that
     /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch.
-    #[arg(long, value_enum, default_value_t = loader::KernelHooks::Auto)]
-    pub kernel_hooks: loader::KernelHooks,
+    #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
+    pub kernel_hooks: ingest::loader::KernelHooks,
     /// Sign each image's provenance statement (a DSSE envelope) with this ed25519 private key
     /// (PKCS#8 PEM: `openssl genpkey -algorithm ed25519 -out FILE`).
     #[arg(long, value_name = "FILE")]
