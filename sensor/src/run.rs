@@ -213,7 +213,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     tracing::info!(
         "attached {} probes ({} hooks for socket data), tracking {seeded} running processes",
         loaded.attached.len(),
-        if loaded.socket_hooks { "socket" } else { "syscall" }
+        if loaded.socket_hooks {
+            "socket"
+        } else {
+            "syscall"
+        }
     );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
     #[cfg(target_env = "gnu")]

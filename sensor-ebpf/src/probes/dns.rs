@@ -83,13 +83,7 @@ pub fn response(cfg: &Config, t: &Tracked, sk: Option<u64>, buf: u64, ret: i64) 
     }
     let n = crate::helpers::bounded(ret as u64, DNS_CAP as u64);
     // SAFETY: n <= DNS_CAP, the destination's size.
-    let r2 = unsafe {
-        read_user_raw(
-            d.payload.as_mut_ptr() as *mut _,
-            n as u32,
-            buf as *const _,
-        )
-    };
+    let r2 = unsafe { read_user_raw(d.payload.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
     d.len = if r2 == 0 { n as u16 } else { 0 };
     r.submit();
     Some(())

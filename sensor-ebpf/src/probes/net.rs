@@ -151,7 +151,12 @@ fn listener_change(sk: u64, old: i32, new: i32) -> Option<()> {
 
 /// Write a socket's addresses into a record (zeros when they could not be read).
 #[inline(always)]
-pub(crate) fn fill_sock(d: &mut SockData, a: Option<&crate::helpers::SockAddrs>, result: u16, start_ns: u64) {
+pub(crate) fn fill_sock(
+    d: &mut SockData,
+    a: Option<&crate::helpers::SockAddrs>,
+    result: u16,
+    start_ns: u64,
+) {
     d.start_ns = start_ns;
     d.family = a.map(|a| a.family).unwrap_or(0);
     d.protocol = IPPROTO_TCP;

@@ -240,7 +240,11 @@ fn addr_path(
     let path = addr + o.unix_addr_name as u64 + 2;
     let first: u8 = read_at(path, 0)?;
     let key = super::net::scratch_key()?;
-    let (src, abstract_ns) = if first == 0 { (path + 1, 1u16) } else { (path, 0) };
+    let (src, abstract_ns) = if first == 0 {
+        (path + 1, 1u16)
+    } else {
+        (path, 0)
+    };
     // SAFETY: bpf_probe_read_kernel_str_bytes checks the address and bounds by the slice.
     let n = unsafe { bpf_probe_read_kernel_str_bytes(src as *const u8, &mut key[..]) }
         .map(|s| s.len())

@@ -1,0 +1,159 @@
+//! Where socket data comes from: the socket hooks (`sock_recv_length`/`sock_send_length`, the
+//! default on 6.3+ kernels) and the raw syscall dispatch (`--kernel-hooks syscall`, what older
+//! kernels get) give the same Engine API records and client identity, on the real kernel with a
+//! real dockerd and real clients.
+use std::{process::Command, time::Duration};
+
+use sensor_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn started(sensor: &SensorProcess) -> Value {
+    sensor
+        .wait_for(|r| r["kind"] == "sensor_started", WAIT)
+        .unwrap()
+}
+
+fn probes(r: &Value) -> Vec<String> {
+    r["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A curl request on the Engine API socket with a unique query: its api_request carries the
+/// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
+fn curl_request_is_reported(sensor: &SensorProcess) {
+    let probe = unique_tag("hooks").replace(':', "-");
+    let mut curl = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            &format!("http://localhost/v1.41/version?probe={probe}"),
+        ])
+        .spawn()
+        .unwrap();
+    let pid = u64::from(curl.id());
+    assert!(curl.wait().unwrap().success());
+    let req = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "api_request"
+                    && r["query"].as_str().is_some_and(|q| q.contains(&probe))
+            },
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(req["method"], "GET", "{req}");
+    assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
+    assert_eq!(req["client"]["exe"], "/usr/bin/curl", "{req}");
+    assert_eq!(req["client"]["transport"], "unix", "{req}");
+    let conn = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "connect"
+                    && r["protocol"] == "unix"
+                    && r["process"]["pid"].as_u64() == Some(pid)
+            },
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(conn["process"]["role"], "api_client", "{conn}");
+    assert!(
+        conn["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("docker.sock")),
+        "{conn}"
+    );
+}
+
+#[test]
+fn socket_hooks_are_the_default_here_and_leave_the_syscall_dispatch_off() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    let mut sensor = SensorProcess::start(&["--no-file-events"]).unwrap();
+    let s = started(&sensor);
+    // This machine kind runs 6.18: the socket hooks load, and without file events nothing is
+    // left on the raw syscall tracepoints.
+    assert_eq!(s["kernel_hooks"], "socket", "{s}");
+    let p = probes(&s);
+    assert!(p.iter().any(|n| n == "sock_recv_length"), "{s}");
+    assert!(p.iter().any(|n| n == "sock_send_length"), "{s}");
+    assert!(
+        !p.iter().any(|n| n == "sys_enter" || n == "sys_exit"),
+        "{s}"
+    );
+    assert!(s["probes_unused"]["sys_enter"].is_string(), "{s}");
+    assert_eq!(s["probes_failed"], serde_json::json!({}), "{s}");
+    curl_request_is_reported(&sensor);
+
+    // A client that sends its request and is gone before dockerd answers: who it was is taken
+    // in the kernel at its send, not from /proc afterwards.
+    let probe = unique_tag("gone").replace(':', "-");
+    let script = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/var/run/docker.sock'); \
+         s.sendall(b'GET /v1.41/version?probe={probe} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')"
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", &script])
+        .spawn()
+        .unwrap();
+    let pid = u64::from(py.id());
+    assert!(py.wait().unwrap().success());
+    let req = sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "api_request"
+                    && r["query"].as_str().is_some_and(|q| q.contains(&probe))
+            },
+            WAIT,
+        )
+        .unwrap();
+    assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
+    assert!(
+        req["client"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.contains("python3")),
+        "{req}"
+    );
+    assert!(
+        req["client"]["argv"].as_array().is_some_and(|a| a
+            .iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains(&probe)))),
+        "{req}"
+    );
+    assert!(sensor.stop().unwrap().success());
+}
+
+#[test]
+fn the_syscall_dispatch_gives_the_same_api_records() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    let mut sensor = SensorProcess::start(&["--kernel-hooks", "syscall"]).unwrap();
+    let s = started(&sensor);
+    assert_eq!(s["kernel_hooks"], "syscall", "{s}");
+    let p = probes(&s);
+    assert!(p.iter().any(|n| n == "sys_enter"), "{s}");
+    assert!(p.iter().any(|n| n == "sys_exit"), "{s}");
+    assert!(!p.iter().any(|n| n.starts_with("sock_")), "{s}");
+    curl_request_is_reported(&sensor);
+    assert!(sensor.stop().unwrap().success());
+}
+
+#[test]
+fn unknown_hook_modes_are_one_clear_error() {
+    let out = Command::new(sensor_bin())
+        .args(["run", "--kernel-hooks", "fentry"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--kernel-hooks"), "{err}");
+    assert!(err.contains("auto") && err.contains("syscall"), "{err}");
+}
