@@ -47,7 +47,7 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
         || (old == TCP_CLOSE && new == TCP_LISTEN)
         || (old == TCP_LISTEN && new == TCP_CLOSE)
     {
-        return listener_change(ctx.arg(0), old, new);
+        return listener_change(ctx.arg(0), new);
     }
     // Most state changes are neither the start nor the outcome of a connect: leave first.
     if old != TCP_SYN_SENT && !(old == TCP_CLOSE && new == TCP_SYN_SENT) {
@@ -105,7 +105,7 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Option<()> {
 /// port (in its context), its listener closing, and a connection to it established (in
 /// softirq), which is reported as the listener's accept.
 #[inline(always)]
-fn listener_change(sk: u64, old: i32, new: i32) -> Option<()> {
+fn listener_change(sk: u64, new: i32) -> Option<()> {
     let cfg = config()?;
     if cfg.features & (feature::SOCKET_HOOKS | feature::NET_EVENTS)
         != feature::SOCKET_HOOKS | feature::NET_EVENTS
