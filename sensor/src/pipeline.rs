@@ -6,10 +6,11 @@ use std::{
 };
 
 use sensor_common::StatReason;
+use strum::IntoEnumIterator;
 
 use crate::{
     engine::Engine,
-    ingest::decode::decode,
+    ingest::decode::{DecodeError, decode},
     output::record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
     process::enrich::Enricher,
 };
@@ -64,6 +65,19 @@ impl Sink for StdoutSink {
     }
 }
 
+/// What userspace loses, by reason (the kernel's reasons are `StatReason`, the decoder's
+/// `DecodeError::reason`, the engines' and sinks' their own).
+#[derive(Clone, Copy, Debug, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum UserDrop {
+    /// The process table was full: the oldest process was forgotten.
+    ProcessTableFull,
+    /// `sensor replay`: a line that is not a sensor record.
+    ReplayBadLine,
+    /// A record that serde could not write.
+    SerializeFailed,
+}
+
 pub struct PipelineOptions {
     pub host: String,
     /// Write every kernel record (also the raw-only kinds).
@@ -105,12 +119,13 @@ impl Pipeline {
     pub fn new(opts: PipelineOptions, engines: Vec<Box<dyn Engine>>, sink: Box<dyn Sink>) -> Self {
         let boot_to_wall_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
         let mut user_drops = BTreeMap::new();
-        for r in [
-            "decode_short",
-            "decode_unknown_kind",
-            "process_table_full",
-            "replay_bad_line",
-        ] {
+        // Every known reason is listed, zero or not: the decoder's names come from its errors.
+        let decode = [
+            DecodeError::Short { got: 0, need: 0 },
+            DecodeError::UnknownKind(0),
+        ];
+        let names = decode.iter().map(DecodeError::reason);
+        for r in names.chain(UserDrop::iter().map(<&str>::from)) {
             user_drops.insert(r.to_string(), 0);
         }
         Self {
@@ -129,7 +144,7 @@ impl Pipeline {
         }
     }
 
-    pub fn count_drop(&mut self, reason: &str) {
+    pub fn count_drop(&mut self, reason: &'static str) {
         *self.user_drops.entry(reason.to_string()).or_default() += 1;
     }
 
@@ -224,7 +239,7 @@ impl Pipeline {
                 *self.records.entry(kind.to_string()).or_default() += 1;
                 self.sink.write_record(kind, &line);
             }
-            Err(_) => self.count_drop("serialize_failed"),
+            Err(_) => self.count_drop(UserDrop::SerializeFailed.into()),
         }
     }
 
@@ -293,8 +308,10 @@ impl Pipeline {
         for r in StatReason::ALL {
             drops.entry(r.name().to_string()).or_insert(0);
         }
-        self.user_drops
-            .insert("process_table_full".into(), self.enricher.table.overflow);
+        self.user_drops.insert(
+            <&str>::from(UserDrop::ProcessTableFull).into(),
+            self.enricher.table.overflow,
+        );
         drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
         for e in &self.engines {
             e.drops(&mut drops);

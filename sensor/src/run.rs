@@ -29,7 +29,7 @@ use crate::{
         record::{Body, Record, SensorStarted, Timestamp},
         sinks::{self, SinkSet, SinkSpec},
     },
-    pipeline::{Pipeline, PipelineOptions, StdoutSink},
+    pipeline::{Pipeline, PipelineOptions, StdoutSink, UserDrop},
     process::host::HostPaths,
 };
 
@@ -203,7 +203,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                 pipeline.enricher.seed(&p);
                 seeded_procs.push(p);
             } else {
-                pipeline.count_drop("tracked_map_full");
+                pipeline.count_drop(sensor_common::StatReason::TrackedMapFull.name());
             }
         }
     }
@@ -402,7 +402,7 @@ pub fn replay(
             }
             Err(e) => {
                 bad += 1;
-                pipeline.count_drop("replay_bad_line");
+                pipeline.count_drop(UserDrop::ReplayBadLine.into());
                 tracing::warn!("line {}: not a sensor record: {e}", n + 1);
             }
         }

@@ -81,8 +81,24 @@ pub struct Record {
     pub body: Body,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
+// A record's body; its variant is the record's `kind`. `Kind` (generated) names the kinds
+// without their data: the one list of kind names, in the same spelling serde writes (a plain
+// comment: a doc comment would land in the JSON Schema).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema, strum::EnumDiscriminants)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[strum_discriminants(
+    name(Kind),
+    derive(
+        strum::EnumIter,
+        strum::IntoStaticStr,
+        strum::EnumString,
+        strum::Display,
+        Hash,
+        PartialOrd,
+        Ord
+    ),
+    strum(serialize_all = "snake_case")
+)]
 pub enum Body {
     SensorStarted(SensorStarted),
     ProcessExec(ProcessExec),
@@ -110,30 +126,7 @@ pub enum Body {
 
 impl Body {
     pub fn kind(&self) -> &'static str {
-        match self {
-            Body::SensorStarted(_) => "sensor_started",
-            Body::ProcessExec(_) => "process_exec",
-            Body::ProcessFork(_) => "process_fork",
-            Body::ProcessExit(_) => "process_exit",
-            Body::Connect(_) => "connect",
-            Body::Accept(_) => "accept",
-            Body::DnsQuery(_) => "dns_query",
-            Body::DnsResponse(_) => "dns_response",
-            Body::FileWrite(_) => "file_write",
-            Body::FileContent(_) => "file_content",
-            Body::ApiRequest(_) => "api_request",
-            Body::ApiResponse(_) => "api_response",
-            Body::SensorStats(_) => "sensor_stats",
-            Body::BuildStarted(_) => "build_started",
-            Body::BuildFinished(_) => "build_finished",
-            Body::BuildDockerfile(_) => "build_dockerfile",
-            Body::ContainerStart(_) => "container_start",
-            Body::ImagePush(_) => "image_push",
-            Body::Finding(_) => "finding",
-            Body::ImageContents(_) => "image_contents",
-            Body::ImageProvenance(_) => "image_provenance",
-            Body::ImageDiscovered(_) => "image_discovered",
-        }
+        Kind::from(self).into()
     }
 
     /// Kinds written only with `--raw` (kernel detail that the other records summarise).
