@@ -11,6 +11,7 @@ use strum::IntoEnumIterator;
 use crate::{
     engine::Engine,
     ingest::decode::{DecodeError, decode},
+    output::metrics::ReaderStats,
     output::record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
     process::enrich::Enricher,
 };
@@ -101,6 +102,9 @@ pub struct Pipeline {
     records: BTreeMap<String, u64>,
     user_drops: BTreeMap<String, u64>,
     pub ringbuf: RingbufStats,
+    pub reader: ReaderStats,
+    /// Bytes of the ring-buffer batch being read.
+    batch_bytes: u64,
     /// Latest time seen (the stream's time in replay).
     pub last_ts: Timestamp,
 }
@@ -140,6 +144,8 @@ impl Pipeline {
             records: BTreeMap::new(),
             user_drops,
             ringbuf: RingbufStats::default(),
+            reader: ReaderStats::default(),
+            batch_bytes: 0,
             last_ts: Timestamp::now(),
         }
     }
@@ -150,6 +156,7 @@ impl Pipeline {
 
     /// One ring-buffer record.
     pub fn handle_kernel(&mut self, bytes: &[u8]) {
+        self.batch_bytes += bytes.len() as u64;
         let ev = match decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
@@ -162,6 +169,16 @@ impl Pipeline {
         if let Some(body) = self.enricher.convert(&ev) {
             self.emit(ts, body);
         }
+    }
+
+    /// The reader drained the ring buffer: count the batch; returns its bytes.
+    pub fn end_batch(&mut self) -> u64 {
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        self.ringbuf.batches += 1;
+        self.ringbuf.max_batch_bytes = self.ringbuf.max_batch_bytes.max(bytes);
+        self.reader.read_bytes += bytes;
+        self.reader.last_batch_bytes = bytes;
+        bytes
     }
 
     /// A record read back from a recorded stream (`sensor replay`).
@@ -252,16 +269,6 @@ impl Pipeline {
         self.sink.close(timeout);
     }
 
-    /// Kernel events read, by kind (for metrics).
-    pub fn events(&self) -> &BTreeMap<String, u64> {
-        &self.events
-    }
-
-    /// Records written, by kind (for metrics).
-    pub fn records(&self) -> &BTreeMap<String, u64> {
-        &self.records
-    }
-
     /// Let the engines close what timed out.
     pub fn tick(&mut self, now: Timestamp) {
         let mut out = Vec::new();
@@ -280,26 +287,23 @@ impl Pipeline {
         self.drain(now, out.into_iter().map(|b| (b, false)).collect());
     }
 
-    /// A `sensor_stats` record with kernel drop counters merged in.
-    pub fn write_stats(
+    /// The counters now, kernel drop counters merged in: the one snapshot that `sensor_stats`
+    /// writes and `/metrics` serves.
+    pub fn stats(
         &mut self,
         kernel_drops: BTreeMap<String, u64>,
         tracked: u64,
         final_report: bool,
-    ) {
-        let drops = self.drops(kernel_drops);
-        let stats = SensorStats {
+    ) -> SensorStats {
+        SensorStats {
             uptime_s: self.started.elapsed().as_secs(),
             events: self.events.clone(),
             records: self.records.clone(),
-            drops,
+            drops: self.drops(kernel_drops),
             ringbuf: self.ringbuf.clone(),
             tracked_processes: tracked,
             final_report,
-        };
-        let ts = Timestamp::now();
-        self.emit(ts, Body::SensorStats(stats));
-        self.flush();
+        }
     }
 
     /// Every drop counter by reason: the kernel's, userspace's, the engines' and the sinks'.
@@ -312,11 +316,44 @@ impl Pipeline {
             <&str>::from(UserDrop::ProcessTableFull).into(),
             self.enricher.table.overflow,
         );
-        drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
+        // Added, not replaced: seeding counts `tracked_map_full` as the kernel does.
+        for (k, v) in &self.user_drops {
+            *drops.entry(k.clone()).or_default() += v;
+        }
         for e in &self.engines {
             e.drops(&mut drops);
         }
         self.sink.drops(&mut drops);
         drops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        let opts = PipelineOptions {
+            host: "h".into(),
+            raw: false,
+            kinds: Vec::new(),
+            write_inputs: true,
+        };
+        Pipeline::new(opts, Vec::new(), Box::new(StdoutSink::new()))
+    }
+
+    /// Seeding counts `tracked_map_full` as the kernel does: the two add up (the userspace
+    /// count used to replace the kernel's), and every known reason is listed, zero or not.
+    #[test]
+    fn stats_add_kernel_and_userspace_counts_of_one_reason() {
+        let mut p = pipeline();
+        p.count_drop(StatReason::TrackedMapFull.name());
+        let kernel = BTreeMap::from([("tracked_map_full".to_string(), 2)]);
+        let s = p.stats(kernel, 7, false);
+        assert_eq!(s.drops["tracked_map_full"], 3);
+        for r in ["decode_short", "decode_unknown_kind", "serialize_failed"] {
+            assert_eq!(s.drops[r], 0, "{r}");
+        }
+        assert_eq!(s.tracked_processes, 7);
     }
 }

@@ -1,6 +1,5 @@
 //! `sensor run` and `sensor replay`: the event loop.
 use std::{
-    collections::BTreeMap,
     io::BufRead,
     path::Path,
     time::{Duration, Instant},
@@ -25,8 +24,8 @@ use crate::{
     },
     lineage::{self, SharedLineage},
     output::{
-        metrics::{Metrics, Snapshot},
-        record::{Body, Record, SensorStarted, Timestamp},
+        metrics::{Metrics, PolicyReloads, Snapshot},
+        record::{Body, Record, SensorStarted, SensorStats, Timestamp},
         sinks::{self, SinkSet, SinkSpec},
     },
     pipeline::{Pipeline, PipelineOptions, StdoutSink, UserDrop},
@@ -238,7 +237,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     }
     pipeline.flush();
     metrics.set_ready();
-    let mut gauges = Snapshot::default();
+    let mut reloads = PolicyReloads::default();
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
@@ -250,15 +249,10 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("reading the ring buffer")?;
                 let rb = guard.get_inner_mut();
-                let mut bytes = 0u64;
                 while let Some(item) = rb.next() {
-                    bytes += item.len() as u64;
                     pipeline.handle_kernel(&item);
                 }
-                pipeline.ringbuf.batches += 1;
-                pipeline.ringbuf.max_batch_bytes = pipeline.ringbuf.max_batch_bytes.max(bytes);
-                gauges.ringbuf_bytes += bytes;
-                gauges.ringbuf_last_batch_bytes = bytes;
+                let bytes = pipeline.end_batch();
                 guard.clear_ready();
                 pipeline.flush();
                 // Let events gather for a moment before the next wake-up: one wake-up (of this
@@ -271,31 +265,34 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 pipeline.tick(Timestamp::now());
                 let stats_due = args.stats_interval > 0 && last_stats.elapsed() >= stats_every;
-                // The kernel's counters are read once a tick at most (walking the tracked map
-                // costs a syscall per entry), for the stats record and the metrics alike.
-                let kernel = (stats_due || args.metrics_addr.is_some())
-                    .then(|| read_kernel_counters(&loaded.counters, &mut pipeline));
-                if let (true, Some((drops, tracked))) = (stats_due, &kernel) {
-                    last_stats = Instant::now();
-                    pipeline.write_stats(drops.clone(), *tracked, false);
+                // One snapshot a tick at most (walking the tracked map costs a syscall per
+                // entry), for the stats record and the metrics alike.
+                if stats_due || args.metrics_addr.is_some() {
+                    let stats = snapshot(&loaded.counters, &mut pipeline, false);
+                    if stats_due {
+                        last_stats = Instant::now();
+                        pipeline.emit(Timestamp::now(), Body::SensorStats(stats.clone()));
+                    }
+                    if args.metrics_addr.is_some() {
+                        metrics.publish(Snapshot {
+                            stats,
+                            reader: pipeline.reader.clone(),
+                            policy_reloads: reloads.clone(),
+                        });
+                    }
                 }
                 pipeline.flush();
-                if let (true, Some((drops, tracked))) = (args.metrics_addr.is_some(), kernel) {
-                    gauges.drops = drops;
-                    gauges.tracked_processes = tracked;
-                    publish_metrics(&metrics, &mut pipeline, &mut gauges);
-                }
             }
             _ = sighup.recv() => {
                 // Synchronous and short: the ring buffer holds what arrives meanwhile.
                 match args.policy.as_deref() {
                     Some(path) => match policy.reload(path) {
                         Ok(()) => {
-                            gauges.policy_reloads_ok += 1;
+                            reloads.ok += 1;
                             tracing::info!("SIGHUP: policy reloaded from {}", path.display());
                         }
                         Err(e) => {
-                            gauges.policy_reloads_failed += 1;
+                            reloads.failed += 1;
                             tracing::warn!("SIGHUP: keeping the previous policy: {e}");
                         }
                     },
@@ -312,37 +309,23 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let (drops, tracked) = read_kernel_counters(&loaded.counters, &mut pipeline);
-    pipeline.write_stats(drops, tracked, true);
+    let stats = snapshot(&loaded.counters, &mut pipeline, true);
+    pipeline.emit(Timestamp::now(), Body::SensorStats(stats));
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     Ok(())
 }
 
-/// The kernel's drop counters and tracked-process count; the ring buffer's peak fill goes
-/// straight into the pipeline's ring-buffer stats.
-fn read_kernel_counters(
+/// The counters now, with the kernel's drop counters and tracked-process count; the ring
+/// buffer's peak fill goes into the pipeline's ring-buffer stats first.
+fn snapshot(
     k: &loader::KernelCounters,
     pipeline: &mut Pipeline,
-) -> (BTreeMap<String, u64>, u64) {
+    final_report: bool,
+) -> SensorStats {
     pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
-    (
-        loader::read_kernel_drops(&k.stats),
-        k.tracked.keys().count() as u64,
-    )
-}
-
-/// `gauges.drops` holds the kernel's drop counters on entry.
-fn publish_metrics(metrics: &Metrics, pipeline: &mut Pipeline, gauges: &mut Snapshot) {
-    let kernel = std::mem::take(&mut gauges.drops);
-    gauges.events = pipeline.events().clone();
-    gauges.records = pipeline.records().clone();
-    gauges.drops = pipeline.drops(kernel);
-    gauges.ringbuf_size_bytes = pipeline.ringbuf.size_bytes;
-    gauges.ringbuf_batches = pipeline.ringbuf.batches;
-    gauges.ringbuf_max_batch_bytes = pipeline.ringbuf.max_batch_bytes;
-    gauges.ringbuf_max_pending_bytes = pipeline.ringbuf.max_pending_bytes;
-    metrics.publish(gauges.clone());
+    let drops = loader::read_kernel_drops(&k.stats);
+    pipeline.stats(drops, k.tracked.keys().count() as u64, final_report)
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.

@@ -302,8 +302,8 @@ mod tests {
     use super::*;
 
     /// One list per fact: every kind a record can have (from the JSON Schema derived from the
-    /// record types) is in `KINDS`, and every group names only kinds (`--kinds dns_response`
-    /// was refused though the `network` group listed it).
+    /// record types) is a `Kind` (generated from `Body`), and every group's member is accepted
+    /// alone (`--kinds dns_response` was refused though the `network` group listed it).
     #[test]
     fn kinds_are_the_record_kinds_and_groups_name_only_kinds() {
         let schema: serde_json::Value =
