@@ -21,14 +21,15 @@ use crate::{
     ingest::{
         caps,
         loader::{self, LoadOptions},
+        recorded::Recorded,
     },
     lineage::{self, SharedLineage},
     output::{
         metrics::{Metrics, PolicyReloads, Snapshot},
-        record::{Body, Record, SensorStarted, SensorStats, Timestamp},
+        record::{Body, SensorStarted, SensorStats, Timestamp},
         sinks::{self, SinkSet, SinkSpec},
     },
-    pipeline::{Pipeline, PipelineOptions, StdoutSink, UserDrop},
+    pipeline::{Pipeline, PipelineOptions, StdoutSink, TICK, UserDrop},
     process::host::HostPaths,
 };
 
@@ -241,7 +242,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TICK);
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_stats = Instant::now();
     loop {
@@ -366,35 +367,15 @@ pub fn replay(
         ),
         Box::new(StdoutSink::new()),
     );
-    let mut bad = 0u64;
-    let mut last_tick: Option<Timestamp> = None;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", n + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(&line) {
-            Ok(rec) => {
-                let ts = rec.ts;
-                pipeline.handle_recorded(rec);
-                // Time passes as in the recording: tick each recorded second.
-                if last_tick.is_none_or(|t| ts.millis_since(&t) >= 1000) {
-                    pipeline.tick(ts);
-                    last_tick = Some(ts);
-                }
-            }
-            Err(e) => {
-                bad += 1;
-                pipeline.count_drop(UserDrop::ReplayBadLine.into());
-                tracing::warn!("line {}: not a sensor record: {e}", n + 1);
-            }
-        }
-    }
-    let end = pipeline.last_ts;
-    pipeline.finish(end);
-    pipeline.flush();
+    let mut recorded = Recorded::new(reader);
+    pipeline.replay(&mut recorded)?;
+    let bad = recorded.not_records();
+    pipeline.count_drops(UserDrop::ReplayBadLine.into(), bad);
     if bad > 0 {
         tracing::warn!("{bad} lines were not sensor records and were skipped");
+    }
+    for (kind, n) in recorded.unknown_kinds() {
+        tracing::warn!("{n} records of kind {kind:?}, unknown to this sensor, were skipped");
     }
     Ok(())
 }

@@ -23,9 +23,6 @@ mod fixtures;
 mod network;
 mod params;
 mod procs;
-/// Test helpers that replay a recorded stream (`sensor replay` itself is in run.rs).
-#[cfg(test)]
-mod replay;
 mod response;
 mod session;
 #[cfg(test)]
