@@ -22,11 +22,12 @@ use crate::{
         caps,
         loader::{self, LoadOptions},
         recorded::Recorded,
+        start,
     },
     lineage::{self, SharedLineage},
     output::{
         metrics::{Metrics, PolicyReloads, Snapshot},
-        record::{Body, SensorStarted, SensorStats, Timestamp},
+        record::{Body, Timestamp},
         sinks::{self, SinkSet, SinkSpec},
     },
     pipeline::{Pipeline, PipelineOptions, StdoutSink, TICK, UserDrop},
@@ -37,12 +38,6 @@ pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// How long the reader lets events gather after a batch (see the loop).
@@ -88,7 +83,7 @@ pub fn preflight_privileges() -> anyhow::Result<()> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight_privileges()?;
-    ensure_tracefs();
+    start::ensure_tracefs();
     if std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_none() {
         caps::check_tracefs()?;
     }
@@ -108,17 +103,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(run_async(args, opts))
-}
-
-fn ensure_tracefs() {
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.contains(" tracefs "))
-        .unwrap_or(false);
-    if !mounted && !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
-    }
 }
 
 async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
@@ -188,30 +172,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
     pipeline.enricher.redact_build_args = !args.show_build_args;
 
-    // Seed twice: processes forked while the first pass ran are caught by the second.
-    let mut seeded = 0u64;
-    let mut seeded_procs = Vec::new();
-    for _ in 0..2 {
-        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
-        {
-            if loaded.counters.tracked.get(&p.pid, 0).is_ok() {
-                continue;
-            }
-            let t = sensor_common::Tracked { flags, depth };
-            if loaded.counters.tracked.insert(p.pid, t, 0).is_ok() {
-                seeded += 1;
-                pipeline.enricher.seed(&p);
-                seeded_procs.push(p);
-            } else {
-                pipeline.count_drop(sensor_common::StatReason::TrackedMapFull.name());
-            }
-        }
-    }
-    // The kernel's per-CPU cache of tracked lookups predates these entries.
-    loader::bump_tracked_generation(&mut loaded.ebpf);
+    let seeded = start::seed_tracked(&mut loaded, &opts, &mut pipeline);
     tracing::info!(
-        "attached {} probes, tracking {seeded} running processes",
-        loaded.attached.len()
+        "attached {} probes, tracking {} running processes",
+        loaded.attached.len(),
+        seeded.count()
     );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
     #[cfg(target_env = "gnu")]
@@ -219,23 +184,9 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     unsafe {
         libc::malloc_trim(0);
     }
-    pipeline.emit(
-        Timestamp::now(),
-        Body::SensorStarted(SensorStarted {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: kernel_release(),
-            probes: loaded.attached.clone(),
-            probes_failed: loaded.failed.clone(),
-            seeded_processes: seeded,
-            runtime_names: opts.runtime_names.clone(),
-            raw: args.raw,
-        }),
-    );
-    // The engines learn what was already running (a build step the sensor started during).
-    seeded_procs.sort_by_key(|p| p.start_ticks);
-    for p in seeded_procs {
-        pipeline.seed_engines(seeded_exec(p));
-    }
+    let started = start::sensor_started(&loaded, &opts, &seeded, args.raw);
+    pipeline.emit(Timestamp::now(), Body::SensorStarted(started));
+    seeded.feed_engines(&mut pipeline);
     pipeline.flush();
     metrics.set_ready();
     let mut reloads = PolicyReloads::default();
@@ -269,7 +220,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                 // One snapshot a tick at most (walking the tracked map costs a syscall per
                 // entry), for the stats record and the metrics alike.
                 if stats_due || args.metrics_addr.is_some() {
-                    let stats = snapshot(&loaded.counters, &mut pipeline, false);
+                    let stats = start::stats(&loaded.counters, &mut pipeline, false);
                     if stats_due {
                         last_stats = Instant::now();
                         pipeline.emit(Timestamp::now(), Body::SensorStats(stats.clone()));
@@ -310,23 +261,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let stats = snapshot(&loaded.counters, &mut pipeline, true);
+    let stats = start::stats(&loaded.counters, &mut pipeline, true);
     pipeline.emit(Timestamp::now(), Body::SensorStats(stats));
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     Ok(())
-}
-
-/// The counters now, with the kernel's drop counters and tracked-process count; the ring
-/// buffer's peak fill goes into the pipeline's ring-buffer stats first.
-fn snapshot(
-    k: &loader::KernelCounters,
-    pipeline: &mut Pipeline,
-    final_report: bool,
-) -> SensorStats {
-    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
-    let drops = loader::read_kernel_drops(&k.stats);
-    pipeline.stats(drops, k.tracked.keys().count() as u64, final_report)
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.
@@ -378,28 +317,4 @@ pub fn replay(
         tracing::warn!("{n} records of kind {kind:?}, unknown to this sensor, were skipped");
     }
     Ok(())
-}
-
-/// A process found in /proc at start, as the `process_exec` the engines would have seen.
-fn seeded_exec(p: crate::process::proc::ProcInfo) -> crate::output::record::ProcessExec {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let argv = crate::process::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
-    crate::output::record::ProcessExec {
-        process: crate::output::record::ProcessRef {
-            pid: p.pid,
-            ppid: p.ppid,
-            uid: p.uid,
-            gid: p.gid,
-            comm: p.comm,
-            exe: p.exe.clone(),
-            ..Default::default()
-        },
-        filename: p
-            .exe
-            .unwrap_or_else(|| argv.first().cloned().unwrap_or_default()),
-        argv,
-        argv_truncated: false,
-        start_time_ns: p.start_ticks.saturating_mul(1_000_000_000 / hz),
-    }
 }

@@ -7,3 +7,4 @@ pub mod check;
 pub mod decode;
 pub mod loader;
 pub mod recorded;
+pub mod start;
