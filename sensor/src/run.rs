@@ -126,10 +126,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = lineage::open_store(&policy, Some(&args.state_dir))?;
     let images = ImageConfig {
-        paths: HostPaths {
-            host_root: crate::process::proc::host_root(),
-            ..Default::default()
-        },
+        paths: HostPaths::default(),
         bounds: Bounds {
             max_entries: args.image_max_entries,
             ..Default::default()
