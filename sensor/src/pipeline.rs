@@ -6,10 +6,12 @@ use std::{
 };
 
 use sensor_common::StatReason;
+use strum::IntoEnumIterator;
 
 use crate::{
     engine::Engine,
-    ingest::decode::decode,
+    ingest::decode::{DecodeError, decode},
+    output::metrics::ReaderStats,
     output::record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
     process::enrich::Enricher,
 };
@@ -64,6 +66,23 @@ impl Sink for StdoutSink {
     }
 }
 
+/// How often the engines' clocks advance: the live loop's interval, and the recorded time
+/// between ticks when a stream is replayed.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// What userspace loses, by reason (the kernel's reasons are `StatReason`, the decoder's
+/// `DecodeError::reason`, the engines' and sinks' their own).
+#[derive(Clone, Copy, Debug, strum::EnumIter, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum UserDrop {
+    /// The process table was full: the oldest process was forgotten.
+    ProcessTableFull,
+    /// `sensor replay`: a line that is not a sensor record.
+    ReplayBadLine,
+    /// A record that serde could not write.
+    SerializeFailed,
+}
+
 pub struct PipelineOptions {
     pub host: String,
     /// Write every kernel record (also the raw-only kinds).
@@ -87,6 +106,9 @@ pub struct Pipeline {
     records: BTreeMap<String, u64>,
     user_drops: BTreeMap<String, u64>,
     pub ringbuf: RingbufStats,
+    pub reader: ReaderStats,
+    /// Bytes of the ring-buffer batch being read.
+    batch_bytes: u64,
     /// Latest time seen (the stream's time in replay).
     pub last_ts: Timestamp,
 }
@@ -105,12 +127,13 @@ impl Pipeline {
     pub fn new(opts: PipelineOptions, engines: Vec<Box<dyn Engine>>, sink: Box<dyn Sink>) -> Self {
         let boot_to_wall_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
         let mut user_drops = BTreeMap::new();
-        for r in [
-            "decode_short",
-            "decode_unknown_kind",
-            "process_table_full",
-            "replay_bad_line",
-        ] {
+        // Every known reason is listed, zero or not: the decoder's names come from its errors.
+        let decode = [
+            DecodeError::Short { got: 0, need: 0 },
+            DecodeError::UnknownKind(0),
+        ];
+        let names = decode.iter().map(DecodeError::reason);
+        for r in names.chain(UserDrop::iter().map(<&str>::from)) {
             user_drops.insert(r.to_string(), 0);
         }
         Self {
@@ -125,16 +148,23 @@ impl Pipeline {
             records: BTreeMap::new(),
             user_drops,
             ringbuf: RingbufStats::default(),
+            reader: ReaderStats::default(),
+            batch_bytes: 0,
             last_ts: Timestamp::now(),
         }
     }
 
-    pub fn count_drop(&mut self, reason: &str) {
-        *self.user_drops.entry(reason.to_string()).or_default() += 1;
+    pub fn count_drop(&mut self, reason: &'static str) {
+        self.count_drops(reason, 1);
+    }
+
+    pub fn count_drops(&mut self, reason: &'static str, n: u64) {
+        *self.user_drops.entry(reason.to_string()).or_default() += n;
     }
 
     /// One ring-buffer record.
     pub fn handle_kernel(&mut self, bytes: &[u8]) {
+        self.batch_bytes += bytes.len() as u64;
         let ev = match decode(bytes) {
             Ok(ev) => ev,
             Err(e) => {
@@ -149,9 +179,46 @@ impl Pipeline {
         }
     }
 
-    /// A record read back from a recorded stream (`sensor replay`).
-    pub fn handle_recorded(&mut self, rec: Record) {
+    /// The reader drained the ring buffer: count the batch; returns its bytes.
+    pub fn end_batch(&mut self) -> u64 {
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        self.ringbuf.batches += 1;
+        self.ringbuf.max_batch_bytes = self.ringbuf.max_batch_bytes.max(bytes);
+        self.reader.read_bytes += bytes;
+        self.reader.last_batch_bytes = bytes;
+        bytes
+    }
+
+    /// A recorded stream (`sensor replay`, the fixture tests): every record goes through the
+    /// same drain as a live one, time passes as in the recording (a tick each [`TICK`] of the
+    /// stream's own time, as the live loop ticks each [`TICK`] of the wall clock), and the
+    /// engines finish at its end.
+    pub fn replay<E>(
+        &mut self,
+        records: impl IntoIterator<Item = Result<Record, E>>,
+    ) -> Result<(), E> {
+        let every = TICK.as_millis() as u64;
+        let mut last_tick: Option<Timestamp> = None;
+        for rec in records {
+            let rec = rec?;
+            let ts = rec.ts;
+            self.handle_recorded(rec);
+            if last_tick.is_none_or(|t| ts.millis_since(&t) >= every) {
+                self.tick(ts);
+                last_tick = Some(ts);
+            }
+        }
+        let end = self.last_ts;
+        self.finish(end);
+        self.flush();
+        Ok(())
+    }
+
+    /// A record read back from a recorded stream. What it derives is numbered after it, so
+    /// derived ids never repeat a recorded one (evidence ids point at recorded records).
+    fn handle_recorded(&mut self, rec: Record) {
         self.last_ts = rec.ts;
+        self.next_id = self.next_id.max(rec.id + 1);
         let mut queue = VecDeque::new();
         self.feed_engines(&rec, &mut queue);
         self.drain(rec.ts, queue);
@@ -224,7 +291,7 @@ impl Pipeline {
                 *self.records.entry(kind.to_string()).or_default() += 1;
                 self.sink.write_record(kind, &line);
             }
-            Err(_) => self.count_drop("serialize_failed"),
+            Err(_) => self.count_drop(UserDrop::SerializeFailed.into()),
         }
     }
 
@@ -235,16 +302,6 @@ impl Pipeline {
     /// Drains the sinks' queues at shutdown, waiting at most `timeout`.
     pub fn close_sinks(&mut self, timeout: Duration) {
         self.sink.close(timeout);
-    }
-
-    /// Kernel events read, by kind (for metrics).
-    pub fn events(&self) -> &BTreeMap<String, u64> {
-        &self.events
-    }
-
-    /// Records written, by kind (for metrics).
-    pub fn records(&self) -> &BTreeMap<String, u64> {
-        &self.records
     }
 
     /// Let the engines close what timed out.
@@ -265,26 +322,23 @@ impl Pipeline {
         self.drain(now, out.into_iter().map(|b| (b, false)).collect());
     }
 
-    /// A `sensor_stats` record with kernel drop counters merged in.
-    pub fn write_stats(
+    /// The counters now, kernel drop counters merged in: the one snapshot that `sensor_stats`
+    /// writes and `/metrics` serves.
+    pub fn stats(
         &mut self,
         kernel_drops: BTreeMap<String, u64>,
         tracked: u64,
         final_report: bool,
-    ) {
-        let drops = self.drops(kernel_drops);
-        let stats = SensorStats {
+    ) -> SensorStats {
+        SensorStats {
             uptime_s: self.started.elapsed().as_secs(),
             events: self.events.clone(),
             records: self.records.clone(),
-            drops,
+            drops: self.drops(kernel_drops),
             ringbuf: self.ringbuf.clone(),
             tracked_processes: tracked,
             final_report,
-        };
-        let ts = Timestamp::now();
-        self.emit(ts, Body::SensorStats(stats));
-        self.flush();
+        }
     }
 
     /// Every drop counter by reason: the kernel's, userspace's, the engines' and the sinks'.
@@ -293,13 +347,95 @@ impl Pipeline {
         for r in StatReason::ALL {
             drops.entry(r.name().to_string()).or_insert(0);
         }
-        self.user_drops
-            .insert("process_table_full".into(), self.enricher.table.overflow);
-        drops.extend(self.user_drops.iter().map(|(k, v)| (k.clone(), *v)));
+        self.user_drops.insert(
+            <&str>::from(UserDrop::ProcessTableFull).into(),
+            self.enricher.table.overflow,
+        );
+        // Added, not replaced: seeding counts `tracked_map_full` as the kernel does.
+        for (k, v) in &self.user_drops {
+            *drops.entry(k.clone()).or_default() += v;
+        }
         for e in &self.engines {
             e.drops(&mut drops);
         }
         self.sink.drops(&mut drops);
         drops
+    }
+}
+
+/// The fixture tests' way into [`Pipeline::replay`]: the records a replay writes, read back.
+#[cfg(test)]
+pub mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Keeps the lines written, to read them back as records.
+    struct Collect(Arc<Mutex<Vec<String>>>);
+
+    impl Sink for Collect {
+        fn write_line(&mut self, line: &str) {
+            self.0.lock().unwrap().push(line.to_string());
+        }
+        fn flush(&mut self) {}
+    }
+
+    /// `engines` over `records` as `sensor replay` runs them: the derived records as written,
+    /// and every drop counter after the stream's end.
+    pub fn replay_with_drops(
+        records: impl IntoIterator<Item = Record>,
+        engines: Vec<Box<dyn Engine>>,
+    ) -> (Vec<Record>, BTreeMap<String, u64>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let opts = PipelineOptions {
+            host: "replay".into(),
+            raw: true,
+            kinds: Vec::new(),
+            write_inputs: false,
+        };
+        let mut p = Pipeline::new(opts, engines, Box::new(Collect(lines.clone())));
+        let ok = records.into_iter().map(Ok::<_, std::convert::Infallible>);
+        let Ok(()) = p.replay(ok);
+        let drops = p.drops(BTreeMap::new());
+        let lines = lines.lock().unwrap();
+        let recs = lines.iter().map(|l| serde_json::from_str(l).unwrap());
+        (recs.collect(), drops)
+    }
+
+    pub fn replay_records(
+        records: impl IntoIterator<Item = Record>,
+        engines: Vec<Box<dyn Engine>>,
+    ) -> Vec<Record> {
+        replay_with_drops(records, engines).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        let opts = PipelineOptions {
+            host: "h".into(),
+            raw: false,
+            kinds: Vec::new(),
+            write_inputs: true,
+        };
+        Pipeline::new(opts, Vec::new(), Box::new(StdoutSink::new()))
+    }
+
+    /// Seeding counts `tracked_map_full` as the kernel does: the two add up (the userspace
+    /// count used to replace the kernel's), and every known reason is listed, zero or not.
+    #[test]
+    fn stats_add_kernel_and_userspace_counts_of_one_reason() {
+        let mut p = pipeline();
+        p.count_drop(StatReason::TrackedMapFull.name());
+        let kernel = BTreeMap::from([("tracked_map_full".to_string(), 2)]);
+        let s = p.stats(kernel, 7, false);
+        assert_eq!(s.drops["tracked_map_full"], 3);
+        for r in ["decode_short", "decode_unknown_kind", "serialize_failed"] {
+            assert_eq!(s.drops[r], 0, "{r}");
+        }
+        assert_eq!(s.tracked_processes, 7);
     }
 }

@@ -1,6 +1,5 @@
 //! `sensor run` and `sensor replay`: the event loop.
 use std::{
-    collections::BTreeMap,
     io::BufRead,
     path::Path,
     time::{Duration, Instant},
@@ -22,14 +21,16 @@ use crate::{
     ingest::{
         caps,
         loader::{self, LoadOptions},
+        recorded::Recorded,
+        start,
     },
     lineage::{self, SharedLineage},
     output::{
-        metrics::{Metrics, Snapshot},
-        record::{Body, Record, SensorStarted, Timestamp},
+        metrics::{Metrics, PolicyReloads, Snapshot},
+        record::{Body, Timestamp},
         sinks::{self, SinkSet, SinkSpec},
     },
-    pipeline::{Pipeline, PipelineOptions, StdoutSink},
+    pipeline::{Pipeline, PipelineOptions, StdoutSink, TICK, UserDrop},
     process::host::HostPaths,
 };
 
@@ -37,12 +38,6 @@ pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// How long the reader lets events gather after a batch (see the loop).
@@ -88,7 +83,7 @@ pub fn preflight_privileges() -> anyhow::Result<()> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     preflight_privileges()?;
-    ensure_tracefs();
+    start::ensure_tracefs();
     if std::env::var_os("SENSOR_SKIP_ROOT_CHECK").is_none() {
         caps::check_tracefs()?;
     }
@@ -109,17 +104,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(run_async(args, opts))
-}
-
-fn ensure_tracefs() {
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.contains(" tracefs "))
-        .unwrap_or(false);
-    if !mounted && !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = std::process::Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
-    }
 }
 
 async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
@@ -143,10 +127,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = lineage::open_store(&policy, Some(&args.state_dir))?;
     let images = ImageConfig {
-        paths: HostPaths {
-            host_root: crate::process::proc::host_root(),
-            ..Default::default()
-        },
+        paths: HostPaths::default(),
         bounds: Bounds {
             max_entries: args.image_max_entries,
             ..Default::default()
@@ -189,35 +170,16 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
     pipeline.enricher.redact_build_args = !args.show_build_args;
 
-    // Seed twice: processes forked while the first pass ran are caught by the second.
-    let mut seeded = 0u64;
-    let mut seeded_procs = Vec::new();
-    for _ in 0..2 {
-        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
-        {
-            if loaded.counters.tracked.get(&p.pid, 0).is_ok() {
-                continue;
-            }
-            let t = sensor_common::Tracked { flags, depth };
-            if loaded.counters.tracked.insert(p.pid, t, 0).is_ok() {
-                seeded += 1;
-                pipeline.enricher.seed(&p);
-                seeded_procs.push(p);
-            } else {
-                pipeline.count_drop("tracked_map_full");
-            }
-        }
-    }
-    // The kernel's per-CPU cache of tracked lookups predates these entries.
-    loader::bump_tracked_generation(&mut loaded.ebpf);
+    let seeded = start::seed_tracked(&mut loaded, &opts, &mut pipeline);
     tracing::info!(
-        "attached {} probes ({} hooks for socket data), tracking {seeded} running processes",
+        "attached {} probes ({} hooks for socket data), tracking {} running processes",
         loaded.attached.len(),
         if loaded.socket_hooks {
             "socket"
         } else {
             "syscall"
-        }
+        },
+        seeded.count()
     );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
     #[cfg(target_env = "gnu")]
@@ -225,37 +187,16 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     unsafe {
         libc::malloc_trim(0);
     }
-    pipeline.emit(
-        Timestamp::now(),
-        Body::SensorStarted(SensorStarted {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: kernel_release(),
-            probes: loaded.attached.clone(),
-            probes_failed: loaded.failed.clone(),
-            probes_unused: loaded.unused.clone(),
-            kernel_hooks: if loaded.socket_hooks {
-                "socket"
-            } else {
-                "syscall"
-            }
-            .into(),
-            seeded_processes: seeded,
-            runtime_names: opts.runtime_names.clone(),
-            raw: args.raw,
-        }),
-    );
-    // The engines learn what was already running (a build step the sensor started during).
-    seeded_procs.sort_by_key(|p| p.start_ticks);
-    for p in seeded_procs {
-        pipeline.seed_engines(seeded_exec(p));
-    }
+    let started = start::sensor_started(&loaded, &opts, &seeded, args.raw);
+    pipeline.emit(Timestamp::now(), Body::SensorStarted(started));
+    seeded.feed_engines(&mut pipeline);
     pipeline.flush();
     metrics.set_ready();
-    let mut gauges = Snapshot::default();
+    let mut reloads = PolicyReloads::default();
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TICK);
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_stats = Instant::now();
     loop {
@@ -263,15 +204,10 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("reading the ring buffer")?;
                 let rb = guard.get_inner_mut();
-                let mut bytes = 0u64;
                 while let Some(item) = rb.next() {
-                    bytes += item.len() as u64;
                     pipeline.handle_kernel(&item);
                 }
-                pipeline.ringbuf.batches += 1;
-                pipeline.ringbuf.max_batch_bytes = pipeline.ringbuf.max_batch_bytes.max(bytes);
-                gauges.ringbuf_bytes += bytes;
-                gauges.ringbuf_last_batch_bytes = bytes;
+                let bytes = pipeline.end_batch();
                 guard.clear_ready();
                 pipeline.flush();
                 // Let events gather for a moment before the next wake-up: one wake-up (of this
@@ -284,31 +220,34 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 pipeline.tick(Timestamp::now());
                 let stats_due = args.stats_interval > 0 && last_stats.elapsed() >= stats_every;
-                // The kernel's counters are read once a tick at most (walking the tracked map
-                // costs a syscall per entry), for the stats record and the metrics alike.
-                let kernel = (stats_due || args.metrics_addr.is_some())
-                    .then(|| read_kernel_counters(&loaded.counters, &mut pipeline));
-                if let (true, Some((drops, tracked))) = (stats_due, &kernel) {
-                    last_stats = Instant::now();
-                    pipeline.write_stats(drops.clone(), *tracked, false);
+                // One snapshot a tick at most (walking the tracked map costs a syscall per
+                // entry), for the stats record and the metrics alike.
+                if stats_due || args.metrics_addr.is_some() {
+                    let stats = start::stats(&loaded.counters, &mut pipeline, false);
+                    if stats_due {
+                        last_stats = Instant::now();
+                        pipeline.emit(Timestamp::now(), Body::SensorStats(stats.clone()));
+                    }
+                    if args.metrics_addr.is_some() {
+                        metrics.publish(Snapshot {
+                            stats,
+                            reader: pipeline.reader.clone(),
+                            policy_reloads: reloads.clone(),
+                        });
+                    }
                 }
                 pipeline.flush();
-                if let (true, Some((drops, tracked))) = (args.metrics_addr.is_some(), kernel) {
-                    gauges.drops = drops;
-                    gauges.tracked_processes = tracked;
-                    publish_metrics(&metrics, &mut pipeline, &mut gauges);
-                }
             }
             _ = sighup.recv() => {
                 // Synchronous and short: the ring buffer holds what arrives meanwhile.
                 match args.policy.as_deref() {
                     Some(path) => match policy.reload(path) {
                         Ok(()) => {
-                            gauges.policy_reloads_ok += 1;
+                            reloads.ok += 1;
                             tracing::info!("SIGHUP: policy reloaded from {}", path.display());
                         }
                         Err(e) => {
-                            gauges.policy_reloads_failed += 1;
+                            reloads.failed += 1;
                             tracing::warn!("SIGHUP: keeping the previous policy: {e}");
                         }
                     },
@@ -325,37 +264,11 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let (drops, tracked) = read_kernel_counters(&loaded.counters, &mut pipeline);
-    pipeline.write_stats(drops, tracked, true);
+    let stats = start::stats(&loaded.counters, &mut pipeline, true);
+    pipeline.emit(Timestamp::now(), Body::SensorStats(stats));
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     Ok(())
-}
-
-/// The kernel's drop counters and tracked-process count; the ring buffer's peak fill goes
-/// straight into the pipeline's ring-buffer stats.
-fn read_kernel_counters(
-    k: &loader::KernelCounters,
-    pipeline: &mut Pipeline,
-) -> (BTreeMap<String, u64>, u64) {
-    pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
-    (
-        loader::read_kernel_drops(&k.stats),
-        k.tracked.keys().count() as u64,
-    )
-}
-
-/// `gauges.drops` holds the kernel's drop counters on entry.
-fn publish_metrics(metrics: &Metrics, pipeline: &mut Pipeline, gauges: &mut Snapshot) {
-    let kernel = std::mem::take(&mut gauges.drops);
-    gauges.events = pipeline.events().clone();
-    gauges.records = pipeline.records().clone();
-    gauges.drops = pipeline.drops(kernel);
-    gauges.ringbuf_size_bytes = pipeline.ringbuf.size_bytes;
-    gauges.ringbuf_batches = pipeline.ringbuf.batches;
-    gauges.ringbuf_max_batch_bytes = pipeline.ringbuf.max_batch_bytes;
-    gauges.ringbuf_max_pending_bytes = pipeline.ringbuf.max_pending_bytes;
-    metrics.publish(gauges.clone());
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.
@@ -396,59 +309,15 @@ pub fn replay(
         ),
         Box::new(StdoutSink::new()),
     );
-    let mut bad = 0u64;
-    let mut last_tick: Option<Timestamp> = None;
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading line {}", n + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(&line) {
-            Ok(rec) => {
-                let ts = rec.ts;
-                pipeline.handle_recorded(rec);
-                // Time passes as in the recording: tick each recorded second.
-                if last_tick.is_none_or(|t| ts.millis_since(&t) >= 1000) {
-                    pipeline.tick(ts);
-                    last_tick = Some(ts);
-                }
-            }
-            Err(e) => {
-                bad += 1;
-                pipeline.count_drop("replay_bad_line");
-                tracing::warn!("line {}: not a sensor record: {e}", n + 1);
-            }
-        }
-    }
-    let end = pipeline.last_ts;
-    pipeline.finish(end);
-    pipeline.flush();
+    let mut recorded = Recorded::new(reader);
+    pipeline.replay(&mut recorded)?;
+    let bad = recorded.not_records();
+    pipeline.count_drops(UserDrop::ReplayBadLine.into(), bad);
     if bad > 0 {
         tracing::warn!("{bad} lines were not sensor records and were skipped");
     }
-    Ok(())
-}
-
-/// A process found in /proc at start, as the `process_exec` the engines would have seen.
-fn seeded_exec(p: crate::process::proc::ProcInfo) -> crate::output::record::ProcessExec {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let argv = crate::process::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
-    crate::output::record::ProcessExec {
-        process: crate::output::record::ProcessRef {
-            pid: p.pid,
-            ppid: p.ppid,
-            uid: p.uid,
-            gid: p.gid,
-            comm: p.comm,
-            exe: p.exe.clone(),
-            ..Default::default()
-        },
-        filename: p
-            .exe
-            .unwrap_or_else(|| argv.first().cloned().unwrap_or_default()),
-        argv,
-        argv_truncated: false,
-        start_time_ns: p.start_ticks.saturating_mul(1_000_000_000 / hz),
+    for (kind, n) in recorded.unknown_kinds() {
+        tracing::warn!("{n} records of kind {kind:?}, unknown to this sensor, were skipped");
     }
+    Ok(())
 }

@@ -1,9 +1,10 @@
 //! The engine over streams recorded live with `sensor run --raw` (tests/fixtures/builds-*.ndjson).
 use std::path::PathBuf;
 
-use super::replay::replay_records;
 use super::*;
+use crate::ingest::recorded::Recorded;
 use crate::output::record::BuildFinished;
+use crate::pipeline::testing::{replay_records, replay_with_drops};
 use crate::process::redact::REDACTED;
 
 fn fixture(name: &str) -> PathBuf {
@@ -14,9 +15,15 @@ fn fixture(name: &str) -> PathBuf {
 
 pub(super) fn replay_file(path: &std::path::Path) -> Vec<Record> {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let (records, _) = replay::read_records(std::io::BufReader::new(f)).unwrap();
-    let mut t = BuildTracker::new(BuildConfig::default());
-    replay_records(records, &mut [&mut t])
+    replay_records(
+        read(f),
+        vec![Box::new(BuildTracker::new(BuildConfig::default()))],
+    )
+}
+
+fn read(f: std::fs::File) -> Vec<Record> {
+    let records = Recorded::new(std::io::BufReader::new(f)).collect::<Result<Vec<_>, _>>();
+    records.unwrap()
 }
 
 fn finished(recs: &[Record]) -> Vec<&BuildFinished> {
@@ -187,9 +194,8 @@ fn replay_is_deterministic() {
 fn overlapping_quiet_buildkit_builds_leave_steps_unattributed() {
     let path = fixture("builds-buildkit-quiet-overlap.ndjson");
     let f = std::fs::File::open(&path).unwrap();
-    let (records, _) = replay::read_records(std::io::BufReader::new(f)).unwrap();
-    let mut t = BuildTracker::new(BuildConfig::default());
-    let recs = replay_records(records, &mut [&mut t]);
+    let t = BuildTracker::new(BuildConfig::default());
+    let (recs, drops) = replay_with_drops(read(f), vec![Box::new(t)]);
     let f = finished(&recs);
     assert_eq!(f.len(), 2, "two builds expected");
     for b in &f {
@@ -200,7 +206,5 @@ fn overlapping_quiet_buildkit_builds_leave_steps_unattributed() {
             "a step given to a build by elimination: {b:?}"
         );
     }
-    let mut drops = BTreeMap::new();
-    t.drops(&mut drops);
     assert_eq!(drops["steps_unattributed"], 2);
 }

@@ -2,11 +2,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::replay::replay_records;
 use super::*;
+use crate::ingest::recorded::Recorded;
 use crate::output::record::{
     ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION,
 };
+use crate::pipeline::testing::replay_records;
 use crate::process::redact::REDACTED;
 
 const DOCKERD: u32 = 100;
@@ -609,10 +610,10 @@ fn replay_runs_the_engine_over_records() {
             raw: true,
         }))
     };
-    let mut t = BuildTracker::new(BuildConfig::default());
-    let derived = replay_records(vec![req], &mut [&mut t]);
+    let t = BuildTracker::new(BuildConfig::default());
+    let derived = replay_records(vec![req], vec![Box::new(t)]);
     assert!(derived.is_empty());
-    let mut t = BuildTracker::new(BuildConfig::default());
+    let t = BuildTracker::new(BuildConfig::default());
     let line = serde_json::to_string(&s.rec(Body::ApiRequest(match &s.out[0] {
         Body::BuildStarted(_) => ApiRequest {
             process: proc_ref(DOCKERD, 1, "dockerd"),
@@ -632,11 +633,11 @@ fn replay_runs_the_engine_over_records() {
         _ => unreachable!(),
     })))
     .unwrap();
-    let (records, skipped) =
-        replay::read_records(format!("{line}\n{{\"kind\":\"from_the_future\"}}\n").as_bytes())
-            .unwrap();
-    assert_eq!(skipped.get("from_the_future"), Some(&1));
-    let derived = replay_records(records, &mut [&mut t]);
+    let text = format!("{line}\n{{\"kind\":\"from_the_future\"}}\n");
+    let mut recorded = Recorded::new(text.as_bytes());
+    let records: Vec<Record> = recorded.by_ref().map(Result::unwrap).collect();
+    assert_eq!(recorded.unknown_kinds().get("from_the_future"), Some(&1));
+    let derived = replay_records(records, vec![Box::new(t)]);
     let kinds: Vec<&str> = derived.iter().map(|r| r.body.kind()).collect();
     assert_eq!(kinds, ["build_started", "build_finished"]);
     assert!(derived[0].id > 0);

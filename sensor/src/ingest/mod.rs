@@ -6,3 +6,5 @@ pub mod caps;
 pub mod check;
 pub mod decode;
 pub mod loader;
+pub mod recorded;
+pub mod start;

@@ -3,7 +3,6 @@
 //! not need an HTTP framework. The event loop publishes a snapshot each second; sink queue
 //! depths are read live.
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     net::SocketAddr,
     sync::{
@@ -18,7 +17,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::output::sinks::SinkStatus;
+use crate::output::{
+    record::{Kind, SensorStats},
+    sinks::SinkStatus,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -30,21 +32,27 @@ pub enum MetricsError {
     },
 }
 
-/// What the event loop last published.
+/// What the event loop last published: the same counters `sensor_stats` writes, taken once,
+/// and the few that only the endpoint shows.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub events: BTreeMap<String, u64>,
-    pub records: BTreeMap<String, u64>,
-    pub drops: BTreeMap<String, u64>,
-    pub ringbuf_size_bytes: u64,
-    pub ringbuf_batches: u64,
-    pub ringbuf_bytes: u64,
-    pub ringbuf_last_batch_bytes: u64,
-    pub ringbuf_max_batch_bytes: u64,
-    pub ringbuf_max_pending_bytes: u64,
-    pub tracked_processes: u64,
-    pub policy_reloads_ok: u64,
-    pub policy_reloads_failed: u64,
+    pub stats: SensorStats,
+    pub reader: ReaderStats,
+    pub policy_reloads: PolicyReloads,
+}
+
+/// The ring-buffer reader's byte counts (`sensor_stats.ringbuf` has its batches and peaks).
+#[derive(Clone, Debug, Default)]
+pub struct ReaderStats {
+    pub read_bytes: u64,
+    pub last_batch_bytes: u64,
+}
+
+/// Policy reloads on SIGHUP, by result.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyReloads {
+    pub ok: u64,
+    pub failed: u64,
 }
 
 /// Shared between the event loop (writer) and the endpoint (reader).
@@ -198,7 +206,7 @@ impl Metrics {
             "counter",
             "Kernel events read from the ring buffer, by kind.",
         );
-        for (k, v) in &s.events {
+        for (k, v) in &s.stats.events {
             sample(&mut o, "sensor_events_total", &[("kind", k)], *v);
         }
         family(
@@ -207,7 +215,7 @@ impl Metrics {
             "counter",
             "Records written, by kind.",
         );
-        for (k, v) in &s.records {
+        for (k, v) in &s.stats.records {
             sample(&mut o, "sensor_records_total", &[("kind", k)], *v);
         }
         family(
@@ -216,10 +224,10 @@ impl Metrics {
             "counter",
             "Events or records lost, by reason (as in sensor_stats.drops).",
         );
-        for (k, v) in &s.drops {
+        for (k, v) in &s.stats.drops {
             sample(&mut o, "sensor_drops_total", &[("reason", k)], *v);
         }
-        let count = |k: &str| s.records.get(k).copied().unwrap_or(0);
+        let count = |k: Kind| s.stats.records.get(<&str>::from(k)).copied().unwrap_or(0);
         family(
             &mut o,
             "sensor_builds_total",
@@ -230,13 +238,13 @@ impl Metrics {
             &mut o,
             "sensor_builds_total",
             &[("phase", "started")],
-            count("build_started"),
+            count(Kind::BuildStarted),
         );
         sample(
             &mut o,
             "sensor_builds_total",
             &[("phase", "finished")],
-            count("build_finished"),
+            count(Kind::BuildFinished),
         );
         family(
             &mut o,
@@ -244,7 +252,7 @@ impl Metrics {
             "counter",
             "Finding records written.",
         );
-        sample(&mut o, "sensor_findings_total", &[], count("finding"));
+        sample(&mut o, "sensor_findings_total", &[], count(Kind::Finding));
         family(
             &mut o,
             "sensor_ringbuf_size_bytes",
@@ -255,7 +263,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_size_bytes",
             &[],
-            s.ringbuf_size_bytes,
+            s.stats.ringbuf.size_bytes,
         );
         family(
             &mut o,
@@ -267,7 +275,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_read_bytes_total",
             &[],
-            s.ringbuf_bytes,
+            s.reader.read_bytes,
         );
         family(
             &mut o,
@@ -279,7 +287,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_batches_total",
             &[],
-            s.ringbuf_batches,
+            s.stats.ringbuf.batches,
         );
         family(
             &mut o,
@@ -291,7 +299,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_last_batch_bytes",
             &[],
-            s.ringbuf_last_batch_bytes,
+            s.reader.last_batch_bytes,
         );
         family(
             &mut o,
@@ -303,7 +311,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_max_pending_bytes",
             &[],
-            s.ringbuf_max_pending_bytes,
+            s.stats.ringbuf.max_pending_bytes,
         );
         family(
             &mut o,
@@ -315,7 +323,7 @@ impl Metrics {
             &mut o,
             "sensor_ringbuf_max_batch_bytes",
             &[],
-            s.ringbuf_max_batch_bytes,
+            s.stats.ringbuf.max_batch_bytes,
         );
         family(
             &mut o,
@@ -323,7 +331,12 @@ impl Metrics {
             "gauge",
             "Processes in the kernel's tracked set.",
         );
-        sample(&mut o, "sensor_tracked_processes", &[], s.tracked_processes);
+        sample(
+            &mut o,
+            "sensor_tracked_processes",
+            &[],
+            s.stats.tracked_processes,
+        );
         family(
             &mut o,
             "sensor_policy_reloads_total",
@@ -334,13 +347,13 @@ impl Metrics {
             &mut o,
             "sensor_policy_reloads_total",
             &[("result", "ok")],
-            s.policy_reloads_ok,
+            s.policy_reloads.ok,
         );
         sample(
             &mut o,
             "sensor_policy_reloads_total",
             &[("result", "failed")],
-            s.policy_reloads_failed,
+            s.policy_reloads.failed,
         );
         let sinks: &[Arc<SinkStatus>] = &self.sinks;
         family(
@@ -448,9 +461,9 @@ mod tests {
     fn renders_text_format() {
         let m = Metrics::new(Vec::new());
         let mut s = Snapshot::default();
-        s.events.insert("process_exec".into(), 3);
-        s.records.insert("build_started".into(), 2);
-        s.drops.insert("sink_tcp_queue_full".into(), 4);
+        s.stats.events.insert("process_exec".into(), 3);
+        s.stats.records.insert("build_started".into(), 2);
+        s.stats.drops.insert("sink_tcp_queue_full".into(), 4);
         m.publish(s);
         let text = m.render();
         assert!(

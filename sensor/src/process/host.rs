@@ -18,9 +18,10 @@ pub struct HostPaths {
 }
 
 impl Default for HostPaths {
+    /// The host's root from `SENSOR_HOST_ROOT`, as /proc lookups take it (`proc::host_root`).
     fn default() -> Self {
         HostPaths {
-            host_root: PathBuf::from("/"),
+            host_root: crate::process::proc::host_root(),
             docker_root: PathBuf::from("/var/lib/docker"),
         }
     }
@@ -417,6 +418,28 @@ pub fn bundle_info(paths: &HostPaths, bundle: &Path) -> Option<BundleInfo> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// `SENSOR_HOST_ROOT` is read from the environment: the test runs itself again with it
+    /// set (setting it here would race the other tests' reads).
+    #[test]
+    fn default_paths_honour_sensor_host_root() {
+        const NAME: &str = "process::host::tests::default_paths_honour_sensor_host_root";
+        if let Some(root) = std::env::var_os("SENSOR_HOST_ROOT") {
+            let root = PathBuf::from(root);
+            let p = HostPaths::default();
+            assert_eq!(p.host_root, root);
+            assert_eq!(p.docker(), root.join("var/lib/docker"));
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads=1"])
+            .env("SENSOR_HOST_ROOT", "/host-root-of-a-test")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("1 passed"), "{stdout}");
+    }
 
     /// A fake host root with one Docker container and one tag.
     pub(crate) fn fake_docker(
