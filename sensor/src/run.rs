@@ -174,11 +174,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     tracing::info!(
         "attached {} probes ({} hooks for socket data), tracking {} running processes",
         loaded.attached.len(),
-        if loaded.socket_hooks {
-            "socket"
-        } else {
-            "syscall"
-        },
+        start::kernel_hooks(&loaded),
         seeded.count()
     );
     // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.

@@ -101,15 +101,19 @@ pub fn sensor_started(
         probes: loaded.attached.clone(),
         probes_failed: loaded.failed.clone(),
         probes_unused: loaded.unused.clone(),
-        kernel_hooks: if loaded.socket_hooks {
-            "socket"
-        } else {
-            "syscall"
-        }
-        .into(),
+        kernel_hooks: kernel_hooks(loaded).into(),
         seeded_processes: seeded.count(),
         runtime_names: opts.runtime_names.clone(),
         raw,
+    }
+}
+
+/// Where socket data is taken, as `sensor_started.kernel_hooks` says it.
+pub fn kernel_hooks(loaded: &Loaded) -> &'static str {
+    if loaded.socket_hooks {
+        "socket"
+    } else {
+        "syscall"
     }
 }
 
