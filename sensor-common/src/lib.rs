@@ -305,9 +305,15 @@ pub struct ApiData {
     pub data: [u8; HTTP_CAP],
 }
 
-/// Why a kernel record was dropped or cut short. Indexes the per-CPU `STATS` array.
+/// Why a kernel record was dropped or cut short. Indexes the per-CPU `STATS` array. Its names
+/// (`sensor_stats.drops`) are the variants', in snake case (userspace only).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(strum::EnumIter, strum::IntoStaticStr, strum::EnumCount),
+    strum(serialize_all = "snake_case")
+)]
 pub enum StatReason {
     /// bpf_ringbuf_reserve failed: the ring buffer was full.
     RingbufFull = 0,
@@ -331,33 +337,16 @@ pub enum StatReason {
 
 pub const STAT_REASONS: usize = 9;
 
+#[cfg(feature = "user")]
 impl StatReason {
-    pub const ALL: [StatReason; STAT_REASONS] = [
-        Self::RingbufFull,
-        Self::TrackedMapFull,
-        Self::ArgvReadFailed,
-        Self::PathReadFailed,
-        Self::HttpReadFailed,
-        Self::ScratchMapFull,
-        Self::SockLookupFailed,
-        Self::Truncated,
-        Self::OffsetsMissing,
-    ];
-
     pub fn name(self) -> &'static str {
-        match self {
-            Self::RingbufFull => "ringbuf_full",
-            Self::TrackedMapFull => "tracked_map_full",
-            Self::ArgvReadFailed => "argv_read_failed",
-            Self::PathReadFailed => "path_read_failed",
-            Self::HttpReadFailed => "http_read_failed",
-            Self::ScratchMapFull => "scratch_map_full",
-            Self::SockLookupFailed => "sock_lookup_failed",
-            Self::Truncated => "truncated",
-            Self::OffsetsMissing => "offsets_missing",
-        }
+        self.into()
     }
 }
+
+// The kernel sizes `STATS` by the constant; userspace derives the count from the enum.
+#[cfg(feature = "user")]
+const _: () = assert!(<StatReason as strum::EnumCount>::COUNT == STAT_REASONS);
 
 /// Offsets of kernel struct fields, resolved by userspace from the running kernel's BTF and
 /// written to the `CONFIG` map. This makes field access relocatable across kernels without a C

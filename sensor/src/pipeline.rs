@@ -344,7 +344,7 @@ impl Pipeline {
     /// Every drop counter by reason: the kernel's, userspace's, the engines' and the sinks'.
     pub fn drops(&mut self, kernel_drops: BTreeMap<String, u64>) -> BTreeMap<String, u64> {
         let mut drops = kernel_drops;
-        for r in StatReason::ALL {
+        for r in <StatReason as strum::IntoEnumIterator>::iter() {
             drops.entry(r.name().to_string()).or_insert(0);
         }
         self.user_drops.insert(

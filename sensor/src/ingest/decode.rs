@@ -5,19 +5,21 @@ use sensor_common::{
 };
 use thiserror::Error;
 
-#[derive(Clone, Copy)]
+/// A kernel event, by kind; its name (`sensor_stats.events`) is the variant's, in snake case.
+#[derive(Clone, Copy, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum KernelEvent {
     Exec(Event<ExecData>),
     Fork(Event<ForkData>),
     Exit(Event<ExitData>),
-    Connect(Event<SockData>),
-    Accept(Event<SockData>),
+    TcpConnect(Event<SockData>),
+    TcpAccept(Event<SockData>),
     UnixConnect(Event<UnixConnectData>),
-    Dns(Event<DnsData>),
+    DnsSend(Event<DnsData>),
     DnsResponse(Event<DnsData>),
-    File(Event<FileData>),
+    FileWrite(Event<FileData>),
     FileContent(Event<FileContentData>),
-    Api(Event<ApiData>),
+    ApiRequest(Event<ApiData>),
     ApiResponse(Event<ApiData>),
 }
 
@@ -59,14 +61,14 @@ pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
         EventKind::Exec => KernelEvent::Exec(read(buf)?),
         EventKind::Fork => KernelEvent::Fork(read(buf)?),
         EventKind::Exit => KernelEvent::Exit(read(buf)?),
-        EventKind::Connect => KernelEvent::Connect(read(buf)?),
-        EventKind::Accept => KernelEvent::Accept(read(buf)?),
+        EventKind::Connect => KernelEvent::TcpConnect(read(buf)?),
+        EventKind::Accept => KernelEvent::TcpAccept(read(buf)?),
         EventKind::UnixConnect => KernelEvent::UnixConnect(read(buf)?),
-        EventKind::DnsSend => KernelEvent::Dns(read(buf)?),
+        EventKind::DnsSend => KernelEvent::DnsSend(read(buf)?),
         EventKind::DnsResponse => KernelEvent::DnsResponse(read(buf)?),
-        EventKind::FileWrite => KernelEvent::File(read(buf)?),
+        EventKind::FileWrite => KernelEvent::FileWrite(read(buf)?),
         EventKind::FileContent => KernelEvent::FileContent(read(buf)?),
-        EventKind::ApiRequest => KernelEvent::Api(read(buf)?),
+        EventKind::ApiRequest => KernelEvent::ApiRequest(read(buf)?),
         EventKind::ApiResponse => KernelEvent::ApiResponse(read(buf)?),
     })
 }
@@ -77,31 +79,18 @@ impl KernelEvent {
             KernelEvent::Exec(e) => &e.header,
             KernelEvent::Fork(e) => &e.header,
             KernelEvent::Exit(e) => &e.header,
-            KernelEvent::Connect(e) | KernelEvent::Accept(e) => &e.header,
+            KernelEvent::TcpConnect(e) | KernelEvent::TcpAccept(e) => &e.header,
             KernelEvent::UnixConnect(e) => &e.header,
-            KernelEvent::Dns(e) | KernelEvent::DnsResponse(e) => &e.header,
-            KernelEvent::File(e) => &e.header,
+            KernelEvent::DnsSend(e) | KernelEvent::DnsResponse(e) => &e.header,
+            KernelEvent::FileWrite(e) => &e.header,
             KernelEvent::FileContent(e) => &e.header,
-            KernelEvent::Api(e) | KernelEvent::ApiResponse(e) => &e.header,
+            KernelEvent::ApiRequest(e) | KernelEvent::ApiResponse(e) => &e.header,
         }
     }
 
     /// Name used in `sensor_stats.events`.
     pub fn name(&self) -> &'static str {
-        match self {
-            KernelEvent::Exec(_) => "exec",
-            KernelEvent::Fork(_) => "fork",
-            KernelEvent::Exit(_) => "exit",
-            KernelEvent::Connect(_) => "tcp_connect",
-            KernelEvent::Accept(_) => "tcp_accept",
-            KernelEvent::UnixConnect(_) => "unix_connect",
-            KernelEvent::Dns(_) => "dns_send",
-            KernelEvent::DnsResponse(_) => "dns_response",
-            KernelEvent::File(_) => "file_write",
-            KernelEvent::FileContent(_) => "file_content",
-            KernelEvent::Api(_) => "api_request",
-            KernelEvent::ApiResponse(_) => "api_response",
-        }
+        self.into()
     }
 }
 

@@ -7,8 +7,8 @@ use aya::{
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use sensor_common::{
-    COMM_LEN, Config, RuntimeName, STAT_REASONS, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP,
-    feature, syscall, track,
+    COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP, feature,
+    syscall, track,
 };
 use thiserror::Error;
 
@@ -551,7 +551,7 @@ pub fn read_ringbuf_fill(fill: &PerCpuArray<MapData, u64>) -> u64 {
 /// Sum the per-CPU drop counters, by reason name.
 pub fn read_kernel_drops(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
-    for (i, reason) in StatReason::ALL.iter().enumerate().take(STAT_REASONS) {
+    for (i, reason) in <StatReason as strum::IntoEnumIterator>::iter().enumerate() {
         let v = stats
             .get(&(i as u32), 0)
             .map(|vals| vals.iter().sum::<u64>())

@@ -343,7 +343,7 @@ impl Enricher {
                     duration_ms,
                 }))
             }
-            KernelEvent::Connect(e) => {
+            KernelEvent::TcpConnect(e) => {
                 let d = &e.data;
                 Some(Body::Connect(Connect {
                     process: self.process_ref(&e.header),
@@ -363,7 +363,7 @@ impl Enricher {
                     latency_us: e.header.ts_ns.checked_sub(d.start_ns).map(|ns| ns / 1000),
                 }))
             }
-            KernelEvent::Accept(e) => {
+            KernelEvent::TcpAccept(e) => {
                 let d = &e.data;
                 Some(Body::Accept(Accept {
                     process: self.process_ref(&e.header),
@@ -399,7 +399,7 @@ impl Enricher {
                     latency_us: None,
                 }))
             }
-            KernelEvent::Dns(e) => {
+            KernelEvent::DnsSend(e) => {
                 let d = &e.data;
                 let q = dns::parse_query(captured(&d.payload, d.len));
                 Some(Body::DnsQuery(DnsQuery {
@@ -423,7 +423,7 @@ impl Enricher {
                     addrs: r.addrs.iter().map(|a| a.to_string()).collect(),
                 }))
             }
-            KernelEvent::File(e) => {
+            KernelEvent::FileWrite(e) => {
                 let d = &e.data;
                 let path = lossy(captured(&d.path, d.path_len));
                 if d.op == file_op::OPEN_WRITE && is_build_file(&path) {
@@ -461,7 +461,7 @@ impl Enricher {
                     truncated: u64::from(d.len) < expected,
                 }))
             }
-            KernelEvent::Api(e) => self.api_request(&e.header, &e.data),
+            KernelEvent::ApiRequest(e) => self.api_request(&e.header, &e.data),
             KernelEvent::ApiResponse(e) => {
                 let d = &e.data;
                 Some(Body::ApiResponse(ApiResponse {
@@ -662,7 +662,7 @@ mod tests {
         ev.data.read_len = rest.len() as u32;
         ev.data.prefix = b'P' as u32;
         let mut e = Enricher::new(8);
-        match e.convert(&KernelEvent::Api(ev)) {
+        match e.convert(&KernelEvent::ApiRequest(ev)) {
             Some(Body::ApiRequest(r)) => {
                 assert_eq!(r.method, "POST");
                 assert_eq!(r.endpoint, "/build");
