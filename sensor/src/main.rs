@@ -126,9 +126,14 @@ pub struct RunArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_parser = parse_ringbuf_mib)]
     pub ringbuf_mib: u32,
-    /// Do not capture file writes (less volume on busy container hosts).
+    /// Do not capture file writes (less volume on busy container hosts); `--file-events=off`.
     #[arg(long)]
     pub no_file_events: bool,
+    /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw
+    /// syscall dispatch), `fanotify` (no syscall hook: files closed after writing and renames,
+    /// per filesystem, read in userspace) or `off`.
+    #[arg(long, value_enum, default_value_t = FileEvents::Syscall)]
+    pub file_events: FileEvents,
     /// Sign each image's provenance statement (a DSSE envelope) with this ed25519 private key
     /// (PKCS#8 PEM: `openssl genpkey -algorithm ed25519 -out FILE`).
     #[arg(long, value_name = "FILE")]
@@ -137,6 +142,25 @@ pub struct RunArgs {
     /// about 180 bytes each in the record (10,000: about 2 MB lines).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub image_max_entries: u64,
+}
+
+/// The source of file events (`--file-events`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileEvents {
+    Syscall,
+    Fanotify,
+    Off,
+}
+
+impl RunArgs {
+    /// `--file-events`, with `--no-file-events` meaning `off`.
+    pub fn file_events(&self) -> FileEvents {
+        if self.no_file_events {
+            FileEvents::Off
+        } else {
+            self.file_events
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]

@@ -237,6 +237,11 @@ impl Pipeline {
         self.sink.close(timeout);
     }
 
+    /// Events read outside the ring buffer (fanotify's), by kind, as their source counts them.
+    pub fn set_event_count(&mut self, kind: &str, n: u64) {
+        self.events.insert(kind.to_string(), n);
+    }
+
     /// Kernel events read, by kind (for metrics).
     pub fn events(&self) -> &BTreeMap<String, u64> {
         &self.events

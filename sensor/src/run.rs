@@ -14,13 +14,14 @@ use tokio::{
 };
 
 use crate::{
-    RunArgs,
+    FileEvents, RunArgs,
     builds::{BuildConfig, BuildTracker},
     detect::{self, policy::PolicyHandle},
     engine::Engine,
     image::{ImageConfig, ImageEngine, dsse, walk::Bounds},
     ingest::{
         caps,
+        fanotify::{self, FileEventSource},
         loader::{self, LoadOptions},
     },
     lineage::{self, SharedLineage},
@@ -100,7 +101,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     opts.api_sockets.extend(args.api_sockets.iter().cloned());
     opts.ringbuf_bytes = args.ringbuf_mib * 1024 * 1024;
-    if args.no_file_events {
+    // Only `syscall` takes file events in the kernel programs; `fanotify` reads them in
+    // userspace (ingest::fanotify), without the kernel's file capture.
+    if args.file_events() != FileEvents::Syscall {
         opts.features &= !feature::FILE_EVENTS;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -186,6 +189,23 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
+    // Marked before the running processes are seeded: what they write from now on is seen.
+    let mut files = match args.file_events() {
+        FileEvents::Fanotify => {
+            let s = FileEventSource::open(fanotify::WATCHED_DIRS)
+                .context("--file-events=fanotify")?;
+            tracing::info!(
+                "file events from fanotify: {} filesystem(s) marked, holding {}",
+                s.marked.len(),
+                s.covered.join(", ")
+            );
+            if let Some(why) = &s.renames_unavailable {
+                tracing::warn!("renames are not reported: {why}");
+            }
+            Some(s)
+        }
+        _ => None,
+    };
     pipeline.enricher.redact_build_args = !args.show_build_args;
 
     // Seed twice: processes forked while the first pass ran are caught by the second.
@@ -200,7 +220,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
             let t = sensor_common::Tracked { flags, depth };
             if loaded.counters.tracked.insert(p.pid, t, 0).is_ok() {
                 seeded += 1;
-                pipeline.enricher.seed(&p);
+                pipeline.enricher.seed(&p, flags);
                 seeded_procs.push(p);
             } else {
                 pipeline.count_drop("tracked_map_full");
@@ -224,7 +244,18 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         Body::SensorStarted(SensorStarted {
             version: env!("CARGO_PKG_VERSION").into(),
             kernel: kernel_release(),
-            probes: loaded.attached.clone(),
+            probes: loaded
+                .attached
+                .iter()
+                .cloned()
+                .chain(files.iter().flat_map(|f| {
+                    std::iter::once("fanotify_close_write".to_string()).chain(
+                        f.rename_fd()
+                            .is_some()
+                            .then(|| "fanotify_moved_to".to_string()),
+                    )
+                }))
+                .collect(),
             probes_failed: loaded.failed.clone(),
             seeded_processes: seeded,
             runtime_names: opts.runtime_names.clone(),
@@ -242,6 +273,19 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
+    // SAFETY (both): the groups' fds are owned by `files`, which outlives these AsyncFds
+    // (declared before them, dropped after them) and never closes them before.
+    let close_events = files
+        .as_ref()
+        .map(|f| unsafe { AsyncFd::register_with_interest(f.close_fd(), Interest::READABLE) })
+        .transpose()
+        .context("watching the fanotify group")?;
+    let rename_events = files
+        .as_ref()
+        .and_then(|f| f.rename_fd())
+        .map(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) })
+        .transpose()
+        .context("watching the fanotify rename group")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_stats = Instant::now();
@@ -268,13 +312,29 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                     tokio::time::sleep(COALESCE).await;
                 }
             }
+            guard = readable(close_events.as_ref()) => {
+                let mut guard = guard.context("reading the fanotify group")?;
+                if let Some(f) = files.as_mut() {
+                    file_events(f, false, &mut ring, &mut pipeline);
+                }
+                guard.clear_ready();
+                pipeline.flush();
+            }
+            guard = readable(rename_events.as_ref()) => {
+                let mut guard = guard.context("reading the fanotify rename group")?;
+                if let Some(f) = files.as_mut() {
+                    file_events(f, true, &mut ring, &mut pipeline);
+                }
+                guard.clear_ready();
+                pipeline.flush();
+            }
             _ = tick.tick() => {
                 pipeline.tick(Timestamp::now());
                 let stats_due = args.stats_interval > 0 && last_stats.elapsed() >= stats_every;
                 // The kernel's counters are read once a tick at most (walking the tracked map
                 // costs a syscall per entry), for the stats record and the metrics alike.
                 let kernel = (stats_due || args.metrics_addr.is_some())
-                    .then(|| read_kernel_counters(&loaded.counters, &mut pipeline));
+                    .then(|| read_kernel_counters(&loaded.counters, &mut pipeline, files.as_ref()));
                 if let (true, Some((drops, tracked))) = (stats_due, &kernel) {
                     last_stats = Instant::now();
                     pipeline.write_stats(drops.clone(), *tracked, false);
@@ -307,29 +367,79 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         }
     }
     // Drain what is left in the ring buffer, flush the engines, report, exit 0.
+    if let Some(f) = files.as_mut() {
+        file_events(f, false, &mut ring, &mut pipeline);
+        file_events(f, true, &mut ring, &mut pipeline);
+    }
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let (drops, tracked) = read_kernel_counters(&loaded.counters, &mut pipeline);
+    let (drops, tracked) = read_kernel_counters(&loaded.counters, &mut pipeline, files.as_ref());
     pipeline.write_stats(drops, tracked, true);
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     Ok(())
 }
 
-/// The kernel's drop counters and tracked-process count; the ring buffer's peak fill goes
-/// straight into the pipeline's ring-buffer stats.
+/// The kernel's drop counters (and fanotify's, when it is the file-event source) and
+/// tracked-process count; the ring buffer's peak fill goes straight into the pipeline's
+/// ring-buffer stats.
 fn read_kernel_counters(
     k: &loader::KernelCounters,
     pipeline: &mut Pipeline,
+    files: Option<&FileEventSource>,
 ) -> (BTreeMap<String, u64>, u64) {
     pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
-    (
-        loader::read_kernel_drops(&k.stats),
-        k.tracked.keys().count() as u64,
-    )
+    let mut drops = loader::read_kernel_drops(&k.stats);
+    if let Some(f) = files {
+        f.drops(&mut drops);
+        for (kind, n) in &f.events {
+            pipeline.set_event_count(kind, *n);
+        }
+    }
+    (drops, k.tracked.keys().count() as u64)
+}
+
+/// Readiness of an optional fd: never, when there is none.
+async fn readable(
+    fd: Option<&AsyncFd<std::os::fd::RawFd>>,
+) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::RawFd>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything queued in one fanotify group. Each buffer is read first, then the ring buffer is
+/// drained, then the buffer's events are looked up: the fork and exec of a process that wrote
+/// a file were submitted before its write, so they are in the process table by then (and an
+/// exit read meanwhile leaves it known for a while, see `ProcessTable::lookup`).
+fn file_events(
+    f: &mut FileEventSource,
+    rename: bool,
+    ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    pipeline: &mut Pipeline,
+) {
+    while let Some(batch) = f.read(rename) {
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            pipeline.handle_kernel(&item);
+        }
+        let ts = Timestamp::now();
+        for ev in batch {
+            // Untracked writers: the event (and its fd) is dropped here, closed.
+            let Some(process) = pipeline.enricher.tracked_process(ev.pid) else {
+                continue;
+            };
+            if let Some(fe) = f.resolve(ev, process) {
+                for body in fe.into_bodies() {
+                    pipeline.emit(ts, body);
+                }
+            }
+        }
+    }
 }
 
 /// `gauges.drops` holds the kernel's drop counters on entry.

@@ -5,4 +5,5 @@ pub mod btf;
 pub mod caps;
 pub mod check;
 pub mod decode;
+pub mod fanotify;
 pub mod loader;

@@ -318,7 +318,8 @@ pub struct FileWrite {
     pub path: String,
     #[serde(default)]
     pub path_truncated: bool,
-    pub flags: u32,
+    /// open(2) flags; null from `--file-events=fanotify` (not reported there).
+    pub flags: Option<u32>,
 }
 
 /// The peer of an Engine API request.
@@ -895,7 +896,7 @@ mod tests {
                 op: "open_write".into(),
                 path: lossy(b"/tmp/\xff\x00\n\"q"),
                 path_truncated: false,
-                flags: 1,
+                flags: Some(1),
             }),
         }
     }
