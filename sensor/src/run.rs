@@ -21,7 +21,7 @@ use crate::{
     image::{ImageConfig, ImageEngine, dsse, walk::Bounds},
     ingest::{
         caps,
-        fanotify::{self, FileEventSource},
+        fanotify::FileEventSource,
         loader::{self, LoadOptions},
     },
     lineage::{self, SharedLineage},
@@ -192,7 +192,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // Marked before the running processes are seeded: what they write from now on is seen.
     let mut files = match args.file_events() {
         FileEvents::Fanotify => {
-            let s = FileEventSource::open(fanotify::WATCHED_DIRS)
+            let s = FileEventSource::open(&crate::process::proc::host_root())
                 .context("--file-events=fanotify")?;
             tracing::info!(
                 "file events from fanotify: {} filesystem(s) marked, holding {}",
@@ -312,32 +312,16 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                     tokio::time::sleep(COALESCE).await;
                 }
             }
-            guard = readable(close_events.as_ref()) => {
-                let mut guard = guard.context("reading the fanotify group")?;
+            ready = file_group_ready(close_events.as_ref(), rename_events.as_ref()) => {
+                let (rename, mut guard) = ready.context("reading a fanotify group")?;
                 let read = match files.as_mut() {
-                    Some(f) => file_events(f, false, &mut ring, &mut pipeline),
+                    Some(f) => file_events(f, rename, &mut ring, &mut pipeline),
                     None => 0,
                 };
                 guard.clear_ready();
                 pipeline.flush();
                 // As for the ring buffer: let events gather (and the kernel merge identical
-                // ones) rather than wake on each: a writer's close then rarely has to wake the
-                // reader. Adds at most COALESCE of latency.
-                if read > 0 {
-                    tokio::time::sleep(COALESCE).await;
-                }
-            }
-            guard = readable(rename_events.as_ref()) => {
-                let mut guard = guard.context("reading the fanotify rename group")?;
-                let read = match files.as_mut() {
-                    Some(f) => file_events(f, true, &mut ring, &mut pipeline),
-                    None => 0,
-                };
-                guard.clear_ready();
-                pipeline.flush();
-                // As for the ring buffer: let events gather (and the kernel merge identical
-                // ones) rather than wake on each: a writer's close then rarely has to wake the
-                // reader. Adds at most COALESCE of latency.
+                // ones) rather than wake on each. Adds at most COALESCE of latency.
                 if read > 0 {
                     tokio::time::sleep(COALESCE).await;
                 }
@@ -416,13 +400,24 @@ fn read_kernel_counters(
     (drops, k.tracked.keys().count() as u64)
 }
 
+type FdGuard<'a> = tokio::io::unix::AsyncFdReadyGuard<'a, std::os::fd::RawFd>;
+
 /// Readiness of an optional fd: never, when there is none.
-async fn readable(
-    fd: Option<&AsyncFd<std::os::fd::RawFd>>,
-) -> std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, std::os::fd::RawFd>> {
+async fn readable(fd: Option<&AsyncFd<std::os::fd::RawFd>>) -> std::io::Result<FdGuard<'_>> {
     match fd {
         Some(fd) => fd.readable().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The first fanotify group with events queued: `true` for the rename group.
+async fn file_group_ready<'a>(
+    close: Option<&'a AsyncFd<std::os::fd::RawFd>>,
+    rename: Option<&'a AsyncFd<std::os::fd::RawFd>>,
+) -> std::io::Result<(bool, FdGuard<'a>)> {
+    tokio::select! {
+        g = readable(close) => Ok((false, g?)),
+        g = readable(rename) => Ok((true, g?)),
     }
 }
 

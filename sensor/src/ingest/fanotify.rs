@@ -301,21 +301,34 @@ pub struct FileEventSource {
 }
 
 impl FileEventSource {
-    /// Creates the groups and marks the filesystems of `dirs` (those that exist).
-    pub fn open(dirs: &[&str]) -> Result<Self, FanotifyError> {
+    /// Creates the groups and marks the filesystems of `WATCHED_DIRS` (those that exist) under
+    /// `host_root` (`/`, or where the host's directories are mounted in the sensor's container).
+    pub fn open(host_root: &std::path::Path) -> Result<Self, FanotifyError> {
+        let dirs: Vec<String> = WATCHED_DIRS
+            .iter()
+            .map(|d| {
+                host_root
+                    .join(d.trim_start_matches('/'))
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
         raise_nofile();
         let close_group = init(0).map_err(FanotifyError::Init)?;
-        let (mut rename_group, mut renames_unavailable) =
-            match init(libc::FAN_REPORT_DFID_NAME) {
-                Ok(g) => (Some(g), None),
-                Err(e) => (None, Some(format!("fanotify_init(FAN_REPORT_DFID_NAME): {e}"))),
-            };
+        let (mut rename_group, mut renames_unavailable) = match init(libc::FAN_REPORT_DFID_NAME) {
+            Ok(g) => (Some(g), None),
+            Err(e) => (
+                None,
+                Some(format!("fanotify_init(FAN_REPORT_DFID_NAME): {e}")),
+            ),
+        };
         let mut marked = Vec::new();
         let mut covered = Vec::new();
         let mut mount_fds = HashMap::new();
         let mut seen = Vec::new();
         let mut errors = Vec::new();
-        for dir in dirs {
+        for dir in &dirs {
+            let dir = dir.as_str();
             let Ok(dfd) = open_dir(dir) else {
                 continue; // not on this host
             };
@@ -436,16 +449,13 @@ impl FileEventSource {
     pub fn resolve(&mut self, ev: RawEvent, process: ProcessRef) -> Option<FileEvent> {
         if let Some(dir) = &ev.dir {
             let path = self.resolve_dir_name(dir)?;
-            return Some(FileEvent::Write(file_write(process, "rename", path), Vec::new()));
+            return Some(FileEvent::Write(
+                file_write(process, "rename", path),
+                Vec::new(),
+            ));
         }
         let fd = ev.fd?;
-        let Some(path) = link_path(&std::path::PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            fd.as_raw_fd()
-        ))) else {
-            self.count(loss::PATH_FAILED);
-            return None;
-        };
+        let path = self.fd_path(&fd)?;
         let content = if crate::process::enrich::is_build_file(&path) {
             match read_content(&fd) {
                 Ok((bytes, size)) => content_chunks(&process, &path, &bytes, size),
@@ -462,6 +472,16 @@ impl FileEventSource {
             file_write(process, "close_write", path),
             content,
         ))
+    }
+
+    /// Where an fd of the sensor's points (counted when unreadable).
+    fn fd_path(&mut self, fd: &OwnedFd) -> Option<String> {
+        let link = std::path::PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let path = link_path(&link);
+        if path.is_none() {
+            self.count(loss::PATH_FAILED);
+        }
+        path
     }
 
     fn resolve_dir_name(&mut self, d: &DirName) -> Option<String> {
@@ -497,13 +517,7 @@ impl FileEventSource {
         }
         // SAFETY: just opened, owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let Some(dir) = link_path(&std::path::PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            fd.as_raw_fd()
-        ))) else {
-            self.count(loss::PATH_FAILED);
-            return None;
-        };
+        let dir = self.fd_path(&fd)?;
         Some(join(&dir, &d.name))
     }
 }
@@ -556,7 +570,12 @@ fn read_content(fd: &OwnedFd) -> io::Result<(Vec<u8>, u64)> {
 /// of `FILE_CONTENT_CAP`, `write_len` the file's size. `fd` is -1: the writer's descriptor
 /// is not known here (the Dockerfile engine takes each chunk run at offset 0 from fd -1 as a
 /// new file).
-pub fn content_chunks(process: &ProcessRef, path: &str, bytes: &[u8], size: u64) -> Vec<FileContent> {
+pub fn content_chunks(
+    process: &ProcessRef,
+    path: &str,
+    bytes: &[u8],
+    size: u64,
+) -> Vec<FileContent> {
     if bytes.is_empty() {
         return Vec::new();
     }
@@ -587,7 +606,7 @@ impl FileEvent {
 
 /// `sensor check`: whether fanotify works here, in one line.
 pub fn check_line() -> (bool, String) {
-    match FileEventSource::open(WATCHED_DIRS) {
+    match FileEventSource::open(&crate::process::proc::host_root()) {
         Ok(s) => (
             true,
             format!(
@@ -734,7 +753,10 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert_eq!((c[0].offset, c[1].offset), (0, FILE_CONTENT_CAP as u64));
         assert_eq!(c[1].data.len(), 10);
-        assert!(c.iter().all(|c| c.fd == -1 && c.write_len == bytes.len() as u64));
+        assert!(
+            c.iter()
+                .all(|c| c.fd == -1 && c.write_len == bytes.len() as u64)
+        );
         assert!(content_chunks(&p, "/x/Dockerfile", &[], 0).is_empty());
     }
 

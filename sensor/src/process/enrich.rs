@@ -754,7 +754,10 @@ mod tests {
         e.convert(&KernelEvent::Fork(fork));
         assert_eq!(e.tracked_process(10).unwrap().role, "runtime");
         let child = e.tracked_process(11).unwrap();
-        assert_eq!((child.role.as_str(), child.ppid, child.uid), ("descendant", 10, 7));
+        assert_eq!(
+            (child.role.as_str(), child.ppid, child.uid),
+            ("descendant", 10, 7)
+        );
         assert_eq!(child.comm, "dockerd");
         // SAFETY: as above.
         let mut exit: sensor_common::Event<sensor_common::ExitData> = unsafe { std::mem::zeroed() };
