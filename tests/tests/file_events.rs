@@ -13,7 +13,13 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn start_fanotify_sensor(state: &tempfile::TempDir) -> SensorProcess {
+/// The engine and base image ready, and a sensor in fanotify mode (with its state directory,
+/// removed when dropped).
+fn start_fanotify_sensor() -> (tempfile::TempDir, SensorProcess) {
+    require_root("loading eBPF programs and fanotify marks");
+    Dockerd::ensure();
+    ensure_base_image("localbase:1");
+    let state = tempfile::tempdir().unwrap();
     let sensor = SensorProcess::start(&[
         "--file-events=fanotify",
         "--raw",
@@ -31,7 +37,7 @@ fn start_fanotify_sensor(state: &tempfile::TempDir) -> SensorProcess {
         probes.iter().any(|p| p == "fanotify_close_write"),
         "{started}"
     );
-    sensor
+    (state, sensor)
 }
 
 fn is_file_write(r: &Value, op: &str, suffix: &str) -> bool {
@@ -48,11 +54,7 @@ fn wait_file_write(sensor: &SensorProcess, op: &str, suffix: &str) -> Value {
 
 #[test]
 fn build_steps_writes_and_dockerfiles_come_from_fanotify() {
-    require_root("loading eBPF programs and fanotify marks");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor = start_fanotify_sensor(&state);
+    let (_state, mut sensor) = start_fanotify_sensor();
     let mut tags = Vec::new();
     for builder in [Builder::BuildKit, Builder::Legacy] {
         let tag = unique_tag("fanotify");
@@ -119,11 +121,7 @@ fn build_steps_writes_and_dockerfiles_come_from_fanotify() {
 
 #[test]
 fn untracked_writes_produce_nothing() {
-    require_root("loading eBPF programs and fanotify marks");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor = start_fanotify_sensor(&state);
+    let (_state, mut sensor) = start_fanotify_sensor();
     // This test process is in no runtime tree: its writes, renames and build files are not
     // reported. Written first, then a tracked write and rename: each fanotify group's queue
     // is in order, so once the tracked ones are out, the untracked ones were read (and
