@@ -85,6 +85,7 @@ CREATE TABLE IF NOT EXISTS sensor_records
     instructions String,
     kernel String,
     kernel_hooks String,
+    file_events String,
     kubernetes String,
     layers String,
     latency_us String,

@@ -126,7 +126,7 @@ pub struct RunArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_parser = parse_ringbuf_mib)]
     pub ringbuf_mib: u32,
-    /// Do not capture file writes (less volume on busy container hosts).
+    /// Do not capture file writes (less volume on busy container hosts); `--file-events=off`.
     #[arg(long)]
     pub no_file_events: bool,
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
@@ -134,6 +134,11 @@ pub struct RunArgs {
     /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch.
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
+    /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw
+    /// syscall dispatch), `fanotify` (no syscall hook: files closed after writing and renames,
+    /// per filesystem, read in userspace) or `off`.
+    #[arg(long, value_enum, default_value_t = FileEvents::Auto)]
+    pub file_events: FileEvents,
     /// Sign each image's provenance statement (a DSSE envelope) with this ed25519 private key
     /// (PKCS#8 PEM: `openssl genpkey -algorithm ed25519 -out FILE`).
     #[arg(long, value_name = "FILE")]
@@ -142,6 +147,36 @@ pub struct RunArgs {
     /// about 180 bytes each in the record (10,000: about 2 MB lines).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub image_max_entries: u64,
+}
+
+/// The source of file events (`--file-events`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum FileEvents {
+    /// fanotify where it can be set up (CAP_SYS_ADMIN), else `syscall`.
+    Auto,
+    /// The kernel programs' raw syscall dispatch (every syscall of every process pays).
+    Syscall,
+    /// fanotify marks on the runtimes' filesystems: only closes of written files pay.
+    Fanotify,
+    Off,
+}
+
+impl FileEvents {
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl RunArgs {
+    /// `--file-events`, with `--no-file-events` meaning `off`.
+    pub fn file_events(&self) -> FileEvents {
+        if self.no_file_events {
+            FileEvents::Off
+        } else {
+            self.file_events
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]

@@ -304,6 +304,11 @@ impl Pipeline {
         self.sink.close(timeout);
     }
 
+    /// Events read outside the ring buffer (fanotify's), by kind, as their source counts them.
+    pub fn set_event_count(&mut self, kind: &str, n: u64) {
+        self.events.insert(kind.to_string(), n);
+    }
+
     /// Let the engines close what timed out.
     pub fn tick(&mut self, now: Timestamp) {
         let mut out = Vec::new();

@@ -13,13 +13,14 @@ use tokio::{
 };
 
 use crate::{
-    RunArgs,
+    FileEvents, RunArgs,
     builds::{BuildConfig, BuildTracker},
     detect::{self, policy::PolicyHandle},
     engine::Engine,
     image::{ImageConfig, ImageEngine, dsse, walk::Bounds},
     ingest::{
         caps,
+        fanotify::FileEventSource,
         loader::{self, LoadOptions},
         recorded::Recorded,
         start,
@@ -95,7 +96,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     opts.api_sockets.extend(args.api_sockets.iter().cloned());
     opts.ringbuf_bytes = args.ringbuf_mib * 1024 * 1024;
-    if args.no_file_events {
+    // Marked before the programs load, so before the running processes are seeded: what they
+    // write from then on is seen.
+    let (files, file_events) = open_file_events(args.file_events())?;
+    // Only `syscall` takes file events in the kernel programs; `fanotify` reads them in
+    // userspace (ingest::fanotify), without the kernel's file capture.
+    if file_events != FileEvents::Syscall {
         opts.features &= !feature::FILE_EVENTS;
     }
     opts.hooks = args.kernel_hooks;
@@ -103,10 +109,49 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(args, opts))
+    rt.block_on(run_async(args, opts, files, file_events))
 }
 
-async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
+/// The file-event source: `auto` is fanotify where it can be set up (it needs CAP_SYS_ADMIN),
+/// else the syscall dispatch, with one line saying why.
+fn open_file_events(mode: FileEvents) -> anyhow::Result<(Option<FileEventSource>, FileEvents)> {
+    let open = || {
+        let s = FileEventSource::open(&crate::process::proc::host_root())?;
+        tracing::info!(
+            "file events from fanotify: {} filesystem(s) marked, holding {}",
+            s.marked.len(),
+            s.covered.join(", ")
+        );
+        if let Some(why) = &s.renames_unavailable {
+            tracing::warn!("renames are not reported: {why}");
+        }
+        Ok::<_, crate::ingest::fanotify::FanotifyError>(s)
+    };
+    Ok(match mode {
+        FileEvents::Fanotify => (
+            Some(open().context("--file-events=fanotify")?),
+            FileEvents::Fanotify,
+        ),
+        FileEvents::Auto => match open() {
+            Ok(s) => (Some(s), FileEvents::Fanotify),
+            Err(e) => {
+                tracing::warn!(
+                    "file events: fanotify unavailable ({e}); taking them in the syscall \
+                     dispatch, which every process's syscalls pay for"
+                );
+                (None, FileEvents::Syscall)
+            }
+        },
+        other => (None, other),
+    })
+}
+
+async fn run_async(
+    args: RunArgs,
+    opts: LoadOptions,
+    mut files: Option<FileEventSource>,
+    file_source: FileEvents,
+) -> anyhow::Result<()> {
     // Before sensor_started is written: whoever sees it may signal at once.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -168,6 +213,7 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
+    // Marked before the running processes are seeded: what they write from now on is seen.
     pipeline.enricher.redact_build_args = !args.show_build_args;
 
     let seeded = start::seed_tracked(&mut loaded, &opts, &mut pipeline);
@@ -183,7 +229,15 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let started = start::sensor_started(&loaded, &opts, &seeded, args.raw);
+    let mut started = start::sensor_started(&loaded, &opts, &seeded, args.raw);
+    started.file_events = file_source.name().into();
+    // fanotify's groups stand in for kernel programs: listed with them.
+    if let Some(f) = &files {
+        started.probes.push("fanotify_close_write".to_string());
+        if f.rename_fd().is_some() {
+            started.probes.push("fanotify_moved_to".to_string());
+        }
+    }
     pipeline.emit(Timestamp::now(), Body::SensorStarted(started));
     seeded.feed_engines(&mut pipeline);
     pipeline.flush();
@@ -192,6 +246,19 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     // SAFETY: the ring buffer map owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded.ringbuf, Interest::READABLE) }
         .context("watching the ring buffer")?;
+    // SAFETY (both): the groups' fds are owned by `files`, which outlives these AsyncFds
+    // (declared before them, dropped after them) and never closes them before.
+    let close_events = files
+        .as_ref()
+        .map(|f| unsafe { AsyncFd::register_with_interest(f.close_fd(), Interest::READABLE) })
+        .transpose()
+        .context("watching the fanotify group")?;
+    let rename_events = files
+        .as_ref()
+        .and_then(|f| f.rename_fd())
+        .map(|fd| unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) })
+        .transpose()
+        .context("watching the fanotify rename group")?;
     let mut tick = tokio::time::interval(TICK);
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_stats = Instant::now();
@@ -213,13 +280,27 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
                     tokio::time::sleep(COALESCE).await;
                 }
             }
+            ready = file_group_ready(close_events.as_ref(), rename_events.as_ref()) => {
+                let (rename, mut guard) = ready.context("reading a fanotify group")?;
+                let read = match files.as_mut() {
+                    Some(f) => file_events(f, rename, &mut ring, &mut pipeline),
+                    None => 0,
+                };
+                guard.clear_ready();
+                pipeline.flush();
+                // As for the ring buffer: let events gather (and the kernel merge identical
+                // ones) rather than wake on each. Adds at most COALESCE of latency.
+                if read > 0 {
+                    tokio::time::sleep(COALESCE).await;
+                }
+            }
             _ = tick.tick() => {
                 pipeline.tick(Timestamp::now());
                 let stats_due = args.stats_interval > 0 && last_stats.elapsed() >= stats_every;
                 // One snapshot a tick at most (walking the tracked map costs a syscall per
                 // entry), for the stats record and the metrics alike.
                 if stats_due || args.metrics_addr.is_some() {
-                    let stats = start::stats(&loaded.counters, &mut pipeline, false);
+                    let stats = start::stats(&loaded.counters, files.as_ref(), &mut pipeline, false);
                     if stats_due {
                         last_stats = Instant::now();
                         pipeline.emit(Timestamp::now(), Body::SensorStats(stats.clone()));
@@ -255,16 +336,74 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
         }
     }
     // Drain what is left in the ring buffer, flush the engines, report, exit 0.
+    if let Some(f) = files.as_mut() {
+        file_events(f, false, &mut ring, &mut pipeline);
+        file_events(f, true, &mut ring, &mut pipeline);
+    }
     let rb = ring.get_mut();
     while let Some(item) = rb.next() {
         pipeline.handle_kernel(&item);
     }
     pipeline.finish(Timestamp::now());
-    let stats = start::stats(&loaded.counters, &mut pipeline, true);
+    let stats = start::stats(&loaded.counters, files.as_ref(), &mut pipeline, true);
     pipeline.emit(Timestamp::now(), Body::SensorStats(stats));
     pipeline.flush();
     pipeline.close_sinks(Duration::from_secs(args.drain_secs));
     Ok(())
+}
+
+type FdGuard<'a> = tokio::io::unix::AsyncFdReadyGuard<'a, std::os::fd::RawFd>;
+
+/// Readiness of an optional fd: never, when there is none.
+async fn readable(fd: Option<&AsyncFd<std::os::fd::RawFd>>) -> std::io::Result<FdGuard<'_>> {
+    match fd {
+        Some(fd) => fd.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The first fanotify group with events queued: `true` for the rename group.
+async fn file_group_ready<'a>(
+    close: Option<&'a AsyncFd<std::os::fd::RawFd>>,
+    rename: Option<&'a AsyncFd<std::os::fd::RawFd>>,
+) -> std::io::Result<(bool, FdGuard<'a>)> {
+    tokio::select! {
+        g = readable(close) => Ok((false, g?)),
+        g = readable(rename) => Ok((true, g?)),
+    }
+}
+
+/// Everything queued in one fanotify group. Each buffer is read first, then the ring buffer is
+/// drained, then the buffer's events are looked up: the fork and exec of a process that wrote
+/// a file were submitted before its write, so they are in the process table by then (and an
+/// exit read meanwhile leaves it known for a while, see `ProcessTable::lookup`).
+fn file_events(
+    f: &mut FileEventSource,
+    rename: bool,
+    ring: &mut AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    pipeline: &mut Pipeline,
+) -> usize {
+    let mut read = 0;
+    while let Some(batch) = f.read(rename) {
+        read += batch.len();
+        let rb = ring.get_mut();
+        while let Some(item) = rb.next() {
+            pipeline.handle_kernel(&item);
+        }
+        let ts = Timestamp::now();
+        for ev in batch {
+            // Untracked writers: the event (and its fd) is dropped here, closed.
+            let Some(process) = pipeline.enricher.tracked_process(ev.pid) else {
+                continue;
+            };
+            if let Some(fe) = f.resolve(ev, process) {
+                for body in fe.into_bodies() {
+                    pipeline.emit(ts, body);
+                }
+            }
+        }
+    }
+    read
 }
 
 /// `sensor replay FILE`: the engines over a recorded stream; prints derived records only.

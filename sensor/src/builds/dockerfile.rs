@@ -63,6 +63,11 @@ impl DockerfileEngine {
         if self.writes.len() > 4096 {
             self.writes.clear();
         }
+        // fd -1: a whole file read at its close (`--file-events=fanotify`), not a write(2) on a
+        // descriptor: each run of chunks from offset 0 is a file of its own.
+        if c.fd < 0 && c.offset == 0 {
+            self.writes.remove(&key);
+        }
         let slot = self.writes.entry(key).or_insert_with(|| {
             Some(Pending {
                 path: c.path.clone().unwrap_or_default(),
@@ -266,6 +271,64 @@ mod tests {
         assert_eq!(ins[1].line, 5);
         assert_eq!(ins[1].args, "wget -O /x http://10.0.0.1/p && chmod +x /x");
         assert_eq!(ins[4].args, "TOKEN=abc");
+    }
+
+    #[test]
+    fn whole_files_read_at_close_are_each_their_own_dockerfile() {
+        use crate::output::record::{BuildParams, BuildStarted, ProcessRef, Timestamp};
+        let mut eng = DockerfileEngine::new(false);
+        let rec = |id: u64, body: Body| Record {
+            schema_version: 1,
+            id,
+            ts: Timestamp::now(),
+            host: "h".into(),
+            body,
+        };
+        let dockerd = ProcessRef {
+            pid: 5,
+            role: "runtime".into(),
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        for (n, text) in ["FROM a\n", "FROM b\n"].iter().enumerate() {
+            let n = n as u64;
+            let mut out = Vec::new();
+            eng.observe(
+                &rec(
+                    10 * n + 1,
+                    Body::BuildStarted(BuildStarted {
+                        build_id: format!("b{n}"),
+                        builder: "buildkit".into(),
+                        client: Default::default(),
+                        user_agent: None,
+                        params: BuildParams::default(),
+                        partial: false,
+                        evidence: Default::default(),
+                    }),
+                ),
+                &mut out,
+            );
+            // fanotify: the daemon's file, fd -1, same pid each time.
+            for c in crate::ingest::fanotify::content_chunks(
+                &dockerd,
+                &format!("/var/lib/docker/overlay2/s{n}/diff/Dockerfile"),
+                text.as_bytes(),
+                text.len() as u64,
+            ) {
+                eng.observe(&rec(10 * n + 2, Body::FileContent(c)), &mut out);
+            }
+            got.extend(out.into_iter().filter_map(|b| match b {
+                Body::BuildDockerfile(d) => Some((d.build_id, d.text)),
+                _ => None,
+            }));
+        }
+        assert_eq!(
+            got,
+            [
+                ("b0".to_string(), "FROM a\n".to_string()),
+                ("b1".to_string(), "FROM b\n".to_string())
+            ]
+        );
     }
 
     #[test]

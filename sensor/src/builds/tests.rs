@@ -605,6 +605,7 @@ fn replay_runs_the_engine_over_records() {
             probes_failed: BTreeMap::new(),
             probes_unused: BTreeMap::new(),
             kernel_hooks: "socket".into(),
+            file_events: "fanotify".into(),
             seeded_processes: 0,
             runtime_names: vec![],
             raw: true,
@@ -712,7 +713,7 @@ fn seeded_buildkit_step_opens_a_partial_build_ended_by_the_export() {
         op: "open_write".into(),
         path: format!("/var/lib/docker/image/overlay2/imagedb/content/sha256/{id}"),
         path_truncated: false,
-        flags: 0,
+        flags: Some(0),
     }));
     s.wait(2);
     let finished: Vec<&BuildFinished> = s

@@ -134,6 +134,9 @@ pub fn check() -> ExitCode {
             fatal = true;
         }
     }
+    // Optional: only `--file-events=fanotify` needs it.
+    let (ok, detail) = super::fanotify::check_line();
+    line(ok, "file events (fanotify)", &detail);
     if fatal {
         println!("the sensor cannot run here");
         ExitCode::FAILURE

@@ -5,6 +5,7 @@ pub mod btf;
 pub mod caps;
 pub mod check;
 pub mod decode;
+pub mod fanotify;
 pub mod loader;
 pub mod recorded;
 pub mod start;

@@ -6,7 +6,10 @@ use std::{ffi::CStr, path::Path};
 use sensor_common::{StatReason, Tracked};
 
 use crate::{
-    ingest::loader::{self, KernelCounters, LoadOptions, Loaded},
+    ingest::{
+        fanotify::FileEventSource,
+        loader::{self, KernelCounters, LoadOptions, Loaded},
+    },
     output::record::{ProcessExec, ProcessRef, SensorStarted, SensorStats},
     pipeline::Pipeline,
     process::{proc::ProcInfo, redact::redact_exec_argv},
@@ -76,7 +79,7 @@ pub fn seed_tracked(loaded: &mut Loaded, opts: &LoadOptions, pipeline: &mut Pipe
                 .insert(p.pid, Tracked { flags, depth }, 0)
                 .is_ok()
             {
-                pipeline.enricher.seed(&p);
+                pipeline.enricher.seed(&p, flags);
                 procs.push(p);
             } else {
                 pipeline.count_drop(StatReason::TrackedMapFull.name());
@@ -102,6 +105,7 @@ pub fn sensor_started(
         probes_failed: loaded.failed.clone(),
         probes_unused: loaded.unused.clone(),
         kernel_hooks: kernel_hooks(loaded).into(),
+        file_events: String::new(),
         seeded_processes: seeded.count(),
         runtime_names: opts.runtime_names.clone(),
         raw,
@@ -125,9 +129,22 @@ fn kernel_release() -> String {
 
 /// The counters now, with the kernel's drop counters and tracked-process count; the ring
 /// buffer's peak fill goes into the pipeline's ring-buffer stats first.
-pub fn stats(k: &KernelCounters, pipeline: &mut Pipeline, final_report: bool) -> SensorStats {
+/// The kernel's drop counters (and fanotify's, when it is the file-event source) go in with
+/// the pipeline's own.
+pub fn stats(
+    k: &KernelCounters,
+    files: Option<&FileEventSource>,
+    pipeline: &mut Pipeline,
+    final_report: bool,
+) -> SensorStats {
     pipeline.ringbuf.max_pending_bytes = loader::read_ringbuf_fill(&k.ringbuf_fill);
-    let drops = loader::read_kernel_drops(&k.stats);
+    let mut drops = loader::read_kernel_drops(&k.stats);
+    if let Some(f) = files {
+        f.drops(&mut drops);
+        for (kind, n) in &f.events {
+            pipeline.set_event_count(kind, *n);
+        }
+    }
     pipeline.stats(drops, k.tracked.keys().count() as u64, final_report)
 }
 

@@ -190,6 +190,10 @@ pub struct SensorStarted {
     /// tracepoints) or `syscall` (the raw sys_enter/sys_exit dispatch).
     #[serde(default)]
     pub kernel_hooks: String,
+    /// Where file events come from: `fanotify`, `syscall` (the raw sys_enter dispatch) or
+    /// `off`.
+    #[serde(default)]
+    pub file_events: String,
     /// Processes found in runtime trees in /proc at start.
     pub seeded_processes: u64,
     pub runtime_names: Vec<String>,
@@ -321,7 +325,8 @@ pub struct FileWrite {
     pub path: String,
     #[serde(default)]
     pub path_truncated: bool,
-    pub flags: u32,
+    /// open(2) flags; null from `--file-events=fanotify` (not reported there).
+    pub flags: Option<u32>,
 }
 
 /// The peer of an Engine API request.
@@ -484,7 +489,7 @@ mod tests {
                 op: "open_write".into(),
                 path: lossy(b"/tmp/\xff\x00\n\"q"),
                 path_truncated: false,
-                flags: 1,
+                flags: Some(1),
             }),
         }
     }

@@ -23,13 +23,28 @@ pub struct ProcEntry {
     pub exe: Option<String>,
     pub container_id: Option<String>,
     pub start_ns: u64,
+    /// What the kernel last reported of it (its exec, or its parent's at fork): the file
+    /// events read outside the kernel (`ingest::fanotify`) carry only a pid.
+    pub track_flags: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
 }
+
+/// How long an exited process stays known to `ProcessTable::lookup`: fanotify reports a file
+/// closed by a process that may have exited (and been removed) before the event was read.
+const EXITED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Exited processes kept for `EXITED_GRACE` at most.
+const EXITED_CAP: usize = 4096;
 
 /// Processes in runtime trees, by pid. Bounded: beyond `cap` new entries are not kept (counted).
 pub struct ProcessTable {
     procs: HashMap<u32, ProcEntry>,
     cap: usize,
     pub overflow: u64,
+    /// Removed entries, newest last, for `lookup` (see `EXITED_GRACE`).
+    exited: VecDeque<(u32, ProcEntry, std::time::Instant)>,
 }
 
 impl ProcessTable {
@@ -38,6 +53,7 @@ impl ProcessTable {
             procs: HashMap::new(),
             cap,
             overflow: 0,
+            exited: VecDeque::new(),
         }
     }
 
@@ -54,7 +70,31 @@ impl ProcessTable {
     }
 
     pub fn remove(&mut self, pid: u32) -> Option<ProcEntry> {
-        self.procs.remove(&pid)
+        let e = self.procs.remove(&pid)?;
+        let now = std::time::Instant::now();
+        while self.exited.len() >= EXITED_CAP
+            || self
+                .exited
+                .front()
+                .is_some_and(|(_, _, t)| now.duration_since(*t) > EXITED_GRACE)
+        {
+            self.exited.pop_front();
+        }
+        self.exited.push_back((pid, e.clone(), now));
+        Some(e)
+    }
+
+    /// A live process, else one that exited within `EXITED_GRACE` (the latest of that pid).
+    pub fn lookup(&self, pid: u32) -> Option<&ProcEntry> {
+        self.procs.get(&pid).or_else(|| {
+            let now = std::time::Instant::now();
+            self.exited
+                .iter()
+                .rev()
+                .take_while(|(_, _, t)| now.duration_since(*t) <= EXITED_GRACE)
+                .find(|(p, _, _)| *p == pid)
+                .map(|(_, e, _)| e)
+        })
     }
 }
 
@@ -258,8 +298,8 @@ impl Enricher {
         }
     }
 
-    /// Record a process found in /proc at start.
-    pub fn seed(&mut self, p: &proc::ProcInfo) {
+    /// Record a process found in /proc at start, with the flags it was tracked with.
+    pub fn seed(&mut self, p: &proc::ProcInfo, track_flags: u32) {
         self.table.insert(
             p.pid,
             ProcEntry {
@@ -267,8 +307,46 @@ impl Enricher {
                 exe: p.exe.clone(),
                 container_id: proc::container_id_of(p.pid),
                 start_ns: 0,
+                track_flags,
+                uid: p.uid,
+                gid: p.gid,
+                comm: p.comm.clone(),
+                cgroup_id: 0,
             },
         );
+    }
+
+    /// The process of a file event read outside the kernel (fanotify: a pid only), when it is
+    /// tracked: in a runtime tree (also one that exited moments ago, see `EXITED_GRACE`), or
+    /// an API client the kernel described at its connect. `None` for every other process.
+    pub fn tracked_process(&self, pid: u32) -> Option<ProcessRef> {
+        if let Some(e) = self.table.lookup(pid) {
+            return Some(ProcessRef {
+                pid,
+                ppid: e.ppid,
+                uid: e.uid,
+                gid: e.gid,
+                comm: e.comm.clone(),
+                exe: e.exe.clone(),
+                cgroup_id: e.cgroup_id,
+                container_id: e.container_id.clone(),
+                pod: e.container_id.as_deref().and_then(proc::pod_of_container),
+                role: role(e.track_flags),
+                ..Default::default()
+            });
+        }
+        let c = self.clients.get(pid)?;
+        Some(ProcessRef {
+            pid,
+            ppid: c.ppid,
+            uid: c.uid,
+            gid: 0,
+            comm: c.comm.clone(),
+            exe: c.exe.clone(),
+            cgroup_id: c.cgroup_id,
+            role: role(track::API_CLIENT),
+            ..Default::default()
+        })
     }
 
     /// The body for one kernel event; `None` when it produces no record (counted by the caller
@@ -295,6 +373,11 @@ impl Enricher {
                         exe,
                         container_id,
                         start_ns: d.start_time_ns,
+                        track_flags: e.header.track_flags,
+                        uid: e.header.uid,
+                        gid: e.header.gid,
+                        comm: comm_str(&e.header.comm),
+                        cgroup_id: e.header.cgroup_id,
                     },
                 );
                 Some(Body::ProcessExec(ProcessExec {
@@ -315,6 +398,13 @@ impl Enricher {
                     ProcEntry {
                         ppid: d.parent_pid,
                         start_ns: d.child_start_time_ns,
+                        // The kernel tracks only a runtime's or a descendant's children, as
+                        // descendants (`probes/process.rs`); the rest is the parent's, as at fork.
+                        track_flags: track::DESCENDANT,
+                        uid: e.header.uid,
+                        gid: e.header.gid,
+                        comm: comm_str(&e.header.comm),
+                        cgroup_id: e.header.cgroup_id,
                         ..parent
                     },
                 );
@@ -442,7 +532,7 @@ impl Enricher {
                     .into(),
                     path: lossy(captured(&d.path, d.path_len)),
                     path_truncated: d.truncated != 0,
-                    flags: d.flags,
+                    flags: Some(d.flags),
                 }))
             }
             KernelEvent::FileContent(e) => {
@@ -641,6 +731,41 @@ mod tests {
             },
         );
         assert_eq!(t.get(1).unwrap().ppid, 9);
+    }
+
+    #[test]
+    fn file_event_processes_are_known_through_fork_and_shortly_after_exit() {
+        let mut e = Enricher::new(8);
+        e.seed(
+            &proc::ProcInfo {
+                pid: 10,
+                comm: "dockerd".into(),
+                ..Default::default()
+            },
+            track::RUNTIME | track::SEEDED,
+        );
+        // SAFETY: all-zero is valid for these POD structs.
+        let mut fork: sensor_common::Event<sensor_common::ForkData> = unsafe { std::mem::zeroed() };
+        fork.header.pid = 10;
+        fork.header.uid = 7;
+        fork.header.comm[..7].copy_from_slice(b"dockerd");
+        fork.data.parent_pid = 10;
+        fork.data.child_pid = 11;
+        e.convert(&KernelEvent::Fork(fork));
+        assert_eq!(e.tracked_process(10).unwrap().role, "runtime");
+        let child = e.tracked_process(11).unwrap();
+        assert_eq!(
+            (child.role.as_str(), child.ppid, child.uid),
+            ("descendant", 10, 7)
+        );
+        assert_eq!(child.comm, "dockerd");
+        // SAFETY: as above.
+        let mut exit: sensor_common::Event<sensor_common::ExitData> = unsafe { std::mem::zeroed() };
+        exit.header.pid = 11;
+        e.convert(&KernelEvent::Exit(exit));
+        assert!(e.table.get(11).is_none());
+        assert_eq!(e.tracked_process(11).unwrap().role, "descendant");
+        assert!(e.tracked_process(12).is_none());
     }
 
     #[test]

@@ -144,6 +144,7 @@ fn images_made_while_stopped_are_discovered_and_unexplained() {
         probes_failed: Default::default(),
         probes_unused: Default::default(),
         kernel_hooks: "socket".into(),
+        file_events: "fanotify".into(),
         seeded_processes: 0,
         runtime_names: vec![],
         raw: false,
