@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::engine::Engine;
-use crate::record::{Body, BuildDockerfile, DockerfileInstruction, FileContent, Record};
+use crate::output::record::{Body, BuildDockerfile, DockerfileInstruction, FileContent, Record};
 
 /// Open builds beyond this are forgotten oldest first (the build engine bounds its own).
 const MAX_OPEN: usize = 64;
