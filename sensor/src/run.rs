@@ -418,8 +418,7 @@ pub fn replay(
 
 /// A process found in /proc at start, as the `process_exec` the engines would have seen.
 fn seeded_exec(p: crate::process::proc::ProcInfo) -> crate::output::record::ProcessExec {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     let argv = crate::process::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
     crate::output::record::ProcessExec {
         process: crate::output::record::ProcessRef {
