@@ -113,19 +113,15 @@ pub struct Pipeline {
     pub last_ts: Timestamp,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_ns(clock: rustix::time::ClockId) -> i64 {
+    let ts = rustix::time::clock_gettime(clock);
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 impl Pipeline {
     pub fn new(opts: PipelineOptions, engines: Vec<Box<dyn Engine>>, sink: Box<dyn Sink>) -> Self {
-        let boot_to_wall_ns = clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME);
+        let boot_to_wall_ns =
+            clock_ns(rustix::time::ClockId::Realtime) - clock_ns(rustix::time::ClockId::Boottime);
         let mut user_drops = BTreeMap::new();
         // Every known reason is listed, zero or not: the decoder's names come from its errors.
         let decode = [

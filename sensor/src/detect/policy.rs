@@ -298,10 +298,7 @@ pub struct AddrPattern {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum HostPattern {
-    Net {
-        addr: IpAddr,
-        prefix: u8,
-    },
+    Net(ipnet::IpNet),
     /// Lowercase name; `*.x` matches x's subdomains (not x itself).
     Name(String),
 }
@@ -351,17 +348,14 @@ impl FromStr for AddrPattern {
             let addr =
                 parse_ip(a).ok_or_else(|| format!("`{text}`: `{a}` is not an IP address"))?;
             let max = if addr.is_ipv4() { 32 } else { 128 };
-            let prefix = bits
+            let net = bits
                 .parse::<u8>()
                 .ok()
-                .filter(|b| *b <= max)
+                .and_then(|b| ipnet::IpNet::new(addr, b).ok())
                 .ok_or_else(|| format!("`{text}`: prefix length must be 0..={max}"))?;
-            HostPattern::Net { addr, prefix }
+            HostPattern::Net(net)
         } else if let Some(addr) = parse_ip(&host) {
-            HostPattern::Net {
-                addr,
-                prefix: if addr.is_ipv4() { 32 } else { 128 },
-            }
+            HostPattern::Net(ipnet::IpNet::from(addr))
         } else {
             let name = host.to_ascii_lowercase();
             let bare = name.strip_prefix("*.").unwrap_or(&name);
@@ -390,10 +384,11 @@ impl AddrPattern {
     }
 
     pub fn matches_ip(&self, ip: IpAddr, port: Option<u16>) -> bool {
-        let HostPattern::Net { addr, prefix } = self.host else {
+        let HostPattern::Net(net) = self.host else {
             return false;
         };
-        self.port_ok(port) && in_net(ip, addr, prefix)
+        // `contains` is false across families; a mapped `::ffff:a.b.c.d` was made IPv4 at parse.
+        self.port_ok(port) && net.contains(&ip)
     }
 
     pub fn matches_name(&self, name: &str, port: u16) -> bool {
@@ -410,28 +405,6 @@ impl AddrPattern {
                 .is_some_and(|head| head.ends_with('.') && head.len() > 1),
             None => name == *pat,
         }
-    }
-}
-
-fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
-    match (ip, net) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix))
-            };
-            u32::from(a) & mask == u32::from(b) & mask
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix))
-            };
-            u128::from(a) & mask == u128::from(b) & mask
-        }
-        _ => false,
     }
 }
 
@@ -587,6 +560,35 @@ mod tests {
             UNKNOWN
         );
         assert_eq!(o.classify("/var/run/nscd/socket", 0, None), ALLOWED);
+    }
+
+    #[test]
+    fn cidr_patterns_match_by_prefix_and_family() {
+        let p = |s: &str| AddrPattern::from_str(s).unwrap();
+        let ip = |s: &str| parse_ip(s).unwrap();
+        assert!(p("10.1.0.0/16").matches_ip(ip("10.1.255.3"), None));
+        assert!(!p("10.1.0.0/16").matches_ip(ip("10.2.0.1"), None));
+        // Host bits in the pattern are ignored, as a network is meant.
+        assert!(p("10.1.2.3/8").matches_ip(ip("10.200.0.1"), None));
+        assert!(p("0.0.0.0/0").matches_ip(ip("203.0.113.9"), None));
+        assert!(!p("0.0.0.0/0").matches_ip(ip("2001:db8::1"), None));
+        assert!(p("2001:db8::/32").matches_ip(ip("2001:db8:ffff::1"), Some(443)));
+        assert!(!p("2001:db8::/32").matches_ip(ip("2001:db9::1"), None));
+        // An IPv4-mapped client address is the IPv4 address it carries.
+        assert!(p("192.0.2.0/24").matches_ip(ip("::ffff:192.0.2.7"), None));
+        assert!(p("192.0.2.7").matches_ip(ip("192.0.2.7"), None));
+        assert!(!p("192.0.2.7").matches_ip(ip("192.0.2.8"), None));
+        assert!(p("[2001:db8::1]:443").matches_ip(ip("2001:db8::1"), Some(443)));
+        assert!(!p("[2001:db8::1]:443").matches_ip(ip("2001:db8::1"), Some(80)));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/-1",
+            "::/129",
+            "10.0.0.0/x",
+            "1.2.3/8",
+        ] {
+            assert!(AddrPattern::from_str(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,10 +1,8 @@
 //! Lists what one layer directory holds, with digests, within a build's bounds. Runs on the
 //! contents worker thread, never on the event loop.
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -59,16 +57,9 @@ impl Budget {
 
 /// `trusted.overlay.opaque` = `y`: overlayfs shows none of the lower layers' entries below.
 fn is_opaque(path: &Path) -> bool {
-    let (Ok(p), Ok(name)) = (
-        CString::new(path.as_os_str().as_bytes()),
-        CString::new("trusted.overlay.opaque"),
-    ) else {
-        return false;
-    };
     let mut buf = [0u8; 4];
-    // SAFETY: both strings are NUL-terminated, the buffer's length is passed with it.
-    let n = unsafe { libc::lgetxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 4) };
-    n == 1 && buf[0] == b'y'
+    rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut buf[..])
+        .is_ok_and(|n| n == 1 && buf[0] == b'y')
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -293,10 +284,15 @@ mod tests {
     #[test]
     fn whiteouts_are_deletions() {
         let top = tmp("wh");
-        let p = CString::new(top.join("gone").as_os_str().as_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path; mknod of a 0:0 character device, as overlayfs writes.
-        let rc = unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR, 0) };
-        assert_eq!(rc, 0, "mknod of a whiteout needs CAP_MKNOD (run as root)");
+        // A 0:0 character device, as overlayfs writes.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            top.join("gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .expect("mknod of a whiteout needs CAP_MKNOD (run as root)");
         let mut b = Budget::new(Bounds::default());
         let files = walk_layer(&top, &[], &mut b);
         assert_eq!(files.len(), 1);

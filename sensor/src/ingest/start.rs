@@ -150,8 +150,7 @@ pub fn stats(
 
 /// A process found in /proc at start, as the `process_exec` the engines would have seen.
 fn seeded_exec(p: ProcInfo) -> ProcessExec {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
     let argv = redact_exec_argv(&p.argv).unwrap_or(p.argv);
     ProcessExec {
         process: ProcessRef {

@@ -3,7 +3,7 @@
 //! not need an HTTP framework. The event loop publishes a snapshot each second; sink queue
 //! depths are read live.
 use std::{
-    fmt::Write as _,
+    fmt,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -15,6 +15,13 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric, prometheus_text},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
 };
 
 use crate::output::{
@@ -125,16 +132,17 @@ impl Metrics {
         if read.is_err() {
             return;
         }
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let mut parts = req.lines().next().unwrap_or("").split_whitespace();
-        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        // Only the method and path matter: they are set even when the head is cut at 4 KiB or
+        // has more headers than slots.
+        let _ = req.parse(&buf[..n]);
+        let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
         let path = target.split('?').next().unwrap_or("");
         let (status, ctype, body) = match (method, path) {
-            ("GET" | "HEAD", "/metrics") => (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.render(),
-            ),
+            ("GET" | "HEAD", "/metrics") => {
+                ("200 OK", prometheus_text::CONTENT_TYPE, self.render())
+            }
             ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
             ("GET" | "HEAD", "/readyz") if self.ready.load(Relaxed) => {
                 ("200 OK", "text/plain", "ready\n".to_string())
@@ -166,291 +174,237 @@ impl Metrics {
         let _ = conn.shutdown().await;
     }
 
-    /// The Prometheus text exposition format.
+    /// The Prometheus text exposition format (0.0.4), written by `prometheus-client` from the
+    /// last snapshot: the values are kept by the event loop, so they are read at scrape time
+    /// through a collector rather than mirrored into the crate's own counters.
     pub fn render(&self) -> String {
-        let s = self
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut o = String::new();
-        family(&mut o, "sensor_up", "gauge", "1 while the sensor runs.");
-        sample(&mut o, "sensor_up", &[], 1);
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Scrape(self.clone())));
+        let mut out = String::new();
+        // Writing into a String does not fail, and every value is a plain number.
+        if let Err(e) = prometheus_text::encode(&mut out, &registry) {
+            tracing::warn!("metrics: cannot encode: {e}");
+        }
+        out
+    }
+}
+
+/// One scrape of [`Metrics`]. Counter names are given without `_total`: the encoder adds it.
+struct Scrape(Metrics);
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// A metric family: its samples, each with its labels.
+fn family(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    ty: MetricType,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, ty)?;
+    for (labels, v) in samples {
+        let sample = m.encode_family(labels)?;
+        match ty {
+            MetricType::Counter => ConstCounter::new(*v).encode(sample)?,
+            _ => ConstGauge::new(*v).encode(sample)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let m = &self.0;
+        let s = m.snapshot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let e = &mut e;
         family(
-            &mut o,
+            e,
+            "sensor_up",
+            Gauge,
+            "1 while the sensor runs.",
+            &[(&[], 1)],
+        )?;
+        family(
+            e,
             "sensor_ready",
-            "gauge",
+            Gauge,
             "1 once sensor_started was written.",
-        );
-        sample(
-            &mut o,
-            "sensor_ready",
-            &[],
-            u64::from(self.ready.load(Relaxed)),
-        );
+            &[(&[], u64::from(m.ready.load(Relaxed)))],
+        )?;
         family(
-            &mut o,
+            e,
             "sensor_uptime_seconds",
-            "gauge",
+            Gauge,
             "Seconds since the sensor started.",
-        );
-        sample(
-            &mut o,
-            "sensor_uptime_seconds",
-            &[],
-            self.started.elapsed().as_secs(),
-        );
-        family(
-            &mut o,
-            "sensor_events_total",
-            "counter",
-            "Kernel events read from the ring buffer, by kind.",
-        );
-        for (k, v) in &s.stats.events {
-            sample(&mut o, "sensor_events_total", &[("kind", k)], *v);
-        }
-        family(
-            &mut o,
-            "sensor_records_total",
-            "counter",
-            "Records written, by kind.",
-        );
-        for (k, v) in &s.stats.records {
-            sample(&mut o, "sensor_records_total", &[("kind", k)], *v);
-        }
-        family(
-            &mut o,
-            "sensor_drops_total",
-            "counter",
-            "Events or records lost, by reason (as in sensor_stats.drops).",
-        );
-        for (k, v) in &s.stats.drops {
-            sample(&mut o, "sensor_drops_total", &[("reason", k)], *v);
+            &[(&[], m.started.elapsed().as_secs())],
+        )?;
+        for (name, key, help, map) in [
+            (
+                "sensor_events",
+                "kind",
+                "Kernel events read from the ring buffer, by kind.",
+                &s.stats.events,
+            ),
+            (
+                "sensor_records",
+                "kind",
+                "Records written, by kind.",
+                &s.stats.records,
+            ),
+            (
+                "sensor_drops",
+                "reason",
+                "Events or records lost, by reason (as in sensor_stats.drops).",
+                &s.stats.drops,
+            ),
+        ] {
+            let labels: Vec<[(&str, &str); 1]> = map.keys().map(|k| [(key, k.as_str())]).collect();
+            let samples: Vec<(Labels, u64)> = labels
+                .iter()
+                .zip(map.values())
+                .map(|(l, v)| (&l[..], *v))
+                .collect();
+            family(e, name, Counter, help, &samples)?;
         }
         let count = |k: Kind| s.stats.records.get(<&str>::from(k)).copied().unwrap_or(0);
         family(
-            &mut o,
-            "sensor_builds_total",
-            "counter",
+            e,
+            "sensor_builds",
+            Counter,
             "Image builds seen, by phase (build_started, build_finished records).",
-        );
-        sample(
-            &mut o,
-            "sensor_builds_total",
-            &[("phase", "started")],
-            count(Kind::BuildStarted),
-        );
-        sample(
-            &mut o,
-            "sensor_builds_total",
-            &[("phase", "finished")],
-            count(Kind::BuildFinished),
-        );
+            &[
+                (&[("phase", "started")], count(Kind::BuildStarted)),
+                (&[("phase", "finished")], count(Kind::BuildFinished)),
+            ],
+        )?;
         family(
-            &mut o,
-            "sensor_findings_total",
-            "counter",
+            e,
+            "sensor_findings",
+            Counter,
             "Finding records written.",
-        );
-        sample(&mut o, "sensor_findings_total", &[], count(Kind::Finding));
+            &[(&[], count(Kind::Finding))],
+        )?;
+        for (name, ty, help, v) in [
+            (
+                "sensor_ringbuf_size_bytes",
+                Gauge,
+                "Size of the kernel ring buffer.",
+                s.stats.ringbuf.size_bytes,
+            ),
+            (
+                "sensor_ringbuf_read_bytes",
+                Counter,
+                "Bytes read from the ring buffer.",
+                s.reader.read_bytes,
+            ),
+            (
+                "sensor_ringbuf_batches",
+                Counter,
+                "Reader wake-ups (each drains all that is pending).",
+                s.stats.ringbuf.batches,
+            ),
+            (
+                "sensor_ringbuf_last_batch_bytes",
+                Gauge,
+                "Bytes drained in the last wake-up: how full the buffer was.",
+                s.reader.last_batch_bytes,
+            ),
+            (
+                "sensor_ringbuf_max_pending_bytes",
+                Gauge,
+                "Peak ring-buffer fill since start: most bytes waiting to be read when an event was produced.",
+                s.stats.ringbuf.max_pending_bytes,
+            ),
+            (
+                "sensor_ringbuf_max_batch_bytes",
+                Gauge,
+                "Most bytes drained in one wake-up: a lower bound of the peak fill.",
+                s.stats.ringbuf.max_batch_bytes,
+            ),
+            (
+                "sensor_tracked_processes",
+                Gauge,
+                "Processes in the kernel's tracked set.",
+                s.stats.tracked_processes,
+            ),
+        ] {
+            family(e, name, ty, help, &[(&[], v)])?;
+        }
         family(
-            &mut o,
-            "sensor_ringbuf_size_bytes",
-            "gauge",
-            "Size of the kernel ring buffer.",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_size_bytes",
-            &[],
-            s.stats.ringbuf.size_bytes,
-        );
-        family(
-            &mut o,
-            "sensor_ringbuf_read_bytes_total",
-            "counter",
-            "Bytes read from the ring buffer.",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_read_bytes_total",
-            &[],
-            s.reader.read_bytes,
-        );
-        family(
-            &mut o,
-            "sensor_ringbuf_batches_total",
-            "counter",
-            "Reader wake-ups (each drains all that is pending).",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_batches_total",
-            &[],
-            s.stats.ringbuf.batches,
-        );
-        family(
-            &mut o,
-            "sensor_ringbuf_last_batch_bytes",
-            "gauge",
-            "Bytes drained in the last wake-up: how full the buffer was.",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_last_batch_bytes",
-            &[],
-            s.reader.last_batch_bytes,
-        );
-        family(
-            &mut o,
-            "sensor_ringbuf_max_pending_bytes",
-            "gauge",
-            "Peak ring-buffer fill since start: most bytes waiting to be read when an event was produced.",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_max_pending_bytes",
-            &[],
-            s.stats.ringbuf.max_pending_bytes,
-        );
-        family(
-            &mut o,
-            "sensor_ringbuf_max_batch_bytes",
-            "gauge",
-            "Most bytes drained in one wake-up: a lower bound of the peak fill.",
-        );
-        sample(
-            &mut o,
-            "sensor_ringbuf_max_batch_bytes",
-            &[],
-            s.stats.ringbuf.max_batch_bytes,
-        );
-        family(
-            &mut o,
-            "sensor_tracked_processes",
-            "gauge",
-            "Processes in the kernel's tracked set.",
-        );
-        sample(
-            &mut o,
-            "sensor_tracked_processes",
-            &[],
-            s.stats.tracked_processes,
-        );
-        family(
-            &mut o,
-            "sensor_policy_reloads_total",
-            "counter",
+            e,
+            "sensor_policy_reloads",
+            Counter,
             "Policy reloads on SIGHUP, by result.",
-        );
-        sample(
-            &mut o,
-            "sensor_policy_reloads_total",
-            &[("result", "ok")],
-            s.policy_reloads.ok,
-        );
-        sample(
-            &mut o,
-            "sensor_policy_reloads_total",
-            &[("result", "failed")],
-            s.policy_reloads.failed,
-        );
-        let sinks: &[Arc<SinkStatus>] = &self.sinks;
+            &[
+                (&[("result", "ok")], s.policy_reloads.ok),
+                (&[("result", "failed")], s.policy_reloads.failed),
+            ],
+        )?;
+        let sinks: &[Arc<SinkStatus>] = &m.sinks;
+        let names: Vec<[(&str, &str); 1]> = sinks
+            .iter()
+            .map(|st| [("sink", st.name.as_str())])
+            .collect();
+        let typed: Vec<[(&str, &str); 2]> = sinks
+            .iter()
+            .map(|st| [("sink", st.name.as_str()), ("type", st.type_name)])
+            .collect();
+        let per_sink = |f: &dyn Fn(&SinkStatus) -> u64| -> Vec<(Labels, u64)> {
+            names
+                .iter()
+                .zip(sinks)
+                .map(|(l, st)| (&l[..], f(st)))
+                .collect()
+        };
         family(
-            &mut o,
+            e,
             "sensor_sink_queue_depth",
-            "gauge",
+            Gauge,
             "Records waiting in a sink's queue.",
-        );
-        for st in sinks {
-            sample(
-                &mut o,
-                "sensor_sink_queue_depth",
-                &[("sink", &st.name)],
-                st.depth.load(Relaxed),
-            );
-        }
+            &per_sink(&|st| st.depth.load(Relaxed)),
+        )?;
         family(
-            &mut o,
+            e,
             "sensor_sink_queue_capacity",
-            "gauge",
+            Gauge,
             "Records a sink's queue holds before it drops.",
-        );
-        for st in sinks {
-            sample(
-                &mut o,
-                "sensor_sink_queue_capacity",
-                &[("sink", &st.name)],
-                st.capacity as u64,
-            );
-        }
+            &per_sink(&|st| st.capacity as u64),
+        )?;
+        let written: Vec<(Labels, u64)> = typed
+            .iter()
+            .zip(sinks)
+            .map(|(l, st)| (&l[..], st.written.load(Relaxed)))
+            .collect();
         family(
-            &mut o,
-            "sensor_sink_written_total",
-            "counter",
+            e,
+            "sensor_sink_written",
+            Counter,
             "Records a sink delivered.",
-        );
-        for st in sinks {
-            sample(
-                &mut o,
-                "sensor_sink_written_total",
-                &[("sink", &st.name), ("type", st.type_name)],
-                st.written.load(Relaxed),
-            );
-        }
+            &written,
+        )?;
         family(
-            &mut o,
+            e,
             "sensor_sink_connected",
-            "gauge",
+            Gauge,
             "1 when a stream sink is connected (always 1 for stdout and files).",
-        );
-        for st in sinks {
-            sample(
-                &mut o,
-                "sensor_sink_connected",
-                &[("sink", &st.name)],
-                u64::from(st.connected.load(Relaxed)),
-            );
-        }
+            &per_sink(&|st| u64::from(st.connected.load(Relaxed))),
+        )?;
         family(
-            &mut o,
-            "sensor_sink_reconnects_total",
-            "counter",
+            e,
+            "sensor_sink_reconnects",
+            Counter,
             "Times a stream sink connected again after a failure.",
-        );
-        for st in sinks {
-            sample(
-                &mut o,
-                "sensor_sink_reconnects_total",
-                &[("sink", &st.name)],
-                st.reconnects.load(Relaxed),
-            );
-        }
-        o
+            &per_sink(&|st| st.reconnects.load(Relaxed)),
+        )
     }
-}
-
-fn family(o: &mut String, name: &str, ty: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {ty}");
-}
-
-fn sample(o: &mut String, name: &str, labels: &[(&str, &str)], v: u64) {
-    o.push_str(name);
-    if !labels.is_empty() {
-        o.push('{');
-        for (i, (k, val)) in labels.iter().enumerate() {
-            if i > 0 {
-                o.push(',');
-            }
-            let esc = val
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n");
-            let _ = write!(o, "{k}=\"{esc}\"");
-        }
-        o.push('}');
-    }
-    let _ = writeln!(o, " {v}");
 }
 
 #[cfg(test)]
@@ -473,8 +427,40 @@ mod tests {
         assert!(text.contains("sensor_builds_total{phase=\"started\"} 2\n"));
         assert!(text.contains("sensor_drops_total{reason=\"sink_tcp_queue_full\"} 4\n"));
         assert!(text.contains("sensor_ready 0\n"));
-        for l in text.lines().filter(|l| !l.starts_with('#')) {
-            assert_eq!(l.split(' ').count(), 2, "{l}");
+        assert!(text.contains("# HELP sensor_events_total Kernel events read from the ring buffer, by kind.\n# TYPE sensor_events_total counter\n"), "{text}");
+        assert!(text.contains("# TYPE sensor_ringbuf_read_bytes_total counter\nsensor_ringbuf_read_bytes_total 0\n"), "{text}");
+        assert!(
+            text.contains("# TYPE sensor_ringbuf_size_bytes gauge\nsensor_ringbuf_size_bytes 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("sensor_policy_reloads_total{result=\"failed\"} 0\n"));
+        // Every sample belongs to the family declared before it, once, and has one value.
+        let mut declared = std::collections::HashSet::new();
+        let mut current = "";
+        for l in text.lines() {
+            if let Some(t) = l.strip_prefix("# TYPE ") {
+                current = t.split(' ').next().unwrap();
+                assert!(declared.insert(current), "{current} twice");
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "{l}");
+                assert!(l.rsplit(" ").next().unwrap().parse::<u64>().is_ok(), "{l}");
+            }
         }
+        assert_eq!(declared.len(), 21, "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new(Vec::new());
+        let mut s = Snapshot::default();
+        s.stats.drops.insert("a\"b\\c\nd".into(), 1);
+        m.publish(s);
+        assert!(
+            m.render()
+                .contains("sensor_drops_total{reason=\"a\\\"b\\\\c\\nd\"} 1\n"),
+            "{}",
+            m.render()
+        );
     }
 }

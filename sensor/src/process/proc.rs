@@ -26,18 +26,6 @@ pub fn proc_root() -> PathBuf {
     PathBuf::from(std::env::var_os("SENSOR_PROC").unwrap_or_else(|| "/proc".into()))
 }
 
-/// Parse `/proc/PID/stat`: comm is in parentheses and may contain spaces and parentheses.
-pub fn parse_stat(s: &str) -> Option<(String, u32, u64)> {
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = s.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] = state, rest[1] = ppid, ..., rest[19] = starttime (field 22).
-    let ppid = rest.get(1)?.parse().ok()?;
-    let start = rest.get(19)?.parse().ok()?;
-    Some((comm, ppid, start))
-}
-
 /// Split a NUL-separated argv block (as in /proc/PID/cmdline or the kernel's arg area).
 pub fn split_argv(bytes: &[u8]) -> Vec<String> {
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
@@ -48,19 +36,17 @@ pub fn split_argv(bytes: &[u8]) -> Vec<String> {
 }
 
 pub fn read_proc(pid: u32) -> Option<ProcInfo> {
-    let dir = proc_root().join(pid.to_string());
-    let stat = fs::read(dir.join("stat")).ok()?;
-    let (comm, ppid, start_ticks) = parse_stat(&lossy(&stat))?;
-    let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
-    let id_line = |key: &str| -> u32 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(u32::MAX)
-    };
-    let exe = fs::read_link(dir.join("exe"))
+    read_proc_at(proc_root().join(pid.to_string()), pid)
+}
+
+/// `stat`, `status` and `exe` through procfs; `cmdline` by hand with [`split_argv`], since
+/// procfs's drops empty arguments and fails on bytes that are not UTF-8.
+fn read_proc_at(dir: PathBuf, pid: u32) -> Option<ProcInfo> {
+    let p = procfs::process::Process::new_with_root(dir.clone()).ok()?;
+    let stat = p.stat().ok()?;
+    let status = p.status().ok();
+    let exe = p
+        .exe()
         .ok()
         .map(|p| lossy(p.as_os_str().as_encoded_bytes()));
     let argv = fs::read(dir.join("cmdline"))
@@ -68,22 +54,22 @@ pub fn read_proc(pid: u32) -> Option<ProcInfo> {
         .unwrap_or_default();
     Some(ProcInfo {
         pid,
-        ppid,
-        comm,
-        uid: id_line("Uid:"),
-        gid: id_line("Gid:"),
+        ppid: u32::try_from(stat.ppid).unwrap_or(0),
+        comm: stat.comm,
+        uid: status.as_ref().map_or(u32::MAX, |s| s.ruid),
+        gid: status.as_ref().map_or(u32::MAX, |s| s.rgid),
         exe,
         argv,
-        start_ticks,
+        start_ticks: stat.starttime,
     })
 }
 
 /// All pids in /proc.
 pub fn all_pids() -> Vec<u32> {
-    let Ok(rd) = fs::read_dir(proc_root()) else {
+    let Ok(all) = procfs::process::all_processes_with_root(proc_root()) else {
         return Vec::new();
     };
-    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+    all.filter_map(|p| u32::try_from(p.ok()?.pid()).ok())
         .collect()
 }
 
@@ -253,12 +239,40 @@ mod tests {
 
     #[test]
     fn stat_with_hostile_comm() {
-        let s = "42 (a) b (c)) S 7 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
-        let (comm, ppid, start) = parse_stat(s).unwrap();
-        assert_eq!(comm, "a) b (c)");
-        assert_eq!(ppid, 7);
-        assert_eq!(start, 12345);
-        assert!(parse_stat("garbage").is_none());
+        let base = std::env::temp_dir().join(format!("sensor-stat-{}", std::process::id()));
+        // A /proc/PID directory is named by its pid.
+        let dir = base.join("42");
+        fs::create_dir_all(&dir).unwrap();
+        // Our own stat with a hostile comm: the fields after it are a real kernel's.
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        let after = &own[own.rfind(')').unwrap() + 1..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let stat = format!("42 (a) b (c)){after}");
+        fs::write(dir.join("stat"), stat).unwrap();
+        fs::copy("/proc/self/status", dir.join("status")).unwrap();
+        fs::write(dir.join("cmdline"), b"sh\0-c\0\0").unwrap();
+        let p = read_proc_at(dir.clone(), 42).unwrap();
+        assert_eq!(p.comm, "a) b (c)");
+        assert_eq!(p.ppid.to_string(), fields[1]);
+        assert_eq!(p.start_ticks.to_string(), fields[19]);
+        assert_eq!(p.argv, ["sh", "-c", ""]);
+        assert_eq!(p.uid, own_uid());
+        fs::write(dir.join("stat"), "garbage").unwrap();
+        assert!(read_proc_at(dir.clone(), 42).is_none());
+        fs::write(dir.join("stat"), "").unwrap();
+        assert!(read_proc_at(dir.clone(), 42).is_none());
+        let _ = fs::remove_dir_all(&base);
+        assert!(read_proc_at(dir, 42).is_none());
+    }
+
+    /// Our real uid, from our own status (as `Uid:` gives it).
+    fn own_uid() -> u32 {
+        fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
     }
 
     #[test]
@@ -332,5 +346,6 @@ mod tests {
         let me = read_proc(std::process::id()).unwrap();
         assert_eq!(me.pid, std::process::id());
         assert!(!me.argv.is_empty());
+        assert!(all_pids().contains(&me.pid));
     }
 }

@@ -1,76 +1,19 @@
-//! The question of a DNS query payload (UDP, or TCP with its 2-byte length prefix).
+//! DNS messages as the kernel captured them (UDP, or TCP with its 2-byte length prefix, cut
+//! at `DNS_CAP` bytes), read with hickory-proto's stepwise decoder: the header, the question and,
+//! for a response, its answers. The authority and additional sections are not read, so a reply
+//! cut in them by the capture still gives its answers.
+
+use std::net::IpAddr;
+
+use hickory_proto::{
+    op::{Header, MessageType, Query},
+    rr::{Name, Record, RecordType},
+    serialize::binary::{BinDecodable, BinDecoder},
+};
 
 /// (name, type) of the first question, when the payload is a well-formed query.
 pub fn parse_query(payload: &[u8]) -> Option<(String, String)> {
-    // DNS over TCP prefixes the message with its length.
-    if payload.len() > 2
-        && u16::from_be_bytes([payload[0], payload[1]]) as usize == payload.len() - 2
-        && let Some(q) = parse_udp(&payload[2..])
-    {
-        return Some(q);
-    }
-    parse_udp(payload)
-}
-
-fn parse_udp(p: &[u8]) -> Option<(String, String)> {
-    if p.len() < 12 {
-        return None;
-    }
-    let flags = u16::from_be_bytes([p[2], p[3]]);
-    let qdcount = u16::from_be_bytes([p[4], p[5]]);
-    if flags & 0x8000 != 0 || qdcount == 0 {
-        return None; // a response, or no question
-    }
-    let (name, qtype, _) = parse_question(p)?;
-    Some((name, qtype_name(qtype)))
-}
-
-/// The first question: its name (no compression pointers: they are not valid there, and
-/// hostile input is refused), its type, and the index just past its class.
-fn parse_question(p: &[u8]) -> Option<(String, u16, usize)> {
-    let mut i = 12;
-    let mut labels: Vec<String> = Vec::new();
-    loop {
-        let len = *p.get(i)? as usize;
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 || labels.len() > 127 {
-            return None;
-        }
-        let label = p.get(i..i + len)?;
-        labels.push(
-            label
-                .iter()
-                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
-                .collect(),
-        );
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]);
-    let name = if labels.is_empty() {
-        ".".to_string()
-    } else {
-        labels.join(".")
-    };
-    Some((name, qtype, i + 4))
-}
-
-fn qtype_name(t: u16) -> String {
-    match t {
-        1 => "A".into(),
-        2 => "NS".into(),
-        5 => "CNAME".into(),
-        12 => "PTR".into(),
-        15 => "MX".into(),
-        16 => "TXT".into(),
-        28 => "AAAA".into(),
-        33 => "SRV".into(),
-        65 => "HTTPS".into(),
-        255 => "ANY".into(),
-        n => format!("TYPE{n}"),
-    }
+    unframed(payload, parse_query_message)
 }
 
 /// A parsed DNS response: the question and the addresses it answered.
@@ -81,56 +24,50 @@ pub struct Response {
     /// `NOERROR`, `NXDOMAIN`, ... or `RCODEn`.
     pub rcode: String,
     /// A and AAAA answers, in order.
-    pub addrs: Vec<std::net::IpAddr>,
+    pub addrs: Vec<IpAddr>,
 }
 
-/// Parse a response (UDP, or TCP with its length prefix); `None` unless it is a well-formed
-/// response with one question. Compressed names in answers are skipped, never followed.
+/// Parse a response; `None` unless it is a well-formed response with one question and answers
+/// that are whole.
 pub fn parse_response(payload: &[u8]) -> Option<Response> {
-    if payload.len() > 2
-        && u16::from_be_bytes([payload[0], payload[1]]) as usize == payload.len() - 2
-        && let Some(r) = parse_response_udp(&payload[2..])
-    {
-        return Some(r);
-    }
-    parse_response_udp(payload)
+    unframed(payload, parse_response_message)
 }
 
-fn parse_response_udp(p: &[u8]) -> Option<Response> {
-    if p.len() < 12 {
+/// DNS over TCP prefixes the message with its length: try without it when it matches.
+fn unframed<T>(payload: &[u8], parse: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
+    if payload.len() > 2
+        && usize::from(u16::from_be_bytes([payload[0], payload[1]])) == payload.len() - 2
+        && let Some(m) = parse(&payload[2..])
+    {
+        return Some(m);
+    }
+    parse(payload)
+}
+
+fn parse_query_message(p: &[u8]) -> Option<(String, String)> {
+    let mut d = BinDecoder::new(p);
+    let header = Header::read(&mut d).ok()?;
+    if header.metadata.message_type != MessageType::Query || header.counts.queries == 0 {
+        return None; // a response, or no question
+    }
+    let q = Query::read(&mut d).ok()?;
+    Some((name_text(q.name()), type_name(q.query_type())))
+}
+
+fn parse_response_message(p: &[u8]) -> Option<Response> {
+    let mut d = BinDecoder::new(p);
+    let header = Header::read(&mut d).ok()?;
+    if header.metadata.message_type != MessageType::Response || header.counts.queries != 1 {
         return None;
     }
-    let flags = u16::from_be_bytes([p[2], p[3]]);
-    if flags & 0x8000 == 0 {
-        return None; // a query
-    }
-    let qdcount = u16::from_be_bytes([p[4], p[5]]);
-    let ancount = u16::from_be_bytes([p[6], p[7]]);
-    if qdcount != 1 {
-        return None;
-    }
-    let (name, qtype, mut i) = parse_question(p)?;
+    let q = Query::read(&mut d).ok()?;
     let mut addrs = Vec::new();
-    for _ in 0..ancount.min(64) {
-        i = skip_name(p, i)?;
-        let rtype = u16::from_be_bytes([*p.get(i)?, *p.get(i + 1)?]);
-        let rdlen = u16::from_be_bytes([*p.get(i + 8)?, *p.get(i + 9)?]) as usize;
-        i += 10;
-        let rdata = p.get(i..i + rdlen)?;
-        match (rtype, rdlen) {
-            (1, 4) => addrs.push(std::net::IpAddr::from([
-                rdata[0], rdata[1], rdata[2], rdata[3],
-            ])),
-            (28, 16) => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(rdata);
-                addrs.push(std::net::IpAddr::from(a));
-            }
-            _ => {}
-        }
-        i += rdlen;
+    // More answers than fit in the capture cannot be there; the bound keeps hostile counts cheap.
+    for _ in 0..header.counts.answers.min(64) {
+        let record = Record::read(&mut d).ok()?;
+        addrs.extend(record.data.ip_addr());
     }
-    let rcode = match flags & 0xf {
+    let rcode = match u16::from(header.metadata.response_code) {
         0 => "NOERROR".to_string(),
         1 => "FORMERR".to_string(),
         2 => "SERVFAIL".to_string(),
@@ -139,27 +76,37 @@ fn parse_response_udp(p: &[u8]) -> Option<Response> {
         n => format!("RCODE{n}"),
     };
     Some(Response {
-        name,
-        qtype: qtype_name(qtype),
+        name: name_text(q.name()),
+        qtype: type_name(q.query_type()),
         rcode,
         addrs,
     })
 }
 
-/// Index after a (possibly compressed) name starting at `i`.
-fn skip_name(p: &[u8], mut i: usize) -> Option<usize> {
-    for _ in 0..128 {
-        let len = *p.get(i)?;
-        if len & 0xc0 == 0xc0 {
-            return Some(i + 2); // a pointer ends the name
-        }
-        i += 1;
-        if len == 0 {
-            return Some(i);
-        }
-        i += len as usize;
+/// Labels joined by dots, bytes that are not printable ASCII shown as `?` (a name is
+/// attacker-chosen text); the root is `.`.
+fn name_text(name: &Name) -> String {
+    if name.is_root() {
+        return ".".to_string();
     }
-    None
+    let labels: Vec<String> = name
+        .iter()
+        .map(|label| {
+            label
+                .iter()
+                .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                .collect()
+        })
+        .collect();
+    labels.join(".")
+}
+
+/// The type's mnemonic (`A`, `AAAA`, `HTTPS`, ...), or `TYPEn` (RFC 3597) when it has none.
+fn type_name(t: RecordType) -> String {
+    match t {
+        RecordType::Unknown(n) => format!("TYPE{n}"),
+        t => t.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +135,10 @@ mod tests {
         let mut tcp = (q.len() as u16).to_be_bytes().to_vec();
         tcp.extend_from_slice(&q);
         assert_eq!(parse_query(&tcp).unwrap().0, "evil.example.test");
+        assert_eq!(parse_query(&query("x.test", 6)).unwrap().1, "SOA");
+        assert_eq!(parse_query(&query("x.test", 4242)).unwrap().1, "TYPE4242");
+        // Odd bytes in a label are shown as `?`.
+        assert_eq!(parse_query(&query("a\x01b.test", 1)).unwrap().0, "a?b.test");
     }
 
     #[test]
@@ -237,6 +188,52 @@ mod tests {
         let mut cut = response("a.b", &[[1, 2, 3, 4]], 0);
         cut.truncate(cut.len() - 2);
         assert!(parse_response(&cut).is_none());
+        // Cut in the additional section (an EDNS reply longer than the capture): the answers
+        // are whole and kept.
+        let mut long = response("a.b", &[[1, 2, 3, 4]], 0);
+        long[11] = 1; // arcount
+        long.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 40, 0, 1]);
+        let r = parse_response(&long).unwrap();
+        assert_eq!(r.addrs, ["1.2.3.4".parse::<std::net::IpAddr>().unwrap()]);
+        // An AAAA answer, over TCP.
+        let mut v6 = query("six.test", 28);
+        v6[2] = 0x81;
+        v6[3] = 0x80;
+        v6[7] = 1;
+        v6.extend_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 0, 60, 0, 16]);
+        v6.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        let mut tcp = (v6.len() as u16).to_be_bytes().to_vec();
+        tcp.extend_from_slice(&v6);
+        let r = parse_response(&tcp).unwrap();
+        assert_eq!((r.name.as_str(), r.qtype.as_str()), ("six.test", "AAAA"));
+        assert_eq!(r.addrs[0].to_string(), "2001:db8::7");
+        // A compression pointer that loops is refused, not followed forever.
+        let mut looped = response("a.b", &[], 0);
+        looped[7] = 1;
+        looped.extend_from_slice(&[
+            0xc0,
+            looped.len() as u8,
+            0,
+            1,
+            0,
+            1,
+            0,
+            0,
+            0,
+            60,
+            0,
+            4,
+            1,
+            2,
+            3,
+            4,
+        ]);
+        assert!(parse_response(&looped).is_none());
         for n in 0..300u32 {
             let bytes: Vec<u8> = (0..n)
                 .map(|i| (i.wrapping_mul(2246822519) >> 9) as u8 | 0x80)

@@ -4,7 +4,11 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     net::{TcpStream, ToSocketAddrs},
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt, unix::net::UnixStream},
+    os::{
+        fd::{AsFd, BorrowedFd},
+        unix::fs::OpenOptionsExt,
+        unix::net::UnixStream,
+    },
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -184,31 +188,21 @@ impl Conn {
             Conn::Unix(s) => s,
         }
     }
-    fn fd(&self) -> i32 {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Conn::Tcp(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
+            Conn::Tcp(s) => s.as_fd(),
+            Conn::Unix(s) => s.as_fd(),
         }
     }
     /// A collector never writes back: readable means it closed or reset the connection. Checked
     /// before each write so that lines are not written into a connection already gone.
     fn peer_gone(&self) -> bool {
+        use rustix::{io::Errno, net::RecvFlags};
         let mut b = [0u8; 1];
-        // SAFETY: recv into a valid 1-byte buffer on an fd this struct owns; MSG_DONTWAIT never blocks.
-        let n = unsafe {
-            libc::recv(
-                self.fd(),
-                b.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 0 {
-            return true;
-        }
-        n < 0 && {
-            let e = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            e != libc::EAGAIN && e != libc::EWOULDBLOCK && e != libc::EINTR
+        // MSG_DONTWAIT: never blocks.
+        match rustix::net::recv(self.fd(), &mut b[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((n, _)) => n == 0,
+            Err(e) => e != Errno::AGAIN && e != Errno::WOULDBLOCK && e != Errno::INTR,
         }
     }
 }
