@@ -98,7 +98,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     opts.ringbuf_bytes = args.ringbuf_mib * 1024 * 1024;
     // Marked before the programs load, so before the running processes are seeded: what they
     // write from then on is seen.
-    let (files, file_events) = open_file_events(args.file_events())?;
+    let files = open_file_events(args.file_events())?;
+    let file_events = files.1;
     // Only `syscall` takes file events in the kernel programs; `fanotify` reads them in
     // userspace (ingest::fanotify), without the kernel's file capture.
     if file_events != FileEvents::Syscall {
@@ -109,48 +110,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(args, opts, files, file_events))
+    rt.block_on(run_async(args, opts, files))
 }
+
+type FileSource = (Option<FileEventSource>, FileEvents, Option<String>);
 
 /// The file-event source: `auto` is fanotify where it can be set up (it needs CAP_SYS_ADMIN),
 /// else the syscall dispatch, with one line saying why.
-fn open_file_events(mode: FileEvents) -> anyhow::Result<(Option<FileEventSource>, FileEvents)> {
-    let open = || {
-        let s = FileEventSource::open(&crate::process::proc::host_root())?;
-        tracing::info!(
-            "file events from fanotify: {} filesystem(s) marked, holding {}",
-            s.marked.len(),
-            s.covered.join(", ")
-        );
-        if let Some(why) = &s.renames_unavailable {
-            tracing::warn!("renames are not reported: {why}");
-        }
-        Ok::<_, crate::ingest::fanotify::FanotifyError>(s)
-    };
+/// Also why `auto` fell back, when it did.
+fn open_file_events(mode: FileEvents) -> anyhow::Result<FileSource> {
+    let open = || FileEventSource::open(&crate::process::proc::host_root());
     Ok(match mode {
         FileEvents::Fanotify => (
             Some(open().context("--file-events=fanotify")?),
             FileEvents::Fanotify,
+            None,
         ),
         FileEvents::Auto => match open() {
-            Ok(s) => (Some(s), FileEvents::Fanotify),
-            Err(e) => {
-                tracing::warn!(
-                    "file events: fanotify unavailable ({e}); taking them in the syscall \
-                     dispatch, which every process's syscalls pay for"
-                );
-                (None, FileEvents::Syscall)
-            }
+            Ok(s) => (Some(s), FileEvents::Fanotify, None),
+            // Said once the programs loaded (run_async), not before a bad option's line.
+            Err(e) => (None, FileEvents::Syscall, Some(e.to_string())),
         },
-        other => (None, other),
+        other => (None, other, None),
     })
 }
 
 async fn run_async(
     args: RunArgs,
     opts: LoadOptions,
-    mut files: Option<FileEventSource>,
-    file_source: FileEvents,
+    (mut files, file_source, fallback): FileSource,
 ) -> anyhow::Result<()> {
     // Before sensor_started is written: whoever sees it may signal at once.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -215,6 +203,23 @@ async fn run_async(
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
     // Marked before the running processes are seeded: what they write from now on is seen.
     pipeline.enricher.redact_build_args = !args.show_build_args;
+    // Said once the programs loaded: a bad option is the only line a failed start writes.
+    if let Some(e) = &fallback {
+        tracing::warn!(
+            "file events: fanotify unavailable ({e}); taking them in the syscall dispatch, \
+             which every process's syscalls pay for"
+        );
+    }
+    if let Some(s) = &files {
+        tracing::info!(
+            "file events from fanotify: {} filesystem(s) marked, holding {}",
+            s.marked.len(),
+            s.covered.join(", ")
+        );
+        if let Some(why) = &s.renames_unavailable {
+            tracing::warn!("renames are not reported: {why}");
+        }
+    }
 
     let seeded = start::seed_tracked(&mut loaded, &opts, &mut pipeline);
     tracing::info!(
