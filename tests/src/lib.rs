@@ -62,7 +62,7 @@ pub use expect::{
     satisfies, starts_with,
 };
 pub use netns::{TcpSink, TestHost};
-pub use records::{assert_records_match_schema, build_record, has_outbound, has_tag};
+pub use records::{assert_records_match_schema, build_record, build_steps, has_outbound, has_tag};
 pub use registry::LocalRegistry;
 pub use scenario::{BASE_IMAGE, Scenario};
 pub use sensor::{SensorProcess, sensor_bin};
