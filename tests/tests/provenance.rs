@@ -160,7 +160,7 @@ fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
                 "podman"
             };
             // Host network: the step reaches the test host through this host's routes (as in
-            // tests/tests/builds_more.rs).
+            // tests/tests/builds_buildah_podman.rs).
             storage_build(tool, ctx.path(), tag, &["--network", "host"])
         }
     }
