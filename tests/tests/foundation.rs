@@ -16,12 +16,10 @@ fn argv_has(r: &Value, needle: &str) -> bool {
 
 #[test]
 fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let peer = TestHost::new("found");
+    let sc = Scenario::new("loading eBPF programs");
+    let peer = sc.host("found");
     peer.serve_http(8080, &[("payload", b"payload-bytes")]);
-    let mut sensor = SensorProcess::start(&["--stats-interval", "2"]).unwrap();
+    let mut sensor = sc.start_sensor(&["--stats-interval", "2"]);
 
     // A container: its process descends from the runtime, so its exec is reported.
     let marker = unique_tag("run-marker").replace(':', "-");
@@ -42,27 +40,36 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
             WAIT,
         )
         .unwrap();
-    assert_eq!(exec["process"]["role"], "descendant", "{exec}");
-    assert!(exec["process"]["pid"].as_u64().unwrap() > 0);
-    assert!(exec["start_time_ns"].as_u64().unwrap() > 0);
+    let positive = || satisfies("a number > 0", |v| v.as_u64().is_some_and(|n| n > 0));
+    assert_fields(
+        &exec,
+        &[
+            ("process.role", eq("descendant")),
+            ("process.pid", positive()),
+            ("start_time_ns", positive()),
+        ],
+    );
 
     // A build step that downloads from a test host: the connect carries the step's pid and the
     // test host's address, and the step's exec has the same pid.
-    let tag = unique_tag("found-build");
-    BuildContext::new(&format!(
-        "FROM localbase:1\nRUN wget -q -O /x {}\n",
-        peer.url(8080, "payload")
-    ))
-    .build(&tag, Builder::BuildKit);
+    sc.build(
+        "found-build",
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN wget -q -O /x {}\n",
+            peer.url(8080, "payload")
+        ),
+        Builder::BuildKit,
+    );
     let ip = peer.ip().to_string();
-    let conn = sensor
-        .wait_for(
-            |r| r["kind"] == "connect" && r["dst_addr"] == ip.as_str() && r["dst_port"] == 8080,
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(conn["result"], "established", "{conn}");
-    assert_eq!(conn["protocol"], "tcp");
+    let conn = sensor.expect_record(
+        "connect",
+        &[("dst_addr", eq(ip.as_str())), ("dst_port", eq(8080))],
+        WAIT,
+    );
+    assert_fields(
+        &conn,
+        &[("result", eq("established")), ("protocol", eq("tcp"))],
+    );
     let pid = conn["process"]["pid"].as_u64().unwrap();
     let records = sensor.records();
     assert!(
@@ -86,33 +93,25 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .unwrap();
     let curl_pid = curl.id() as u64;
     assert!(curl.wait().unwrap().success());
-    let req = sensor
-        .wait_for(
-            |r| r["kind"] == "api_request" && r["client"]["pid"].as_u64() == Some(curl_pid),
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(req["method"], "GET");
-    assert_eq!(req["path"], "/v1.41/images/json");
-    assert_eq!(req["endpoint"], "/images/json");
-    assert_eq!(req["query"], "all=1");
-    assert!(
-        req["user_agent"].as_str().unwrap().starts_with("curl/"),
-        "{req}"
+    let req = sensor.expect_record("api_request", &[("client.pid", eq(curl_pid))], WAIT);
+    assert_fields(
+        &req,
+        &[
+            ("method", eq("GET")),
+            ("path", eq("/v1.41/images/json")),
+            ("endpoint", eq("/images/json")),
+            ("query", eq("all=1")),
+            ("user_agent", starts_with("curl/")),
+            ("client.transport", eq("unix")),
+            ("client.exe", eq("/usr/bin/curl")),
+            ("process.comm", eq("dockerd")),
+        ],
     );
-    assert_eq!(req["client"]["transport"], "unix");
-    assert_eq!(req["client"]["exe"], "/usr/bin/curl");
-    assert_eq!(req["process"]["comm"], "dockerd");
-    sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "connect"
-                    && r["path"] == DOCKER_SOCKET
-                    && r["process"]["pid"].as_u64() == Some(curl_pid)
-            },
-            WAIT,
-        )
-        .unwrap();
+    sensor.expect_record(
+        "connect",
+        &[("path", eq(DOCKER_SOCKET)), ("process.pid", eq(curl_pid))],
+        WAIT,
+    );
 
     // A longer-lived API client: its parent is known too (read while it is alive).
     let mut sh = Command::new("/bin/sh")
@@ -123,17 +122,12 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .spawn()
         .unwrap();
     let sh_pid = sh.id() as u64;
-    let c = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "connect"
-                    && r["path"] == DOCKER_SOCKET
-                    && r["process"]["ppid"].as_u64() == Some(sh_pid)
-            },
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(c["process"]["role"], "api_client", "{c}");
+    let c = sensor.expect_record(
+        "connect",
+        &[("path", eq(DOCKER_SOCKET)), ("process.ppid", eq(sh_pid))],
+        WAIT,
+    );
+    assert_fields(&c, &[("process.role", eq("api_client"))]);
     let _ = sh.wait();
 
     // An unrelated process outside any runtime tree produces nothing.
@@ -164,10 +158,14 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .rev()
         .find(|r| r["kind"] == "sensor_stats")
         .unwrap();
-    assert_eq!(last["final_report"], true);
-    assert_eq!(last["drops"]["ringbuf_full"], 0, "{last}");
-    assert!(last["events"]["exec"].as_u64().unwrap() > 0);
-    remove_image(&tag);
+    assert_fields(
+        &last,
+        &[
+            ("final_report", eq(true)),
+            ("drops.ringbuf_full", eq(0)),
+            ("events.exec", positive()),
+        ],
+    );
 }
 
 #[test]
