@@ -170,11 +170,10 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
 
 #[test]
 fn hostile_argv_bytes_give_valid_json() {
-    require_root("loading eBPF programs");
-    let mut sensor = SensorProcess::start(&["--runtime-name", "hostile-rt"]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let mut sensor = sc.start_sensor(&["--runtime-name", "hostile-rt"]);
     // A tracked root (by name) that execs a child with invalid UTF-8, quotes and newlines in argv.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("hostile-rt");
+    let rt = sc.path("hostile-rt");
     std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
     let script = "exec /bin/echo \"$(printf 'a\\377b\\nq\"\\001')\" hostile-marker > /dev/null";
     let st = Command::new(&rt).args(["-c", script]).status().unwrap();
@@ -233,11 +232,9 @@ fn check_and_bad_flags_give_one_clear_line() {
 
 #[test]
 fn dns_queries_and_accepts_in_runtime_trees() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dns_host = TestHost::new("dns");
-    let mut sensor = SensorProcess::start(&["--runtime-name", "accept-rt"]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let dns_host = sc.host("dns");
+    let mut sensor = sc.start_sensor(&["--runtime-name", "accept-rt"]);
 
     // A container resolving a name against a test host's port 53 (nothing answers; the query
     // itself is what is reported).
@@ -253,28 +250,31 @@ fn dns_queries_and_accepts_in_runtime_trees() {
         ])
         .timeout(Duration::from_secs(60))
         .output();
-    let q = sensor
-        .wait_for(
-            |r| r["kind"] == "dns_query" && r["query_name"] == name,
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(q["server_addr"], dns_host.ip().to_string());
-    assert_eq!(q["server_port"], 53);
-    assert_eq!(q["query_type"], "A");
+    let q = sensor.expect_record(
+        "dns_query",
+        &[
+            ("query_name", eq(name)),
+            ("server_addr", eq(dns_host.ip().to_string())),
+        ],
+        WAIT,
+    );
+    assert_fields(&q, &[("server_port", eq(53)), ("query_type", eq("A"))]);
 
     // A tracked process (by name) accepting a loopback TCP connection.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("accept-rt");
+    let rt = sc.path("accept-rt");
     std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
+    // A port of its own: other tests on this host listen too.
+    let port = free_loopback_port();
     // The tracked root execs into the listener: what it runs stays in the tree.
-    let mut server = Command::new(&rt)
-        .args(["-c", "exec busybox nc -l -p 38123 127.0.0.1"])
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop(
+        Command::new(&rt)
+            .args(["-c", &format!("exec busybox nc -l -p {port} 127.0.0.1")])
+            .spawn()
+            .unwrap(),
+    );
     let mut client = None;
     for _ in 0..50 {
-        if let Ok(s) = std::net::TcpStream::connect("127.0.0.1:38123") {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             client = Some(s);
             break;
         }
@@ -282,14 +282,26 @@ fn dns_queries_and_accepts_in_runtime_trees() {
     }
     let client = client.expect("the tracked listener never accepted");
     let local_port = client.local_addr().unwrap().port();
-    let a = sensor
-        .wait_for(|r| r["kind"] == "accept" && r["local_port"] == 38123, WAIT)
-        .unwrap();
-    assert_eq!(a["peer_addr"], "127.0.0.1");
-    assert_eq!(a["peer_port"], local_port);
-    assert_eq!(a["process"]["pid"].as_u64(), Some(server.id() as u64));
+    let a = sensor.expect_record("accept", &[("local_port", eq(port))], WAIT);
+    assert_fields(
+        &a,
+        &[
+            ("peer_addr", eq("127.0.0.1")),
+            ("peer_port", eq(local_port)),
+            ("process.pid", eq(server.0.id())),
+        ],
+    );
     drop(client);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(sensor.stop().unwrap().success());
+}
+
+/// Kills and reaps a child process when dropped, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
