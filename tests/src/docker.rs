@@ -477,6 +477,20 @@ impl BuildContext {
     pub fn build(&self, tag: &str, builder: Builder) -> Output {
         docker_build(self.path(), tag, builder)
     }
+
+    /// A tar of the context's `Dockerfile` (the body of a raw `POST /build`), written inside
+    /// the context directory as `context.tar`; returns its path.
+    pub fn tar(&self) -> PathBuf {
+        let tar = self.path().join("context.tar");
+        Cmd::new(tool("tar"))
+            .arg("-C")
+            .arg(self.path())
+            .arg("-cf")
+            .arg(&tar)
+            .arg("Dockerfile")
+            .run();
+        tar
+    }
 }
 
 /// The offline base image copied from the main engine into containers-storage (buildah and

@@ -9,7 +9,11 @@
 //! - [`TestHost`] is a peer in a network namespace of its own, reached from containers and build
 //!   steps through the host; network traffic in tests goes only to loopback or to these hosts;
 //! - [`SensorProcess`] runs `sensor run ...` and collects its records;
-//! - [`run`] / [`Cmd`] run a command and fail with its stderr shown.
+//! - [`run`] / [`Cmd`] run a command and fail with its stderr shown;
+//! - [`Scenario`] does a test's setup (root, dockerd, base image, temporary directory, the
+//!   sensor) and removes what it made when dropped, failed or not;
+//! - [`SensorProcess::expect_record`] and [`assert_fields`] check records field by field and
+//!   say which fields differed, in the nearest records.
 //!
 //! Tests run as root, one at a time: `cargo test -p sensor-tests -- --test-threads=1`.
 //!
@@ -39,9 +43,11 @@
 
 mod cmd;
 mod docker;
+mod expect;
 mod netns;
 mod records;
 mod registry;
+mod scenario;
 mod sensor;
 mod tcp_dockerd;
 
@@ -51,9 +57,14 @@ pub use docker::{
     docker_cli, ensure_base_image, remove_image, storage_base, storage_build,
 };
 pub use docker::{ContainerGuard, ImageGuard};
+pub use expect::{
+    Expect, absent, assert_fields, contains, eq, field, matches, mismatches, nearest, present,
+    satisfies, starts_with,
+};
 pub use netns::{TcpSink, TestHost};
-pub use records::{assert_records_match_schema, build_record, has_outbound, has_tag};
+pub use records::{assert_records_match_schema, build_record, build_steps, has_outbound, has_tag};
 pub use registry::LocalRegistry;
+pub use scenario::{BASE_IMAGE, Scenario};
 pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{SensorProcess, workspace_root};
+use crate::{SensorProcess, contains, nearest, workspace_root};
 
 /// Whether a build record names `tag`, as a requested tag (`params.tags`) or an image tag
 /// (`tags`).
@@ -22,12 +22,37 @@ pub fn has_outbound(r: &Value, addr: &str, port: u16, made_by: &str) -> bool {
     })
 }
 
+/// A build record's steps as (command, exit code), in order.
+pub fn build_steps(f: &Value) -> Vec<(String, Option<i64>)> {
+    f["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|s| {
+                    (
+                        s["command"].as_str().unwrap_or_default().to_string(),
+                        s["exit_code"].as_i64(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The first record of `kind` (`build_started`, `build_finished`) for the build of `tag`;
 /// panics, naming both, when none comes within `wait`.
 pub fn build_record(sensor: &SensorProcess, kind: &str, tag: &str, wait: Duration) -> Value {
     sensor
         .wait_for(|r| r["kind"] == kind && has_tag(r, tag), wait)
-        .unwrap_or_else(|e| panic!("no {kind} for {tag}: {e:#}"))
+        .unwrap_or_else(|e| {
+            let near = nearest(
+                &sensor.records_lenient(),
+                kind,
+                &[("params.tags", contains(tag))],
+            );
+            panic!("no {kind} for {tag}: {e:#}\n{near}")
+        })
 }
 
 /// Every record validates against the checked-in schema/records.schema.json.

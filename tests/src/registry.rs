@@ -1,4 +1,4 @@
-//! A local Docker registry on loopback, for the push chains (tests/tests/detect_more.rs,
+//! A local Docker registry on loopback, for the push chains (tests/tests/detect_registry_chain.rs,
 //! tests/tests/fleet.rs).
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};

@@ -193,6 +193,11 @@ impl SensorProcess {
         state.records.clone()
     }
 
+    /// All records so far, without failing on a bad line (for failure messages).
+    pub(crate) fn records_lenient(&self) -> Vec<Value> {
+        self.state().records.clone()
+    }
+
     /// Records of one kind so far.
     pub fn records_of_kind(&self, kind: &str) -> Vec<Value> {
         self.records()

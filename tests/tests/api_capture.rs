@@ -6,39 +6,27 @@ use std::{process::Command, time::Duration};
 
 use sensor_tests::*;
 
-/// A sensor writing `kinds`, with a state directory of its own (kept while the guard lives).
-fn build_sensor(kinds: &str) -> (tempfile::TempDir, SensorProcess) {
-    let state = tempfile::tempdir().unwrap();
-    let sensor = SensorProcess::start(&[
-        "--state-dir",
-        state.path().to_str().unwrap(),
-        "--kinds",
-        kinds,
-    ])
-    .unwrap();
-    (state, sensor)
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The scenario and a sensor writing `kinds`, with the scenario's state directory.
+fn build_sensor(kinds: &str) -> (Scenario, SensorProcess) {
+    let sc = Scenario::new("loading eBPF programs");
+    let sensor = sc.start_sensor(&["--state-dir", &sc.state_dir(), "--kinds", kinds]);
+    (sc, sensor)
 }
 
 #[test]
 fn consecutive_builds_are_all_seen() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let (_state, mut sensor) = build_sensor("sensor,builds");
-    let ctx = BuildContext::new("FROM localbase:1\nRUN true\n");
-    let tags: Vec<String> = (0..16).map(|_| unique_tag("seen")).collect();
+    let (sc, mut sensor) = build_sensor("sensor,builds");
+    let ctx = BuildContext::new(&format!("FROM {BASE_IMAGE}\nRUN true\n"));
+    let tags: Vec<String> = (0..16).map(|_| sc.tag("seen")).collect();
     for tag in &tags {
         ctx.build(tag, Builder::Legacy);
     }
     for tag in &tags {
-        sensor
-            .wait_for(|r| is_build_finished_for(r, tag), Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("build {tag} not seen: {e:#}"));
+        build_record(&sensor, "build_finished", tag, WAIT);
     }
     assert!(sensor.stop().unwrap().success());
-    for tag in &tags {
-        remove_image(tag);
-    }
 }
 
 /// A `POST /build` whose headers pass 4 KiB (dockerd's HTTP server reads 4 KiB at a time, so
@@ -46,12 +34,9 @@ fn consecutive_builds_are_all_seen() {
 /// client, and the build is reconstructed whole from the request and the response stream.
 #[test]
 fn build_request_with_headers_past_4_kib_is_captured() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let (_state, mut sensor) = build_sensor("sensor,builds,api_request");
-    let ctx = BuildContext::new("FROM localbase:1\nRUN true\n");
-    let tar = ctx.path().with_extension("tar");
+    let (sc, mut sensor) = build_sensor("sensor,builds,api_request");
+    let ctx = BuildContext::new(&format!("FROM {BASE_IMAGE}\nRUN true\n"));
+    let tar = sc.path("context.tar");
     run(
         "tar",
         &[
@@ -62,7 +47,7 @@ fn build_request_with_headers_past_4_kib_is_captured() {
             ".",
         ],
     );
-    let tag = unique_tag("big-headers");
+    let tag = sc.tag("big-headers");
     let pad = format!("X-Pad: {}", "p".repeat(6000));
     let url = format!("http://x/v1.41/build?t={}", tag.replace(':', "%3A"));
     let mut curl = Command::new("curl")
@@ -73,36 +58,27 @@ fn build_request_with_headers_past_4_kib_is_captured() {
         .unwrap();
     let curl_pid = curl.id() as u64;
     assert!(curl.wait().unwrap().success());
-    let req = sensor
-        .wait_for(
-            |r| r["kind"] == "api_request" && r["client"]["pid"].as_u64() == Some(curl_pid),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert_eq!(req["method"], "POST", "{req}");
-    assert_eq!(req["endpoint"], "/build", "{req}");
-    assert_eq!(req["client"]["exe"], "/usr/bin/curl", "{req}");
-    assert_eq!(
-        req["truncated"], true,
-        "a 6 KB header cannot fit the 2 KiB capture: {req}"
+    let req = sensor.expect_record("api_request", &[("client.pid", eq(curl_pid))], WAIT);
+    // (truncated: a 6 KB header cannot fit the 2 KiB capture.)
+    assert_fields(
+        &req,
+        &[
+            ("method", eq("POST")),
+            ("endpoint", eq("/build")),
+            ("client.exe", eq("/usr/bin/curl")),
+            ("truncated", eq(true)),
+        ],
     );
-    let finished = sensor
-        .wait_for(|r| is_build_finished_for(r, &tag), Duration::from_secs(60))
-        .unwrap();
-    assert_eq!(finished["status"], "succeeded", "{finished}");
-    let id = run(docker_cli(), &["image", "inspect", "-f", "{{.Id}}", &tag]);
-    assert_eq!(
-        finished["image_id"].as_str(),
-        Some(String::from_utf8_lossy(&id.stdout).trim()),
-        "{finished}"
-    );
-    assert_eq!(
-        finished["client"]["pid"].as_u64(),
-        Some(curl_pid),
-        "{finished}"
+    let finished = build_record(&sensor, "build_finished", &tag, WAIT);
+    assert_fields(
+        &finished,
+        &[
+            ("status", eq("succeeded")),
+            ("image_id", eq(sc.image_id(&tag))),
+            ("client.pid", eq(curl_pid)),
+        ],
     );
     assert!(sensor.stop().unwrap().success());
-    remove_image(&tag);
 }
 
 /// A client that sends its request and exits at once (an attacker's one-shot script): it is
@@ -110,9 +86,8 @@ fn build_request_with_headers_past_4_kib_is_captured() {
 /// command line, start time and cgroup, taken in the kernel when it connected.
 #[test]
 fn a_client_gone_before_its_request_is_read_is_still_described() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    let mut sensor = SensorProcess::start(&["--kinds", "sensor,api_request,connect"]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let mut sensor = sc.start_sensor(&["--kinds", "sensor,api_request,connect"]);
     let marker = unique_tag("one-shot").replace(':', "-");
     let script = format!(
         "import socket\n\
@@ -139,45 +114,33 @@ fn a_client_gone_before_its_request_is_read_is_still_described() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the client must be gone (reaped) before its records are read"
     );
-    let req = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "api_request"
-                    && r["query"].as_str().is_some_and(|q| q.contains(&marker))
-            },
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    let c = &req["client"];
-    assert_eq!(c["pid"].as_u64(), Some(pid), "{req}");
-    assert_eq!(c["exe"].as_str(), Some(python.as_str()), "{req}");
-    assert!(
-        c["argv"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|s| s == marker.as_str())),
-        "{req}"
-    );
-    assert!(
-        c["comm"].as_str().is_some_and(|s| s.starts_with("python")),
-        "{req}"
-    );
-    assert!(c["start_time_ns"].as_u64().is_some_and(|t| t > 0), "{req}");
-    assert!(
-        c["cgroup"].as_str().is_some_and(|s| s.starts_with('/')),
-        "{req}"
+    let req = sensor.expect_record("api_request", &[("query", contains(marker.as_str()))], WAIT);
+    assert_fields(
+        &req,
+        &[
+            ("client.pid", eq(pid)),
+            ("client.exe", eq(python.as_str())),
+            ("client.argv", contains(marker.as_str())),
+            ("client.comm", starts_with("python")),
+            (
+                "client.start_time_ns",
+                satisfies("a time > 0", |t| t.as_u64().is_some_and(|t| t > 0)),
+            ),
+            ("client.cgroup", starts_with("/")),
+        ],
     );
     // The connect record of the same client carries the same executable.
-    let conn = sensor
-        .wait_for(
-            |r| r["kind"] == "connect" && r["process"]["pid"].as_u64() == Some(pid),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-    assert_eq!(
-        conn["process"]["exe"].as_str(),
-        Some(python.as_str()),
-        "{conn}"
+    let conn = sensor.expect_record(
+        "connect",
+        &[("process.pid", eq(pid))],
+        Duration::from_secs(10),
     );
-    assert_eq!(conn["path"], DOCKER_SOCKET);
+    assert_fields(
+        &conn,
+        &[
+            ("process.exe", eq(python.as_str())),
+            ("path", eq(DOCKER_SOCKET)),
+        ],
+    );
     assert!(sensor.stop().unwrap().success());
 }

@@ -7,82 +7,44 @@
 use std::thread;
 use std::time::Duration;
 
-use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_cli,
-    ensure_base_image, remove_image, require_root, run, unique_tag,
-};
+use sensor_tests::*;
 use serde_json::Value;
 
-const BASE: &str = "localbase:1";
 const WAIT: Duration = Duration::from_secs(90);
 
-fn start_sensor() -> SensorProcess {
-    SensorProcess::start(&[
+fn start_sensor(sc: &Scenario) -> SensorProcess {
+    sc.start_sensor(&[
         "--stats-interval",
         "0",
         "--kinds",
         "sensor_started,build_started,build_finished,sensor_stats",
     ])
-    .expect("sensor start")
-}
-
-fn has_tag(r: &Value, tag: &str) -> bool {
-    r["params"]["tags"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|t| t == tag))
 }
 
 fn finished(sensor: &SensorProcess, tag: &str) -> Value {
-    sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"))
+    build_record(sensor, "build_finished", tag, WAIT)
 }
 
 fn started(sensor: &SensorProcess, tag: &str) -> Value {
-    sensor
-        .wait_for(|r| r["kind"] == "build_started" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_started for {tag}: {e:#}"))
+    build_record(sensor, "build_started", tag, WAIT)
 }
 
-fn image_id(tag: &str) -> String {
-    let out = run(
-        docker_cli(),
-        &["image", "inspect", "--format", "{{.Id}}", tag],
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn steps(f: &Value) -> Vec<(String, Option<i64>)> {
-    f["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["command"].as_str().unwrap().to_string(),
-                s["exit_code"].as_i64(),
-            )
-        })
-        .collect()
-}
-
-fn setup() -> TestHost {
-    require_root("running the sensor, dockerd and a test host");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let host = TestHost::new("builds");
+/// The scenario and a test host serving a payload on port 8090.
+fn setup() -> (Scenario, std::sync::Arc<TestHost>) {
+    let sc = Scenario::new("running the sensor, dockerd and a test host");
+    let host = sc.host("builds");
     host.serve_http(8090, &[("payload", b"payload-for-the-build\n")]);
-    host
+    (sc, host)
 }
 
 fn docker_build_is_reconstructed(builder: Builder, name: &str) {
-    let host = setup();
-    let mut sensor = start_sensor();
+    let (sc, host) = setup();
+    let mut sensor = start_sensor(&sc);
     let url = host.url(8090, "payload");
     let ctx = BuildContext::new(&format!(
-        "FROM {BASE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
+        "FROM {BASE_IMAGE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
     ));
-    let tag = unique_tag(name);
+    let tag = sc.tag(name);
     ctx.build(&tag, builder);
     let s = started(&sensor, &tag);
     let f = finished(&sensor, &tag);
@@ -93,39 +55,32 @@ fn docker_build_is_reconstructed(builder: Builder, name: &str) {
         "legacy"
     };
     assert_eq!(s["build_id"], f["build_id"]);
-    assert_eq!(f["builder"], expect_builder);
-    assert_eq!(f["status"], "succeeded");
-    assert_eq!(f["partial"], false);
-    assert_eq!(f["client"]["transport"], "unix");
-    assert_eq!(f["client"]["exe"], "/usr/bin/docker");
-    assert!(f["client"]["pid"].as_u64().is_some_and(|p| p > 0), "{f}");
-    assert!(
-        f["user_agent"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("Docker-Client/")),
-        "{f}"
+    assert_fields(
+        &f,
+        &[
+            ("builder", eq(expect_builder)),
+            ("status", eq("succeeded")),
+            ("partial", eq(false)),
+            ("client.transport", eq("unix")),
+            ("client.exe", eq("/usr/bin/docker")),
+            (
+                "client.pid",
+                satisfies("a pid > 0", |p| p.as_u64().is_some_and(|p| p > 0)),
+            ),
+            ("user_agent", starts_with("Docker-Client/")),
+            ("tags", contains(tag.as_str())),
+            ("image_id", eq(sc.image_id(&tag))),
+        ],
     );
-    assert!(
-        f["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t == tag.as_str()),
-        "{f}"
-    );
-    assert_eq!(f["image_id"].as_str().unwrap(), image_id(&tag));
     assert_eq!(
-        steps(&f),
+        build_steps(&f),
         [
             (format!("/bin/sh -c wget -q -O /x {url}"), Some(0)),
             ("/bin/sh -c echo second > /y".to_string(), Some(0))
         ]
     );
-    let ip = host.ip().to_string();
-    let out = f["outbound"].as_array().unwrap();
     assert!(
-        out.iter()
-            .any(|o| o["dst_addr"] == ip.as_str() && o["dst_port"] == 8090 && o["made_by"] == "1"),
+        has_outbound(&f, &host.ip().to_string(), 8090, "1"),
         "outbound to the test host by step 1 expected: {f}"
     );
     assert!(
@@ -133,10 +88,9 @@ fn docker_build_is_reconstructed(builder: Builder, name: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|b| b["reference"].as_str().unwrap().ends_with(BASE))
+            .any(|b| b["reference"].as_str().unwrap().ends_with(BASE_IMAGE))
     );
     sensor.stop().unwrap();
-    remove_image(&tag);
 }
 
 #[test]
@@ -152,43 +106,42 @@ fn legacy_docker_build_is_reconstructed() {
 /// `POST /v1.41/build` with a tar body, sent with curl over the unix socket.
 #[test]
 fn curl_post_build_over_the_unix_socket() {
-    let _host = setup();
-    let mut sensor = start_sensor();
-    let tag = unique_tag("builds-curl");
+    let (sc, _host) = setup();
+    let mut sensor = start_sensor(&sc);
+    let tag = sc.tag("builds-curl");
     let body = curl_build(
-        &format!("FROM {BASE}\nARG TOKEN\nRUN echo built-by-curl\n"),
+        &format!("FROM {BASE_IMAGE}\nARG TOKEN\nRUN echo built-by-curl\n"),
         &format!("t={tag}&nocache=1&buildargs=%7B%22TOKEN%22%3A%22s3cr3t-value%22%7D"),
     );
     assert!(body.contains("Successfully built"), "{body}");
     let f = finished(&sensor, &tag);
-    assert_eq!(f["builder"], "legacy");
-    assert_eq!(f["status"], "succeeded");
-    assert_eq!(f["client"]["exe"], "/usr/bin/curl");
-    assert!(
-        f["user_agent"]
-            .as_str()
-            .is_some_and(|u| u.starts_with("curl/")),
-        "{f}"
+    assert_fields(
+        &f,
+        &[
+            ("builder", eq("legacy")),
+            ("status", eq("succeeded")),
+            ("client.exe", eq("/usr/bin/curl")),
+            ("user_agent", starts_with("curl/")),
+            ("params.build_args.TOKEN", eq("<redacted>")),
+            ("params.context_upload", eq(true)),
+            ("image_id", eq(sc.image_id(&tag))),
+        ],
     );
-    assert_eq!(f["params"]["build_args"]["TOKEN"], "<redacted>");
-    assert_eq!(f["params"]["context_upload"], true);
     assert!(!f.to_string().contains("s3cr3t-value"));
-    assert_eq!(f["image_id"].as_str().unwrap(), image_id(&tag));
     assert_eq!(
-        steps(&f),
+        build_steps(&f),
         [("/bin/sh -c echo built-by-curl".to_string(), Some(0))]
     );
     sensor.stop().unwrap();
-    remove_image(&tag);
 }
 
 #[test]
 fn failed_builds_name_the_failing_step() {
-    let _host = setup();
-    let mut sensor = start_sensor();
+    let (sc, _host) = setup();
+    let mut sensor = start_sensor(&sc);
     for builder in [Builder::Legacy, Builder::BuildKit] {
-        let ctx = BuildContext::new(&format!("FROM {BASE}\nRUN echo before\nRUN exit 3\n"));
-        let tag = unique_tag(&format!("builds-fail-{builder:?}"));
+        let ctx = BuildContext::new(&format!("FROM {BASE_IMAGE}\nRUN echo before\nRUN exit 3\n"));
+        let tag = sc.tag(&format!("builds-fail-{builder:?}"));
         let out = Cmd::new(docker_cli())
             .env("DOCKER_BUILDKIT", builder.env_value())
             .args(["build", "--no-cache", "-t", &tag])
@@ -199,11 +152,17 @@ fn failed_builds_name_the_failing_step() {
         assert!(!out.status.success());
         let f = finished(&sensor, &tag);
         eprintln!("{f}");
-        assert_eq!(f["status"], "failed", "{f}");
-        assert_eq!(f["failed_step"], 2, "{f}");
-        assert_eq!(steps(&f)[1], ("/bin/sh -c exit 3".to_string(), Some(3)));
-        assert!(f["error"].as_str().unwrap().contains("exit 3"), "{f}");
-        assert!(f.get("image_id").is_none_or(Value::is_null));
+        assert_fields(
+            &f,
+            &[
+                ("status", eq("failed")),
+                ("failed_step", eq(2)),
+                ("steps.1.command", eq("/bin/sh -c exit 3")),
+                ("steps.1.exit_code", eq(3)),
+                ("error", contains("exit 3")),
+                ("image_id", absent()),
+            ],
+        );
     }
     // A Dockerfile that does not parse, and a missing base image (its registry is a closed port on
     // loopback, so nothing leaves the host): failed, no step.
@@ -214,22 +173,32 @@ fn failed_builds_name_the_failing_step() {
     .iter()
     .enumerate()
     {
-        let tag = unique_tag(&format!("builds-bad-{i}"));
+        let tag = sc.tag(&format!("builds-bad-{i}"));
         curl_build(dockerfile, &format!("t={tag}"));
         let f = finished(&sensor, &tag);
-        assert_eq!(f["status"], "failed", "{f}");
-        assert!(f["error"].as_str().is_some_and(|e| !e.is_empty()), "{f}");
+        assert_fields(
+            &f,
+            &[
+                ("status", eq("failed")),
+                (
+                    "error",
+                    satisfies("an error text", |e| {
+                        e.as_str().is_some_and(|e| !e.is_empty())
+                    }),
+                ),
+            ],
+        );
     }
     sensor.stop().unwrap();
 }
 
 #[test]
 fn overlapping_builds_are_never_mixed_up() {
-    let _host = setup();
-    let mut sensor = start_sensor();
+    let (sc, _host) = setup();
+    let mut sensor = start_sensor(&sc);
     for builder in [Builder::Legacy, Builder::BuildKit] {
         let tags: Vec<String> = (0..2)
-            .map(|i| unique_tag(&format!("builds-overlap-{builder:?}-{i}")))
+            .map(|i| sc.tag(&format!("builds-overlap-{builder:?}-{i}")))
             .collect();
         let handles: Vec<_> = tags
             .iter()
@@ -238,7 +207,7 @@ fn overlapping_builds_are_never_mixed_up() {
                 let tag = tag.clone();
                 thread::spawn(move || {
                     let ctx = BuildContext::new(&format!(
-                        "FROM {BASE}\nRUN sleep 2 && echo first-{i}\nRUN sleep 1 && echo second-{i}\n"
+                        "FROM {BASE_IMAGE}\nRUN sleep 2 && echo first-{i}\nRUN sleep 1 && echo second-{i}\n"
                     ));
                     ctx.build(&tag, builder);
                 })
@@ -250,16 +219,16 @@ fn overlapping_builds_are_never_mixed_up() {
         for (i, tag) in tags.iter().enumerate() {
             let f = finished(&sensor, tag);
             eprintln!("{f}");
-            assert_eq!(f["status"], "succeeded", "{f}");
+            assert_fields(&f, &[("status", eq("succeeded"))]);
             assert_eq!(
-                steps(&f),
+                build_steps(&f),
                 [
                     (format!("/bin/sh -c sleep 2 && echo first-{i}"), Some(0)),
                     (format!("/bin/sh -c sleep 1 && echo second-{i}"), Some(0)),
                 ],
                 "{builder:?} build {i} got another build's steps"
             );
-            assert_eq!(f["image_id"].as_str().unwrap(), image_id(tag));
+            assert_fields(&f, &[("image_id", eq(sc.image_id(tag)))]);
             remove_image(tag);
         }
     }

@@ -9,40 +9,27 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, curl_build, docker_build_quiet,
-    docker_cli, ensure_base_image, has_outbound, has_tag, remove_image, require_root, unique_tag,
-};
+use std::sync::Arc;
+
+use sensor_tests::*;
 use serde_json::Value;
 
-const BASE: &str = "localbase:1";
+const BASE: &str = BASE_IMAGE;
 const WAIT: Duration = Duration::from_secs(90);
 const PORT: u16 = 8093;
 
-fn setup() -> TestHost {
-    require_root("running the sensor, dockerd and a test host");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let host = TestHost::new("quiet");
+/// The scenario, a test host serving the payload, and the sensor.
+fn setup() -> (Scenario, Arc<TestHost>, SensorProcess) {
+    let sc = Scenario::new("running the sensor, dockerd and a test host");
+    let host = sc.host("quiet");
     host.serve_http(PORT, &[("payload", b"payload-for-a-quiet-build\n")]);
-    host
-}
-
-fn start_sensor() -> SensorProcess {
-    SensorProcess::start(&[
+    let sensor = sc.start_sensor(&[
         "--stats-interval",
         "0",
         "--kinds",
         "sensor_started,build_started,build_finished,sensor_stats",
-    ])
-    .expect("sensor start")
-}
-
-fn image_id(tag: &str) -> String {
-    let out = Cmd::new(docker_cli())
-        .args(["image", "inspect", "--format", "{{.Id}}", tag])
-        .run();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    ]);
+    (sc, host, sensor)
 }
 
 fn dockerfile(host: &TestHost) -> String {
@@ -54,16 +41,24 @@ fn dockerfile(host: &TestHost) -> String {
 
 /// The one `build_finished` of `tag`; fails when a second build record (a partial one, or a
 /// second record for the tag) shows that the build was split.
-fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str) -> Value {
-    let f = sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+fn whole_build(
+    sc: &Scenario,
+    sensor: &SensorProcess,
+    tag: &str,
+    host: &TestHost,
+    builder: &str,
+) -> Value {
+    let f = build_record(sensor, "build_finished", tag, WAIT);
     eprintln!("{f}");
-    let id = image_id(tag);
-    assert_eq!(f["builder"], builder, "{f}");
-    assert_eq!(f["status"], "succeeded", "{f}");
-    assert_eq!(f["partial"], false, "{f}");
-    assert_eq!(f["image_id"].as_str(), Some(id.as_str()), "{f}");
+    assert_fields(
+        &f,
+        &[
+            ("builder", eq(builder)),
+            ("status", eq("succeeded")),
+            ("partial", eq(false)),
+            ("image_id", eq(sc.image_id(tag))),
+        ],
+    );
     let wget = format!("/bin/sh -c wget -q -O /x {}", host.url(PORT, "payload"));
     let expected = [
         (wget.clone(), Some(0)),
@@ -117,10 +112,9 @@ fn whole_build(sensor: &SensorProcess, tag: &str, host: &TestHost, builder: &str
 
 /// `docker build -q` of the downloading Dockerfile: one whole record, within a second.
 fn quiet_docker_build_is_whole(builder: Builder, name: &str) -> Value {
-    let host = setup();
-    let mut sensor = start_sensor();
+    let (sc, host, mut sensor) = setup();
     let ctx = BuildContext::new(&dockerfile(&host));
-    let tag = unique_tag(name);
+    let tag = sc.tag(name);
     let out = docker_build_quiet(ctx.path(), &tag, builder);
     let returned = Instant::now();
     assert!(
@@ -129,23 +123,26 @@ fn quiet_docker_build_is_whole(builder: Builder, name: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+    build_record(&sensor, "build_finished", &tag, WAIT);
     let latency = returned.elapsed();
     let expect_builder = match builder {
         Builder::Legacy => "legacy",
         Builder::BuildKit => "buildkit",
     };
-    let f = whole_build(&sensor, &tag, &host, expect_builder);
+    let f = whole_build(&sc, &sensor, &tag, &host, expect_builder);
     eprintln!("build_finished {latency:?} after docker build -q returned");
     assert_eq!(
         printed,
-        image_id(&tag),
+        sc.image_id(&tag),
         "docker build -q prints the image id"
     );
-    assert_eq!(f["client"]["exe"], "/usr/bin/docker", "{f}");
-    assert_eq!(f["params"]["quiet"], true, "{f}");
+    assert_fields(
+        &f,
+        &[
+            ("client.exe", eq("/usr/bin/docker")),
+            ("params.quiet", eq(true)),
+        ],
+    );
     // The record goes out at the end of the response, not after a grace period (it was about
     // 1.7 s before); generous against a loaded machine.
     assert!(
@@ -153,7 +150,6 @@ fn quiet_docker_build_is_whole(builder: Builder, name: &str) -> Value {
         "build_finished came {latency:?} late"
     );
     sensor.stop().unwrap();
-    remove_image(&tag);
     f
 }
 
@@ -173,24 +169,25 @@ fn buildkit_quiet_docker_build_is_whole() {
 
 #[test]
 fn curl_quiet_api_build_is_whole() {
-    let host = setup();
-    let mut sensor = start_sensor();
-    let tag = unique_tag("quiet-curl");
+    let (sc, host, mut sensor) = setup();
+    let tag = sc.tag("quiet-curl");
     let body = curl_build(&dockerfile(&host), &format!("q=1&nocache=1&t={tag}"));
-    let id = image_id(&tag);
+    let id = sc.image_id(&tag);
     assert!(
         body.contains(&id),
         "the quiet stream ends with the image id: {body}"
     );
-    let f = whole_build(&sensor, &tag, &host, "legacy");
-    assert!(
-        f["client"]["exe"]
-            .as_str()
-            .is_some_and(|e| e.ends_with("/curl")),
-        "{f}"
+    let f = whole_build(&sc, &sensor, &tag, &host, "legacy");
+    assert_fields(
+        &f,
+        &[(
+            "client.exe",
+            satisfies("a path ending in /curl", |e| {
+                e.as_str().is_some_and(|e| e.ends_with("/curl"))
+            }),
+        )],
     );
     sensor.stop().unwrap();
-    remove_image(&tag);
 }
 
 fn quiet_legacy_build(dockerfile: String, tag: String) -> thread::JoinHandle<bool> {
@@ -220,10 +217,9 @@ fn commands(f: &Value) -> Vec<String> {
 /// build by the image that build wrote, or counted as unattributed; never given to the other.
 #[test]
 fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
-    let _host = setup();
-    let mut sensor = start_sensor();
+    let (sc, _host, mut sensor) = setup();
     let tags: Vec<String> = (0..2)
-        .map(|i| unique_tag(&format!("quiet-overlap-{i}")))
+        .map(|i| sc.tag(&format!("quiet-overlap-{i}")))
         .collect();
     let run_text = |i: usize| format!("sleep 2 && echo first-{i}");
     let builds: Vec<_> = (0..2)
@@ -241,12 +237,15 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
         assert!(b.join().unwrap(), "a quiet build failed");
     }
     for (i, tag) in tags.iter().enumerate() {
-        let f = sensor
-            .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+        let f = build_record(&sensor, "build_finished", tag, WAIT);
         eprintln!("{f}");
-        assert_eq!(f["status"], "succeeded", "{f}");
-        assert_eq!(f["image_id"].as_str(), Some(image_id(tag).as_str()), "{f}");
+        assert_fields(
+            &f,
+            &[
+                ("status", eq("succeeded")),
+                ("image_id", eq(sc.image_id(tag))),
+            ],
+        );
         assert_eq!(
             commands(&f),
             [
@@ -260,8 +259,8 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
 
     // One of two fails while the other runs: the failed step could be either's until both
     // end, and the failed build wrote no image to tell: it is counted, not guessed.
-    let ok = unique_tag("quiet-overlap-ok");
-    let bad = unique_tag("quiet-overlap-bad");
+    let ok = sc.tag("quiet-overlap-ok");
+    let bad = sc.tag("quiet-overlap-bad");
     let a = quiet_legacy_build(
         format!("FROM {BASE}\nRUN sleep 3 && echo a-ok\n"),
         ok.clone(),
@@ -270,10 +269,8 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
     let b = quiet_legacy_build(format!("FROM {BASE}\nRUN sleep 1 && exit 3\n"), bad.clone());
     assert!(a.join().unwrap());
     assert!(!b.join().unwrap());
-    let fa = sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &ok), WAIT)
-        .unwrap();
-    assert_eq!(fa["status"], "succeeded", "{fa}");
+    let fa = build_record(&sensor, "build_finished", &ok, WAIT);
+    assert_fields(&fa, &[("status", eq("succeeded"))]);
     assert_eq!(commands(&fa), ["/bin/sh -c sleep 3 && echo a-ok"], "{fa}");
     sensor.stop().unwrap();
     let finished = sensor.records_of_kind("build_finished");
@@ -286,7 +283,7 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
         })
         .unwrap_or_else(|| panic!("no build_finished for {bad}"));
     eprintln!("{fb}");
-    assert_eq!(fb["status"], "failed", "{fb}");
+    assert_fields(fb, &[("status", eq("failed"))]);
     let own = commands(fb);
     assert!(
         own.is_empty() || own == ["/bin/sh -c sleep 1 && exit 3"],
@@ -300,7 +297,6 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
         1,
         "the failed step is either the failed build's or counted: {last}"
     );
-    remove_image(&ok);
 }
 
 /// Two quiet BuildKit builds at once: BuildKit's quiet stream carries no progress to match RUN
@@ -308,10 +304,9 @@ fn overlapping_quiet_legacy_builds_are_never_mixed_up() {
 /// counted; never the other build's.
 #[test]
 fn overlapping_quiet_buildkit_builds_are_never_mixed_up() {
-    let _host = setup();
-    let mut sensor = start_sensor();
+    let (sc, _host, mut sensor) = setup();
     let tags: Vec<String> = (0..2)
-        .map(|i| unique_tag(&format!("quiet-bk-overlap-{i}")))
+        .map(|i| sc.tag(&format!("quiet-bk-overlap-{i}")))
         .collect();
     let builds: Vec<_> = (0..2)
         .map(|i| {
@@ -327,12 +322,15 @@ fn overlapping_quiet_buildkit_builds_are_never_mixed_up() {
     }
     let mut attributed = 0;
     for (i, tag) in tags.iter().enumerate() {
-        let f = sensor
-            .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, tag), WAIT)
-            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+        let f = build_record(&sensor, "build_finished", tag, WAIT);
         eprintln!("{f}");
-        assert_eq!(f["status"], "succeeded", "{f}");
-        assert_eq!(f["image_id"].as_str(), Some(image_id(tag).as_str()), "{f}");
+        assert_fields(
+            &f,
+            &[
+                ("status", eq("succeeded")),
+                ("image_id", eq(sc.image_id(tag))),
+            ],
+        );
         for c in commands(&f) {
             assert!(
                 c.ends_with(&format!("-{i}")),
@@ -340,7 +338,6 @@ fn overlapping_quiet_buildkit_builds_are_never_mixed_up() {
             );
         }
         attributed += commands(&f).len() as u64;
-        remove_image(tag);
     }
     sensor.stop().unwrap();
     let stats = sensor.records_of_kind("sensor_stats");

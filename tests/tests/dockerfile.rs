@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use sensor_tests::*;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -17,20 +16,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-fn dockerfile_of(sensor: &SensorProcess, build_id: &str) -> Value {
-    sensor
-        .wait_for(
-            |r| r["kind"] == "build_dockerfile" && r["build_id"] == build_id,
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no build_dockerfile for {build_id}: {e:#}"))
-}
-
 fn check(sensor: &SensorProcess, tag: &str, text: &str, ip: &str) {
     let finished = build_record(sensor, "build_finished", tag, WAIT);
-    assert_eq!(finished["status"], "succeeded", "{finished}");
+    assert_fields(&finished, &[("status", eq("succeeded"))]);
     let build_id = finished["build_id"].as_str().unwrap();
-    let d = dockerfile_of(sensor, build_id);
+    let d = sensor.expect_record("build_dockerfile", &[("build_id", eq(build_id))], WAIT);
     let got = d["text"].as_str().unwrap();
     assert!(got.contains("# fetch the tool"), "comments are kept: {d}");
     assert!(got.contains("LABEL team=payments"), "{d}");
@@ -39,17 +29,23 @@ fn check(sensor: &SensorProcess, tag: &str, text: &str, ip: &str) {
         "ARG defaults are redacted: {d}"
     );
     assert!(!got.contains("s3cret"), "{d}");
-    assert_eq!(
-        d["sha256"].as_str().unwrap(),
-        sha256_hex(text.as_bytes()),
-        "{d}"
+    assert_fields(
+        &d,
+        &[
+            ("sha256", eq(sha256_hex(text.as_bytes()))),
+            ("size", eq(text.len())),
+            ("truncated", eq(false)),
+        ],
     );
-    assert_eq!(d["size"].as_u64(), Some(text.len() as u64), "{d}");
-    assert_eq!(d["truncated"], false);
     // build_finished carries the same text and digest (it is written after the Dockerfile).
     let finished = build_record(sensor, "build_finished", tag, WAIT);
-    assert_eq!(finished["dockerfile"]["sha256"], d["sha256"], "{finished}");
-    assert_eq!(finished["dockerfile"]["text"], d["text"], "{finished}");
+    assert_fields(
+        &finished,
+        &[
+            ("dockerfile.sha256", eq(d["sha256"].clone())),
+            ("dockerfile.text", eq(d["text"].clone())),
+        ],
+    );
     let kws: Vec<&str> = d["instructions"]
         .as_array()
         .unwrap()
@@ -57,62 +53,54 @@ fn check(sensor: &SensorProcess, tag: &str, text: &str, ip: &str) {
         .map(|i| i["instruction"].as_str().unwrap())
         .collect();
     assert_eq!(kws, ["FROM", "ARG", "ENV", "LABEL", "RUN"], "{d}");
-    let f = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "build_suspicious_instruction"
-                    && r["build_id"] == build_id
-            },
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(f["severity"], "high", "{f}");
-    assert_eq!(f["attack"][0], "T1612");
-    let m = &f["details"]["matches"][0];
-    assert_eq!(m["pattern"], "download_from_ip_address", "{f}");
-    assert_eq!(m["line"], 6, "{f}");
-    assert!(m["instruction"].as_str().unwrap().contains(ip), "{f}");
+    let f = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("build_suspicious_instruction")),
+            ("build_id", eq(build_id)),
+        ],
+        WAIT,
+    );
+    assert_fields(
+        &f,
+        &[
+            ("severity", eq("high")),
+            ("attack.0", eq("T1612")),
+            ("details.matches.0.pattern", eq("download_from_ip_address")),
+            ("details.matches.0.line", eq(6)),
+            ("details.matches.0.instruction", contains(ip)),
+        ],
+    );
 }
 
 #[test]
 fn the_dockerfile_is_recorded_for_each_builder_and_client() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let peer = TestHost::new("dfile");
+    let sc = Scenario::new("loading eBPF programs");
+    let peer = sc.host("dfile");
     peer.serve_http(8080, &[("tool", b"#!/bin/sh\necho tool\n")]);
     let ip = peer.ip().to_string();
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--state-dir",
-        state.path().to_str().unwrap(),
+        &sc.state_dir(),
         "--kinds",
         "sensor,builds,findings",
-    ])
-    .unwrap();
+    ]);
     let text = format!(
-        "FROM localbase:1\nARG TOKEN=s3cret\nENV MODE=prod\nLABEL team=payments\n# fetch the tool\nRUN wget -q -O /tool {} \\\n && chmod +x /tool\n",
+        "FROM {BASE_IMAGE}\nARG TOKEN=s3cret\nENV MODE=prod\nLABEL team=payments\n# fetch the tool\nRUN wget -q -O /tool {} \\\n && chmod +x /tool\n",
         peer.url(8080, "tool")
     );
     let ctx = BuildContext::new(&text);
-    let mut tags = Vec::new();
     for builder in [Builder::BuildKit, Builder::Legacy] {
-        let tag = unique_tag("dockerfile");
+        let tag = sc.tag("dockerfile");
         let out = ctx.build(&tag, builder);
         assert!(out.status.success(), "{builder:?} build failed");
         check(&sensor, &tag, &text, &ip);
-        tags.push(tag);
     }
     // A raw API upload with curl: the context tar in the request body.
-    let tag = unique_tag("dockerfile-api");
+    let tag = sc.tag("dockerfile-api");
     curl_build(&text, &format!("t={}", tag.replace(':', "%3A")));
     check(&sensor, &tag, &text, &ip);
-    tags.push(tag);
     let records = sensor.records();
     assert_records_match_schema(&records);
     assert!(sensor.stop().unwrap().success());
-    for t in &tags {
-        remove_image(t);
-    }
 }

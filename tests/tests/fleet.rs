@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, ContainerGuard, Dockerd, ImageGuard, LocalRegistry, SensorProcess,
-    TestHost, assert_records_match_schema, build_record, docker_cli, ensure_base_image,
-    remove_image, require_root, run, sensor_bin, unique_tag, workspace_root,
+    BuildContext, Builder, Cmd, LocalRegistry, Scenario, assert_fields,
+    assert_records_match_schema, build_record, docker_cli, eq, remove_image, run, sensor_bin,
+    workspace_root,
 };
 use serde_json::Value;
 
@@ -241,19 +241,16 @@ fn recorded_streams_load_into_clickhouse_without_rejects() {
 
 #[test]
 fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
-    require_root("the fleet test (dockerd, a local registry, network namespaces, eBPF)");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    let src = TestHost::new("fleetsrc");
+    let sc = Scenario::new("the fleet test (dockerd, a local registry, network namespaces, eBPF)");
+    let src = sc.host("fleetsrc");
     src.serve_http(8080, &[("payload.sh", b"#!/bin/sh\necho implanted\n")]);
     let registry = LocalRegistry::start();
-    let state = tempfile::tempdir().unwrap();
-    let dir = state.path();
+    let dir = sc.dir();
     let ocsf_a = dir.join("nodea.ocsf.ndjson");
     let ocsf_sink = format!("file:{}?format=ocsf&name=ocsf", ocsf_a.display());
     let state_a = dir.join("state-a");
     let state_b = dir.join("state-b");
-    let mut node_a = SensorProcess::start(&[
+    let mut node_a = sc.start_sensor(&[
         "--host",
         "nodea",
         "--state-dir",
@@ -262,16 +259,15 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
         "stdout",
         "--sink",
         &ocsf_sink,
-    ])
-    .unwrap();
+    ]);
 
     // Node A: build with a download from the test host, push to the registry. The step also asks
     // the test host for a name (it serves no DNS: the query goes out, unanswered), so that the
     // OCSF stream has a DNS Activity event too.
-    let tag = unique_tag("fleet");
+    let tag = sc.tag("fleet");
     let (repo, version) = tag.split_once(':').unwrap();
     let pushed = format!("{}/{repo}:{version}", registry.host());
-    let _images = ImageGuard(vec![tag.clone(), pushed.clone()]);
+    sc.image(&pushed);
     let url = src.url(8080, "payload.sh");
     BuildContext::new(&format!(
         "FROM {BASE}\nRUN (nslookup payload.fleet-test.example {ip} || true) && wget -q -O /payload.sh {url} && chmod +x /payload.sh\n",
@@ -279,24 +275,22 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
     ))
     .build(&tag, Builder::BuildKit);
     let build = build_record(&node_a, "build_finished", &tag, WAIT);
-    assert_eq!(build["host"], "nodea", "{build}");
-    assert_eq!(build["status"], "succeeded", "{build}");
+    assert_fields(
+        &build,
+        &[("host", eq("nodea")), ("status", eq("succeeded"))],
+    );
     let build_id = build["build_id"].as_str().unwrap().to_string();
     let image_id = build["image_id"].as_str().unwrap().to_string();
     run(docker_cli(), &["tag", &tag, &pushed]);
     let repo_digest = registry.push(&pushed);
+    // Pulled back by digest below: removed at the end too.
+    sc.image(&repo_digest);
     let digest = repo_digest.split_once('@').unwrap().1.to_string();
-    node_a
-        .wait_for(
-            |r| r["kind"] == "image_push" && r["reference"] == pushed.as_str(),
-            WAIT,
-        )
-        .unwrap();
+    node_a.expect_record("image_push", &[("reference", eq(pushed.as_str()))], WAIT);
 
     // Node B comes up knowing nothing of the build; the image leaves this host's store.
     let mut node_b =
-        SensorProcess::start(&["--host", "nodeb", "--state-dir", state_b.to_str().unwrap()])
-            .unwrap();
+        sc.start_sensor(&["--host", "nodeb", "--state-dir", state_b.to_str().unwrap()]);
     remove_image(&pushed);
     remove_image(&tag);
     assert!(
@@ -312,32 +306,23 @@ fn build_on_one_node_push_then_run_on_another_is_one_lineage_in_clickhouse() {
         .args(["pull", &repo_digest])
         .timeout(Duration::from_secs(120))
         .run();
-    let name = format!("fleet-{}", std::process::id());
-    let _container = ContainerGuard(name.clone());
+    let name = sc.container_name("fleet");
     run(
         docker_cli(),
         &["run", "--rm", "--name", &name, &repo_digest, "true"],
     );
-    let start = node_b
-        .wait_for(
-            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(start["host"], "nodeb", "{start}");
-    assert_eq!(start["image_id"], image_id.as_str(), "{start}");
+    let start = node_b.expect_record("container_start", &[("name", eq(name.as_str()))], WAIT);
+    assert_fields(
+        &start,
+        &[("host", eq("nodeb")), ("image_id", eq(image_id.as_str()))],
+    );
     assert!(
         start.get("build_id").is_none(),
         "node B knew the build: {start}"
     );
     let container_id = start["container_id"].as_str().unwrap().to_string();
     // Node A sees the same start on this shared dockerd: wait for it so that both streams hold it.
-    node_a
-        .wait_for(
-            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
-            WAIT,
-        )
-        .unwrap();
+    node_a.expect_record("container_start", &[("name", eq(name.as_str()))], WAIT);
     assert!(node_b.stop().unwrap().success());
     assert!(node_a.stop().unwrap().success());
     assert_records_match_schema(&node_a.records());

@@ -16,12 +16,10 @@ fn argv_has(r: &Value, needle: &str) -> bool {
 
 #[test]
 fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let peer = TestHost::new("found");
+    let sc = Scenario::new("loading eBPF programs");
+    let peer = sc.host("found");
     peer.serve_http(8080, &[("payload", b"payload-bytes")]);
-    let mut sensor = SensorProcess::start(&["--stats-interval", "2"]).unwrap();
+    let mut sensor = sc.start_sensor(&["--stats-interval", "2"]);
 
     // A container: its process descends from the runtime, so its exec is reported.
     let marker = unique_tag("run-marker").replace(':', "-");
@@ -42,27 +40,36 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
             WAIT,
         )
         .unwrap();
-    assert_eq!(exec["process"]["role"], "descendant", "{exec}");
-    assert!(exec["process"]["pid"].as_u64().unwrap() > 0);
-    assert!(exec["start_time_ns"].as_u64().unwrap() > 0);
+    let positive = || satisfies("a number > 0", |v| v.as_u64().is_some_and(|n| n > 0));
+    assert_fields(
+        &exec,
+        &[
+            ("process.role", eq("descendant")),
+            ("process.pid", positive()),
+            ("start_time_ns", positive()),
+        ],
+    );
 
     // A build step that downloads from a test host: the connect carries the step's pid and the
     // test host's address, and the step's exec has the same pid.
-    let tag = unique_tag("found-build");
-    BuildContext::new(&format!(
-        "FROM localbase:1\nRUN wget -q -O /x {}\n",
-        peer.url(8080, "payload")
-    ))
-    .build(&tag, Builder::BuildKit);
+    sc.build(
+        "found-build",
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN wget -q -O /x {}\n",
+            peer.url(8080, "payload")
+        ),
+        Builder::BuildKit,
+    );
     let ip = peer.ip().to_string();
-    let conn = sensor
-        .wait_for(
-            |r| r["kind"] == "connect" && r["dst_addr"] == ip.as_str() && r["dst_port"] == 8080,
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(conn["result"], "established", "{conn}");
-    assert_eq!(conn["protocol"], "tcp");
+    let conn = sensor.expect_record(
+        "connect",
+        &[("dst_addr", eq(ip.as_str())), ("dst_port", eq(8080))],
+        WAIT,
+    );
+    assert_fields(
+        &conn,
+        &[("result", eq("established")), ("protocol", eq("tcp"))],
+    );
     let pid = conn["process"]["pid"].as_u64().unwrap();
     let records = sensor.records();
     assert!(
@@ -86,33 +93,25 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .unwrap();
     let curl_pid = curl.id() as u64;
     assert!(curl.wait().unwrap().success());
-    let req = sensor
-        .wait_for(
-            |r| r["kind"] == "api_request" && r["client"]["pid"].as_u64() == Some(curl_pid),
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(req["method"], "GET");
-    assert_eq!(req["path"], "/v1.41/images/json");
-    assert_eq!(req["endpoint"], "/images/json");
-    assert_eq!(req["query"], "all=1");
-    assert!(
-        req["user_agent"].as_str().unwrap().starts_with("curl/"),
-        "{req}"
+    let req = sensor.expect_record("api_request", &[("client.pid", eq(curl_pid))], WAIT);
+    assert_fields(
+        &req,
+        &[
+            ("method", eq("GET")),
+            ("path", eq("/v1.41/images/json")),
+            ("endpoint", eq("/images/json")),
+            ("query", eq("all=1")),
+            ("user_agent", starts_with("curl/")),
+            ("client.transport", eq("unix")),
+            ("client.exe", eq("/usr/bin/curl")),
+            ("process.comm", eq("dockerd")),
+        ],
     );
-    assert_eq!(req["client"]["transport"], "unix");
-    assert_eq!(req["client"]["exe"], "/usr/bin/curl");
-    assert_eq!(req["process"]["comm"], "dockerd");
-    sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "connect"
-                    && r["path"] == DOCKER_SOCKET
-                    && r["process"]["pid"].as_u64() == Some(curl_pid)
-            },
-            WAIT,
-        )
-        .unwrap();
+    sensor.expect_record(
+        "connect",
+        &[("path", eq(DOCKER_SOCKET)), ("process.pid", eq(curl_pid))],
+        WAIT,
+    );
 
     // A longer-lived API client: its parent is known too (read while it is alive).
     let mut sh = Command::new("/bin/sh")
@@ -123,17 +122,12 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .spawn()
         .unwrap();
     let sh_pid = sh.id() as u64;
-    let c = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "connect"
-                    && r["path"] == DOCKER_SOCKET
-                    && r["process"]["ppid"].as_u64() == Some(sh_pid)
-            },
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(c["process"]["role"], "api_client", "{c}");
+    let c = sensor.expect_record(
+        "connect",
+        &[("path", eq(DOCKER_SOCKET)), ("process.ppid", eq(sh_pid))],
+        WAIT,
+    );
+    assert_fields(&c, &[("process.role", eq("api_client"))]);
     let _ = sh.wait();
 
     // An unrelated process outside any runtime tree produces nothing.
@@ -164,19 +158,22 @@ fn runtime_trees_are_traced_and_unrelated_processes_are_not() {
         .rev()
         .find(|r| r["kind"] == "sensor_stats")
         .unwrap();
-    assert_eq!(last["final_report"], true);
-    assert_eq!(last["drops"]["ringbuf_full"], 0, "{last}");
-    assert!(last["events"]["exec"].as_u64().unwrap() > 0);
-    remove_image(&tag);
+    assert_fields(
+        &last,
+        &[
+            ("final_report", eq(true)),
+            ("drops.ringbuf_full", eq(0)),
+            ("events.exec", positive()),
+        ],
+    );
 }
 
 #[test]
 fn hostile_argv_bytes_give_valid_json() {
-    require_root("loading eBPF programs");
-    let mut sensor = SensorProcess::start(&["--runtime-name", "hostile-rt"]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let mut sensor = sc.start_sensor(&["--runtime-name", "hostile-rt"]);
     // A tracked root (by name) that execs a child with invalid UTF-8, quotes and newlines in argv.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("hostile-rt");
+    let rt = sc.path("hostile-rt");
     std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
     let script = "exec /bin/echo \"$(printf 'a\\377b\\nq\"\\001')\" hostile-marker > /dev/null";
     let st = Command::new(&rt).args(["-c", script]).status().unwrap();
@@ -235,11 +232,9 @@ fn check_and_bad_flags_give_one_clear_line() {
 
 #[test]
 fn dns_queries_and_accepts_in_runtime_trees() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dns_host = TestHost::new("dns");
-    let mut sensor = SensorProcess::start(&["--runtime-name", "accept-rt"]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let dns_host = sc.host("dns");
+    let mut sensor = sc.start_sensor(&["--runtime-name", "accept-rt"]);
 
     // A container resolving a name against a test host's port 53 (nothing answers; the query
     // itself is what is reported).
@@ -255,28 +250,31 @@ fn dns_queries_and_accepts_in_runtime_trees() {
         ])
         .timeout(Duration::from_secs(60))
         .output();
-    let q = sensor
-        .wait_for(
-            |r| r["kind"] == "dns_query" && r["query_name"] == name,
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(q["server_addr"], dns_host.ip().to_string());
-    assert_eq!(q["server_port"], 53);
-    assert_eq!(q["query_type"], "A");
+    let q = sensor.expect_record(
+        "dns_query",
+        &[
+            ("query_name", eq(name)),
+            ("server_addr", eq(dns_host.ip().to_string())),
+        ],
+        WAIT,
+    );
+    assert_fields(&q, &[("server_port", eq(53)), ("query_type", eq("A"))]);
 
     // A tracked process (by name) accepting a loopback TCP connection.
-    let dir = tempfile::tempdir().unwrap();
-    let rt = dir.path().join("accept-rt");
+    let rt = sc.path("accept-rt");
     std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
+    // A port of its own: other tests on this host listen too.
+    let port = free_loopback_port();
     // The tracked root execs into the listener: what it runs stays in the tree.
-    let mut server = Command::new(&rt)
-        .args(["-c", "exec busybox nc -l -p 38123 127.0.0.1"])
-        .spawn()
-        .unwrap();
+    let server = KillOnDrop(
+        Command::new(&rt)
+            .args(["-c", &format!("exec busybox nc -l -p {port} 127.0.0.1")])
+            .spawn()
+            .unwrap(),
+    );
     let mut client = None;
     for _ in 0..50 {
-        if let Ok(s) = std::net::TcpStream::connect("127.0.0.1:38123") {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             client = Some(s);
             break;
         }
@@ -284,14 +282,26 @@ fn dns_queries_and_accepts_in_runtime_trees() {
     }
     let client = client.expect("the tracked listener never accepted");
     let local_port = client.local_addr().unwrap().port();
-    let a = sensor
-        .wait_for(|r| r["kind"] == "accept" && r["local_port"] == 38123, WAIT)
-        .unwrap();
-    assert_eq!(a["peer_addr"], "127.0.0.1");
-    assert_eq!(a["peer_port"], local_port);
-    assert_eq!(a["process"]["pid"].as_u64(), Some(server.id() as u64));
+    let a = sensor.expect_record("accept", &[("local_port", eq(port))], WAIT);
+    assert_fields(
+        &a,
+        &[
+            ("peer_addr", eq("127.0.0.1")),
+            ("peer_port", eq(local_port)),
+            ("process.pid", eq(server.0.id())),
+        ],
+    );
     drop(client);
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(sensor.stop().unwrap().success());
+}
+
+/// Kills and reaps a child process when dropped, also when the test fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -408,3 +408,52 @@ fn http_get(host: &str, port: u16, path: &str) -> String {
     s.read_to_string(&mut body).unwrap();
     body
 }
+
+/// A [`sensor_tests::Scenario`] removes what the test made through it (images, containers,
+/// test hosts, its directory) when the test panics half-way.
+#[test]
+fn scenario_cleans_up_after_a_panicking_test() {
+    require_root("starting dockerd and creating a network namespace");
+    let made = std::sync::Mutex::new(None);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let sc = sensor_tests::Scenario::new("the scenario test");
+        let tag = sc.build(
+            "scenario-cleanup",
+            &format!("FROM {BASE}\nRUN echo x > /x\n"),
+            Builder::BuildKit,
+        );
+        let name = sc.container_name("scenario-cleanup");
+        run(
+            docker_cli(),
+            &["run", "-d", "--name", &name, &tag, "sleep", "60"],
+        );
+        let host = sc.host("cleanup");
+        *made.lock().unwrap() = Some((tag, name, host.netns().to_string(), sc.dir().to_path_buf()));
+        panic!("the test fails here");
+    }));
+    assert!(outcome.is_err(), "the scenario's test did not panic");
+    let (tag, name, netns, dir) = made.lock().unwrap().take().expect("nothing was made");
+    let exists = |args: &[&str]| {
+        Cmd::new(docker_cli())
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        !exists(&["container", "inspect", &name]),
+        "container {name} left behind"
+    );
+    assert!(
+        !exists(&["image", "inspect", &tag]),
+        "image {tag} left behind"
+    );
+    let namespaces = run("ip", &["netns", "list"]);
+    assert!(
+        !String::from_utf8_lossy(&namespaces.stdout)
+            .split_whitespace()
+            .any(|n| n == netns),
+        "network namespace {netns} left behind"
+    );
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -10,57 +10,49 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn short_lived_container_from_a_host_built_image_is_linked_and_flagged() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor =
-        SensorProcess::start(&["--state-dir", state.path().to_str().unwrap()]).unwrap();
+    let sc = Scenario::new("loading eBPF programs");
+    let mut sensor = sc.start_sensor(&["--state-dir", &sc.state_dir()]);
 
-    let tag = unique_tag("shortlived");
-    BuildContext::new("FROM localbase:1\nRUN echo payload > /payload\n")
-        .build(&tag, Builder::BuildKit);
-    let built = sensor
-        .wait_for(|r| is_build_finished_for(r, &tag), WAIT)
-        .unwrap();
-    assert_eq!(built["status"], "succeeded", "{built}");
+    let tag = sc.build(
+        "shortlived",
+        &format!("FROM {BASE_IMAGE}\nRUN echo payload > /payload\n"),
+        Builder::BuildKit,
+    );
+    let built = build_record(&sensor, "build_finished", &tag, WAIT);
+    assert_fields(&built, &[("status", eq("succeeded"))]);
     let build_id = built["build_id"].as_str().unwrap().to_string();
 
-    let name = unique_tag("shortlived-run").replace([':', '.'], "-");
-    run(
-        docker_cli(),
-        &["run", "--rm", "--name", &name, &tag, "true"],
+    let name = sc.container_name("shortlived-run");
+    sc.docker(&["run", "--rm", "--name", &name, &tag, "true"]);
+    let start = sensor.expect_record("container_start", &[("name", eq(name.as_str()))], WAIT);
+    assert_fields(
+        &start,
+        &[
+            ("build_id", eq(build_id.as_str())),
+            ("image", eq(tag.as_str())),
+            ("image_id", eq(built["image_id"].clone())),
+            ("runtime", eq("docker")),
+            ("client.exe", eq("/usr/bin/docker")),
+            (
+                "seconds_since_build",
+                satisfies("a number of seconds", |s| s.as_u64().is_some()),
+            ),
+        ],
     );
-    let start = sensor
-        .wait_for(
-            |r| r["kind"] == "container_start" && r["name"] == name.as_str(),
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(start["build_id"], build_id.as_str(), "{start}");
-    assert_eq!(start["image"], tag.as_str());
-    assert_eq!(start["image_id"], built["image_id"]);
-    assert_eq!(start["runtime"], "docker");
-    assert_eq!(start["client"]["exe"], "/usr/bin/docker");
-    assert!(start["seconds_since_build"].as_u64().is_some());
-    let finding = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "deploy_soon_after_build"
-                    && r["build_id"] == build_id.as_str()
-            },
-            WAIT,
-        )
-        .unwrap();
-    assert_eq!(finding["container_id"], start["container_id"]);
-    assert!(
-        finding["attack"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|a| a == "T1612")
+    let finding = sensor.expect_record(
+        "finding",
+        &[
+            ("rule", eq("deploy_soon_after_build")),
+            ("build_id", eq(build_id.as_str())),
+        ],
+        WAIT,
+    );
+    assert_fields(
+        &finding,
+        &[
+            ("container_id", eq(start["container_id"].clone())),
+            ("attack", contains("T1612")),
+        ],
     );
     assert!(sensor.stop().unwrap().success());
-    remove_image(&tag);
 }

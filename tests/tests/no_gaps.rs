@@ -8,32 +8,21 @@
 
 use std::time::{Duration, Instant};
 
-use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, docker_build_quiet, docker_cli,
-    ensure_base_image, remove_image, require_root, storage_base, storage_build, unique_tag,
-};
-use serde_json::Value;
+use sensor_tests::*;
 
-const BASE: &str = "localbase:1";
+const BASE: &str = BASE_IMAGE;
 const WAIT: Duration = Duration::from_secs(60);
 
-fn image_id(tag: &str) -> String {
-    let out = Cmd::new(docker_cli())
-        .args(["image", "inspect", "--format", "{{.Id}}", tag])
-        .run();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn sensor(state_dir: &str) -> SensorProcess {
-    SensorProcess::start(&[
+fn sensor(sc: &Scenario) -> SensorProcess {
+    let state_dir = sc.state_dir();
+    sc.start_sensor(&[
         "--stats-interval",
         "0",
         "--state-dir",
-        state_dir,
+        &state_dir,
         "--kinds",
         "sensor_started,build_finished,container_start,image_discovered,finding,sensor_stats",
     ])
-    .expect("sensor start")
 }
 
 fn sigkill(s: &SensorProcess) {
@@ -48,22 +37,16 @@ fn run_container(tag: &str) {
         .run();
 }
 
-fn start_of(s: &SensorProcess, image: &str) -> Value {
-    s.wait_for(
-        |r| r["kind"] == "container_start" && r["image"] == image,
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("no container_start of {image}: {e:#}"))
+fn start_of(s: &SensorProcess, image: &str) -> serde_json::Value {
+    s.expect_record("container_start", &[("image", eq(image))], WAIT)
 }
 
 #[test]
 fn sigkill_right_after_a_build_keeps_its_lineage() {
-    let state = setup();
-    let state_dir = state.path().join("state");
-    let state_dir = state_dir.to_str().unwrap();
+    let sc = Scenario::new("running the sensor and dockerd");
     for builder in [Builder::Legacy, Builder::BuildKit] {
-        let mut first = sensor(state_dir);
-        let tag = unique_tag(&format!("nogaps-kill-{builder:?}"));
+        let mut first = sensor(&sc);
+        let tag = sc.tag(&format!("nogaps-kill-{builder:?}"));
         build_quiet(
             builder,
             &tag,
@@ -74,31 +57,26 @@ fn sigkill_right_after_a_build_keeps_its_lineage() {
         // sensor cannot persist what it has not yet read from the ring buffer (it reads in
         // batches a few milliseconds apart), and a kill in that window raced the reader.
         let returned = Instant::now();
-        first
-            .wait_for(
-                |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &tag),
-                WAIT,
-            )
-            .unwrap_or_else(|e| panic!("no build_finished for {tag}: {e:#}"));
+        build_record(&first, "build_finished", &tag, WAIT);
         sigkill(&first);
         let killed_after = returned.elapsed();
         let status = first.stop().unwrap();
         assert!(!status.success(), "the sensor was not killed: {status}");
         eprintln!("{builder:?}: SIGKILL {killed_after:?} after the build returned");
 
-        let mut second = sensor(state_dir);
+        let mut second = sensor(&sc);
         run_container(&tag);
         let start = start_of(&second, &tag);
         eprintln!("{start}");
-        assert_eq!(start["image_id"].as_str(), Some(image_id(&tag).as_str()));
-        assert!(
-            start["build_id"]
-                .as_str()
-                .is_some_and(|b| b.starts_with("b-")),
-            "the restarted sensor does not know the build of {tag}: {start}"
+        // build_id: else the restarted sensor does not know the build of the image.
+        assert_fields(
+            &start,
+            &[
+                ("image_id", eq(sc.image_id(&tag))),
+                ("build_id", starts_with("b-")),
+            ],
         );
         second.stop().unwrap();
-        remove_image(&tag);
     }
 }
 
@@ -114,74 +92,51 @@ fn build_quiet(builder: Builder, tag: &str, dockerfile: &str) {
     );
 }
 
-/// Root, the engine and the base image, and a state directory for the runs of one test.
-fn setup() -> tempfile::TempDir {
-    require_root("running the sensor and dockerd");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
-    tempfile::tempdir().unwrap()
-}
-
 #[test]
 fn build_while_the_sensor_is_stopped_is_discovered() {
-    let state = setup();
-    let state_dir = state.path().join("state");
-    let state_dir = state_dir.to_str().unwrap();
-
+    let sc = Scenario::new("running the sensor and dockerd");
     // A first run sees one build, then stops (its stop is the last time it watched).
-    let mut first = sensor(state_dir);
-    let seen = unique_tag("nogaps-seen");
+    let mut first = sensor(&sc);
+    let seen = sc.tag("nogaps-seen");
     build_quiet(
         Builder::Legacy,
         &seen,
         &format!("FROM {BASE}\nRUN echo seen > /m\n"),
     );
-    first
-        .wait_for(
-            |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
-            WAIT,
-        )
-        .unwrap();
+    build_record(&first, "build_finished", &seen, WAIT);
     assert!(first.stop().unwrap().success());
 
     // Built while nothing watched.
-    let unseen = unique_tag("nogaps-unseen");
+    let unseen = sc.tag("nogaps-unseen");
     build_quiet(
         Builder::Legacy,
         &unseen,
         &format!("FROM {BASE}\nRUN echo {unseen} > /m\n"),
     );
-    let unseen_id = image_id(&unseen);
+    let unseen_id = sc.image_id(&unseen);
 
-    let mut second = sensor(state_dir);
-    let d = second
-        .wait_for(
-            |r| r["kind"] == "image_discovered" && r["image_id"] == unseen_id.as_str(),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no image_discovered for {unseen}: {e:#}"));
+    let mut second = sensor(&sc);
+    let d = second.expect_record(
+        "image_discovered",
+        &[("image_id", eq(unseen_id.as_str()))],
+        WAIT,
+    );
     eprintln!("{d}");
-    assert_eq!(d["runtime"], "docker", "{d}");
-    assert!(
-        d["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t == unseen.as_str()),
-        "{d}"
+    assert_fields(
+        &d,
+        &[
+            ("runtime", eq("docker")),
+            ("tags", contains(unseen.as_str())),
+            (
+                "history",
+                contains(format!("/bin/sh -c echo {unseen} > /m")),
+            ),
+            ("repo_digests", eq(serde_json::json!([]))),
+        ],
     );
-    assert!(
-        d["history"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h == format!("/bin/sh -c echo {unseen} > /m").as_str()),
-        "{d}"
-    );
-    assert!(d["repo_digests"].as_array().unwrap().is_empty(), "{d}");
     assert!(d["created"].as_str() > d["seen_until"].as_str(), "{d}");
     // The image the first run saw built is not reported again.
-    let seen_id = image_id(&seen);
+    let seen_id = sc.image_id(&seen);
     assert!(
         !second
             .records_of_kind("image_discovered")
@@ -193,27 +148,25 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
     // Starting a container from it: no build explains the image.
     run_container(&unseen);
     let start = start_of(&second, &unseen);
-    assert_eq!(start["image_origin"], "unexplained", "{start}");
-    assert!(start.get("build_id").is_none_or(Value::is_null), "{start}");
-    let f = second
-        .wait_for(
-            |r| {
-                r["kind"] == "finding"
-                    && r["rule"] == "container_from_unexplained_image"
-                    && r["container_id"] == start["container_id"]
-            },
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no container_from_unexplained_image: {e:#}"));
+    assert_fields(
+        &start,
+        &[("image_origin", eq("unexplained")), ("build_id", absent())],
+    );
+    let f = second.expect_record(
+        "finding",
+        &[
+            ("rule", eq("container_from_unexplained_image")),
+            ("container_id", eq(start["container_id"].clone())),
+        ],
+        WAIT,
+    );
     eprintln!("{f}");
     // One built while watched: explained by its build.
     run_container(&seen);
     let s2 = start_of(&second, &seen);
-    assert_eq!(s2["image_origin"], "built_here", "{s2}");
+    assert_fields(&s2, &[("image_origin", eq("built_here"))]);
     second.stop().unwrap();
-    sensor_tests::assert_records_match_schema(&second.records());
-    remove_image(&seen);
-    remove_image(&unseen);
+    assert_records_match_schema(&second.records());
 }
 
 /// The same for buildah, on containers-storage: an image built while the sensor was stopped is
@@ -221,64 +174,52 @@ fn build_while_the_sensor_is_stopped_is_discovered() {
 /// not.
 #[test]
 fn buildah_build_while_the_sensor_is_stopped_is_discovered() {
-    let state = setup();
-    let state_dir = state.path().join("state");
-    let state_dir = state_dir.to_str().unwrap();
+    let sc = Scenario::new("running the sensor and dockerd");
     let from = storage_base(BASE);
     let bud = |tag: &str, marker: &str| -> String {
         let ctx = BuildContext::new(&format!("FROM {from}\nRUN echo {marker} > /m\n"));
         storage_build("buildah", ctx.path(), tag, &["-q"])
     };
-    let mut rmi = BuildahImages(Vec::new());
 
-    let mut first = sensor(state_dir);
+    let mut first = sensor(&sc);
     let seen = unique_tag("nogaps-bseen");
+    sc.storage_image("buildah", &seen);
     let seen_id = bud(&seen, "seen");
-    rmi.0.push(seen.clone());
-    first
-        .wait_for(
-            |r| r["kind"] == "build_finished" && sensor_tests::has_tag(r, &seen),
-            WAIT,
-        )
-        .unwrap();
+    build_record(&first, "build_finished", &seen, WAIT);
     assert!(first.stop().unwrap().success());
 
     let unseen = unique_tag("nogaps-bunseen");
+    sc.storage_image("buildah", &unseen);
     let unseen_id = bud(&unseen, &unseen);
-    rmi.0.push(unseen.clone());
 
-    let mut second = sensor(state_dir);
-    let d = second
-        .wait_for(
-            |r| r["kind"] == "image_discovered" && r["image_id"] == unseen_id.as_str(),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("no image_discovered for {unseen}: {e:#}"));
-    assert_eq!(d["runtime"], "containers-storage", "{d}");
-    assert!(
-        d["tags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t.as_str().is_some_and(|t| t.ends_with(unseen.as_str()))),
-        "{d}"
+    let mut second = sensor(&sc);
+    let d = second.expect_record(
+        "image_discovered",
+        &[("image_id", eq(unseen_id.as_str()))],
+        WAIT,
     );
-    second
-        .expect_none(
-            |r| r["kind"] == "image_discovered" && r["image_id"] == seen_id.as_str(),
-            Duration::from_secs(3),
-        )
-        .unwrap();
+    assert_fields(
+        &d,
+        &[
+            ("runtime", eq("containers-storage")),
+            (
+                "tags",
+                satisfies(&format!("a tag ending in {unseen}"), {
+                    let unseen = unseen.clone();
+                    move |t| {
+                        t.as_array().is_some_and(|t| {
+                            t.iter()
+                                .any(|t| t.as_str().is_some_and(|t| t.ends_with(unseen.as_str())))
+                        })
+                    }
+                }),
+            ),
+        ],
+    );
+    second.expect_no_record(
+        "image_discovered",
+        &[("image_id", eq(seen_id.as_str()))],
+        Duration::from_secs(3),
+    );
     assert!(second.stop().unwrap().success());
-}
-
-/// Removes buildah images at the end of the test, passed or not.
-struct BuildahImages(Vec<String>);
-
-impl Drop for BuildahImages {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            let _ = Cmd::new("buildah").args(["rmi", t]).try_run();
-        }
-    }
 }

@@ -49,19 +49,12 @@ fn docker_run_marker(marker: &str) {
     );
 }
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sensor-operate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// A temporary directory for a test that needs no scenario, removed at its end.
+fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sensor-operate-{name}-"))
+        .tempdir()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn final_stats(sensor: &SensorProcess) -> Value {
@@ -140,7 +133,8 @@ fn config_check_accepts_the_example_and_names_the_line_of_an_error() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("policy "));
 
-    let dir = scratch_dir("config");
+    let scratch = scratch_dir("config");
+    let dir = scratch.path().to_path_buf();
     for (name, text, expect) in [
         (
             "syntax.toml",
@@ -198,22 +192,20 @@ fn config_check_accepts_the_example_and_names_the_line_of_an_error() {
 
 #[test]
 fn file_sink_rotates_by_size_without_cutting_or_losing_lines() {
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dir = scratch_dir("file");
+    let sc = Scenario::new("the file test (dockerd, eBPF)");
+    let dir = sc.dir().to_path_buf();
     let path = dir.join("records.ndjson");
     let max = 16 * 1024;
     let file_sink = format!("file:{}?max_size={max}&keep=1000", path.display());
     // The file takes everything; stdout only the sensor's own records, for the harness.
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--sink",
         &file_sink,
         "--sink",
         "stdout?kinds=sensor",
         "--stats-interval",
         "1",
-    ])
-    .unwrap();
+    ]);
     let m = marker("rotate");
     run(
         docker_cli(),
@@ -289,9 +281,8 @@ fn file_sink_rotates_by_size_without_cutting_or_losing_lines() {
 
 #[test]
 fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dir = scratch_dir("stream");
+    let sc = Scenario::new("the stream test (dockerd, eBPF)");
+    let dir = sc.dir().to_path_buf();
     let sock = dir.join("collector.sock");
     let unix_collector = UnixListener::bind(&sock).unwrap();
     let unix_lines = Collected::default();
@@ -304,10 +295,10 @@ fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
         });
     }
     // The TCP collector is down at first: nothing listens on the port.
-    let port = free_port();
+    let port = free_loopback_port();
     let tcp = format!("tcp:127.0.0.1:{port}?queue=20");
     let unix = format!("unix:{}?kinds=process_exec,sensor", sock.display());
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--sink",
         &tcp,
         "--sink",
@@ -316,8 +307,7 @@ fn stream_sinks_reconnect_when_the_collector_comes_up_and_count_overflow() {
         "stdout",
         "--stats-interval",
         "1",
-    ])
-    .unwrap();
+    ]);
 
     // More records than the TCP queue holds while it is down: the overflow is counted.
     let early = marker("early");
@@ -419,12 +409,10 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn metrics_endpoint_serves_counters_health_and_readiness() {
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let port = free_port();
+    let sc = Scenario::new("the metrics test (dockerd, eBPF)");
+    let port = free_loopback_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut sensor =
-        SensorProcess::start(&["--metrics-addr", &addr, "--stats-interval", "0"]).unwrap();
+    let mut sensor = sc.start_sensor(&["--metrics-addr", &addr, "--stats-interval", "0"]);
     assert_eq!(http_get(port, "/healthz"), (200, "ok\n".to_string()));
     assert_eq!(http_get(port, "/readyz"), (200, "ready\n".to_string()));
     assert_eq!(http_get(port, "/nope").0, 404);
@@ -481,18 +469,16 @@ fn metrics_endpoint_serves_counters_health_and_readiness() {
 
 #[test]
 fn sighup_with_a_broken_policy_keeps_the_old_one_and_keeps_running() {
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dir = scratch_dir("sighup");
+    let sc = Scenario::new("the sighup test (dockerd, eBPF)");
+    let dir = sc.dir().to_path_buf();
     let policy = dir.join("policy.toml");
     std::fs::copy(workspace_root().join("deploy/policy.example.toml"), &policy).unwrap();
-    let mut sensor = SensorProcess::start(&[
+    let mut sensor = sc.start_sensor(&[
         "--policy",
         policy.to_str().unwrap(),
         "--stats-interval",
         "0",
-    ])
-    .unwrap();
+    ]);
     let pid = sensor.pid() as i32;
 
     std::fs::write(&policy, "[builders]\nusers = [\"ci\"\n").unwrap();
@@ -577,9 +563,8 @@ fn state_dir_for(dir: &Path, uid: u32) -> String {
 #[test]
 fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
     require_root("dropping privileges with setpriv");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let dir = scratch_dir("caps");
+    let sc = Scenario::new("the caps test (dockerd, eBPF)");
+    let dir = sc.dir().to_path_buf();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let wrapper = setpriv_wrapper(&dir, 65534, CAPS);
     let state = state_dir_for(&dir, 65534);
@@ -654,7 +639,8 @@ fn runs_with_only_the_documented_capabilities_as_a_non_root_user() {
 #[test]
 fn without_the_capabilities_it_fails_with_one_clear_line() {
     require_root("dropping privileges with setpriv");
-    let dir = scratch_dir("nocaps");
+    let scratch = scratch_dir("nocaps");
+    let dir = scratch.path().to_path_buf();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut seen = BTreeMap::new();
     for (uid, caps, expect) in [

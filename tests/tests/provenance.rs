@@ -12,9 +12,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sensor_tests::{
-    BuildContext, Builder, Cmd, Dockerd, SensorProcess, TestHost, assert_records_match_schema,
-    build_record, docker_cli, ensure_base_image, remove_image, require_root, run, sensor_bin,
-    storage_base, storage_build, unique_tag,
+    BuildContext, Builder, Cmd, Scenario, SensorProcess, assert_records_match_schema, build_record,
+    eq, nearest, run, sensor_bin, storage_base, storage_build, unique_tag,
 };
 use serde_json::Value;
 
@@ -78,14 +77,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .to_string()
 }
 
-fn image_id(tag: &str) -> String {
-    let out = run(
-        docker_cli(),
-        &["image", "inspect", "--format", "{{.Id}}", tag],
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn files(contents: &Value) -> Vec<&Value> {
     contents["layers"]
         .as_array()
@@ -107,7 +98,10 @@ fn record_of(
             |r| r["kind"] == kind && r["build_id"] == build_id && extra(r),
             WAIT,
         )
-        .unwrap_or_else(|e| panic!("no {kind} for {build_id}: {e:#}"))
+        .unwrap_or_else(|e| {
+            let near = nearest(&sensor.records(), kind, &[("build_id", eq(build_id))]);
+            panic!("no {kind} for {build_id}: {e:#}\n{near}")
+        })
 }
 
 fn statement_is_strictly_valid(statement: &Value) {
@@ -129,29 +123,15 @@ enum Via {
     Podman,
 }
 
-/// Removes the test's image when the test ends, also when it fails.
-struct ImageGuard(Via, String);
-
-impl Drop for ImageGuard {
-    fn drop(&mut self) {
-        let tool = match self.0 {
-            Via::Docker(_) => return remove_image(&self.1),
-            Via::Buildah => "buildah",
-            Via::Podman => "podman",
-        };
-        let _ = Cmd::new(tool)
-            .args(["rmi", "-f", &self.1])
-            .timeout(Duration::from_secs(60))
-            .output();
-    }
-}
-
-/// Builds `ctx` as `tag`; returns the image id (`sha256:...`).
-fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
-    match via {
+/// Builds `ctx` as a fresh tag from `name`, the image removed when the scenario ends; returns
+/// the tag and the image id (`sha256:...`).
+fn build(sc: &Scenario, via: Via, ctx: &BuildContext, name: &str) -> (String, String) {
+    let tag = unique_tag(name);
+    let id = match via {
         Via::Docker(builder) => {
-            ctx.build(tag, builder);
-            image_id(tag)
+            sc.image(&tag);
+            ctx.build(&tag, builder);
+            sc.image_id(&tag)
         }
         Via::Buildah | Via::Podman => {
             let tool = if via == Via::Buildah {
@@ -159,28 +139,27 @@ fn build(via: Via, ctx: &BuildContext, tag: &str) -> String {
             } else {
                 "podman"
             };
+            sc.storage_image(tool, &tag);
             // Host network: the step reaches the test host through this host's routes (as in
-            // tests/tests/builds_more.rs).
-            storage_build(tool, ctx.path(), tag, &["--network", "host"])
+            // tests/tests/builds_buildah_podman.rs).
+            storage_build(tool, ctx.path(), &tag, &["--network", "host"])
         }
-    }
+    };
+    (tag, id)
 }
 
 fn build_with_download(via: Via, name: &str) {
-    require_root("running the sensor, dockerd and a test host");
-    Dockerd::ensure();
-    ensure_base_image(BASE);
+    let sc = Scenario::new("running the sensor, dockerd and a test host");
     let on_storage = matches!(via, Via::Buildah | Via::Podman);
     let from = if on_storage {
         storage_base(BASE)
     } else {
         BASE.to_string()
     };
-    let host = TestHost::new("prov");
+    let host = sc.host("prov");
     host.serve_http(8091, &[("tool", TOOL)]);
-    let state = tempfile::tempdir().unwrap();
-    let key = state.path().join("key.pem");
-    let public = state.path().join("key.pub.pem");
+    let key = sc.path("key.pem");
+    let public = sc.path("key.pub.pem");
     run(
         "openssl",
         &[
@@ -202,24 +181,21 @@ fn build_with_download(via: Via, name: &str) {
             public.to_str().unwrap(),
         ],
     );
-    let state_dir = state.path().join("state");
-    let mut sensor = SensorProcess::start(&[
+    let state_dir = sc.path("state");
+    let mut sensor = sc.start_sensor(&[
         "--stats-interval",
         "0",
         "--state-dir",
         state_dir.to_str().unwrap(),
         "--provenance-key",
         key.to_str().unwrap(),
-    ])
-    .expect("sensor start");
+    ]);
 
     let url = host.url(8091, "tool");
     let ctx = BuildContext::new(&format!(
         "FROM {from}\nRUN wget -q -O /usr/bin/fetched-tool {url} && chmod +x /usr/bin/fetched-tool && /usr/bin/fetched-tool && rm /etc/group\nRUN echo data > /data.txt\n"
     ));
-    let tag = unique_tag(name);
-    let _image = ImageGuard(via, tag.clone());
-    let id = build(via, &ctx, &tag);
+    let (tag, id) = build(&sc, via, &ctx, name);
     let finished = build_record(&sensor, "build_finished", &tag, WAIT);
     let build_id = finished["build_id"].as_str().unwrap().to_string();
     let contents = record_of(&sensor, "image_contents", &build_id, |_| true);
@@ -329,7 +305,7 @@ fn build_with_download(via: Via, name: &str) {
         .unwrap();
     assert!(deps.iter().any(|d| d["uri"] == url.as_str()), "{deps:?}");
     // BuildKit names the base fully qualified (docker.io/library/localbase:1).
-    let base_id = image_id(BASE);
+    let base_id = sc.image_id(BASE);
     assert!(
         deps.iter()
             .any(|d| d["name"].as_str().is_some_and(|n| n.ends_with(BASE))

@@ -18,42 +18,42 @@ fn essence(r: &Value) -> Value {
     r
 }
 
+/// Whether `r` is a build record of one of `tags` (other developers build on this host too).
+fn own_build_record(r: &Value, tags: &[String]) -> bool {
+    (r["kind"] == "build_started" || r["kind"] == "build_finished")
+        && tags.iter().any(|t| has_tag(r, t))
+}
+
 #[test]
 fn replay_of_a_raw_recording_gives_the_live_build_records() {
-    require_root("loading eBPF programs");
-    Dockerd::ensure();
-    ensure_base_image("localbase:1");
-    let peer = TestHost::new("replay");
+    let sc = Scenario::new("loading eBPF programs");
+    let peer = sc.host("replay");
     peer.serve_http(8080, &[("payload", b"x")]);
-    let state = tempfile::tempdir().unwrap();
-    let mut sensor =
-        SensorProcess::start(&["--raw", "--state-dir", state.path().to_str().unwrap()]).unwrap();
+    let mut sensor = sc.start_sensor(&["--raw", "--state-dir", &sc.state_dir()]);
 
     let mut tags = Vec::new();
     for builder in [Builder::BuildKit, Builder::Legacy] {
-        let tag = unique_tag("replay");
-        BuildContext::new(&format!(
-            "FROM localbase:1\nRUN wget -q -O /x {}\nRUN exit 0\n",
-            peer.url(8080, "payload")
-        ))
-        .build(&tag, builder);
-        tags.push(tag);
+        tags.push(sc.build(
+            "replay",
+            &format!(
+                "FROM {BASE_IMAGE}\nRUN wget -q -O /x {}\nRUN exit 0\n",
+                peer.url(8080, "payload")
+            ),
+            builder,
+        ));
     }
     for tag in &tags {
-        sensor
-            .wait_for(|r| is_build_finished_for(r, tag), WAIT)
-            .unwrap();
+        build_record(&sensor, "build_finished", tag, WAIT);
     }
     assert!(sensor.stop().unwrap().success());
     let live: Vec<Value> = sensor
         .records()
         .into_iter()
-        .filter(|r| r["kind"] == "build_started" || r["kind"] == "build_finished")
+        .filter(|r| own_build_record(r, &tags))
         .collect();
     assert_eq!(live.len(), 4, "{live:?}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("raw.ndjson");
+    let file = sc.path("raw.ndjson");
     std::fs::write(&file, sensor.raw_lines().join("\n") + "\n").unwrap();
     let out = Command::new(sensor_bin())
         .arg("replay")
@@ -69,12 +69,9 @@ fn replay_of_a_raw_recording_gives_the_live_build_records() {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == "build_started" || r["kind"] == "build_finished")
+        .filter(|r| own_build_record(r, &tags))
         .collect();
     let live: Vec<Value> = live.iter().map(essence).collect();
     let replayed: Vec<Value> = replayed.iter().map(essence).collect();
     assert_eq!(replayed, live);
-    for tag in &tags {
-        remove_image(tag);
-    }
 }

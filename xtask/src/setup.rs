@@ -28,9 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     // `systemd-analyze verify` of deploy/systemd/sensor.service (tests/tests/deploy.rs).
     "systemd",
-    // A local registry on loopback for the push-then-deploy chain (tests/tests/detect_more.rs).
+    // A local registry on loopback for the push-then-deploy chain (tests/tests/detect_registry_chain.rs).
     "docker-registry",
-    // Builder tools whose builds the sensor reconstructs (tests/tests/builds_more.rs). Debian has
+    // Builder tools whose builds the sensor reconstructs (tests/tests/builds_buildah_podman.rs). Debian has
     // no buildkitd package, so standalone BuildKit (buildctl) is not installed.
     "buildah",
     "podman",
