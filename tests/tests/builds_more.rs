@@ -116,6 +116,8 @@ fn post_build_over_the_tcp_api_from_a_remote_address() {
     let f = finished(&sensor, &tag);
     eprintln!("{f}");
     assert_eq!(s["build_id"], f["build_id"]);
+    assert_eq!(s["dockerfile_status"], "captured", "{s}");
+    assert_eq!(s["dockerfile"]["source"], "daemon_write", "{s}");
     for r in [&s, &f] {
         assert_eq!(r["builder"], "legacy", "{r}");
         assert_eq!(r["client"]["transport"], "tcp", "{r}");
@@ -345,9 +347,10 @@ fn builder_tool_build(tool: &str) {
     ])
     .expect("sensor start");
     let tag = unique_tag(&format!("builds-{tool}"));
-    let ctx = BuildContext::new(&format!(
-        "FROM docker.io/library/{BASE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
-    ));
+    let text = format!(
+        "FROM docker.io/library/{BASE}\nARG TOKEN=s3cret\n# a comment\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
+    );
+    let ctx = BuildContext::new(&text);
     std::fs::rename(
         ctx.path().join("Dockerfile"),
         ctx.path().join("Containerfile"),
@@ -372,6 +375,19 @@ fn builder_tool_build(tool: &str) {
     eprintln!("{f}");
     assert_eq!(s["build_id"], f["build_id"]);
     assert_eq!(f["builder"], tool, "{f}");
+    // The Containerfile the tool reads in place, from its command line (nothing writes it).
+    let expect = text.replace("TOKEN=s3cret", "TOKEN=<redacted>");
+    for r in [&s, &f] {
+        let d = &r["dockerfile"];
+        assert_eq!(d["source"], "build_command", "{r}");
+        assert_eq!(d["text"], expect.as_str(), "{r}");
+        assert!(
+            d["path"].as_str().unwrap().ends_with("/Containerfile"),
+            "{r}"
+        );
+        assert_eq!(d["truncated"], false, "{r}");
+    }
+    assert_eq!(s["dockerfile_status"], "captured", "{s}");
     assert_eq!(f["client"]["transport"], "local", "{f}");
     assert_eq!(
         f["client"]["exe"],

@@ -1,88 +1,74 @@
 //! The Dockerfile of each build, from the bytes the daemon writes when it receives it (kernel
 //! `file_content` records: dockerd writing a BuildKit context snapshot, the legacy builder's
 //! context extraction), not from the progress stream it shows its client: comments, ENV, LABEL
-//! and ARG lines are there too, and quiet builds have it as well.
+//! and ARG lines are there too, and quiet builds have it as well. buildah and podman read
+//! theirs in place (nothing writes it): it is read from the file their command line names
+//! (`command_file`).
 //!
-//! Attribution: a build file written by a daemon (or a process it forked) while exactly one of
-//! its builds is open belongs to that build; with several open, the build whose `dockerfile`
-//! parameter names the file; otherwise it is counted (`dockerfile_unattributed`), never
-//! guessed. Only the first write of each file is kept (BuildKit and the legacy builder write a
-//! Dockerfile in one write; 16 KiB at most are captured, `truncated` says when more was
-//! written).
-use std::collections::{BTreeMap, HashMap};
+//! The build engine attributes each assembled file (mod.rs, `on_build_file`): written by a
+//! daemon (or a process it forked) while exactly one of its builds waits for one, it is that
+//! build's; with several, the build whose `dockerfile` parameter names the file; otherwise it
+//! is counted (`dockerfile_unattributed`), never guessed. Only the first write of each file is
+//! kept (BuildKit and the legacy builder write a Dockerfile in one write; 16 KiB at most are
+//! captured, `truncated` says when more was written).
+use std::collections::HashMap;
 
-use crate::engine::Engine;
-use crate::record::{Body, BuildDockerfile, DockerfileInstruction, FileContent, Record};
+use crate::record::{BuildDockerfile, DockerfileInstruction, DockerfileText, FileContent, Record};
 
-/// Open builds beyond this are forgotten oldest first (the build engine bounds its own).
-const MAX_OPEN: usize = 64;
 /// Text kept per Dockerfile (the kernel captures 8 chunks of 2 KiB per write).
-const MAX_TEXT: usize = 16 * 1024;
+pub const MAX_TEXT: usize = 16 * 1024;
 
-struct OpenBuild {
-    build_id: String,
-    /// File name of the `dockerfile` parameter (`Dockerfile` when not given).
-    dockerfile: String,
-    found: bool,
-}
-
-/// One write being assembled from its chunks (consecutive in the stream).
-struct Pending {
-    path: String,
-    text: String,
-    write_len: u64,
+/// One write being assembled from its chunks (consecutive in the stream), or read whole.
+pub struct Assembled {
+    pub path: String,
+    pub text: String,
+    /// Bytes written (or the file's size, for a file read in place).
+    pub size: u64,
     got: u64,
-    truncated: bool,
-    record_ids: Vec<u64>,
+    pub truncated: bool,
+    pub record_ids: Vec<u64>,
 }
 
-pub struct DockerfileEngine {
-    open: Vec<OpenBuild>,
-    /// By (pid, fd): the write being assembled; `None` once the file's first write was taken.
-    writes: HashMap<(u32, i32), Option<Pending>>,
-    show_build_args: bool,
-    unattributed: u64,
-}
-
-impl DockerfileEngine {
-    pub fn new(show_build_args: bool) -> Self {
-        DockerfileEngine {
-            open: Vec::new(),
-            writes: HashMap::new(),
-            show_build_args,
-            unattributed: 0,
-        }
+impl Assembled {
+    /// The base name, to match a build's `dockerfile` parameter.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
     }
+}
 
-    fn on_content(&mut self, rec: &Record, c: &FileContent, out: &mut Vec<Body>) {
+/// Assembles the build files runtimes write from their `file_content` chunks.
+#[derive(Default)]
+pub struct Assembler {
+    /// By (pid, fd): the write being assembled; `None` once the file's first write was taken.
+    writes: HashMap<(u32, i32), Option<Assembled>>,
+}
+
+impl Assembler {
+    /// One chunk; returns the file once its first write is whole (or cut).
+    pub fn push(&mut self, rec: &Record, c: &FileContent) -> Option<Assembled> {
         // Only what a runtime (the daemon) or a process in its tree wrote.
         if c.process.role != "runtime" && c.process.role != "descendant" {
-            return;
+            return None;
         }
         let key = (c.process.pid, c.fd);
         if self.writes.len() > 4096 {
             self.writes.clear();
         }
         let slot = self.writes.entry(key).or_insert_with(|| {
-            Some(Pending {
+            Some(Assembled {
                 path: c.path.clone().unwrap_or_default(),
                 text: String::new(),
-                write_len: c.write_len,
+                size: c.write_len,
                 got: 0,
                 truncated: false,
                 record_ids: Vec::new(),
             })
         });
-        let Some(p) = slot else {
-            return; // a later write of a file whose first write was taken
-        };
+        // A later write of a file whose first write was taken: nothing.
+        let p = slot.as_mut()?;
         if c.offset == 0 && p.got > 0 {
             // A second write before the first was complete: keep what we have.
-            let done = slot.take();
-            if let Some(p) = done {
-                self.attribute(p, out);
-            }
-            return;
+            return slot.take();
         }
         if p.text.len() + c.data.len() <= MAX_TEXT {
             p.text.push_str(&c.data);
@@ -92,90 +78,67 @@ impl DockerfileEngine {
         p.truncated |= c.truncated;
         p.got = c.offset + c.data.len() as u64;
         p.record_ids.push(rec.id);
-        if c.offset + (sensor_common::FILE_CONTENT_CAP as u64) >= p.write_len
-            || p.got >= p.write_len
-        {
+        if c.offset + (sensor_common::FILE_CONTENT_CAP as u64) >= p.size || p.got >= p.size {
             if c.write_len > (MAX_TEXT as u64) {
                 p.truncated = true;
             }
-            if let Some(p) = slot.take() {
-                self.attribute(p, out);
-            }
+            return slot.take();
         }
-    }
-
-    fn attribute(&mut self, p: Pending, out: &mut Vec<Body>) {
-        let name = p.path.rsplit('/').next().unwrap_or(&p.path).to_string();
-        let candidates: Vec<usize> = (0..self.open.len())
-            .filter(|&i| !self.open[i].found)
-            .collect();
-        let pick = match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            _ => {
-                let named: Vec<usize> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.open[i].dockerfile == name)
-                    .collect();
-                (named.len() == 1).then(|| named[0])
-            }
-        };
-        let Some(i) = pick else {
-            self.unattributed += 1;
-            return;
-        };
-        self.open[i].found = true;
-        // Of the text as received (before redaction): what a pipeline compares with its own.
-        let sha256 = (!p.truncated).then(|| {
-            use sha2::Digest as _;
-            format!("{:x}", sha2::Sha256::digest(p.text.as_bytes()))
-        });
-        let text = if self.show_build_args {
-            p.text
-        } else {
-            redact_arg_defaults(&p.text)
-        };
-        out.push(Body::BuildDockerfile(BuildDockerfile {
-            build_id: self.open[i].build_id.clone(),
-            path: p.path,
-            sha256,
-            size: p.write_len,
-            truncated: p.truncated,
-            instructions: parse_instructions(&text),
-            text,
-            record_ids: p.record_ids,
-        }));
+        None
     }
 }
 
-impl Engine for DockerfileEngine {
-    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
-        match &rec.body {
-            Body::BuildStarted(b) => {
-                if self.open.len() >= MAX_OPEN {
-                    self.open.remove(0);
-                }
-                let dockerfile = b
-                    .params
-                    .dockerfile
-                    .as_deref()
-                    .map(|d| d.rsplit('/').next().unwrap_or(d).to_string())
-                    .unwrap_or_else(|| "Dockerfile".into());
-                self.open.push(OpenBuild {
-                    build_id: b.build_id.clone(),
-                    dockerfile,
-                    found: false,
-                });
-            }
-            Body::BuildFinished(b) => self.open.retain(|o| o.build_id != b.build_id),
-            Body::FileContent(c) => self.on_content(rec, c, out),
-            _ => {}
-        }
+/// A file read in place (buildah, podman): at most `MAX_TEXT` bytes of it, `size` its length.
+pub fn read_whole(path: String, bytes: &[u8], size: u64) -> Assembled {
+    let cut = bytes.len().min(MAX_TEXT);
+    Assembled {
+        path,
+        text: String::from_utf8_lossy(&bytes[..cut]).into_owned(),
+        size,
+        got: cut as u64,
+        truncated: size > cut as u64,
+        record_ids: Vec::new(),
     }
+}
 
-    fn drops(&self, drops: &mut BTreeMap<String, u64>) {
-        drops.insert("dockerfile_unattributed".into(), self.unattributed);
+/// The `build_dockerfile` record of an attributed file.
+pub fn record(
+    build_id: &str,
+    a: Assembled,
+    source: &str,
+    show_build_args: bool,
+) -> BuildDockerfile {
+    // Of the text as received (before redaction): what a pipeline compares with its own.
+    let sha256 = (!a.truncated).then(|| {
+        use sha2::Digest as _;
+        format!("{:x}", sha2::Sha256::digest(a.text.as_bytes()))
+    });
+    let text = if show_build_args {
+        a.text
+    } else {
+        redact_arg_defaults(&a.text)
+    };
+    BuildDockerfile {
+        build_id: build_id.to_string(),
+        path: a.path,
+        source: source.to_string(),
+        sha256,
+        size: a.size,
+        truncated: a.truncated,
+        instructions: parse_instructions(&text),
+        text,
+        record_ids: a.record_ids,
+    }
+}
+
+/// What `build_started` and `build_finished` carry of it.
+pub fn text_of(d: &BuildDockerfile) -> DockerfileText {
+    DockerfileText {
+        path: d.path.clone(),
+        source: d.source.clone(),
+        text: d.text.clone(),
+        sha256: d.sha256.clone(),
+        truncated: d.truncated,
     }
 }
 

@@ -688,6 +688,7 @@ mod tests {
         Body::BuildDockerfile(crate::record::BuildDockerfile {
             build_id: id.into(),
             path: "/Dockerfile".into(),
+            source: "daemon_write".into(),
             text: text.into(),
             sha256: None,
             size: text.len() as u64,
