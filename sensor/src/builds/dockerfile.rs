@@ -6,9 +6,9 @@
 //! (`command_file`).
 //!
 //! The build engine attributes each assembled file (mod.rs, `on_build_file`): written by a
-//! daemon (or a process it forked) while exactly one of its builds waits for one, it is that
-//! build's; with several, the build whose `dockerfile` parameter names the file; otherwise it
-//! is counted (`dockerfile_unattributed`), never guessed. Only the first write of each file is
+//! daemon (or a process it forked) while exactly one of the builds waiting for one has a
+//! `dockerfile` parameter of that name (`Dockerfile` when not given), it is that build's;
+//! otherwise it is counted (`dockerfile_unattributed`), never guessed. Only the first write of each file is
 //! kept (BuildKit and the legacy builder write a Dockerfile in one write; 16 KiB at most are
 //! captured, `truncated` says when more was written).
 use std::collections::HashMap;

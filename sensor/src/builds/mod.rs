@@ -303,8 +303,8 @@ impl BuildTracker {
         }
     }
 
-    /// A build file a runtime wrote: the Dockerfile of the one daemon build waiting for one,
-    /// or of the one whose `dockerfile` parameter names it; otherwise counted.
+    /// A build file a runtime wrote: the Dockerfile of the one build waiting for one whose
+    /// `dockerfile` parameter (`Dockerfile` when not given) names it; otherwise counted.
     fn on_build_file(&mut self, a: dockerfile::Assembled, out: &mut Vec<Body>) {
         let waiting: Vec<u64> = self
             .builds
@@ -312,22 +312,18 @@ impl BuildTracker {
             .filter(|(_, b)| b.dockerfile.is_none() && b.tool_pid.is_none())
             .map(|(k, _)| *k)
             .collect();
-        let pick = match waiting.as_slice() {
-            [] => None,
-            [k] => Some(*k),
-            _ => {
-                let named: Vec<u64> = waiting
-                    .iter()
-                    .copied()
-                    .filter(|k| {
-                        let d = self.builds[k].params.dockerfile.as_deref();
-                        let d = d.unwrap_or("Dockerfile");
-                        d.rsplit('/').next().unwrap_or(d) == a.name()
-                    })
-                    .collect();
-                (named.len() == 1).then(|| named[0])
-            }
-        };
+        // By name first: a build's own file has its `dockerfile` parameter's name, so a file
+        // of another name is never given to it, even when it is the only one waiting.
+        let named: Vec<u64> = waiting
+            .iter()
+            .copied()
+            .filter(|k| {
+                let d = self.builds[k].params.dockerfile.as_deref();
+                let d = d.unwrap_or("Dockerfile");
+                d.rsplit('/').next().unwrap_or(d) == a.name()
+            })
+            .collect();
+        let pick = (named.len() == 1).then(|| named[0]);
         let Some(s) = pick.and_then(|k| self.builds.get_mut(&k)) else {
             self.dockerfile_unattributed += 1;
             return;
