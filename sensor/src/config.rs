@@ -13,7 +13,7 @@ use std::{
 use clap::{ArgAction, Args, Command, FromArgMatches, parser::ValueSource};
 use toml::{Table, Value};
 
-use crate::{RunArgs, policy, sinks::SinkSpec};
+use crate::{RunArgs, detect::policy, output::sinks::SinkSpec};
 
 /// Keys of a policy file: a file with only these is checked as a policy.
 const POLICY_SECTIONS: &[&str] = &["builders", "outbound", "rules", "lineage"];
@@ -351,7 +351,7 @@ mod tests {
              [[sinks]]\ntype = \"tcp\"\naddr = \"127.0.0.1:5170\"\nformat = \"ocsf\"\n",
         );
         let a = merge(&p, &[]).unwrap();
-        assert_eq!(a.sinks[1].format, crate::sinks::Format::Ocsf);
+        assert_eq!(a.sinks[1].format, crate::output::sinks::Format::Ocsf);
         assert_eq!(a.stats_interval, 5);
         assert!(a.raw);
         assert_eq!(a.runtime_names, vec!["podman"]);

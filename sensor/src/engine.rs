@@ -4,7 +4,7 @@
 //! engine, in order; what an engine returns is stamped (id, ts, host), written, and fed on.
 use std::collections::BTreeMap;
 
-use crate::record::{Body, Record, Timestamp};
+use crate::output::record::{Body, Record, Timestamp};
 
 pub trait Engine: Send {
     /// Look at one record; push derived record bodies to `out`.

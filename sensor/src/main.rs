@@ -1,37 +1,23 @@
 //! sensor: catches container images built on the host and follows what happens to them.
 //! This file parses arguments and wires the parts; the work is in the modules.
-mod api;
-mod btf;
 mod builds;
-mod caps;
-mod check;
-mod client_origin;
 mod config;
-mod decode;
 mod detect;
-mod dns;
 mod engine;
-mod enrich;
-mod http;
 mod image;
-mod loader;
-mod metrics;
+mod ingest;
+mod lineage;
+mod output;
 mod pipeline;
-mod policy;
-mod proc;
-mod record;
-mod redact;
+mod process;
+mod proto;
 mod run;
-mod runtime_exec;
-mod schema;
-mod sinks;
-mod store;
 
 use std::{ffi::OsString, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::sinks::SinkSpec;
+use crate::output::sinks::SinkSpec;
 
 #[derive(Parser)]
 #[command(
@@ -169,7 +155,7 @@ struct ReplayArgs {
 }
 
 fn parse_kind(s: &str) -> Result<String, String> {
-    sinks::expand_kinds(&[s])
+    output::sinks::expand_kinds(&[s])
         .map(|_| s.trim().to_string())
         .map_err(|e| e.to_string())
 }
@@ -239,7 +225,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(args) => with_config(args).and_then(run::run),
-        Cmd::Check => return check::check(),
+        Cmd::Check => return ingest::check::check(),
         Cmd::Replay(args) => run::replay(
             &args.file,
             args.policy.as_deref(),
@@ -247,7 +233,7 @@ fn main() -> ExitCode {
             args.show_build_args,
         ),
         Cmd::Schema => {
-            print!("{}", schema::records_schema_json());
+            print!("{}", output::schema::records_schema_json());
             return ExitCode::SUCCESS;
         }
         Cmd::Config(ConfigCmd::Check { file }) => config::check(&file)

@@ -8,10 +8,10 @@ use std::{
 use sensor_common::StatReason;
 
 use crate::{
-    decode::decode,
     engine::Engine,
-    enrich::Enricher,
-    record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
+    ingest::decode::decode,
+    output::record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
+    process::enrich::Enricher,
 };
 
 /// Where the NDJSON lines go. Implementations must count what they could not deliver.
@@ -159,7 +159,7 @@ impl Pipeline {
 
     /// A process running before the sensor started, for the engines only (not written, id 0),
     /// stamped with its start time.
-    pub fn seed_engines(&mut self, exec: crate::record::ProcessExec) {
+    pub fn seed_engines(&mut self, exec: crate::output::record::ProcessExec) {
         let ts = Timestamp::from_unix_nanos(self.boot_to_wall_ns + exec.start_time_ns as i64);
         let rec = Record {
             schema_version: SCHEMA_VERSION,

@@ -16,16 +16,21 @@ use tokio::{
 use crate::{
     RunArgs,
     builds::{BuildConfig, BuildTracker},
-    caps,
-    detect::{self, HostPaths, SharedLineage},
+    detect::{self, policy::PolicyHandle},
     engine::Engine,
     image::{ImageConfig, ImageEngine, dsse, walk::Bounds},
-    loader::{self, LoadOptions},
-    metrics::{Metrics, Snapshot},
+    ingest::{
+        caps,
+        loader::{self, LoadOptions},
+    },
+    lineage::{self, SharedLineage},
+    output::{
+        metrics::{Metrics, Snapshot},
+        record::{Body, Record, SensorStarted, Timestamp},
+        sinks::{self, SinkSet, SinkSpec},
+    },
     pipeline::{Pipeline, PipelineOptions, StdoutSink},
-    policy::PolicyHandle,
-    record::{Body, Record, SensorStarted, Timestamp},
-    sinks::{self, SinkSet, SinkSpec},
+    process::host::HostPaths,
 };
 
 pub fn host_name() -> String {
@@ -134,10 +139,10 @@ async fn run_async(args: RunArgs, opts: LoadOptions) -> anyhow::Result<()> {
     let host = args.host.clone().unwrap_or_else(host_name);
     // The policy is read whole before anything is written; SIGHUP swaps it (see below).
     let policy = PolicyHandle::load(args.policy.as_deref())?;
-    let lineage = detect::open_store(&policy, Some(&args.state_dir))?;
+    let lineage = lineage::open_store(&policy, Some(&args.state_dir))?;
     let images = ImageConfig {
         paths: HostPaths {
-            host_root: crate::proc::host_root(),
+            host_root: crate::process::proc::host_root(),
             ..Default::default()
         },
         bounds: Bounds {
@@ -366,7 +371,7 @@ pub fn replay(
     show_build_args: bool,
 ) -> anyhow::Result<()> {
     let policy = PolicyHandle::load(policy)?;
-    let lineage = detect::open_store(&policy, state_dir)?;
+    let lineage = lineage::open_store(&policy, state_dir)?;
     let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
@@ -431,12 +436,12 @@ pub fn replay(
 }
 
 /// A process found in /proc at start, as the `process_exec` the engines would have seen.
-fn seeded_exec(p: crate::proc::ProcInfo) -> crate::record::ProcessExec {
+fn seeded_exec(p: crate::process::proc::ProcInfo) -> crate::output::record::ProcessExec {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let argv = crate::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
-    crate::record::ProcessExec {
-        process: crate::record::ProcessRef {
+    let argv = crate::process::redact::redact_exec_argv(&p.argv).unwrap_or(p.argv);
+    crate::output::record::ProcessExec {
+        process: crate::output::record::ProcessRef {
             pid: p.pid,
             ppid: p.ppid,
             uid: p.uid,

@@ -1,7 +1,7 @@
 //! Tying a step whose build is not known at its exec to exactly one build, or counting it.
 use super::session::{BuildSession, MAX_STEPS};
 use super::{BuildTracker, Member, PendingKind, PendingStep, Resolution};
-use crate::record::{Body, BuildStep, Timestamp};
+use crate::output::record::{Body, BuildStep, Timestamp};
 
 impl BuildTracker {
     /// Tries to tie waiting steps to builds; with `expire`, those past their deadline get the

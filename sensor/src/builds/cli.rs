@@ -2,7 +2,7 @@
 //! tool's command line, its steps the shells it starts, its end the tool's exit.
 use super::session::{BuildSession, Outcome};
 use super::{BuildTracker, Member, command_file, dockerfile, params};
-use crate::record::{ApiClient, Body, ProcessExec, Record};
+use crate::output::record::{ApiClient, Body, ProcessExec, Record};
 
 pub(super) fn open_cli_build(
     t: &mut BuildTracker,
@@ -26,7 +26,7 @@ pub(super) fn open_cli_build(
         argv: if t.cfg.show_build_args {
             e.argv.clone()
         } else {
-            crate::redact::redact_argv(&e.argv)
+            crate::process::redact::redact_argv(&e.argv)
         },
         ..Default::default()
     };

@@ -139,7 +139,7 @@ fn through_proc(proc_dir: &Path, p: &Path) -> PathBuf {
 /// all), opened without blocking (a FIFO is not waited on), at most 16 KiB of it.
 pub fn read(pid: u32, uid: u32, gid: u32, args: &[String]) -> Option<Assembled> {
     let (file, context) = locate(args)?;
-    let proc_dir = crate::proc::proc_root().join(pid.to_string());
+    let proc_dir = crate::process::proc::proc_root().join(pid.to_string());
     let ctx = Path::new(&context);
     let candidates: Vec<PathBuf> = match &file {
         Some(f) if Path::new(f).is_absolute() => vec![f.into()],

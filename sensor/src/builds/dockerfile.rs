@@ -13,7 +13,9 @@
 //! captured, `truncated` says when more was written).
 use std::collections::HashMap;
 
-use crate::record::{BuildDockerfile, DockerfileInstruction, DockerfileText, FileContent, Record};
+use crate::output::record::{
+    BuildDockerfile, DockerfileInstruction, DockerfileText, FileContent, Record,
+};
 
 /// Text kept per Dockerfile (the kernel captures 8 chunks of 2 KiB per write).
 pub const MAX_TEXT: usize = 16 * 1024;

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 
 use super::replay::replay_records;
 use super::*;
-use crate::record::BuildFinished;
-use crate::redact::REDACTED;
+use crate::output::record::BuildFinished;
+use crate::process::redact::REDACTED;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

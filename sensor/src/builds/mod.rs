@@ -37,13 +37,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::ApiCall;
-use crate::detect::HostPaths;
 use crate::engine::Engine;
-use crate::record::{
+use crate::output::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
 };
-use crate::runtime_exec::{self, RuntimeExec};
+use crate::process::host::HostPaths;
+use crate::process::runtime_exec::{self, RuntimeExec};
+use crate::proto::api::ApiCall;
 #[cfg(test)]
 pub(crate) use params::parse_build_query;
 use response::StreamEvent;
@@ -357,9 +357,9 @@ impl BuildTracker {
                 let id = format!("b-{}-{}-{}", rec.ts.unix_nanos(), r.process.pid, r.fd);
                 let mut s = BuildSession::new(id, req.builder, rec.ts, r.process.pid);
                 s.client = r.client.clone();
-                crate::client_origin::place_client(&mut s.client, &self.cfg.paths);
+                crate::process::client_origin::place_client(&mut s.client, &self.cfg.paths);
                 if !self.cfg.show_build_args {
-                    s.client.argv = crate::redact::redact_argv(&s.client.argv);
+                    s.client.argv = crate::process::redact::redact_argv(&s.client.argv);
                 }
                 s.user_agent = r.user_agent.clone();
                 s.params = req.params;
@@ -480,7 +480,7 @@ impl BuildTracker {
                 StreamEvent::ImageId(id) => {
                     if b.builder == "legacy" && b.image_chain.is_empty() {
                         b.image_chain =
-                            crate::detect::host::docker_image_chain(&self.cfg.paths, &id);
+                            crate::process::host::docker_image_chain(&self.cfg.paths, &id);
                     }
                     b.image_id = Some(id);
                     b.end(Outcome::Succeeded, ts);

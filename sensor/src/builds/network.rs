@@ -2,7 +2,7 @@
 //! id dockerd stores.
 use super::session::Outcome;
 use super::{BuildTracker, NetEvent};
-use crate::record::{Connect, DnsQuery, DnsResponse, FileWrite, Record, Timestamp};
+use crate::output::record::{Connect, DnsQuery, DnsResponse, FileWrite, Record, Timestamp};
 
 impl BuildTracker {
     /// The build a network event belongs to, and the step index (None: the daemon/tool).

@@ -1,9 +1,9 @@
 //! Build parameters: the `POST /build` query string, and builder command lines.
 use std::collections::BTreeMap;
 
-use crate::api::Query;
-use crate::record::BuildParams;
-use crate::redact::REDACTED;
+use crate::output::record::BuildParams;
+use crate::process::redact::REDACTED;
+use crate::proto::api::Query;
 
 fn truthy(v: &str) -> bool {
     matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes")

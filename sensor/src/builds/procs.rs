@@ -1,7 +1,7 @@
 //! What a build step is, from its exec (runtime processes are recognised in
-//! crate::runtime_exec, for every engine).
-use crate::record::ProcessExec;
-use crate::runtime_exec::program;
+//! crate::process::runtime_exec, for every engine).
+use crate::output::record::ProcessExec;
+use crate::process::runtime_exec::program;
 
 /// The shell command of a `sh -c CMD` argv (what a shell-form RUN runs), or the argv joined.
 pub fn step_command(argv: &[String]) -> String {
@@ -26,7 +26,7 @@ pub fn run_text(argv: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::ProcessRef;
+    use crate::output::record::ProcessRef;
 
     #[test]
     fn shell_steps_and_run_text() {

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use thiserror::Error;
 
 use crate::engine::Engine;
-use crate::record::{Body, Record, SCHEMA_VERSION, Timestamp};
+use crate::output::record::{Body, Record, SCHEMA_VERSION, Timestamp};
 
 #[derive(Debug, Error)]
 pub enum ReplayError {

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use super::response::{failure_exit_code, from_reference, run_instruction};
 use super::trace::Vertex;
-use crate::record::{
+use crate::output::record::{
     ApiClient, BaseImage, BuildFinished, BuildParams, BuildStarted, BuildStep, Evidence,
     OutboundConnection, Timestamp,
 };
@@ -62,7 +62,7 @@ pub struct BuildSession {
     pub image_chain: Vec<String>,
     pub outbound: BTreeMap<(String, u16, String, String), OutboundConnection>,
     /// The Dockerfile the daemon received, or the one a builder tool's command names.
-    pub dockerfile: Option<crate::record::DockerfileText>,
+    pub dockerfile: Option<crate::output::record::DockerfileText>,
     /// `build_started` is written.
     pub announced: bool,
     /// While `build_started` waits for the Dockerfile: until when.

@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use super::replay::replay_records;
 use super::*;
-use crate::record::{ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION};
-use crate::redact::REDACTED;
+use crate::output::record::{
+    ApiClient, BuildFinished, BuildStarted, Connect, ProcessRef, SCHEMA_VERSION,
+};
+use crate::process::redact::REDACTED;
 
 const DOCKERD: u32 = 100;
 const T0: i64 = 1_700_000_000_000_000_000;
@@ -113,7 +115,7 @@ impl Stream {
     }
     /// dockerd writing a build's Dockerfile (one chunk, the whole write).
     fn dockerfile(&mut self, fd: i32, path: &str, text: &str) {
-        self.feed(Body::FileContent(crate::record::FileContent {
+        self.feed(Body::FileContent(crate::output::record::FileContent {
             process: ProcessRef {
                 role: "runtime".into(),
                 ..proc_ref(DOCKERD, 1, "dockerd")
@@ -573,7 +575,7 @@ fn show_build_args_and_policy_classifier() {
 #[test]
 fn query_and_cli_params() {
     let r = params::parse_build_query(
-        &crate::api::Query::parse(Some(
+        &crate::proto::api::Query::parse(Some(
             "remote=https%3A%2F%2Fgit.example%2Fr.git&target=prod&platform=linux%2Famd64&pull=1&t=a+b",
         )),
         None,
@@ -612,7 +614,7 @@ fn query_and_cli_params() {
     .map(|s| s.to_string())
     .collect();
     assert_eq!(
-        crate::redact::redact_argv(&argv),
+        crate::process::redact::redact_argv(&argv),
         [
             "docker",
             "build",
@@ -630,7 +632,7 @@ fn replay_runs_the_engine_over_records() {
     let req = {
         s.request(7, "t=r%3A1", 1);
         s.wait_ms(600);
-        s.rec(Body::SensorStarted(crate::record::SensorStarted {
+        s.rec(Body::SensorStarted(crate::output::record::SensorStarted {
             version: "t".into(),
             kernel: "k".into(),
             probes: vec![],
@@ -781,7 +783,7 @@ fn seeded_buildkit_step_opens_a_partial_build_ended_by_the_export() {
     s.exit(210, 0);
     s.wait(4);
     let id = "a".repeat(64);
-    s.feed(Body::FileWrite(crate::record::FileWrite {
+    s.feed(Body::FileWrite(crate::output::record::FileWrite {
         process: proc_ref(DOCKERD, 1, "dockerd"),
         op: "open_write".into(),
         path: format!("/var/lib/docker/image/overlay2/imagedb/content/sha256/{id}"),

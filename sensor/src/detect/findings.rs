@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::SharedLineage;
+use crate::detect::policy::{ALLOWED, DENIED, PolicyHandle, Severity, UNKNOWN, is_loopback};
 use crate::engine::Engine;
-use crate::policy::{ALLOWED, DENIED, PolicyHandle, Severity, UNKNOWN, is_loopback};
-use crate::record::{
+use crate::lineage::SharedLineage;
+use crate::output::record::{
     ApiClient, Body, BuildDockerfile, BuildFinished, BuildStarted, ContainerStart, Evidence,
     Finding, ImageContents, Record,
 };
@@ -498,7 +498,7 @@ impl FindingsEngine {
             }
             d.insert(
                 "registry".into(),
-                json!(super::lineage::registry_of(&push.reference)),
+                json!(crate::lineage::engine::registry_of(&push.reference)),
             );
             d.insert("image".into(), json!(c.image));
             d.insert(
@@ -549,7 +549,10 @@ impl FindingsEngine {
         let mut any_denied = false;
         let mut first: Option<String> = None;
         // Files with a certain source first: they lead the summary.
-        let mut candidates: Vec<(&crate::record::ImageLayer, &crate::record::ImageFile)> = c
+        let mut candidates: Vec<(
+            &crate::output::record::ImageLayer,
+            &crate::output::record::ImageFile,
+        )> = c
             .layers
             .iter()
             .flat_map(|l| l.files.iter().map(move |f| (l, f)))
@@ -567,7 +570,7 @@ impl FindingsEngine {
                 // An empty file downloads nothing (buildah leaves empty 0755 mount points
                 // for /etc/hosts and the like in the layer).
                 None if f.outside_policy && r.include_uncertain && f.size > 0 => {
-                    let outside: Vec<&crate::record::StepConnection> =
+                    let outside: Vec<&crate::output::record::StepConnection> =
                         l.connections.iter().filter(|x| fires(&x.policy)).collect();
                     let Some(worst) = outside
                         .iter()
@@ -659,9 +662,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::detect::policy::Policy;
     use crate::detect::testutil::*;
-    use crate::policy::Policy;
-    use crate::store::{ImageLineage, LineageStore, PushSeen};
+    use crate::lineage::store::{ImageLineage, LineageStore, PushSeen};
 
     fn engine(policy: &str) -> (FindingsEngine, SharedLineage) {
         let p = Policy::parse(policy, Path::new("t.toml")).unwrap();
@@ -685,7 +688,7 @@ mod tests {
     }
 
     fn dockerfile(id: &str, text: &str) -> Body {
-        Body::BuildDockerfile(crate::record::BuildDockerfile {
+        Body::BuildDockerfile(crate::output::record::BuildDockerfile {
             build_id: id.into(),
             path: "/Dockerfile".into(),
             source: "daemon_write".into(),
@@ -1015,7 +1018,7 @@ mod tests {
 
     #[test]
     fn downloaded_executable_fires_on_outside_source_only() {
-        use crate::record::{FetchSource, ImageFile, ImageLayer, StepConnection};
+        use crate::output::record::{FetchSource, ImageFile, ImageLayer, StepConnection};
         let (mut e, _) = engine("");
         let file = |path: &str, policy: &str| ImageFile {
             path: path.into(),

@@ -1,5 +1,5 @@
 //! Hand-built records for the detection unit tests.
-use crate::record::*;
+use crate::output::record::*;
 
 pub fn ts(secs: i64) -> Timestamp {
     Timestamp::from_unix_nanos(1_700_000_000_000_000_000 + secs * 1_000_000_000)

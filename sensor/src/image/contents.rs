@@ -6,13 +6,13 @@ use super::downloads::Download;
 use super::layers::{self, DockerImage};
 use super::provenance::ResolvedBase;
 use super::walk::{Bounds, Budget, walk_layer};
-use crate::detect::HostPaths;
-use crate::detect::host::{docker_image_id, docker_repo_digests};
-use crate::policy::ALLOWED;
-use crate::record::{
+use crate::detect::policy::ALLOWED;
+use crate::output::record::{
     BuildFinished, BuildStep, Evidence, FetchSource, ImageContents, ImageLayer, OutboundConnection,
     StepConnection,
 };
+use crate::process::host::HostPaths;
+use crate::process::host::{docker_image_id, docker_repo_digests};
 
 /// A downloader one step of the build ran.
 #[derive(Clone, Debug, PartialEq)]

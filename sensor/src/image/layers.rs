@@ -14,7 +14,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::detect::HostPaths;
+use crate::process::host::HostPaths;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LayerError {
@@ -128,7 +128,9 @@ fn config_layers(cfg_path: &Path) -> Result<Vec<Layer>, LayerError> {
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        let by = e["created_by"].as_str().map(crate::redact::redact_history);
+        let by = e["created_by"]
+            .as_str()
+            .map(crate::process::redact::redact_history);
         if e["empty_layer"].as_bool().unwrap_or(false) {
             pending.extend(by);
         } else {

@@ -27,12 +27,12 @@ use contents::StepDownload;
 use provenance::DaemonInfo;
 use worker::{Job, WorkerConfig};
 
-use crate::detect::HostPaths;
 use crate::engine::Engine;
-use crate::record::{
+use crate::output::record::{
     ApiClient, Body, BuildFinished, BuildStarted, Connect, ImagePush, ProcessExec, Record,
     Timestamp,
 };
+use crate::process::host::HostPaths;
 
 /// Jobs waiting for the worker, at most; more are dropped and counted (`image_jobs_dropped`).
 const QUEUE: usize = 32;
@@ -303,7 +303,7 @@ fn dockerfile_of(c: &ApiClient) -> Option<(PathBuf, String)> {
         return None;
     }
     // The host's /proc (`SENSOR_PROC` in a container), like the rest of the sensor.
-    let proc = crate::proc::proc_root().join(pid.to_string());
+    let proc = crate::process::proc::proc_root().join(pid.to_string());
     let cwd = std::fs::read_link(proc.join("cwd")).ok()?;
     let shown = match file {
         Some(f) => cwd.join(f),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::record::{BuildFinished, ImageContents, Timestamp};
+use crate::output::record::{BuildFinished, ImageContents, Timestamp};
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
@@ -261,7 +261,7 @@ fn enc(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::detect::testutil::build_finished;
-    use crate::record::Body;
+    use crate::output::record::Body;
 
     #[test]
     fn statement_has_subject_definition_and_run_details() {

@@ -5,7 +5,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::record::ImageProvenance;
+use crate::output::record::ImageProvenance;
 
 pub const DIR: &str = "provenance";
 /// Images kept; the oldest files go first.
@@ -165,7 +165,7 @@ impl ProvenanceStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Evidence;
+    use crate::output::record::Evidence;
 
     #[test]
     fn put_then_find_by_id_prefix_and_tag() {

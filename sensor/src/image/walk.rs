@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::record::ImageFile;
+use crate::output::record::ImageFile;
 
 /// What one build's listing may cost.
 #[derive(Clone, Copy, Debug)]

@@ -16,8 +16,8 @@ use super::provenance::{
 };
 use super::store::ProvenanceStore;
 use super::walk::Bounds;
-use crate::detect::HostPaths;
-use crate::record::{Body, BuildFinished, Evidence, ImageProvenance};
+use crate::output::record::{Body, BuildFinished, Evidence, ImageProvenance};
+use crate::process::host::HostPaths;
 
 /// Dockerfiles read, kept until their build ends.
 const MAX_DOCKERFILES: usize = 256;

@@ -10,10 +10,10 @@ use sensor_common::{
 };
 
 use crate::{
-    decode::KernelEvent,
-    dns, http,
-    proc::{self, split_argv},
-    record::*,
+    ingest::decode::KernelEvent,
+    output::record::*,
+    process::proc::{self, split_argv},
+    proto::{dns, http},
 };
 
 /// What the sensor knows of a tracked process.
@@ -207,7 +207,7 @@ impl Enricher {
         if !self.redact_build_args {
             return argv;
         }
-        crate::redact::redact_exec_argv(&argv).unwrap_or(argv)
+        crate::process::redact::redact_exec_argv(&argv).unwrap_or(argv)
     }
 
     /// The container a process is in, from its cgroup (cached by cgroup v2 id).
@@ -563,7 +563,9 @@ impl Enricher {
         let mut client = client;
         client.argv = self.redact_argv(client.argv);
         let query = match head.query {
-            Some(q) if self.redact_build_args => Some(crate::redact::redact_buildargs_in(&q)),
+            Some(q) if self.redact_build_args => {
+                Some(crate::process::redact::redact_buildargs_in(&q))
+            }
             q => q,
         };
         Some(Body::ApiRequest(ApiRequest {

@@ -9,16 +9,16 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 
 use super::SharedLineage;
-use super::host::{self, HostPaths};
-use crate::api::ApiCall;
+use crate::detect::policy::ALLOWED;
 use crate::engine::Engine;
-use crate::policy::ALLOWED;
-use crate::record::{
+use crate::lineage::store::{ImageLineage, PushSeen};
+use crate::output::record::{
     ApiClient, ApiRequest, ApiResponse, Body, BuildFinished, ContainerStart, Evidence,
     ImageDiscovered, ImagePush, KubernetesRef, Record, Timestamp,
 };
-use crate::runtime_exec::{RuntimeStart, container_start};
-use crate::store::{ImageLineage, PushSeen};
+use crate::process::host::{self, HostPaths};
+use crate::process::runtime_exec::{RuntimeStart, container_start};
+use crate::proto::api::ApiCall;
 
 /// A start request waits this long for the runtime to create the container before the
 /// sensor looks at the container's state on disk instead.
@@ -139,7 +139,7 @@ impl LineageEngine {
         Some(origin.to_string())
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, crate::store::LineageStore> {
+    fn store(&self) -> std::sync::MutexGuard<'_, crate::lineage::store::LineageStore> {
         // The store stays consistent across a panic elsewhere: each update is one insert.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -203,7 +203,7 @@ impl LineageEngine {
         match ApiCall::interpret(&a.method, &a.endpoint, a.query.as_deref()) {
             ApiCall::ContainerStart { reference } => {
                 let mut client = a.client.clone();
-                crate::client_origin::place_client(&mut client, &self.paths);
+                crate::process::client_origin::place_client(&mut client, &self.paths);
                 self.starts.push(PendingStart {
                     reference,
                     client,
@@ -613,10 +613,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::detect::host::tests::fake_docker;
     use crate::detect::testutil::*;
-    use crate::record::{OutboundConnection, ProcessExec, ProcessRef};
-    use crate::store::LineageStore;
+    use crate::lineage::store::LineageStore;
+    use crate::output::record::{OutboundConnection, ProcessExec, ProcessRef};
+    use crate::process::host::tests::fake_docker;
 
     fn engine(paths: HostPaths) -> (LineageEngine, SharedLineage) {
         let store = Arc::new(Mutex::new(LineageStore::in_memory(100, 30)));
@@ -749,7 +749,7 @@ mod tests {
         ));
         let mut e = LineageEngine::new(paths.clone(), store);
         let mut out = Vec::new();
-        let started = Body::SensorStarted(crate::record::SensorStarted {
+        let started = Body::SensorStarted(crate::output::record::SensorStarted {
             version: "t".into(),
             kernel: "t".into(),
             probes: vec![],

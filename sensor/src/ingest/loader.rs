@@ -12,7 +12,7 @@ use sensor_common::{
 };
 use thiserror::Error;
 
-use crate::{btf, proc};
+use crate::{ingest::btf, process::proc};
 
 /// Names whose processes (and descendants) are tracked. `containerd-shim` covers every
 /// `containerd-shim-*` (the kernel keeps 15 bytes of a name); `executor` is kaniko's.

@@ -308,7 +308,7 @@ mod tests {
     #[test]
     fn kinds_are_the_record_kinds_and_groups_name_only_kinds() {
         let schema: serde_json::Value =
-            serde_json::from_str(&crate::schema::records_schema_json()).unwrap();
+            serde_json::from_str(&crate::output::schema::records_schema_json()).unwrap();
         let mut from_types: Vec<&str> = schema["oneOf"]
             .as_array()
             .unwrap()

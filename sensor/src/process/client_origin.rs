@@ -10,10 +10,10 @@
 //! long after the fact) places nothing.
 use std::fs;
 
-use crate::detect::HostPaths;
-use crate::detect::host::docker_container;
-use crate::proc::{container_id_from_cgroup, pod_of_container, proc_root};
-use crate::record::ApiClient;
+use crate::output::record::ApiClient;
+use crate::process::host::HostPaths;
+use crate::process::host::docker_container;
+use crate::process::proc::{container_id_from_cgroup, pod_of_container, proc_root};
 
 /// Fills `container_id`, `container_name`, `container_image` and `pod` of a local client that
 /// runs in a container; leaves a host client (and a TCP one) as it is.
@@ -79,7 +79,7 @@ fn cgroup_container(pid: u32) -> Option<String> {
 /// `containerd-shim-runc-v2 -namespace moby -id <id> -address ...`: the container it runs.
 fn shim_container(pid: u32) -> Option<String> {
     let raw = fs::read(proc_root().join(pid.to_string()).join("cmdline")).ok()?;
-    let argv = crate::proc::split_argv(&raw);
+    let argv = crate::process::proc::split_argv(&raw);
     let i = argv.iter().position(|a| a == "-id")?;
     argv.get(i + 1)
         .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -89,7 +89,7 @@ fn shim_container(pid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Ancestor;
+    use crate::output::record::Ancestor;
 
     #[test]
     fn a_host_client_and_a_tcp_client_stay_unplaced() {

@@ -1,7 +1,7 @@
 //! `sensor check`: can this kernel, with these privileges, run the sensor? One line per item.
 use std::{path::Path, process::ExitCode};
 
-use crate::{btf, caps, loader};
+use crate::ingest::{btf, caps, loader};
 
 fn line(ok: bool, item: &str, detail: &str) {
     println!("{} {item}: {detail}", if ok { "ok  " } else { "FAIL" });

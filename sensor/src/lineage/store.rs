@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::Timestamp;
+use crate::output::record::Timestamp;
 
 pub const STORE_FILE: &str = "lineage.json";
 const STORE_VERSION: u32 = 1;

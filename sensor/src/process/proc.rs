@@ -6,7 +6,7 @@ use std::{
     sync::{Mutex, OnceLock},
 };
 
-use crate::record::{Ancestor, PodRef, lossy};
+use crate::output::record::{Ancestor, PodRef, lossy};
 
 /// What /proc tells about one process.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -44,7 +44,7 @@ pub struct DockerContainer {
     pub image_id: Option<String>,
     pub image_ref: Option<String>,
     pub running: bool,
-    pub started_at: Option<crate::record::Timestamp>,
+    pub started_at: Option<crate::output::record::Timestamp>,
 }
 
 fn read_json(p: &Path) -> Option<Value> {
@@ -78,7 +78,7 @@ pub fn docker_container(paths: &HostPaths, id: &str) -> Option<DockerContainer> 
         started_at: v["State"]["StartedAt"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc))),
+            .map(|t| crate::output::record::Timestamp(t.with_timezone(&chrono::Utc))),
     })
 }
 
@@ -108,7 +108,7 @@ pub fn docker_container_by_ref(paths: &HostPaths, reference: &str) -> Option<Doc
 
 /// The image id a Docker tag (`name:tag`) names now, from repositories.json.
 pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
-    let want = crate::store::normalize_ref(reference);
+    let want = crate::lineage::store::normalize_ref(reference);
     let dir = std::fs::read_dir(paths.docker().join("image")).ok()?;
     for driver in dir.flatten() {
         let Some(v) = read_json(&driver.path().join("repositories.json")) else {
@@ -122,7 +122,7 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
                 continue;
             };
             for (tag, id) in tags {
-                if crate::store::normalize_ref(tag) == want
+                if crate::lineage::store::normalize_ref(tag) == want
                     && let Some(id) = id.as_str()
                 {
                     return Some(id.to_string());
@@ -137,7 +137,7 @@ pub fn docker_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
 /// the `name@sha256:...` entries of repositories.json, which dockerd adds when a push (or pull)
 /// of that repository succeeds.
 pub fn docker_repo_digests(paths: &HostPaths, name: &str, image_id: &str) -> Vec<String> {
-    let want = crate::store::normalize_ref(&format!("{name}:x"));
+    let want = crate::lineage::store::normalize_ref(&format!("{name}:x"));
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
         return found;
@@ -156,7 +156,7 @@ pub fn docker_repo_digests(paths: &HostPaths, name: &str, image_id: &str) -> Vec
             for (r, id) in refs {
                 if let Some((repo, digest)) = r.split_once('@')
                     && id.as_str() == Some(image_id)
-                    && crate::store::normalize_ref(&format!("{repo}:x")) == want
+                    && crate::lineage::store::normalize_ref(&format!("{repo}:x")) == want
                     && !found.iter().any(|d| d == digest)
                 {
                     found.push(digest.to_string());
@@ -168,7 +168,10 @@ pub fn docker_repo_digests(paths: &HostPaths, name: &str, image_id: &str) -> Vec
 }
 
 /// When Docker says an image was created (its config's `created`).
-pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::record::Timestamp> {
+pub fn docker_image_created(
+    paths: &HostPaths,
+    image_id: &str,
+) -> Option<crate::output::record::Timestamp> {
     let hex = image_id.strip_prefix("sha256:")?;
     if !is_container_id(hex) {
         return None;
@@ -181,7 +184,7 @@ pub fn docker_image_created(paths: &HostPaths, image_id: &str) -> Option<crate::
         return v["created"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc)));
+            .map(|t| crate::output::record::Timestamp(t.with_timezone(&chrono::Utc)));
     }
     None
 }
@@ -231,7 +234,7 @@ const MAX_CREATED_BY: usize = 512;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DockerImage {
     pub id: String,
-    pub created: Option<crate::record::Timestamp>,
+    pub created: Option<crate::output::record::Timestamp>,
     pub tags: Vec<String>,
     pub repo_digests: Vec<String>,
     /// Each history entry's `created_by` (or `comment`), oldest first, bounded.
@@ -239,10 +242,10 @@ pub struct DockerImage {
     pub parent: Option<String>,
 }
 
-fn parse_time(v: &Value) -> Option<crate::record::Timestamp> {
+fn parse_time(v: &Value) -> Option<crate::output::record::Timestamp> {
     v.as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| crate::record::Timestamp(t.with_timezone(&chrono::Utc)))
+        .map(|t| crate::output::record::Timestamp(t.with_timezone(&chrono::Utc)))
 }
 
 /// Every image in dockerd's image store, with the tags and digests repositories.json gives it.
@@ -286,7 +289,8 @@ pub fn containers_images(paths: &HostPaths) -> Vec<DockerImage> {
 /// (`name:tag`, matched against the store's `localhost/name:tag` and
 /// `docker.io/library/name:tag` names too).
 pub fn containers_image_id(paths: &HostPaths, reference: &str) -> Option<String> {
-    let norm = |r: &str| crate::store::normalize_ref(r.strip_prefix("localhost/").unwrap_or(r));
+    let norm =
+        |r: &str| crate::lineage::store::normalize_ref(r.strip_prefix("localhost/").unwrap_or(r));
     let want = norm(reference);
     containers_images(paths)
         .into_iter()
@@ -326,7 +330,7 @@ pub fn docker_images(paths: &HostPaths) -> Vec<DockerImage> {
                                 x["created_by"].as_str().or_else(|| x["comment"].as_str())
                             })
                             .map(|s| {
-                                crate::redact::redact_history(s)
+                                crate::process::redact::redact_history(s)
                                     .chars()
                                     .take(MAX_CREATED_BY)
                                     .collect()

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::ApiClient;
+use crate::output::record::ApiClient;
 
 /// Policy class of an outbound destination, as written in `outbound[].policy`.
 pub const ALLOWED: &str = "allowed";
@@ -785,7 +785,7 @@ pub fn check_file(path: &Path) -> Result<String, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Ancestor;
+    use crate::output::record::Ancestor;
 
     fn parse(s: &str) -> Result<Policy, PolicyError> {
         Policy::parse(s, Path::new("p.toml"))

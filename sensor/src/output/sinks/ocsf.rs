@@ -8,7 +8,7 @@
 //! record. The conversion runs on the sink's writer thread, never on the event loop.
 use serde_json::{Map, Value, json};
 
-use crate::record::{
+use crate::output::record::{
     Accept, ApiClient, ApiRequest, Body, Connect, DnsQuery, DnsResponse, Finding, ProcessExec,
     ProcessExit, ProcessRef, Record,
 };

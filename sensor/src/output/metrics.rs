@@ -18,7 +18,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::sinks::SinkStatus;
+use crate::output::sinks::SinkStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {

@@ -66,7 +66,7 @@ pub fn redact_buildargs_in(s: &str) -> String {
         out.push_str(&rest[..start]);
         let value = &rest[start..end];
         let redacted = match serde_json::from_str::<BTreeMap<String, Option<String>>>(
-            &crate::api::decode_component(value),
+            &crate::proto::api::decode_component(value),
         ) {
             Ok(m) => {
                 let m: BTreeMap<String, &str> = m.into_keys().map(|k| (k, REDACTED)).collect();
@@ -158,8 +158,8 @@ pub fn redact_history(created_by: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Query;
     use crate::builds::parse_build_query;
+    use crate::proto::api::Query;
 
     fn v(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

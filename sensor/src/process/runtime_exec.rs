@@ -13,7 +13,7 @@
 //! `/var/lib/buildkit/runc-<snapshotter>/executor/<id>`) is a build step, not a container start.
 use std::path::PathBuf;
 
-use crate::record::ProcessExec;
+use crate::output::record::ProcessExec;
 
 /// The part of a containerd task bundle path that names it, whatever containerd's state dir.
 pub const CONTAINERD_TASKS: &str = "/io.containerd.runtime.v2.task/";
@@ -216,7 +216,7 @@ pub fn is_runtime_helper(exec: &ProcessExec) -> bool {
 #[cfg(test)]
 mod classify_tests {
     use super::*;
-    use crate::record::ProcessRef;
+    use crate::output::record::ProcessRef;
 
     fn exec(comm: &str, argv: &[&str]) -> ProcessExec {
         ProcessExec {
@@ -342,7 +342,7 @@ mod classify_tests {
 #[cfg(test)]
 mod start_tests {
     use super::*;
-    use crate::record::ProcessRef;
+    use crate::output::record::ProcessRef;
 
     pub(crate) fn exec(argv: &[&str]) -> ProcessExec {
         ProcessExec {

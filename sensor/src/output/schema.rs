@@ -3,7 +3,7 @@
 //!
 //! Regenerate after changing a record type:
 //! `SENSOR_UPDATE_SCHEMA=1 cargo test -p sensor --bin sensor schema::` (or `sensor schema`).
-use crate::record::{Record, SCHEMA_VERSION};
+use crate::output::record::{Record, SCHEMA_VERSION};
 
 /// The schema as pretty JSON with a trailing newline.
 pub fn records_schema_json() -> String {

@@ -1,0 +1,8 @@
+//! From the kernel to events: the programs loaded and attached (`loader`), the field offsets
+//! read from the running kernel's BTF (`btf`), ring-buffer bytes decoded into kernel events
+//! (`decode`), and the checks that say whether this host can run them (`caps`, `check`).
+pub mod btf;
+pub mod caps;
+pub mod check;
+pub mod decode;
+pub mod loader;
