@@ -6,7 +6,8 @@
 //! (`command_file`).
 //!
 //! The build engine attributes each assembled file (mod.rs, `on_build_file`): written by a
-//! daemon (or a process it forked) while exactly one of the builds waiting for one has a
+//! daemon (or a process it forked) while exactly one of that daemon's builds waiting for one
+//! (no step run yet: a build reads its Dockerfile first) has a
 //! `dockerfile` parameter of that name (`Dockerfile` when not given), it is that build's;
 //! otherwise it is counted (`dockerfile_unattributed`), never guessed. Only the first write of each file is
 //! kept (BuildKit and the legacy builder write a Dockerfile in one write; 16 KiB at most are
@@ -29,6 +30,8 @@ pub struct Assembled {
     got: u64,
     pub truncated: bool,
     pub record_ids: Vec<u64>,
+    /// The writing process and its parent (the daemon, or the untar process it forked).
+    pub writer: (u32, u32),
 }
 
 impl Assembled {
@@ -64,6 +67,7 @@ impl Assembler {
                 got: 0,
                 truncated: false,
                 record_ids: Vec::new(),
+                writer: (c.process.pid, c.process.ppid),
             })
         });
         // A later write of a file whose first write was taken: nothing.
@@ -100,6 +104,7 @@ pub fn read_whole(path: String, bytes: &[u8], size: u64) -> Assembled {
         got: cut as u64,
         truncated: size > cut as u64,
         record_ids: Vec::new(),
+        writer: (0, 0),
     }
 }
 

@@ -309,7 +309,15 @@ impl BuildTracker {
         let waiting: Vec<u64> = self
             .builds
             .iter()
-            .filter(|(_, b)| b.dockerfile.is_none() && b.tool_pid.is_none())
+            // A build reads its Dockerfile before any step: one with steps (or ended) is not
+            // waiting any more, and only its own daemon (or a process it forked) writes it.
+            .filter(|(_, b)| {
+                b.dockerfile.is_none()
+                    && b.tool_pid.is_none()
+                    && b.steps.is_empty()
+                    && b.outcome.is_none()
+                    && (b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1)
+            })
             .map(|(k, _)| *k)
             .collect();
         // By name first: a build's own file has its `dockerfile` parameter's name, so a file
