@@ -18,6 +18,11 @@ pub trait Engine: Send {
     /// the `process_exec` it would have been; never written. Called after `sensor_started`,
     /// parents before children.
     fn seed(&mut self, _rec: &Record, _out: &mut Vec<Body>) {}
+    /// The earliest time at which `tick` has something to do before the next regular tick
+    /// (e.g. a record held until a deadline); the event loop wakes up for it.
+    fn next_deadline(&self) -> Option<Timestamp> {
+        None
+    }
     /// Counters for `sensor_stats.drops` (e.g. `builds_evicted`), added to the map.
     fn drops(&self, _drops: &mut BTreeMap<String, u64>) {}
 }

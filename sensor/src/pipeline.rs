@@ -314,6 +314,11 @@ impl Pipeline {
         self.drain(now, out.into_iter().map(|b| (b, false)).collect());
     }
 
+    /// The earliest engine deadline (see `Engine::next_deadline`).
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.engines.iter().filter_map(|e| e.next_deadline()).min()
+    }
+
     /// Flush the engines at shutdown.
     pub fn finish(&mut self, now: Timestamp) {
         let mut out = Vec::new();

@@ -50,17 +50,16 @@ fn engines(
     lineage: SharedLineage,
     show_build_args: bool,
     images: ImageConfig,
+    live: bool,
 ) -> Vec<Box<dyn Engine>> {
     let config = BuildConfig {
         show_build_args,
         classify: policy.classifier(),
+        read_command_files: live,
         ..Default::default()
     };
     let mut engines: Vec<Box<dyn Engine>> = vec![
         Box::new(BuildTracker::new(config)),
-        Box::new(crate::builds::dockerfile::DockerfileEngine::new(
-            show_build_args,
-        )),
         Box::new(ImageEngine::new(images)),
     ];
     engines.extend(detect::engines(
@@ -197,7 +196,7 @@ async fn run_async(
             kinds,
             write_inputs: true,
         },
-        engines(&policy, lineage, args.show_build_args, images),
+        engines(&policy, lineage, args.show_build_args, images, true),
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
@@ -268,7 +267,26 @@ async fn run_async(
     let stats_every = Duration::from_secs(args.stats_interval);
     let mut last_stats = Instant::now();
     loop {
+        // An engine waiting for a moment sooner than the next tick (a build_started held for
+        // its Dockerfile) wakes the loop then.
+        let deadline = pipeline.next_deadline().map(|d| {
+            let wait = d
+                .unix_nanos()
+                .saturating_sub(Timestamp::now().unix_nanos())
+                .max(0);
+            tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
+        });
         tokio::select! {
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                if deadline.is_some() => {
+                // What the kernel wrote before the deadline counts as before it.
+                let rb = ring.get_mut();
+                while let Some(item) = rb.next() {
+                    pipeline.handle_kernel(&item);
+                }
+                pipeline.tick(Timestamp::now());
+                pipeline.flush();
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("reading the ring buffer")?;
                 let rb = guard.get_inner_mut();
@@ -446,6 +464,7 @@ pub fn replay(
                 state_dir: state_dir.map(Path::to_path_buf),
                 key: None,
             },
+            false,
         ),
         Box::new(StdoutSink::new()),
     );

@@ -41,14 +41,22 @@ fn docker_build_is_reconstructed(builder: Builder, name: &str) {
     let (sc, host) = setup();
     let mut sensor = start_sensor(&sc);
     let url = host.url(8090, "payload");
-    let ctx = BuildContext::new(&format!(
-        "FROM {BASE_IMAGE}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
-    ));
+    let text = format!(
+        "FROM {BASE_IMAGE}
+RUN wget -q -O /x {url}
+RUN echo second > /y
+"
+    );
+    let ctx = BuildContext::new(&text);
     let tag = sc.tag(name);
     ctx.build(&tag, builder);
     let s = started(&sensor, &tag);
     let f = finished(&sensor, &tag);
     eprintln!("{f}");
+    // build_started waited for the Dockerfile dockerd wrote, and keeps the request's time.
+    assert_eq!(s["dockerfile_status"], "captured", "{s}");
+    assert_eq!(s["dockerfile"]["text"], text.as_str(), "{s}");
+    assert_eq!(s["started"], f["started"], "{s}");
     let expect_builder = if builder == Builder::BuildKit {
         "buildkit"
     } else {

@@ -32,9 +32,10 @@ fn builder_tool_build(tool: &str) {
     ]);
     let tag = unique_tag(&format!("builds-{tool}"));
     sc.storage_image(tool, &tag);
-    let ctx = BuildContext::new(&format!(
-        "FROM {base}\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
-    ));
+    let text = format!(
+        "FROM {base}\nARG TOKEN=s3cret\n# a comment\nRUN wget -q -O /x {url}\nRUN echo second > /y\n"
+    );
+    let ctx = BuildContext::new(&text);
     std::fs::rename(
         ctx.path().join("Dockerfile"),
         ctx.path().join("Containerfile"),
@@ -49,6 +50,19 @@ fn builder_tool_build(tool: &str) {
     let f = build_record(&sensor, "build_finished", &tag, WAIT);
     eprintln!("{f}");
     assert_eq!(s["build_id"], f["build_id"]);
+    // The Containerfile the tool reads in place, from its command line (nothing writes it).
+    let expect = text.replace("TOKEN=s3cret", "TOKEN=<redacted>");
+    for r in [&s, &f] {
+        let d = &r["dockerfile"];
+        assert_eq!(d["source"], "build_command", "{r}");
+        assert_eq!(d["text"], expect.as_str(), "{r}");
+        assert!(
+            d["path"].as_str().unwrap().ends_with("/Containerfile"),
+            "{r}"
+        );
+        assert_eq!(d["truncated"], false, "{r}");
+    }
+    assert_eq!(s["dockerfile_status"], "captured", "{s}");
     assert_fields(
         &f,
         &[

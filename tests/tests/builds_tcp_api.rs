@@ -60,6 +60,8 @@ fn post_build_over_the_tcp_api_from_a_remote_address() {
     let f = build_record(&sensor, "build_finished", &tag, WAIT);
     eprintln!("{f}");
     assert_eq!(s["build_id"], f["build_id"]);
+    assert_eq!(s["dockerfile_status"], "captured", "{s}");
+    assert_eq!(s["dockerfile"]["source"], "daemon_write", "{s}");
     for r in [&s, &f] {
         assert_fields(
             r,

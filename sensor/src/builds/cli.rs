@@ -1,7 +1,7 @@
 //! Builds run by a builder tool's own process (buildah, podman, buildctl): the build is the
 //! tool's command line, its steps the shells it starts, its end the tool's exit.
 use super::session::{BuildSession, Outcome};
-use super::{BuildTracker, Member, params};
+use super::{BuildTracker, Member, command_file, dockerfile, params};
 use crate::output::record::{ApiClient, Body, ProcessExec, Record};
 
 pub(super) fn open_cli_build(
@@ -34,7 +34,16 @@ pub(super) fn open_cli_build(
     s.add_record(rec.id);
     s.add_pid(pid);
     s.tool_pid = Some(pid);
+    // buildah and podman read their Dockerfile in place: take it from the file the command
+    // names, now, while the process (and its cwd and root) is there.
+    let read = matches!(builder, "buildah" | "podman") && t.cfg.read_command_files;
+    let dockerfile = read
+        .then(|| command_file::read(pid, e.process.uid, e.process.gid, args))
+        .flatten()
+        .map(|a| dockerfile::record(&s.build_id, a, "build_command", t.cfg.show_build_args));
+    s.dockerfile = dockerfile.as_ref().map(dockerfile::text_of);
     let key = t.open(s, rec.ts, out);
+    out.extend(dockerfile.map(Body::BuildDockerfile));
     // The tool's exit ends the build (for buildctl too, whose steps run in buildkitd).
     t.add_member(pid, Member { key, step: None });
 }

@@ -1,63 +1,59 @@
 //! The Dockerfile of each build, from the bytes the daemon writes when it receives it (kernel
 //! `file_content` records: dockerd writing a BuildKit context snapshot, the legacy builder's
 //! context extraction), not from the progress stream it shows its client: comments, ENV, LABEL
-//! and ARG lines are there too, and quiet builds have it as well.
+//! and ARG lines are there too, and quiet builds have it as well. buildah and podman read
+//! theirs in place (nothing writes it): it is read from the file their command line names
+//! (`command_file`).
 //!
-//! Attribution: a build file written by a daemon (or a process it forked) while exactly one of
-//! its builds is open belongs to that build; with several open, the build whose `dockerfile`
-//! parameter names the file; otherwise it is counted (`dockerfile_unattributed`), never
-//! guessed. Only the first write of each file is kept (BuildKit and the legacy builder write a
-//! Dockerfile in one write; 16 KiB at most are captured, `truncated` says when more was
-//! written).
-use std::collections::{BTreeMap, HashMap};
+//! The build engine attributes each assembled file (mod.rs, `on_build_file`): written by a
+//! daemon (or a process it forked) while exactly one of that daemon's builds waiting for one
+//! (no step run yet: a build reads its Dockerfile first) has a
+//! `dockerfile` parameter of that name (`Dockerfile` when not given), it is that build's;
+//! otherwise it is counted (`dockerfile_unattributed`), never guessed. Only the first write of each file is
+//! kept (BuildKit and the legacy builder write a Dockerfile in one write; 16 KiB at most are
+//! captured, `truncated` says when more was written).
+use std::collections::HashMap;
 
-use crate::engine::Engine;
-use crate::output::record::{Body, BuildDockerfile, DockerfileInstruction, FileContent, Record};
+use crate::output::record::{
+    BuildDockerfile, DockerfileInstruction, DockerfileText, FileContent, Record,
+};
 
-/// Open builds beyond this are forgotten oldest first (the build engine bounds its own).
-const MAX_OPEN: usize = 64;
 /// Text kept per Dockerfile (the kernel captures 8 chunks of 2 KiB per write).
-const MAX_TEXT: usize = 16 * 1024;
+pub const MAX_TEXT: usize = 16 * 1024;
 
-struct OpenBuild {
-    build_id: String,
-    /// File name of the `dockerfile` parameter (`Dockerfile` when not given).
-    dockerfile: String,
-    found: bool,
-}
-
-/// One write being assembled from its chunks (consecutive in the stream).
-struct Pending {
-    path: String,
-    text: String,
-    write_len: u64,
+/// One write being assembled from its chunks (consecutive in the stream), or read whole.
+pub struct Assembled {
+    pub path: String,
+    pub text: String,
+    /// Bytes written (or the file's size, for a file read in place).
+    pub size: u64,
     got: u64,
-    truncated: bool,
-    record_ids: Vec<u64>,
+    pub truncated: bool,
+    pub record_ids: Vec<u64>,
+    /// The writing process and its parent (the daemon, or the untar process it forked).
+    pub writer: (u32, u32),
 }
 
-pub struct DockerfileEngine {
-    open: Vec<OpenBuild>,
-    /// By (pid, fd): the write being assembled; `None` once the file's first write was taken.
-    writes: HashMap<(u32, i32), Option<Pending>>,
-    show_build_args: bool,
-    unattributed: u64,
-}
-
-impl DockerfileEngine {
-    pub fn new(show_build_args: bool) -> Self {
-        DockerfileEngine {
-            open: Vec::new(),
-            writes: HashMap::new(),
-            show_build_args,
-            unattributed: 0,
-        }
+impl Assembled {
+    /// The base name, to match a build's `dockerfile` parameter.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
     }
+}
 
-    fn on_content(&mut self, rec: &Record, c: &FileContent, out: &mut Vec<Body>) {
+/// Assembles the build files runtimes write from their `file_content` chunks.
+#[derive(Default)]
+pub struct Assembler {
+    /// By (pid, fd): the write being assembled; `None` once the file's first write was taken.
+    writes: HashMap<(u32, i32), Option<Assembled>>,
+}
+
+impl Assembler {
+    /// One chunk; returns the file once its first write is whole (or cut).
+    pub fn push(&mut self, rec: &Record, c: &FileContent) -> Option<Assembled> {
         // Only what a runtime (the daemon) or a process in its tree wrote.
         if c.process.role != "runtime" && c.process.role != "descendant" {
-            return;
+            return None;
         }
         let key = (c.process.pid, c.fd);
         if self.writes.len() > 4096 {
@@ -69,25 +65,21 @@ impl DockerfileEngine {
             self.writes.remove(&key);
         }
         let slot = self.writes.entry(key).or_insert_with(|| {
-            Some(Pending {
+            Some(Assembled {
                 path: c.path.clone().unwrap_or_default(),
                 text: String::new(),
-                write_len: c.write_len,
+                size: c.write_len,
                 got: 0,
                 truncated: false,
                 record_ids: Vec::new(),
+                writer: (c.process.pid, c.process.ppid),
             })
         });
-        let Some(p) = slot else {
-            return; // a later write of a file whose first write was taken
-        };
+        // A later write of a file whose first write was taken: nothing.
+        let p = slot.as_mut()?;
         if c.offset == 0 && p.got > 0 {
             // A second write before the first was complete: keep what we have.
-            let done = slot.take();
-            if let Some(p) = done {
-                self.attribute(p, out);
-            }
-            return;
+            return slot.take();
         }
         if p.text.len() + c.data.len() <= MAX_TEXT {
             p.text.push_str(&c.data);
@@ -97,90 +89,68 @@ impl DockerfileEngine {
         p.truncated |= c.truncated;
         p.got = c.offset + c.data.len() as u64;
         p.record_ids.push(rec.id);
-        if c.offset + (sensor_common::FILE_CONTENT_CAP as u64) >= p.write_len
-            || p.got >= p.write_len
-        {
+        if c.offset + (sensor_common::FILE_CONTENT_CAP as u64) >= p.size || p.got >= p.size {
             if c.write_len > (MAX_TEXT as u64) {
                 p.truncated = true;
             }
-            if let Some(p) = slot.take() {
-                self.attribute(p, out);
-            }
+            return slot.take();
         }
-    }
-
-    fn attribute(&mut self, p: Pending, out: &mut Vec<Body>) {
-        let name = p.path.rsplit('/').next().unwrap_or(&p.path).to_string();
-        let candidates: Vec<usize> = (0..self.open.len())
-            .filter(|&i| !self.open[i].found)
-            .collect();
-        let pick = match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0]),
-            _ => {
-                let named: Vec<usize> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.open[i].dockerfile == name)
-                    .collect();
-                (named.len() == 1).then(|| named[0])
-            }
-        };
-        let Some(i) = pick else {
-            self.unattributed += 1;
-            return;
-        };
-        self.open[i].found = true;
-        // Of the text as received (before redaction): what a pipeline compares with its own.
-        let sha256 = (!p.truncated).then(|| {
-            use sha2::Digest as _;
-            format!("{:x}", sha2::Sha256::digest(p.text.as_bytes()))
-        });
-        let text = if self.show_build_args {
-            p.text
-        } else {
-            redact_arg_defaults(&p.text)
-        };
-        out.push(Body::BuildDockerfile(BuildDockerfile {
-            build_id: self.open[i].build_id.clone(),
-            path: p.path,
-            sha256,
-            size: p.write_len,
-            truncated: p.truncated,
-            instructions: parse_instructions(&text),
-            text,
-            record_ids: p.record_ids,
-        }));
+        None
     }
 }
 
-impl Engine for DockerfileEngine {
-    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
-        match &rec.body {
-            Body::BuildStarted(b) => {
-                if self.open.len() >= MAX_OPEN {
-                    self.open.remove(0);
-                }
-                let dockerfile = b
-                    .params
-                    .dockerfile
-                    .as_deref()
-                    .map(|d| d.rsplit('/').next().unwrap_or(d).to_string())
-                    .unwrap_or_else(|| "Dockerfile".into());
-                self.open.push(OpenBuild {
-                    build_id: b.build_id.clone(),
-                    dockerfile,
-                    found: false,
-                });
-            }
-            Body::BuildFinished(b) => self.open.retain(|o| o.build_id != b.build_id),
-            Body::FileContent(c) => self.on_content(rec, c, out),
-            _ => {}
-        }
+/// A file read in place (buildah, podman): at most `MAX_TEXT` bytes of it, `size` its length.
+pub fn read_whole(path: String, bytes: &[u8], size: u64) -> Assembled {
+    let cut = bytes.len().min(MAX_TEXT);
+    Assembled {
+        path,
+        text: String::from_utf8_lossy(&bytes[..cut]).into_owned(),
+        size,
+        got: cut as u64,
+        truncated: size > cut as u64,
+        record_ids: Vec::new(),
+        writer: (0, 0),
     }
+}
 
-    fn drops(&self, drops: &mut BTreeMap<String, u64>) {
-        drops.insert("dockerfile_unattributed".into(), self.unattributed);
+/// The `build_dockerfile` record of an attributed file.
+pub fn record(
+    build_id: &str,
+    a: Assembled,
+    source: &str,
+    show_build_args: bool,
+) -> BuildDockerfile {
+    // Of the text as received (before redaction): what a pipeline compares with its own.
+    let sha256 = (!a.truncated).then(|| {
+        use sha2::Digest as _;
+        format!("{:x}", sha2::Sha256::digest(a.text.as_bytes()))
+    });
+    let text = if show_build_args {
+        a.text
+    } else {
+        redact_arg_defaults(&a.text)
+    };
+    BuildDockerfile {
+        build_id: build_id.to_string(),
+        path: a.path,
+        source: source.to_string(),
+        sha256,
+        size: a.size,
+        truncated: a.truncated,
+        instructions: parse_instructions(&text),
+        text,
+        record_ids: a.record_ids,
+    }
+}
+
+/// What `build_started` and `build_finished` carry of it.
+pub fn text_of(d: &BuildDockerfile) -> DockerfileText {
+    DockerfileText {
+        path: d.path.clone(),
+        source: d.source.clone(),
+        text: d.text.clone(),
+        sha256: d.sha256.clone(),
+        truncated: d.truncated,
     }
 }
 
@@ -275,8 +245,8 @@ mod tests {
 
     #[test]
     fn whole_files_read_at_close_are_each_their_own_dockerfile() {
-        use crate::output::record::{BuildParams, BuildStarted, ProcessRef, Timestamp};
-        let mut eng = DockerfileEngine::new(false);
+        use crate::output::record::{Body, ProcessRef, Timestamp};
+        let mut files = Assembler::default();
         let rec = |id: u64, body: Body| Record {
             schema_version: 1,
             id,
@@ -292,22 +262,6 @@ mod tests {
         let mut got = Vec::new();
         for (n, text) in ["FROM a\n", "FROM b\n"].iter().enumerate() {
             let n = n as u64;
-            let mut out = Vec::new();
-            eng.observe(
-                &rec(
-                    10 * n + 1,
-                    Body::BuildStarted(BuildStarted {
-                        build_id: format!("b{n}"),
-                        builder: "buildkit".into(),
-                        client: Default::default(),
-                        user_agent: None,
-                        params: BuildParams::default(),
-                        partial: false,
-                        evidence: Default::default(),
-                    }),
-                ),
-                &mut out,
-            );
             // fanotify: the daemon's file, fd -1, same pid each time.
             for c in crate::ingest::fanotify::content_chunks(
                 &dockerd,
@@ -315,18 +269,21 @@ mod tests {
                 text.as_bytes(),
                 text.len() as u64,
             ) {
-                eng.observe(&rec(10 * n + 2, Body::FileContent(c)), &mut out);
+                let r = rec(10 * n + 2, Body::FileContent(c.clone()));
+                got.extend(files.push(&r, &c).map(|a| (a.path.clone(), a.text)));
             }
-            got.extend(out.into_iter().filter_map(|b| match b {
-                Body::BuildDockerfile(d) => Some((d.build_id, d.text)),
-                _ => None,
-            }));
         }
         assert_eq!(
             got,
             [
-                ("b0".to_string(), "FROM a\n".to_string()),
-                ("b1".to_string(), "FROM b\n".to_string())
+                (
+                    "/var/lib/docker/overlay2/s0/diff/Dockerfile".to_string(),
+                    "FROM a\n".to_string()
+                ),
+                (
+                    "/var/lib/docker/overlay2/s1/diff/Dockerfile".to_string(),
+                    "FROM b\n".to_string()
+                )
             ]
         );
     }

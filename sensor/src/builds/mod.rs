@@ -17,6 +17,7 @@
 //! guessed.
 mod attribution;
 mod cli;
+mod command_file;
 pub mod dockerfile;
 #[cfg(test)]
 mod fixtures;
@@ -61,6 +62,9 @@ pub struct BuildConfig {
     pub classify: Classifier,
     /// Where dockerd's image store is (image chains of quiet legacy builds).
     pub paths: HostPaths,
+    /// Read the Dockerfile a buildah/podman command names (live; not in a replay, whose
+    /// processes and files are not the host's now).
+    pub read_command_files: bool,
 }
 
 impl Default for BuildConfig {
@@ -71,10 +75,14 @@ impl Default for BuildConfig {
             build_timeout: Duration::from_secs(3600),
             classify: Arc::new(|_, _, _| "unknown".to_string()),
             paths: HostPaths::default(),
+            read_command_files: false,
         }
     }
 }
 
+/// How long `build_started` waits for the daemon to write the build's Dockerfile (it does so
+/// within milliseconds of the request for a small context: the record then carries it).
+const DOCKERFILE_WAIT: Duration = Duration::from_millis(500);
 /// How long a step whose build is not known yet waits for the builder's output to name it.
 const PENDING_WAIT: Duration = Duration::from_secs(3);
 /// How long after the end of a build is seen its record waits for trailing lines and exits.
@@ -176,9 +184,14 @@ pub struct BuildTracker {
     /// connects to that address carry the name (bounded; cleared when full).
     resolved: HashMap<(u64, String), String>,
     sensor_started: Option<Timestamp>,
+    /// Build files runtimes write, assembled from the kernel's chunks.
+    build_files: dockerfile::Assembler,
+    /// Builds whose `build_started` waits for their Dockerfile.
+    held: usize,
     evicted: u64,
     timed_out: u64,
     unattributed: u64,
+    dockerfile_unattributed: u64,
 }
 
 impl BuildTracker {
@@ -197,9 +210,12 @@ impl BuildTracker {
             daemon_image_requests: HashMap::new(),
             resolved: HashMap::new(),
             sensor_started: None,
+            build_files: dockerfile::Assembler::default(),
+            held: 0,
             evicted: 0,
             timed_out: 0,
             unattributed: 0,
+            dockerfile_unattributed: 0,
         }
     }
 
@@ -232,7 +248,24 @@ impl BuildTracker {
         let key = self.next_key;
         self.next_key += 1;
         s.touch(now);
-        out.push(Body::BuildStarted(s.started_record()));
+        // A daemon build's Dockerfile is written by the daemon a moment after the request:
+        // build_started waits for it (or for DOCKERFILE_WAIT), so that it can carry it.
+        let daemon_build = matches!(s.builder.as_str(), "legacy" | "buildkit");
+        if daemon_build && s.conn.is_some() && !s.partial && s.dockerfile.is_none() {
+            s.dockerfile_due = Some(Timestamp::from_unix_nanos(
+                s.started
+                    .unix_nanos()
+                    .saturating_add(DOCKERFILE_WAIT.as_nanos() as i64),
+            ));
+            self.held += 1;
+        } else {
+            let status = if s.dockerfile.is_some() {
+                "captured"
+            } else {
+                "not_available"
+            };
+            announce(&mut s, status, out);
+        }
         if let Some(conn) = s.conn {
             self.by_conn.insert(conn, key);
         }
@@ -244,14 +277,73 @@ impl BuildTracker {
         if self.builds.contains_key(&key) {
             self.settle_quiet(key, now, out);
         }
-        let Some(s) = self.builds.remove(&key) else {
+        let Some(mut s) = self.builds.remove(&key) else {
             return;
         };
+        if !s.announced {
+            self.held = self.held.saturating_sub(1);
+            announce(&mut s, "build_ended", out);
+        }
         self.by_conn.retain(|_, k| *k != key);
         self.members.retain(|_, m| m.key != key);
         self.running_in.retain(|_, (k, _)| *k != key);
         let why = if s.outcome.is_some() { None } else { why };
         out.push(Body::BuildFinished(s.finished_record(now, why)));
+    }
+
+    /// Writes the `build_started` of builds that waited for their Dockerfile until `now`.
+    fn release_due(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        for s in self.builds.values_mut() {
+            if s.dockerfile_due.is_some_and(|d| d <= now) {
+                self.held = self.held.saturating_sub(1);
+                announce(s, "deadline_passed", out);
+            }
+        }
+    }
+
+    /// A build file a runtime wrote: the Dockerfile of the one build waiting for one whose
+    /// `dockerfile` parameter (`Dockerfile` when not given) names it; otherwise counted.
+    fn on_build_file(&mut self, a: dockerfile::Assembled, out: &mut Vec<Body>) {
+        let waiting: Vec<u64> = self
+            .builds
+            .iter()
+            // A build reads its Dockerfile before any step: one with steps (or ended) is not
+            // waiting any more, and only its own daemon (or a process it forked) writes it.
+            .filter(|(_, b)| {
+                b.dockerfile.is_none()
+                    && b.tool_pid.is_none()
+                    && b.steps.is_empty()
+                    && b.outcome.is_none()
+                    && (b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        // By name first: a build's own file has its `dockerfile` parameter's name, so a file
+        // of another name is never given to it, even when it is the only one waiting.
+        let named: Vec<u64> = waiting
+            .iter()
+            .copied()
+            .filter(|k| {
+                let d = self.builds[k].params.dockerfile.as_deref();
+                let d = d.unwrap_or("Dockerfile");
+                d.rsplit('/').next().unwrap_or(d) == a.name()
+            })
+            .collect();
+        let pick = (named.len() == 1).then(|| named[0]);
+        let Some(s) = pick.and_then(|k| self.builds.get_mut(&k)) else {
+            self.dockerfile_unattributed += 1;
+            return;
+        };
+        let d = dockerfile::record(&s.build_id, a, "daemon_write", self.cfg.show_build_args);
+        s.dockerfile = Some(dockerfile::text_of(&d));
+        for id in &d.record_ids {
+            s.add_record(*id);
+        }
+        if !s.announced {
+            self.held = self.held.saturating_sub(1);
+            announce(s, "captured", out);
+        }
+        out.push(Body::BuildDockerfile(d));
     }
 
     fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
@@ -484,6 +576,13 @@ impl BuildTracker {
     }
 }
 
+/// Writes a build's `build_started` (once).
+fn announce(s: &mut BuildSession, dockerfile_status: &str, out: &mut Vec<Body>) {
+    s.announced = true;
+    s.dockerfile_due = None;
+    out.push(Body::BuildStarted(s.started_record(dockerfile_status)));
+}
+
 /// The BuildKit (and buildctl) builds open on an executor step's daemon now.
 fn executor_candidates(builds: &BTreeMap<u64, BuildSession>, kind: &PendingKind) -> Vec<u64> {
     let PendingKind::Executor { daemon, .. } = kind else {
@@ -498,6 +597,10 @@ fn executor_candidates(builds: &BTreeMap<u64, BuildSession>, kind: &PendingKind)
 
 impl Engine for BuildTracker {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
+        // Time as the stream tells it: a replay holds and releases as the live run did.
+        if self.held > 0 {
+            self.release_due(rec.ts, out);
+        }
         match &rec.body {
             Body::SensorStarted(_) => {
                 self.sensor_started.get_or_insert(rec.ts);
@@ -513,15 +616,9 @@ impl Engine for BuildTracker {
             Body::ApiResponse(r) => {
                 self.on_response(rec.id, rec.ts, r.process.pid, r.fd, &r.data, out)
             }
-            Body::BuildDockerfile(d) => {
-                if let Some(s) = self.builds.values_mut().find(|s| s.build_id == d.build_id) {
-                    s.dockerfile = Some(crate::output::record::DockerfileText {
-                        path: d.path.clone(),
-                        text: d.text.clone(),
-                        sha256: d.sha256.clone(),
-                        truncated: d.truncated,
-                    });
-                    s.evidence.record_ids.push(rec.id);
+            Body::FileContent(c) => {
+                if let Some(a) = self.build_files.push(rec, c) {
+                    self.on_build_file(a, out);
                 }
             }
             _ => {}
@@ -546,6 +643,9 @@ impl Engine for BuildTracker {
     }
 
     fn tick(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        if self.held > 0 {
+            self.release_due(now, out);
+        }
         self.resolve_pending(now, false, out);
         let grace = END_GRACE.as_nanos() as i64;
         let timeout = self.build_timeout();
@@ -606,5 +706,10 @@ impl Engine for BuildTracker {
         *drops.entry("builds_evicted".into()).or_default() += self.evicted;
         *drops.entry("builds_timed_out".into()).or_default() += self.timed_out;
         *drops.entry("steps_unattributed".into()).or_default() += self.unattributed;
+        *drops.entry("dockerfile_unattributed".into()).or_default() += self.dockerfile_unattributed;
+    }
+
+    fn next_deadline(&self) -> Option<Timestamp> {
+        self.builds.values().filter_map(|b| b.dockerfile_due).min()
     }
 }

@@ -61,8 +61,12 @@ pub struct BuildSession {
     /// dockerd's image store once the image id is known): the build's step containers.
     pub image_chain: Vec<String>,
     pub outbound: BTreeMap<(String, u16, String, String), OutboundConnection>,
-    /// The Dockerfile the daemon received (from `build_dockerfile`).
+    /// The Dockerfile the daemon received, or the one a builder tool's command names.
     pub dockerfile: Option<crate::output::record::DockerfileText>,
+    /// `build_started` is written.
+    pub announced: bool,
+    /// While `build_started` waits for the Dockerfile: until when.
+    pub dockerfile_due: Option<Timestamp>,
     pub evidence: Evidence,
 }
 
@@ -97,6 +101,8 @@ impl BuildSession {
             image_chain: Vec::new(),
             outbound: BTreeMap::new(),
             dockerfile: None,
+            announced: false,
+            dockerfile_due: None,
             evidence: Evidence::default(),
         }
     }
@@ -240,7 +246,8 @@ impl BuildSession {
         );
     }
 
-    pub fn started_record(&self) -> BuildStarted {
+    /// The `build_started` record; `dockerfile_status` as documented on the field.
+    pub fn started_record(&self, dockerfile_status: &str) -> BuildStarted {
         BuildStarted {
             build_id: self.build_id.clone(),
             builder: self.builder.clone(),
@@ -249,6 +256,9 @@ impl BuildSession {
             params: self.params.clone(),
             partial: self.partial,
             evidence: self.evidence.clone(),
+            started: self.started,
+            dockerfile: self.dockerfile.clone(),
+            dockerfile_status: dockerfile_status.to_string(),
         }
     }
 

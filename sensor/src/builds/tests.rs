@@ -114,6 +114,26 @@ impl Stream {
             latency_us: None,
         }));
     }
+    /// dockerd writing a build's Dockerfile (one chunk, the whole write).
+    fn dockerfile(&mut self, fd: i32, path: &str, text: &str) {
+        self.feed(Body::FileContent(crate::output::record::FileContent {
+            process: ProcessRef {
+                role: "runtime".into(),
+                ..proc_ref(DOCKERD, 1, "dockerd")
+            },
+            path: Some(path.into()),
+            fd,
+            offset: 0,
+            write_len: text.len() as u64,
+            data: text.into(),
+            truncated: false,
+        }));
+    }
+    fn wait_ms(&mut self, ms: i64) {
+        self.ns += ms * 1_000_000;
+        let now = Timestamp::from_unix_nanos(self.ns);
+        self.t.tick(now, &mut self.out);
+    }
     fn started(&self) -> Vec<&BuildStarted> {
         self.out
             .iter()
@@ -184,7 +204,14 @@ fn legacy_step(s: &mut Stream, shim: u32, cid: &str, sh: u32, cmd: &str) {
 fn legacy_build_with_params_steps_outbound_and_image_id() {
     let mut s = Stream::new();
     s.request(7, "buildargs=%7B%22SECRET%22%3A%22hunter2%22%7D&dockerfile=Dockerfile&t=x%3A1&t=y%3A2&networkmode=default&nocache=1", 4242);
+    assert!(s.started().is_empty(), "held for its Dockerfile");
+    s.dockerfile(30, "/Dockerfile", "FROM base:1\nARG K=v\n");
     assert_eq!(s.started().len(), 1);
+    assert_eq!(s.started()[0].dockerfile_status, "captured");
+    let d = s.started()[0].dockerfile.clone().unwrap();
+    assert_eq!(d.text, "FROM base:1\nARG K=<redacted>\n");
+    assert_eq!(d.source, "daemon_write");
+    assert!(matches!(s.out.last(), Some(Body::BuildDockerfile(_))));
     let st = s.started()[0].clone();
     assert_eq!(st.builder, "legacy");
     assert_eq!(st.client.pid, Some(4242));
@@ -347,6 +374,11 @@ fn trace_line(name: &str, completed: bool) -> String {
 fn buildkit_single_and_overlapping_builds() {
     let mut s = Stream::new();
     s.request(7, "t=k%3A1&version=2&session=abc&buildid=b1", 2001);
+    s.dockerfile(
+        30,
+        "/var/lib/docker/tmp/buildkit-mount1/Dockerfile",
+        "FROM b\n",
+    );
     assert_eq!(s.started()[0].builder, "buildkit");
     buildkit_runc(&mut s, 500, "exec1");
     s.exec(502, 500, "sh", &["/bin/sh", "-c", "echo one"]);
@@ -522,6 +554,8 @@ fn show_build_args_and_policy_classifier() {
     };
     let mut s = Stream::with(cfg);
     s.request(7, "buildargs=%7B%22A%22%3A%22v%22%2C%22B%22%3Anull%7D", 1);
+    s.wait_ms(600);
+    assert_eq!(s.started()[0].dockerfile_status, "deadline_passed");
     assert_eq!(
         s.started()[0]
             .params
@@ -598,6 +632,7 @@ fn replay_runs_the_engine_over_records() {
     let mut s = Stream::new();
     let req = {
         s.request(7, "t=r%3A1", 1);
+        s.wait_ms(600);
         s.rec(Body::SensorStarted(crate::output::record::SensorStarted {
             version: "t".into(),
             kernel: "k".into(),
@@ -642,6 +677,50 @@ fn replay_runs_the_engine_over_records() {
     let kinds: Vec<&str> = derived.iter().map(|r| r.body.kind()).collect();
     assert_eq!(kinds, ["build_started", "build_finished"]);
     assert!(derived[0].id > 0);
+}
+
+/// build_started waits for the Dockerfile the daemon writes, at most DOCKERFILE_WAIT after the
+/// request, and is always written before its build_finished; two waiting builds take a file
+/// only by its name.
+#[test]
+fn build_started_waits_for_the_dockerfile_or_its_deadline() {
+    let mut s = Stream::new();
+    s.request(7, "t=a%3A1&dockerfile=a.Dockerfile", 1);
+    s.request(8, "t=b%3A1", 2);
+    assert!(s.started().is_empty());
+    // Two wait: the name decides.
+    s.dockerfile(30, "/Dockerfile", "FROM b\n");
+    assert_eq!(s.started().len(), 1);
+    assert_eq!(s.started()[0].params.tags, ["b:1"]);
+    assert_eq!(s.started()[0].dockerfile.as_ref().unwrap().text, "FROM b\n");
+    // The other one's deadline passes (the stream's time tells, as in a replay).
+    s.wait_ms(600);
+    assert_eq!(s.started().len(), 2);
+    assert_eq!(s.started()[1].dockerfile_status, "deadline_passed");
+    assert!(s.started()[1].dockerfile.is_none());
+    // Its Dockerfile after the deadline is still the build's (build_dockerfile, build_finished).
+    s.dockerfile(31, "/a.Dockerfile", "FROM a\n");
+    assert!(matches!(s.out.last(), Some(Body::BuildDockerfile(d)) if d.text == "FROM a\n"));
+    s.response(7, "{\"aux\":{\"ID\":\"sha256:aa\"}}\r\n0\r\n\r\n");
+    // A build that ends before either: build_started comes first, then build_finished.
+    s.request(9, "t=c%3A1", 3);
+    s.response(9, "{\"errorDetail\":{\"message\":\"no Dockerfile\"},\"error\":\"no Dockerfile\"}\r\n0\r\n\r\n");
+    let kinds: Vec<&str> = s.out.iter().map(|b| b.kind()).collect();
+    let c = s
+        .started()
+        .into_iter()
+        .find(|b| b.params.tags == ["c:1"])
+        .unwrap();
+    assert_eq!(c.dockerfile_status, "build_ended");
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["build_started", "build_finished"]
+    );
+    assert_eq!(
+        s.finished()[0].dockerfile.as_ref().unwrap().text,
+        "FROM a\n"
+    );
+    assert_eq!(s.t.next_deadline(), None);
 }
 
 /// The sensor starts while a BuildKit step runs: the seeded runc and shell become the first step

@@ -90,6 +90,9 @@ pub fn build_started(id: &str, client: ApiClient) -> Body {
             record_ids: vec![1],
             pids: vec![],
         },
+        started: Timestamp::from_unix_nanos(0),
+        dockerfile: None,
+        dockerfile_status: "not_available".into(),
     })
 }
 

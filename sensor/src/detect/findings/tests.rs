@@ -32,6 +32,7 @@ fn dockerfile(id: &str, text: &str) -> Body {
     Body::BuildDockerfile(crate::output::record::BuildDockerfile {
         build_id: id.into(),
         path: "/Dockerfile".into(),
+        source: "daemon_write".into(),
         text: text.into(),
         sha256: None,
         size: text.len() as u64,

@@ -98,6 +98,19 @@ pub struct BuildStarted {
     #[serde(default)]
     pub partial: bool,
     pub evidence: Evidence,
+    /// When the build began (the request, or the builder's exec): the record itself may be
+    /// written up to 500 ms later, when its Dockerfile is in (`dockerfile_status`).
+    pub started: Timestamp,
+    /// The build's Dockerfile, when `dockerfile_status` is `captured`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<DockerfileText>,
+    /// `captured` (`dockerfile` is set), `deadline_passed` (the daemon had not written it
+    /// 500 ms after the request: `build_dockerfile` and `build_finished` carry it if it comes
+    /// later), `build_ended` (the build ended before it was seen), or `not_available` (none is
+    /// taken for this build: a partial build, buildctl or kaniko, a buildah/podman file read
+    /// from stdin, a URL, or not readable).
+    #[serde(default)]
+    pub dockerfile_status: String,
 }
 
 /// The Dockerfile of a build, as the daemon received it (not as its progress stream showed it).
@@ -105,8 +118,13 @@ pub struct BuildStarted {
 pub struct BuildDockerfile {
     pub build_id: String,
     /// Where the daemon wrote it (a BuildKit context snapshot, or `/Dockerfile` inside the
-    /// legacy builder's extraction root).
+    /// legacy builder's extraction root), or the file a buildah/podman command reads (as seen
+    /// from its root).
     pub path: String,
+    /// `daemon_write` (the kernel captured the daemon writing it) or `build_command` (read
+    /// from the file a buildah/podman command line names, when its process was seen).
+    #[serde(default)]
+    pub source: String,
     /// The text (at most 16 KiB; `ARG` defaults redacted unless `--show-build-args`).
     pub text: String,
     /// sha256 of the Dockerfile as received (before redaction), hex; set when it is whole.
@@ -190,6 +208,9 @@ pub struct BuildFinished {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct DockerfileText {
     pub path: String,
+    /// `daemon_write` or `build_command` (see `build_dockerfile.source`).
+    #[serde(default)]
+    pub source: String,
     /// At most 16 KiB; `ARG` defaults redacted unless `--show-build-args`.
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
