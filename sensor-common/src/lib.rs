@@ -97,6 +97,10 @@ pub mod track {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct EventHeader {
     pub kind: u32,
     /// Flags of the process in the tracked map (`track::*`).
@@ -115,6 +119,7 @@ pub struct EventHeader {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(feature = "user", derive(zerocopy::FromBytes, zerocopy::Immutable))]
 pub struct Event<T> {
     pub header: EventHeader,
     pub data: T,
@@ -123,6 +128,10 @@ pub struct Event<T> {
 /// Process exec (`sched_process_exec`).
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct ExecData {
     pub ppid: u32,
     /// The pid before exec (differs when a non-leader thread called execve).
@@ -147,6 +156,10 @@ pub mod exec_flags {
 /// New process (not a thread) forked by a tracked process.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct ForkData {
     pub parent_pid: u32,
     pub child_pid: u32,
@@ -156,6 +169,10 @@ pub struct ForkData {
 /// Process exit: last thread of the group.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct ExitData {
     /// Raw `task->exit_code` (status << 8 | signal).
     pub exit_code: u32,
@@ -171,6 +188,10 @@ pub const AF_INET6: u16 = 10;
 /// A TCP connect's outcome, or an accepted connection.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct SockData {
     /// Boot ns when the connect started (SYN_SENT).
     pub start_ns: u64,
@@ -193,6 +214,10 @@ pub mod connect_result {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct UnixConnectData {
     pub path_len: u16,
     /// 1 when the address is in the abstract namespace (leading NUL).
@@ -232,6 +257,10 @@ pub mod client_flags {
 /// A UDP datagram sent to port 53, or (kind DnsResponse) one read back from that socket.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct DnsData {
     pub family: u16,
     pub dport: u16,
@@ -250,6 +279,10 @@ pub mod file_op {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct FileData {
     pub op: u16,
     pub path_len: u16,
@@ -269,6 +302,10 @@ pub const FILE_CONTENT_CHUNKS: usize = 8;
 /// One chunk of a write(2) to a watched build file.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct FileContentData {
     pub fd: i32,
     /// Bytes of `data` that are meaningful.
@@ -284,6 +321,10 @@ pub struct FileContentData {
 /// The start of an HTTP request that an API server read from a connection.
 #[repr(C)]
 #[derive(Clone, Copy)]
+#[cfg_attr(
+    feature = "user",
+    derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable)
+)]
 pub struct ApiData {
     pub fd: i32,
     /// Family of the connection's socket (AF_UNIX, AF_INET, AF_INET6; 0 if unknown).

@@ -259,10 +259,18 @@ pub fn watch_clear(fd: u64) {
 }
 
 /// The syscall the current task is in, as the socket hooks see it: its code in `SYSCALLS` and
-/// its first arguments, from the user registers saved at entry (`bpf_task_pt_regs`).
+/// the user registers saved at its entry (`bpf_task_pt_regs`), its arguments read on demand.
 pub struct Call {
     pub code: u8,
-    pub args: [u64; 5],
+    regs: u64,
+}
+
+impl Call {
+    /// Syscall argument `n` (0..6).
+    #[inline(always)]
+    pub fn arg(&self, o: &KernelOffsets, n: usize) -> u64 {
+        syscall_arg(o, self.regs, n)
+    }
 }
 
 #[inline(always)]
@@ -278,16 +286,7 @@ pub fn current_call(o: &KernelOffsets) -> Option<Call> {
     if code == syscall::IGNORED {
         return None;
     }
-    Some(Call {
-        code,
-        args: [
-            syscall_arg(o, regs, 0),
-            syscall_arg(o, regs, 1),
-            syscall_arg(o, regs, 2),
-            syscall_arg(o, regs, 3),
-            syscall_arg(o, regs, 4),
-        ],
-    })
+    Some(Call { code, regs })
 }
 
 /// A runtime root exec'd: addresses checked before may now be its API socket's.

@@ -9,7 +9,9 @@
 //! the TCP state changes instead (`net.rs`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user},
+    helpers::{
+        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated::bpf_skc_to_unix_sock,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -53,16 +55,17 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let t = Tracked { flags, depth: 0 };
-    let sk = sock_arg(ctx)?;
     let peek: i32 = ctx.arg(2);
     if flags & (track::API_SERVER | track::DNS_SOCKETS) == 0 || peek & MSG_PEEK != 0 {
         return None;
     }
-    let c = current_call(&cfg.offsets)?;
-    let fd = c.args[0];
+    let sk = sock_arg(ctx)?;
+    let o = &cfg.offsets;
+    let c = current_call(o)?;
+    let fd = c.arg(o, 0);
     let buf = match c.code {
-        syscall::READ | syscall::RECVFROM => c.args[1],
-        syscall::RECVMSG => dns::msghdr_buf(c.args[1])?.0,
+        syscall::READ | syscall::RECVFROM => c.arg(o, 1),
+        syscall::RECVMSG => dns::msghdr_buf(c.arg(o, 1))?.0,
         _ => return None,
     };
     // Positive here; zero-extended so that the verifier keeps its lower bound.
@@ -100,27 +103,36 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let cfg = config()?;
-    let sk = sock_arg(ctx)?;
     let Some((_, flags)) = tracked_flags_current(cfg) else {
-        // Not tracked: a client of a runtime's API, sending its first request?
-        return client_send(cfg, sk);
+        // Not tracked: a client of a runtime's API, sending its first request? The socket as
+        // the tracepoint gives it (a pointer the verifier knows), for bpf_skc_to_unix_sock.
+        return client_send(cfg, ctx.arg(0));
     };
     if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
         return None; // an API client already reported
     }
     let t = Tracked { flags, depth: 0 };
+    let sk = sock_arg(ctx)?;
     let o = &cfg.offsets;
     let family: u16 = read_at(sk, o.sk_family)?;
     if family == AF_UNIX {
         first_unix_send(cfg, &t, sk);
     }
-    let c = current_call(o)?;
-    if is_api_server(&t) && c.code == syscall::WRITE && watch_get(c.args[0], sk) == Some(WATCH_API)
-    {
-        return api::response(&t, c.args[0], c.args[1], u64::from(ret as u32));
+    let inet = family == AF_INET || family == AF_INET6;
+    let dns = inet
+        && cfg.features & feature::DNS_EVENTS != 0
+        && read_at::<u16>(sk, o.sk_protocol) == Some(IPPROTO_UDP);
+    // The syscall's registers only where they can matter: an API server's write, a UDP send.
+    if !dns && !is_api_server(&t) {
+        return None;
     }
-    if (family == AF_INET || family == AF_INET6) && cfg.features & feature::DNS_EVENTS != 0 {
+    let c = current_call(o)?;
+    if dns {
         return dns_query(cfg, &t, sk, &c, u64::from(ret as u32));
+    }
+    let fd = c.arg(o, 0);
+    if c.code == syscall::WRITE && watch_get(fd, sk) == Some(WATCH_API) {
+        return api::response(&t, fd, c.arg(o, 1), u64::from(ret as u32));
     }
     None
 }
@@ -130,17 +142,15 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
 #[inline(always)]
 fn dns_query(cfg: &Config, t: &Tracked, sk: u64, c: &Call, len: u64) -> Option<()> {
     let o = &cfg.offsets;
-    if read_at::<u16>(sk, o.sk_protocol)? != IPPROTO_UDP {
-        return None;
-    }
-    let fd = c.args[0];
+    let fd = c.arg(o, 0);
+    let a1 = c.arg(o, 1);
     // The message's buffer and named destination (0: none).
     let (buf, dest) = match c.code {
-        syscall::WRITE => (c.args[1], 0),
-        syscall::SENDTO => (c.args[1], c.args[4]),
-        syscall::SENDMSG => (dns::msghdr_buf(c.args[1])?.0, msg_name(c.args[1])),
+        syscall::WRITE => (a1, 0),
+        syscall::SENDTO => (a1, c.arg(o, 4)),
+        syscall::SENDMSG => (dns::msghdr_buf(a1)?.0, msg_name(a1)),
         syscall::SENDMMSG => {
-            let msg = c.args[1] + MMSGHDR_SIZE * mmsg_index(c.args[1], c.args[2]);
+            let msg = a1 + MMSGHDR_SIZE * mmsg_index(a1, c.arg(o, 2));
             (dns::msghdr_buf(msg)?.0, msg_name(msg))
         }
         _ => return None,
@@ -197,8 +207,11 @@ fn first_unix_send(cfg: &Config, t: &Tracked, sk: u64) -> Option<()> {
 /// process tracked as an API client, so that its later sends leave at the cache check.
 #[inline(always)]
 fn client_send(cfg: &Config, sk: u64) -> Option<()> {
-    let o = &cfg.offsets;
-    if read_at::<u16>(sk, o.sk_family)? != AF_UNIX {
+    // One helper call (the kernel's own family check), not a memory read, for every send of
+    // every process that is not on a unix socket.
+    // SAFETY: `sk` is the tracepoint's socket pointer, as the helper requires.
+    let us = unsafe { bpf_skc_to_unix_sock(sk as *mut core::ffi::c_void) };
+    if us.is_null() {
         return None;
     }
     let addr = peer_addr(cfg, sk)?;

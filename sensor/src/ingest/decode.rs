@@ -41,17 +41,13 @@ impl DecodeError {
     }
 }
 
-fn read<T: Copy>(buf: &[u8]) -> Result<T, DecodeError> {
-    let need = size_of::<T>();
-    if buf.len() < need {
-        return Err(DecodeError::Short {
+fn read<T: zerocopy::FromBytes>(buf: &[u8]) -> Result<T, DecodeError> {
+    T::read_from_prefix(buf)
+        .map(|(v, _)| v)
+        .map_err(|_| DecodeError::Short {
             got: buf.len(),
-            need,
-        });
-    }
-    // SAFETY: length checked; T is a repr(C) Copy struct of integers and byte arrays, for which
-    // every bit pattern is valid; read_unaligned handles any alignment.
-    Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
+            need: size_of::<T>(),
+        })
 }
 
 pub fn decode(buf: &[u8]) -> Result<KernelEvent, DecodeError> {
@@ -96,17 +92,19 @@ impl KernelEvent {
 
 #[cfg(test)]
 mod tests {
+    use zerocopy::IntoBytes as _;
+
     use super::*;
 
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test helper viewing a repr(C) value as bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    /// An event's bytes as the kernel writes them: the header, then the payload (both padding
+    /// free, which IntoBytes proves; the generic `Event` itself cannot derive it).
+    fn bytes_of<T: zerocopy::IntoBytes + zerocopy::Immutable>(v: &Event<T>) -> Vec<u8> {
+        [v.header.as_bytes(), v.data.as_bytes()].concat()
     }
 
     #[test]
     fn decodes_by_header_kind_and_rejects_short_or_unknown() {
-        // SAFETY: all-zero is valid for these POD structs.
-        let mut ev: Event<ForkData> = unsafe { std::mem::zeroed() };
+        let mut ev = <Event<ForkData> as zerocopy::FromZeros>::new_zeroed();
         ev.header.kind = EventKind::Fork as u32;
         ev.data.child_pid = 42;
         let b = bytes_of(&ev);

@@ -744,8 +744,8 @@ mod tests {
             },
             track::RUNTIME | track::SEEDED,
         );
-        // SAFETY: all-zero is valid for these POD structs.
-        let mut fork: sensor_common::Event<sensor_common::ForkData> = unsafe { std::mem::zeroed() };
+        let mut fork =
+            <sensor_common::Event<sensor_common::ForkData> as zerocopy::FromZeros>::new_zeroed();
         fork.header.pid = 10;
         fork.header.uid = 7;
         fork.header.comm[..7].copy_from_slice(b"dockerd");
@@ -759,8 +759,8 @@ mod tests {
             ("descendant", 10, 7)
         );
         assert_eq!(child.comm, "dockerd");
-        // SAFETY: as above.
-        let mut exit: sensor_common::Event<sensor_common::ExitData> = unsafe { std::mem::zeroed() };
+        let mut exit =
+            <sensor_common::Event<sensor_common::ExitData> as zerocopy::FromZeros>::new_zeroed();
         exit.header.pid = 11;
         e.convert(&KernelEvent::Exit(exit));
         assert!(e.table.get(11).is_none());
@@ -777,8 +777,7 @@ mod tests {
 
     #[test]
     fn request_split_by_a_one_byte_read_is_joined() {
-        // SAFETY: all-zero is valid for these POD structs.
-        let mut ev: sensor_common::Event<ApiData> = unsafe { std::mem::zeroed() };
+        let mut ev = <sensor_common::Event<ApiData> as zerocopy::FromZeros>::new_zeroed();
         ev.header.kind = sensor_common::EventKind::ApiRequest as u32;
         ev.header.pid = 1;
         let rest = b"OST /v1.41/build?t=a%3A1 HTTP/1.1\r\nUser-Agent: x\r\n\r\n";
