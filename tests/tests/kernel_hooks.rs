@@ -24,32 +24,41 @@ fn probes(r: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The API client's pid, once it has exited.
+fn run_client(mut cmd: Command) -> u64 {
+    let mut child = cmd.spawn().unwrap();
+    let pid = u64::from(child.id());
+    assert!(child.wait().unwrap().success());
+    pid
+}
+
+/// The `api_request` whose query carries `probe`.
+fn request_with(sensor: &SensorProcess, probe: &str) -> Value {
+    sensor
+        .wait_for(
+            |r| {
+                r["kind"] == "api_request" && r["query"].as_str().is_some_and(|q| q.contains(probe))
+            },
+            WAIT,
+        )
+        .unwrap()
+}
+
 /// A curl request on the Engine API socket with a unique query: its api_request carries the
 /// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
 fn curl_request_is_reported(sensor: &SensorProcess) {
     let probe = unique_tag("hooks").replace(':', "-");
-    let mut curl = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "--unix-socket",
-            "/var/run/docker.sock",
-            &format!("http://localhost/v1.41/version?probe={probe}"),
-        ])
-        .spawn()
-        .unwrap();
-    let pid = u64::from(curl.id());
-    assert!(curl.wait().unwrap().success());
-    let req = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "api_request"
-                    && r["query"].as_str().is_some_and(|q| q.contains(&probe))
-            },
-            WAIT,
-        )
-        .unwrap();
+    let mut curl = Command::new("curl");
+    curl.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "--unix-socket",
+        "/var/run/docker.sock",
+        &format!("http://localhost/v1.41/version?probe={probe}"),
+    ]);
+    let pid = run_client(curl);
+    let req = request_with(sensor, &probe);
     assert_eq!(req["method"], "GET", "{req}");
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
     assert_eq!(req["client"]["exe"], "/usr/bin/curl", "{req}");
@@ -100,21 +109,10 @@ fn socket_hooks_are_the_default_here_and_leave_the_syscall_dispatch_off() {
         "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/var/run/docker.sock'); \
          s.sendall(b'GET /v1.41/version?probe={probe} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')"
     );
-    let mut py = Command::new("python3")
-        .args(["-c", &script])
-        .spawn()
-        .unwrap();
-    let pid = u64::from(py.id());
-    assert!(py.wait().unwrap().success());
-    let req = sensor
-        .wait_for(
-            |r| {
-                r["kind"] == "api_request"
-                    && r["query"].as_str().is_some_and(|q| q.contains(&probe))
-            },
-            WAIT,
-        )
-        .unwrap();
+    let mut py = Command::new("python3");
+    py.args(["-c", &script]);
+    let pid = run_client(py);
+    let req = request_with(&sensor, &probe);
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
     assert!(
         req["client"]["exe"]
