@@ -233,15 +233,14 @@ async fn run_async(
     unsafe {
         libc::malloc_trim(0);
     }
-    let mut started = start::sensor_started(&loaded, &opts, &seeded, args.raw);
-    started.file_events = file_source.name().into();
-    // fanotify's groups stand in for kernel programs: listed with them.
-    if let Some(f) = &files {
-        started.probes.push("fanotify_close_write".to_string());
-        if f.rename_fd().is_some() {
-            started.probes.push("fanotify_moved_to".to_string());
-        }
-    }
+    let started = start::sensor_started(
+        &loaded,
+        &opts,
+        &seeded,
+        files.as_ref(),
+        file_source.name(),
+        args.raw,
+    );
     pipeline.emit(Timestamp::now(), Body::SensorStarted(started));
     seeded.feed_engines(&mut pipeline);
     pipeline.flush();

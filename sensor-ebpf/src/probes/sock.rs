@@ -24,7 +24,7 @@ use super::{
 use crate::{
     helpers::{
         Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
-        tracked_flags_current, watch_get,
+        tracked_current, tracked_flags_current, watch_get,
     },
     maps::{MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
 };
@@ -50,11 +50,8 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let cfg = config()?;
-    let (_, flags) = tracked_flags_current(cfg)?;
-    if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
-        return None;
-    }
-    let t = Tracked { flags, depth: 0 };
+    let (_, t) = tracked_current(cfg)?;
+    let flags = t.flags;
     let peek: i32 = ctx.arg(2);
     if flags & (track::API_SERVER | track::DNS_SOCKETS) == 0 || peek & MSG_PEEK != 0 {
         return None;

@@ -91,21 +91,32 @@ pub fn seed_tracked(loaded: &mut Loaded, opts: &LoadOptions, pipeline: &mut Pipe
     Seeded { procs }
 }
 
-/// The `sensor_started` record: what was attached, what failed, what was seeded.
+/// The `sensor_started` record: what was attached, what failed, what was seeded, and where
+/// file events come from (`file_events`; fanotify's groups, when they are the source, are
+/// listed with the kernel programs).
 pub fn sensor_started(
     loaded: &Loaded,
     opts: &LoadOptions,
     seeded: &Seeded,
+    files: Option<&FileEventSource>,
+    file_events: &str,
     raw: bool,
 ) -> SensorStarted {
+    let mut probes = loaded.attached.clone();
+    if let Some(f) = files {
+        probes.push("fanotify_close_write".to_string());
+        if f.rename_fd().is_some() {
+            probes.push("fanotify_moved_to".to_string());
+        }
+    }
     SensorStarted {
         version: env!("CARGO_PKG_VERSION").into(),
         kernel: kernel_release(),
-        probes: loaded.attached.clone(),
+        probes,
         probes_failed: loaded.failed.clone(),
         probes_unused: loaded.unused.clone(),
         kernel_hooks: kernel_hooks(loaded).into(),
-        file_events: String::new(),
+        file_events: file_events.into(),
         seeded_processes: seeded.count(),
         runtime_names: opts.runtime_names.clone(),
         raw,
