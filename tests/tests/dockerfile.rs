@@ -1,6 +1,7 @@
 //! The Dockerfile of a build, as the daemon received it: comments, ENV, LABEL and ARG lines
 //! included (the progress stream shows none of them), ARG defaults redacted, its digest, its
 //! instructions, and the policy's patterns over them (`build_suspicious_instruction`).
+use std::thread;
 use std::time::Duration;
 
 use sensor_tests::*;
@@ -113,10 +114,13 @@ fn the_dockerfile_is_recorded_for_each_builder_and_client() {
     assert!(sensor.stop().unwrap().success());
 }
 
-/// A context at a URL (`http://<test host>/ctx.tar`), legacy and BuildKit: the docker CLI
-/// fetches such a tarball itself and uploads it (`context_upload`), while a raw
-/// `POST /build?remote=URL` has the daemon fetch it. Both unpack the Dockerfile to disk, so
-/// it is recorded like an uploaded one, in build_started too.
+/// A context at a URL (`http://<test host>/ctx.tar`), legacy and BuildKit: the legacy docker
+/// CLI fetches such a tarball itself and uploads it (`context_upload`); the BuildKit CLI and a
+/// raw `POST /build?remote=URL` have the daemon fetch it. The legacy builder unpacks the
+/// Dockerfile to disk; BuildKit writes the downloaded tarball to a snapshot (a file named
+/// `context`) and the Dockerfile is taken from it (`source: remote_context`), also when the
+/// unpack is cached and nothing writes the Dockerfile itself: the raw BuildKit request below
+/// fetches the same bytes the BuildKit CLI's build unpacked a moment before.
 #[test]
 fn the_dockerfile_of_a_remote_context_is_recorded() {
     require_root("loading eBPF programs");
@@ -133,19 +137,31 @@ fn the_dockerfile_of_a_remote_context_is_recorded() {
         .stdout;
     let peer = TestHost::new("dfremote");
     peer.serve_http(8080, &[("ctx.tar", &tar)]);
-    let url = peer.url(8080, "ctx.tar");
+    let cli_url = peer.url(8080, "ctx.tar");
+    // The raw BuildKit request fetches the same bytes from a server of its own, started after
+    // the builds before it (seconds later): BuildKit 0.8 (dockerd 20.10) sends every ETag it
+    // has stored for a downloaded `context` in `If-None-Match`, and busybox httpd (ETag: mtime
+    // and size) answers a match with a 304 without an ETag, which BuildKit refuses ("invalid
+    // not-modified ETag"). A file written later has another ETag.
+    let raw_url = peer.url(8081, "ctx.tar");
     let mut sensor = SensorProcess::start(&["--kinds", "sensor,builds"]).unwrap();
     let mut tags = Vec::new();
-    // Not here: `remote=` with BuildKit (`version=2`). Against this test host's server its
-    // HTTP source failed with `nocache=1` ("invalid not-modified ETag": a conditional GET) and,
-    // without it, succeeded with no Dockerfile attributed; against a loopback server by hand
-    // the chrooted untar's write of the Dockerfile was captured (see docs/builds.md).
     for (builder, by_daemon) in [
         (Builder::Legacy, false),
         (Builder::BuildKit, false),
         (Builder::Legacy, true),
+        (Builder::BuildKit, true),
     ] {
         let tag = unique_tag("dockerfile-remote");
+        let url = if by_daemon && builder == Builder::BuildKit {
+            &raw_url
+        } else {
+            &cli_url
+        };
+        if by_daemon && builder == Builder::BuildKit {
+            thread::sleep(Duration::from_millis(1100));
+            peer.serve_http(8081, &[("ctx.tar", &tar)]);
+        }
         if by_daemon {
             let version = if builder == Builder::BuildKit {
                 "&version=2"
@@ -166,7 +182,7 @@ fn the_dockerfile_of_a_remote_context_is_recorded() {
         } else {
             let out = Cmd::new(docker_cli())
                 .env("DOCKER_BUILDKIT", builder.env_value())
-                .args(["build", "--no-cache", "-f", &name, "-t", &tag, &url])
+                .args(["build", "--no-cache", "-f", &name, "-t", &tag, url])
                 .timeout(Duration::from_secs(300))
                 .run();
             assert!(out.status.success(), "{builder:?} build of {url} failed");
@@ -195,6 +211,15 @@ fn the_dockerfile_of_a_remote_context_is_recorded() {
             "{what}: {finished}"
         );
         assert_eq!(d["sha256"].as_str().unwrap(), sha256_hex(text.as_bytes()));
+        // BuildKit: from the downloaded tarball (written before any unpack).
+        if builder == Builder::BuildKit {
+            assert_eq!(d["source"], "remote_context", "{what}: {finished}");
+            let path = d["path"].as_str().unwrap();
+            assert!(
+                path.ends_with(&format!("/context!/{name}")),
+                "{what}: {finished}"
+            );
+        }
         assert_eq!(
             started["dockerfile_status"], "captured",
             "{what}: {started}"

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::Engine;
+use crate::ingest::remote_context;
 use crate::output::record::{
     ApiRequest, Body, BuildStep, ProcessExec, ProcessExit, ProcessFork, Record, Timestamp,
 };
@@ -83,6 +84,8 @@ impl Default for BuildConfig {
 /// How long `build_started` waits for the daemon to write the build's Dockerfile (it does so
 /// within milliseconds of the request for a small context: the record then carries it).
 const DOCKERFILE_WAIT: Duration = Duration::from_millis(500);
+/// `build_dockerfile.source` of a member of a remote context's tarball.
+const REMOTE_CONTEXT: &str = "remote_context";
 /// How long a step whose build is not known yet waits for the builder's output to name it.
 const PENDING_WAIT: Duration = Duration::from_secs(3);
 /// How long after the end of a build is seen its record waits for trailing lines and exits.
@@ -302,8 +305,14 @@ impl BuildTracker {
     }
 
     /// A build file a runtime wrote: the Dockerfile of the one build waiting for one whose
-    /// `dockerfile` parameter (`Dockerfile` when not given) names it; otherwise counted.
+    /// `dockerfile` parameter (`Dockerfile` when not given) names it; otherwise counted. A
+    /// member of a remote context's tarball (`ingest::remote_context`) goes to a waiting
+    /// build of that daemon with a `remote` context whose `dockerfile` is that member's path.
     fn on_build_file(&mut self, a: dockerfile::Assembled, out: &mut Vec<Body>) {
+        let member = remote_context::split_member_path(&a.path).map(|(_, m)| m);
+        let from_writer = |b: &BuildSession| {
+            b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1
+        };
         let waiting: Vec<u64> = self
             .builds
             .iter()
@@ -314,7 +323,8 @@ impl BuildTracker {
                     && b.tool_pid.is_none()
                     && b.steps.is_empty()
                     && b.outcome.is_none()
-                    && (b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1)
+                    && from_writer(b)
+                    && (member.is_none() || b.params.remote.is_some())
             })
             .map(|(k, _)| *k)
             .collect();
@@ -326,15 +336,40 @@ impl BuildTracker {
             .filter(|k| {
                 let d = self.builds[k].params.dockerfile.as_deref();
                 let d = d.unwrap_or("Dockerfile");
-                d.rsplit('/').next().unwrap_or(d) == a.name()
+                match member {
+                    Some(m) => remote_context::normalize(d) == m,
+                    None => d.rsplit('/').next().unwrap_or(d) == a.name(),
+                }
             })
             .collect();
         let pick = (named.len() == 1).then(|| named[0]);
         let Some(s) = pick.and_then(|k| self.builds.get_mut(&k)) else {
-            self.dockerfile_unattributed += 1;
+            // The first unpack of a tarball whose member was taken already writes the same
+            // file again: evidence of that build, not a file of its own.
+            let sha = {
+                use sha2::Digest as _;
+                format!("{:x}", sha2::Sha256::digest(a.text.as_bytes()))
+            };
+            let same = self.builds.values_mut().find(|b| {
+                from_writer(b)
+                    && b.dockerfile.as_ref().is_some_and(|d| {
+                        d.source == REMOTE_CONTEXT
+                            && d.sha256.as_deref() == Some(sha.as_str())
+                            && d.path.rsplit('/').next() == Some(a.name())
+                    })
+            });
+            match same {
+                Some(b) => a.record_ids.iter().for_each(|id| b.add_record(*id)),
+                None => self.dockerfile_unattributed += 1,
+            }
             return;
         };
-        let d = dockerfile::record(&s.build_id, a, "daemon_write", self.cfg.show_build_args);
+        let source = if member.is_some() {
+            REMOTE_CONTEXT
+        } else {
+            "daemon_write"
+        };
+        let d = dockerfile::record(&s.build_id, a, source, self.cfg.show_build_args);
         s.dockerfile = Some(dockerfile::text_of(&d));
         for id in &d.record_ids {
             s.add_record(*id);

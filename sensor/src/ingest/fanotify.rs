@@ -31,6 +31,7 @@ use std::{
 use sensor_common::{FILE_CONTENT_CAP, FILE_CONTENT_CHUNKS};
 use thiserror::Error;
 
+use super::remote_context;
 use crate::output::record::{Body, FileContent, FileWrite, ProcessRef};
 
 /// Directories whose filesystems are marked: the runtimes' data (dockerd, containerd,
@@ -465,6 +466,8 @@ impl FileEventSource {
                     Vec::new()
                 }
             }
+        } else if process.role == "runtime" && remote_context::is_download(&path) {
+            self.remote_context_files(&fd, &process, &path)
         } else {
             Vec::new()
         };
@@ -472,6 +475,38 @@ impl FileEventSource {
             file_write(process, "close_write", path),
             content,
         ))
+    }
+
+    /// The build files inside a remote context the daemon downloaded (`remote_context`), each
+    /// as the chunks of a file of its own at `<tarball>!/<member>`.
+    fn remote_context_files(
+        &mut self,
+        fd: &OwnedFd,
+        process: &ProcessRef,
+        path: &str,
+    ) -> Vec<FileContent> {
+        let file = match fd.try_clone() {
+            Ok(f) => std::fs::File::from(f),
+            Err(e) => {
+                tracing::debug!("reading {path}: {e}");
+                self.count(loss::CONTENT_FAILED);
+                return Vec::new();
+            }
+        };
+        match remote_context::build_files(std::io::BufReader::new(file), CONTENT_CAP) {
+            Ok(members) => members
+                .iter()
+                .flat_map(|m| {
+                    let p = remote_context::member_path(path, &m.name);
+                    content_chunks(process, &p, &m.bytes, m.size)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("reading the tarball {path}: {e}");
+                self.count(loss::CONTENT_FAILED);
+                Vec::new()
+            }
+        }
     }
 
     /// Where an fd of the sensor's points (counted when unreadable).

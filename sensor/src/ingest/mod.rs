@@ -8,4 +8,5 @@ pub mod decode;
 pub mod fanotify;
 pub mod loader;
 pub mod recorded;
+pub mod remote_context;
 pub mod start;
