@@ -114,6 +114,160 @@ fn the_dockerfile_is_recorded_for_each_builder_and_client() {
     assert!(sensor.stop().unwrap().success());
 }
 
+/// `POST /build?remote=URL` with curl: the daemon fetches the context (BuildKit: `version=2`).
+fn remote_build(tag: &str, dockerfile: &str, url: &str, builder: Builder) {
+    let version = if builder == Builder::BuildKit {
+        "&version=2"
+    } else {
+        ""
+    };
+    let query = format!(
+        "t={}&dockerfile={dockerfile}&remote={}{version}",
+        tag.replace(':', "%3A"),
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
+    let out = Cmd::new("curl")
+        .args(["-sS", "--unix-socket", "/var/run/docker.sock", "-X", "POST"])
+        .arg(format!("http://localhost/v1.41/build?{query}"))
+        .timeout(Duration::from_secs(300))
+        .run();
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// An HTTP server in a test host's namespace that answers conditional requests as most do
+/// (`ETag`, and `304 Not Modified` with that `ETag` for an `If-None-Match` naming it), unlike
+/// busybox httpd (no ETag on its 304). Logs `METHOD STATUS` per request; killed on drop.
+struct EtagServer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const ETAG_SERVER: &str = r#"
+import hashlib, http.server, os, sys
+root, log = sys.argv[2], open(sys.argv[3], "a", buffering=1)
+class H(http.server.BaseHTTPRequestHandler):
+    def serve(self, body):
+        try:
+            data = open(os.path.join(root, self.path.lstrip("/")), "rb").read()
+        except OSError:
+            self.send_response(404); self.end_headers(); log.write(self.command + " 404\n"); return
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:16]
+        asked = [t.strip() for t in self.headers.get("If-None-Match", "").split(",")]
+        code = 304 if etag in asked else 200
+        self.send_response(code); self.send_header("ETag", etag)
+        if code == 200:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if code == 200 and body:
+            self.wfile.write(data)
+        log.write("%s %d\n" % (self.command, code))
+    def do_GET(self): self.serve(True)
+    def do_HEAD(self): self.serve(False)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+"#;
+
+impl EtagServer {
+    fn start(peer: &TestHost, port: u16, name: &str, data: &[u8]) -> EtagServer {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(name), data).unwrap();
+        let log = dir.path().join("requests.log");
+        std::fs::write(&log, "").unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", peer.netns(), "python3", "-c", ETAG_SERVER])
+            .arg(port.to_string())
+            .arg(dir.path())
+            .arg(&log)
+            .spawn()
+            .expect("cannot start python3 in the test host");
+        let addr = std::net::SocketAddr::from((peer.ip(), port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the ETag server on {addr} did not accept"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        EtagServer {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for EtagServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A BuildKit `remote=` build of a URL it fetched before, from a server that answers its
+/// conditional request `304 Not Modified`: BuildKit takes the download and the unpack from its
+/// cache, nothing is written, and the Dockerfile is only read (not seen without a read hook).
+/// The first build has its Dockerfile from the tarball; the second has none, and says why
+/// (`dockerfile_missing: cached_remote_context`) instead of leaving it unexplained.
+#[test]
+fn a_cached_remote_context_is_said_to_be_cached() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    ensure_base_image("localbase:1");
+    let name = format!("cached-{}.Dockerfile", std::process::id());
+    let text = format!("FROM localbase:1\nARG TOKEN=s3cret\nLABEL cached={name}\n");
+    let ctx = BuildContext::new("").file(&name, text.as_bytes());
+    let tar = Cmd::new("tar")
+        .args(["-C", ctx.path().to_str().unwrap(), "-cf", "-", &name])
+        .run()
+        .stdout;
+    let peer = TestHost::new("dfcached");
+    let server = EtagServer::start(&peer, 8090, "ctx.tar", &tar);
+    let url = peer.url(8090, "ctx.tar");
+    let mut sensor = SensorProcess::start(&["--kinds", "sensor,builds"]).unwrap();
+    let (first, second) = (
+        unique_tag("dockerfile-cached"),
+        unique_tag("dockerfile-cached"),
+    );
+    remote_build(&first, &name, &url, Builder::BuildKit);
+    let f1 = build_record(&sensor, "build_finished", &first, WAIT);
+    assert_eq!(f1["status"], "succeeded", "{f1}");
+    assert_eq!(f1["dockerfile"]["source"], "remote_context", "{f1}");
+    assert_eq!(
+        f1["dockerfile"]["sha256"].as_str().unwrap(),
+        sha256_hex(text.as_bytes())
+    );
+    assert!(f1.get("dockerfile_missing").is_none(), "{f1}");
+    remote_build(&second, &name, &url, Builder::BuildKit);
+    let f2 = build_record(&sensor, "build_finished", &second, WAIT);
+    let s2 = build_record(&sensor, "build_started", &second, WAIT);
+    assert_eq!(f2["status"], "succeeded", "{f2}");
+    // The server was asked conditionally and said not modified: nothing was downloaded.
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|r| r.ends_with(" 304")),
+        "requests: {requests:?}"
+    );
+    assert!(f2.get("dockerfile").is_none(), "{f2}");
+    assert!(s2.get("dockerfile").is_none(), "{s2}");
+    assert_eq!(f2["dockerfile_missing"], "cached_remote_context", "{f2}");
+    assert_records_match_schema(&sensor.records());
+    assert!(sensor.stop().unwrap().success());
+    drop(server);
+    for t in [&first, &second] {
+        remove_image(t);
+    }
+}
+
 /// A context at a URL (`http://<test host>/ctx.tar`), legacy and BuildKit: the legacy docker
 /// CLI fetches such a tarball itself and uploads it (`context_upload`); the BuildKit CLI and a
 /// raw `POST /build?remote=URL` have the daemon fetch it. The legacy builder unpacks the
@@ -163,22 +317,7 @@ fn the_dockerfile_of_a_remote_context_is_recorded() {
             peer.serve_http(8081, &[("ctx.tar", &tar)]);
         }
         if by_daemon {
-            let version = if builder == Builder::BuildKit {
-                "&version=2"
-            } else {
-                ""
-            };
-            let query = format!(
-                "t={}&dockerfile={name}&remote={}{version}",
-                tag.replace(':', "%3A"),
-                url.replace(':', "%3A").replace('/', "%2F")
-            );
-            let out = Cmd::new("curl")
-                .args(["-sS", "--unix-socket", "/var/run/docker.sock", "-X", "POST"])
-                .arg(format!("http://localhost/v1.41/build?{query}"))
-                .timeout(Duration::from_secs(300))
-                .run();
-            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+            remote_build(&tag, &name, url, builder);
         } else {
             let out = Cmd::new(docker_cli())
                 .env("DOCKER_BUILDKIT", builder.env_value())

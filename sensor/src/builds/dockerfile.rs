@@ -1,7 +1,9 @@
 //! The Dockerfile of each build, from the bytes the daemon writes when it receives it (kernel
 //! `file_content` records: dockerd writing a BuildKit context snapshot, the legacy builder's
-//! context extraction), not from the progress stream it shows its client: comments, ENV, LABEL
-//! and ARG lines are there too, and quiet builds have it as well. buildah and podman read
+//! context extraction; for a BuildKit `remote=` context, the member of that name in the tarball
+//! dockerd downloads, read at its close: `ingest::remote_context`), not from the progress
+//! stream it shows its client: comments, ENV, LABEL and ARG lines are there too, and quiet
+//! builds have it as well. buildah and podman read
 //! theirs in place (nothing writes it): it is read from the file their command line names
 //! (`command_file`).
 //!

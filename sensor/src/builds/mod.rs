@@ -310,9 +310,31 @@ impl BuildTracker {
     /// build of that daemon with a `remote` context whose `dockerfile` is that member's path.
     fn on_build_file(&mut self, a: dockerfile::Assembled, out: &mut Vec<Body>) {
         let member = remote_context::split_member_path(&a.path).map(|(_, m)| m);
-        let from_writer = |b: &BuildSession| {
-            b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1
-        };
+        let from_writer =
+            |b: &BuildSession| b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1;
+        // The first unpack of a tarball whose member a build took writes the same file again
+        // (before any step of it, before its end): that build's evidence, not a file of its
+        // own, also when another waiting build's `dockerfile` has that name.
+        if member.is_none() {
+            let sha = {
+                use sha2::Digest as _;
+                format!("{:x}", sha2::Sha256::digest(a.text.as_bytes()))
+            };
+            let unpacked = self.builds.values_mut().find(|b| {
+                from_writer(b)
+                    && b.steps.is_empty()
+                    && b.outcome.is_none()
+                    && b.dockerfile.as_ref().is_some_and(|d| {
+                        d.source == REMOTE_CONTEXT
+                            && d.sha256.as_deref() == Some(sha.as_str())
+                            && d.path.rsplit('/').next() == Some(a.name())
+                    })
+            });
+            if let Some(b) = unpacked {
+                a.record_ids.iter().for_each(|id| b.add_record(*id));
+                return;
+            }
+        }
         let waiting: Vec<u64> = self
             .builds
             .iter()
@@ -344,24 +366,7 @@ impl BuildTracker {
             .collect();
         let pick = (named.len() == 1).then(|| named[0]);
         let Some(s) = pick.and_then(|k| self.builds.get_mut(&k)) else {
-            // The first unpack of a tarball whose member was taken already writes the same
-            // file again: evidence of that build, not a file of its own.
-            let sha = {
-                use sha2::Digest as _;
-                format!("{:x}", sha2::Sha256::digest(a.text.as_bytes()))
-            };
-            let same = self.builds.values_mut().find(|b| {
-                from_writer(b)
-                    && b.dockerfile.as_ref().is_some_and(|d| {
-                        d.source == REMOTE_CONTEXT
-                            && d.sha256.as_deref() == Some(sha.as_str())
-                            && d.path.rsplit('/').next() == Some(a.name())
-                    })
-            });
-            match same {
-                Some(b) => a.record_ids.iter().for_each(|id| b.add_record(*id)),
-                None => self.dockerfile_unattributed += 1,
-            }
+            self.dockerfile_unattributed += 1;
             return;
         };
         let source = if member.is_some() {

@@ -304,6 +304,13 @@ impl BuildSession {
         if status != "succeeded" {
             tags.clear();
         }
+        // A BuildKit build of a remote context has its Dockerfile from the tarball the daemon
+        // downloads (or its unpack): with neither written, the context came from its cache.
+        let dockerfile_missing = (self.dockerfile.is_none()
+            && !self.partial
+            && self.builder == "buildkit"
+            && self.params.remote.is_some())
+        .then(|| "cached_remote_context".to_string());
         BuildFinished {
             build_id: self.build_id,
             builder: self.builder,
@@ -323,6 +330,7 @@ impl BuildSession {
             outbound: self.outbound.into_values().collect(),
             dockerfile: self.dockerfile,
             evidence: self.evidence,
+            dockerfile_missing,
         }
     }
 }

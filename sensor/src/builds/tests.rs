@@ -723,6 +723,74 @@ fn build_started_waits_for_the_dockerfile_or_its_deadline() {
     assert_eq!(s.t.next_deadline(), None);
 }
 
+/// A member of a remote context's tarball (`<tarball>!/<member>`, as the file events read it)
+/// goes only to a waiting build with a `remote` context whose `dockerfile` is that member's
+/// path; the unpack writing the same file again afterwards is that build's evidence, not a
+/// file of its own (nor counted unattributed).
+#[test]
+fn remote_context_members_go_to_the_remote_build_of_that_path() {
+    let mut s = Stream::new();
+    let tarball = "/var/lib/docker/overlay2/x/diff/context";
+    s.request(
+        7,
+        "t=r%3A1&dockerfile=.%2Fsub%2Fr.Dockerfile&remote=http%3A%2F%2F10.0.0.1%2Fc.tar&version=2",
+        1,
+    );
+    s.request(8, "t=l%3A1&dockerfile=r.Dockerfile&version=2", 2);
+    // Another member of that name, at another path: nobody's (the local build takes no
+    // member, the remote one wants sub/r.Dockerfile).
+    s.dockerfile(-1, &format!("{tarball}!/r.Dockerfile"), "FROM other\n");
+    assert!(s.started().is_empty());
+    assert_eq!(s.t.dockerfile_unattributed, 1);
+    let text = "FROM base:1\nARG T=x\n";
+    s.dockerfile(-1, &format!("{tarball}!/sub/r.Dockerfile"), text);
+    assert_eq!(s.started().len(), 1);
+    let st = s.started()[0];
+    assert_eq!(st.params.tags, ["r:1"]);
+    assert_eq!(st.dockerfile_status, "captured");
+    let d = st.dockerfile.as_ref().unwrap();
+    assert_eq!(d.source, "remote_context");
+    assert_eq!(d.path, format!("{tarball}!/sub/r.Dockerfile"));
+    assert_eq!(d.text, "FROM base:1\nARG T=<redacted>\n");
+    // The chrooted untar (dockerd's child) writes it on the first unpack.
+    s.feed(Body::FileContent(crate::output::record::FileContent {
+        process: proc_ref(300, DOCKERD, "exe"),
+        path: Some("/sub/r.Dockerfile".into()),
+        fd: -1,
+        offset: 0,
+        write_len: text.len() as u64,
+        data: text.into(),
+        truncated: false,
+    }));
+    let untar_record = s.id;
+    assert_eq!(s.t.dockerfile_unattributed, 1);
+    assert_eq!(s.started().len(), 1, "the local build is still waiting");
+    s.response(7, "{\"aux\":{\"ID\":\"sha256:aa\"}}\r\n0\r\n\r\n");
+    let f = s.finished()[0];
+    assert_eq!(f.dockerfile.as_ref().unwrap().source, "remote_context");
+    assert!(f.evidence.record_ids.contains(&untar_record));
+    assert_eq!(f.dockerfile_missing, None);
+    // Built again from BuildKit's cache: nothing written. The local build (no remote context)
+    // is not said to be cached.
+    s.request(
+        9,
+        "t=r%3A2&dockerfile=.%2Fsub%2Fr.Dockerfile&remote=http%3A%2F%2F10.0.0.1%2Fc.tar&version=2",
+        1,
+    );
+    s.response(9, "{\"aux\":{\"ID\":\"sha256:aa\"}}\r\n0\r\n\r\n");
+    s.response(8, "{\"aux\":{\"ID\":\"sha256:bb\"}}\r\n0\r\n\r\n");
+    let by_tag = |t: &str| {
+        s.finished()
+            .into_iter()
+            .find(|f| f.params.tags == [t])
+            .unwrap()
+            .dockerfile_missing
+            .clone()
+    };
+    assert_eq!(by_tag("r:2").as_deref(), Some("cached_remote_context"));
+    assert_eq!(by_tag("l:1"), None);
+}
+
 /// The sensor starts while a BuildKit step runs: the seeded runc and shell become the first step
 /// of a partial build, the next step joins it, and the image export ends it.
 #[test]

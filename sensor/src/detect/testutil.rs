@@ -131,6 +131,7 @@ pub fn build_finished(id: &str, image_id: Option<&str>, outbound: &[(&str, u16, 
             .collect(),
         dockerfile: None,
         evidence: Evidence::default(),
+        dockerfile_missing: None,
     })
 }
 

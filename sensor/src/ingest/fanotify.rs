@@ -10,6 +10,8 @@
 //!   the sensor. A tracked writer's file gives `file_write` (op `close_write`, the path the fd
 //!   links to); a build file's bytes (up to 16 KiB) are read from that fd into the same
 //!   `file_content` the kernel capture produces, so the Dockerfile engine sees no difference.
+//!   A runtime's download of a remote context (`remote_context`: a file `context` alone in its
+//!   directory) gives the build files inside the tarball, each as `<tarball>!/<member>`.
 //!   The fd is always closed, also for untracked writers.
 //! - FID mode (`FAN_REPORT_DFID_NAME`), `FAN_MOVED_TO`: the new name's directory as a file
 //!   handle plus the name; the directory is opened with `open_by_handle_at` against a

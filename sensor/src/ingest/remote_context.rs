@@ -168,7 +168,8 @@ mod tests {
         ]);
         let want = vec![
             Member {
-                name: "./sub/remote.Dockerfile".into(),
+                // (tar::Builder writes it without the `./`)
+                name: "sub/remote.Dockerfile".into(),
                 bytes: b"FROM a\n".to_vec(),
                 size: 7,
             },
@@ -214,11 +215,20 @@ mod tests {
 
     #[test]
     fn member_paths() {
-        let p = member_path("/var/lib/docker/overlay2/x/diff/context", "./sub/a.Dockerfile");
-        assert_eq!(p, "/var/lib/docker/overlay2/x/diff/context!/sub/a.Dockerfile");
+        let p = member_path(
+            "/var/lib/docker/overlay2/x/diff/context",
+            "./sub/a.Dockerfile",
+        );
+        assert_eq!(
+            p,
+            "/var/lib/docker/overlay2/x/diff/context!/sub/a.Dockerfile"
+        );
         assert_eq!(
             split_member_path(&p),
-            Some(("/var/lib/docker/overlay2/x/diff/context", "sub/a.Dockerfile"))
+            Some((
+                "/var/lib/docker/overlay2/x/diff/context",
+                "sub/a.Dockerfile"
+            ))
         );
         assert_eq!(normalize("/./Dockerfile"), "Dockerfile");
     }

@@ -121,8 +121,10 @@ pub struct BuildDockerfile {
     /// legacy builder's extraction root), or the file a buildah/podman command reads (as seen
     /// from its root).
     pub path: String,
-    /// `daemon_write` (the kernel captured the daemon writing it) or `build_command` (read
-    /// from the file a buildah/podman command line names, when its process was seen).
+    /// `daemon_write` (the kernel captured the daemon writing it), `remote_context` (the
+    /// member of that name in the tarball dockerd downloaded for a BuildKit `remote=` build;
+    /// `path` is `<tarball>!/<member>`) or `build_command` (read from the file a
+    /// buildah/podman command line names, when its process was seen).
     #[serde(default)]
     pub source: String,
     /// The text (at most 16 KiB; `ARG` defaults redacted unless `--show-build-args`).
@@ -202,13 +204,20 @@ pub struct BuildFinished {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<DockerfileText>,
     pub evidence: Evidence,
+    /// Why `dockerfile` is absent, when the sensor knows: `cached_remote_context` (a BuildKit
+    /// build of a `remote` context that wrote neither the downloaded tarball nor the
+    /// Dockerfile: BuildKit took both from its cache, the server having answered its
+    /// conditional request `304 Not Modified`, and read the Dockerfile from the cached
+    /// snapshot, a read the sensor does not see; also a bzip2/xz tarball, which is not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_missing: Option<String>,
 }
 
 /// A build's Dockerfile as `build_finished` carries it (see `build_dockerfile`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct DockerfileText {
     pub path: String,
-    /// `daemon_write` or `build_command` (see `build_dockerfile.source`).
+    /// `daemon_write`, `remote_context` or `build_command` (see `build_dockerfile.source`).
     #[serde(default)]
     pub source: String,
     /// At most 16 KiB; `ARG` defaults redacted unless `--show-build-args`.
