@@ -114,6 +114,15 @@ fn the_dockerfile_is_recorded_for_each_builder_and_client() {
     assert!(sensor.stop().unwrap().success());
 }
 
+/// A tar holding one file, `name`, at its root.
+fn tarball_of(name: &str, data: &[u8]) -> Vec<u8> {
+    let ctx = BuildContext::new("").file(name, data);
+    Cmd::new("tar")
+        .args(["-C", ctx.path().to_str().unwrap(), "-cf", "-", name])
+        .run()
+        .stdout
+}
+
 /// `POST /build?remote=URL` with curl: the daemon fetches the context (BuildKit: `version=2`).
 fn remote_build(tag: &str, dockerfile: &str, url: &str, builder: Builder) {
     let version = if builder == Builder::BuildKit {
@@ -225,11 +234,7 @@ fn a_cached_remote_context_is_said_to_be_cached() {
     ensure_base_image("localbase:1");
     let name = format!("cached-{}.Dockerfile", std::process::id());
     let text = format!("FROM localbase:1\nARG TOKEN=s3cret\nLABEL cached={name}\n");
-    let ctx = BuildContext::new("").file(&name, text.as_bytes());
-    let tar = Cmd::new("tar")
-        .args(["-C", ctx.path().to_str().unwrap(), "-cf", "-", &name])
-        .run()
-        .stdout;
+    let tar = tarball_of(&name, text.as_bytes());
     let peer = TestHost::new("dfcached");
     let server = EtagServer::start(&peer, 8090, "ctx.tar", &tar);
     let url = peer.url(8090, "ctx.tar");
@@ -284,11 +289,7 @@ fn the_dockerfile_of_a_remote_context_is_recorded() {
     // A name of its own: other builds on this shared dockerd use `Dockerfile`, and a file is
     // given to the one waiting build whose `dockerfile` parameter names it.
     let name = format!("remote-{}.Dockerfile", std::process::id());
-    let ctx = BuildContext::new("").file(&name, text.as_bytes());
-    let tar = Cmd::new("tar")
-        .args(["-C", ctx.path().to_str().unwrap(), "-cf", "-", &name])
-        .run()
-        .stdout;
+    let tar = tarball_of(&name, text.as_bytes());
     let peer = TestHost::new("dfremote");
     peer.serve_http(8080, &[("ctx.tar", &tar)]);
     let cli_url = peer.url(8080, "ctx.tar");
