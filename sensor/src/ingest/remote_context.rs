@@ -22,8 +22,9 @@ pub const CONTEXT_FILE: &str = "context";
 pub const MAX_MEMBERS: usize = 16;
 /// Tar entries looked at: a context with more files is read no further.
 pub const MAX_ENTRIES: usize = 20_000;
-/// Decompressed bytes read of a gzip tarball (its members' data cannot be skipped by seeking).
-pub const MAX_GZIP_BYTES: u64 = 256 * 1024 * 1024;
+/// Decompressed bytes read of a gzip tarball (its members' data cannot be skipped by seeking;
+/// it is read in the sensor's event loop, so the cap bounds the stall).
+pub const MAX_GZIP_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Error)]
 pub enum RemoteContextError {
