@@ -84,6 +84,8 @@ impl Default for BuildConfig {
 /// How long `build_started` waits for the daemon to write the build's Dockerfile (it does so
 /// within milliseconds of the request for a small context: the record then carries it).
 const DOCKERFILE_WAIT: Duration = Duration::from_millis(500);
+/// `build_finished.error` of a build whose response ended without a result.
+const RESPONSE_ENDED: &str = "the daemon ended the response without a result";
 /// `build_dockerfile.source` of a member of a remote context's tarball.
 const REMOTE_CONTEXT: &str = "remote_context";
 /// How long a step whose build is not known yet waits for the builder's output to name it.
@@ -296,11 +298,20 @@ impl BuildTracker {
 
     /// Writes the `build_started` of builds that waited for their Dockerfile until `now`.
     fn release_due(&mut self, now: Timestamp, out: &mut Vec<Body>) {
-        for s in self.builds.values_mut() {
+        let mut ended = Vec::new();
+        for (k, s) in self.builds.iter_mut() {
             if s.dockerfile_due.is_some_and(|d| d <= now) {
+                if s.close_when_announced {
+                    // Ended before its Dockerfile came: `close` announces it `build_ended`.
+                    ended.push(*k);
+                    continue;
+                }
                 self.held = self.held.saturating_sub(1);
                 announce(s, "deadline_passed", out);
             }
+        }
+        for k in ended {
+            self.close(k, now, Some(RESPONSE_ENDED), out);
         }
     }
 
@@ -308,13 +319,13 @@ impl BuildTracker {
     /// `dockerfile` parameter (`Dockerfile` when not given) names it; otherwise counted. A
     /// member of a remote context's tarball (`ingest::remote_context`) goes to a waiting
     /// build of that daemon with a `remote` context whose `dockerfile` is that member's path.
-    fn on_build_file(&mut self, a: dockerfile::Assembled, out: &mut Vec<Body>) {
+    fn on_build_file(&mut self, a: dockerfile::Assembled, ts: Timestamp, out: &mut Vec<Body>) {
         let member = remote_context::split_member_path(&a.path).map(|(_, m)| m);
         let from_writer =
             |b: &BuildSession| b.daemon_pid == a.writer.0 || b.daemon_pid == a.writer.1;
         // The first unpack of a tarball whose member a build took writes the same file again
-        // (before any step of it, before its end): that build's evidence, not a file of its
-        // own, also when another waiting build's `dockerfile` has that name.
+        // (before any step of it): that build's evidence, not a file of its own, also when
+        // another waiting build's `dockerfile` has that name.
         if member.is_none() {
             let sha = {
                 use sha2::Digest as _;
@@ -323,7 +334,6 @@ impl BuildTracker {
             let unpacked = self.builds.values_mut().find(|b| {
                 from_writer(b)
                     && b.steps.is_empty()
-                    && b.outcome.is_none()
                     && b.dockerfile.as_ref().is_some_and(|d| {
                         d.source == REMOTE_CONTEXT
                             && d.sha256.as_deref() == Some(sha.as_str())
@@ -338,13 +348,15 @@ impl BuildTracker {
         let waiting: Vec<u64> = self
             .builds
             .iter()
-            // A build reads its Dockerfile before any step: one with steps (or ended) is not
-            // waiting any more, and only its own daemon (or a process it forked) writes it.
+            // A build reads its Dockerfile before any step: one with steps is not waiting any
+            // more, and only its own daemon (or a process it forked) writes it. One whose end
+            // was seen still is until it is closed (END_GRACE): a fast (cached) build's
+            // response can be read before the file event of its Dockerfile, which the file
+            // events deliver after the kernel's ring buffer is drained.
             .filter(|(_, b)| {
                 b.dockerfile.is_none()
                     && b.tool_pid.is_none()
                     && b.steps.is_empty()
-                    && b.outcome.is_none()
                     && from_writer(b)
                     && (member.is_none() || b.params.remote.is_some())
             })
@@ -383,7 +395,11 @@ impl BuildTracker {
             self.held = self.held.saturating_sub(1);
             announce(s, "captured", out);
         }
+        let close = s.close_when_announced;
         out.push(Body::BuildDockerfile(d));
+        if let (true, Some(k)) = (close, pick) {
+            self.close(k, ts, Some(RESPONSE_ENDED), out);
+        }
     }
 
     fn on_exec(&mut self, rec: &Record, e: &ProcessExec, out: &mut Vec<Body>) {
@@ -658,7 +674,7 @@ impl Engine for BuildTracker {
             }
             Body::FileContent(c) => {
                 if let Some(a) = self.build_files.push(rec, c) {
-                    self.on_build_file(a, out);
+                    self.on_build_file(a, rec.ts, out);
                 }
             }
             _ => {}

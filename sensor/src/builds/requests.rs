@@ -171,9 +171,17 @@ impl BuildTracker {
         self.resolve_pending(ts, false, out);
         if response_ended {
             // Every step has run and the image is written: nothing more is coming for this
-            // build, so its record goes out now rather than after a grace period.
-            let why = "the daemon ended the response without a result";
-            self.close(key, ts, Some(why), out);
+            // build, so its record goes out now rather than after a grace period. Unless it
+            // waits for its Dockerfile: a fast (cached) build's response is often read before
+            // the file event of its Dockerfile (file events are read after the kernel's ring
+            // buffer is drained); it is closed when that comes, or at its deadline.
+            match self.builds.get_mut(&key) {
+                Some(b) if b.dockerfile_due.is_some() => {
+                    b.close_when_announced = true;
+                    b.ending_since.get_or_insert(ts);
+                }
+                _ => self.close(key, ts, Some(RESPONSE_ENDED), out),
+            }
         }
     }
 }

@@ -52,6 +52,9 @@ pub struct BuildSession {
     pub outcome: Option<Outcome>,
     /// When the end was seen (the record is written a moment later, to catch trailing lines).
     pub ending_since: Option<Timestamp>,
+    /// The response ended while `build_started` waited for the Dockerfile: the build is
+    /// closed once that is written (its file, or its deadline).
+    pub close_when_announced: bool,
     /// Last `Step N/M : ...` line of a legacy build.
     pub current_instruction: Option<String>,
     pub vertices: Vec<Vertex>,
@@ -95,6 +98,7 @@ impl BuildSession {
             tags: Vec::new(),
             outcome: None,
             ending_since: None,
+            close_when_announced: false,
             current_instruction: None,
             vertices: Vec::new(),
             responses_seen: 0,

@@ -705,6 +705,8 @@ fn build_started_waits_for_the_dockerfile_or_its_deadline() {
     // A build that ends before either: build_started comes first, then build_finished.
     s.request(9, "t=c%3A1", 3);
     s.response(9, "{\"errorDetail\":{\"message\":\"no Dockerfile\"},\"error\":\"no Dockerfile\"}\r\n0\r\n\r\n");
+    // (held until its Dockerfile's deadline: its file event could still come)
+    s.wait_ms(600);
     let kinds: Vec<&str> = s.out.iter().map(|b| b.kind()).collect();
     let c = s
         .started()
@@ -721,6 +723,45 @@ fn build_started_waits_for_the_dockerfile_or_its_deadline() {
         "FROM a\n"
     );
     assert_eq!(s.t.next_deadline(), None);
+}
+
+/// A fast build's end can be read before its Dockerfile's file event (the file events are
+/// handled after the kernel's ring buffer is drained): until the build is closed, the file is
+/// still its own, and build_started, written when the build closes, carries it.
+#[test]
+fn a_dockerfile_read_after_the_builds_end_is_still_its_own() {
+    let mut s = Stream::new();
+    s.request(7, "t=a%3A1&remote=http%3A%2F%2F10.0.0.1%2Fc.tar", 1);
+    s.response(
+        7,
+        "{\"stream\":\"Successfully built 1111111111\\n\"}\r\n0\r\n\r\n",
+    );
+    assert!(s.started().is_empty() && s.finished().is_empty());
+    s.dockerfile(-1, "/Dockerfile", "FROM a\n");
+    assert_eq!(s.started().len(), 1);
+    assert_eq!(s.started()[0].dockerfile_status, "captured");
+    // Closed with it: build_started, build_dockerfile, build_finished.
+    let kinds: Vec<&str> = s.out.iter().map(|b| b.kind()).collect();
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        ["build_started", "build_dockerfile", "build_finished"]
+    );
+    let f = s.finished()[0];
+    assert_eq!(f.status, "succeeded");
+    assert_eq!(f.dockerfile.as_ref().unwrap().text, "FROM a\n");
+    assert_eq!(s.t.dockerfile_unattributed, 0);
+    // No file at all: closed at the deadline, not later.
+    s.request(8, "t=b%3A1", 2);
+    s.response(
+        8,
+        "{\"stream\":\"Successfully built 2222222222\\n\"}\r\n0\r\n\r\n",
+    );
+    assert_eq!(s.finished().len(), 1);
+    s.wait_ms(600);
+    assert_eq!(s.started()[1].dockerfile_status, "build_ended");
+    assert_eq!(s.finished().len(), 2);
+    assert_eq!(s.finished()[1].status, "succeeded");
+    assert_eq!(s.t.open_builds(), 0);
 }
 
 /// A member of a remote context's tarball (`<tarball>!/<member>`, as the file events read it)
@@ -779,6 +820,7 @@ fn remote_context_members_go_to_the_remote_build_of_that_path() {
     );
     s.response(9, "{\"aux\":{\"ID\":\"sha256:aa\"}}\r\n0\r\n\r\n");
     s.response(8, "{\"aux\":{\"ID\":\"sha256:bb\"}}\r\n0\r\n\r\n");
+    s.wait_ms(600);
     let by_tag = |t: &str| {
         s.finished()
             .into_iter()
