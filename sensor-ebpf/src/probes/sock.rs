@@ -39,6 +39,9 @@ const MMSGHDR_SIZE: u64 = 64;
 // dead return value and the verifier may find a stack pointer in R0 at exit.
 #[inline(always)]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_recv(&ctx);
     0
 }
@@ -89,6 +92,9 @@ fn sock_arg(ctx: &BtfTracePointContext) -> Option<u64> {
 // dead return value and the verifier may find a stack pointer in R0 at exit.
 #[inline(always)]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_send(&ctx);
     0
 }

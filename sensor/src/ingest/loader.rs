@@ -279,9 +279,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     let mut config = Config {
         self_tgid: std::process::id(),
-        features: opts.features,
+        features: opts.features | if idle_probes() { feature::IDLE } else { 0 },
         offsets,
     };
+    if config.features & feature::IDLE != 0 {
+        tracing::warn!(
+            "SENSOR_IDLE_PROBES=1: every kernel program is attached but returns at once; \
+             no kernel event will be seen (a bench instrument)"
+        );
+    }
     write_config(&mut ebpf, config)?;
     {
         let mut names: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
@@ -471,6 +477,11 @@ fn write_config(ebpf: &mut Ebpf, c: Config) -> Result<(), LoadError> {
     )
     .map_err(|e| LoadError::Map("CONFIG", e))?;
     cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))
+}
+
+/// A bench instrument (`SENSOR_IDLE_PROBES=1`): attach every program, idle (`feature::IDLE`).
+fn idle_probes() -> bool {
+    std::env::var_os("SENSOR_IDLE_PROBES").is_some_and(|v| v == "1")
 }
 
 /// A debugging aid: leave named optional probes detached (e.g. to measure their cost).

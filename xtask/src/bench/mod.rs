@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// Debian package auditd and no other audit daemon running.
     #[arg(long)]
     pub peers: bool,
+    /// Also run the untracked storms with the sensor's kernel programs attached but idle
+    /// (SENSOR_IDLE_PROBES=1: each returns at its first check), alternating with bare runs,
+    /// as another column: the kernel's price for the attachment, before any program work.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -189,6 +194,10 @@ pub struct CaseResults {
     /// untracked read/write and open/close only).
     pub auditd: Vec<StormTiming>,
     pub auditd_bare: Vec<StormTiming>,
+    /// With the sensor's programs idle, and bare runs alternating with those (`--floor`;
+    /// untracked storms only).
+    pub floor: Vec<StormTiming>,
+    pub floor_bare: Vec<StormTiming>,
 }
 
 /// Everything measured; `report` turns it into the table.
@@ -208,6 +217,8 @@ pub struct Measurements {
     pub hook_costs: Option<Result<Vec<hooks::HookCost>, String>>,
     /// The `--peers` column: what ran and how, or why it did not.
     pub peers: Option<Result<String, String>>,
+    /// The `--floor` column: measured, or why not.
+    pub floor: Option<Result<(), String>>,
     /// True if a later stats record had lower totals than an earlier one (per-interval
     /// counters rather than totals): event and drop deltas are then not meaningful.
     pub stats_not_cumulative: bool,
@@ -273,6 +284,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 counts: Vec::new(),
                 auditd: Vec::new(),
                 auditd_bare: Vec::new(),
+                floor: Vec::new(),
+                floor_bare: Vec::new(),
             })
             .collect(),
         reps: args.reps,
@@ -284,6 +297,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         sensors: Vec::new(),
         hook_costs: None,
         peers: None,
+        floor: None,
         stats_not_cumulative: false,
         load_before: loadavg(),
         load_after: String::new(),
@@ -314,6 +328,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if args.floor {
+        m.floor = Some(
+            measure_floor(args, &drivers, &sensor_bin, &out_dir, &mut m)
+                .map_err(|e| format!("{e:#}")),
+        );
     }
     if args.hook_stats {
         m.hook_costs = Some(
@@ -401,6 +421,58 @@ fn measure_peers(
     Ok(auditd.describe())
 }
 
+/// `--floor`: the untracked storms with the sensor's programs idle and bare, alternating, as
+/// many repetitions as the sensor's.
+fn measure_floor(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &mut Measurements,
+) -> Result<()> {
+    for rep in 0..args.reps {
+        for idle in alternating(rep) {
+            let label = if idle {
+                "with the sensor's programs idle"
+            } else {
+                "bare, for the idle-hooks column"
+            };
+            eprintln!(
+                "bench: --floor repetition {}/{}, {label}",
+                rep + 1,
+                args.reps
+            );
+            let run = if idle {
+                // Apart from the timed runs' and --hook-stats' output files.
+                let index = 1000 + rep as usize;
+                Some(SensorRun::start(
+                    sensor_bin,
+                    &args.runtime_name,
+                    &args.skip_probes,
+                    true,
+                    out_dir,
+                    index,
+                )?)
+            } else {
+                None
+            };
+            for results in m.cases.iter_mut().filter(|r| !r.case.tracked) {
+                let t = drivers.case(&results.case)?;
+                eprintln!("bench:   {}", timing_line(&results.case, &t));
+                if idle {
+                    results.floor.push(t);
+                } else {
+                    results.floor_bare.push(t);
+                }
+            }
+            if let Some(run) = run {
+                run.stop()?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
 /// reading the sensor's programs' counters from its fdinfo around each.
 fn measure_hook_costs(
@@ -416,6 +488,7 @@ fn measure_hook_costs(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
+        false,
         out_dir,
         m.sensors.len(),
     )?;
@@ -463,6 +536,7 @@ fn measure_with_sensor(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
+        false,
         out_dir,
         index,
     )?;
