@@ -271,8 +271,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     // One parse of the kernel BTF for aya's loader and the BTF tracepoints, dropped after attach.
     let aya_btf = aya::Btf::from_sys_fs().ok();
+    // Load-time constants of the socket hooks (0: unknown, read by helper instead).
+    let known = |off: u32| {
+        if off == sensor_common::OFFSET_MISSING {
+            0
+        } else {
+            off
+        }
+    };
+    let (sk_family_at, sk_protocol_at) = (known(offsets.sk_family), known(offsets.sk_protocol));
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
+        .override_global("SK_FAMILY_AT", &sk_family_at, true)
+        .override_global("SK_PROTOCOL_AT", &sk_protocol_at, true)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;

@@ -133,6 +133,9 @@ fn ratio_text(r: Option<f64>) -> String {
     r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}x"))
 }
 
+/// A column shown when any row has a value: its heading and the row's value.
+type OptionalColumn = (&'static str, fn(&Row) -> Option<f64>);
+
 /// One line of the table: a storm (time) or one redis test (throughput) in one tree.
 struct Row {
     name: String,
@@ -284,8 +287,7 @@ pub fn markdown(m: &Measurements) -> String {
         );
     }
     let rows = rows(m);
-    // Optional columns: (heading, the row's value), shown when any row has a value.
-    let optional: [(&str, fn(&Row) -> Option<f64>); 2] = [
+    let optional: [OptionalColumn; 2] = [
         ("idle hooks / bare", |r| r.floor_ratio),
         ("auditd / bare", |r| r.auditd_ratio),
     ];
@@ -687,5 +689,50 @@ mod tests {
                 && row.ends_with("| ≥ 0.97x | FAIL |"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn the_idle_hooks_column_comes_before_auditd_and_only_where_measured() {
+        let t = |wall| timing(wall, &[]);
+        let redis = |set, get| timing(2.0, &[("SET", set), ("GET", get)]);
+        let mut pair = results(Workload::UnixPair, false, t(1.0), t(1.2));
+        pair.floor = vec![t(1.1), t(1.06), t(1.3)];
+        pair.floor_bare = vec![t(1.0), t(1.0), t(0.9)];
+        pair.auditd = vec![t(1.5)];
+        pair.auditd_bare = vec![t(1.0)];
+        let mut redis_row = results(
+            Workload::Redis,
+            false,
+            redis(100.0, 100.0),
+            redis(90.0, 95.0),
+        );
+        redis_row.floor = vec![redis(95.0, 99.0)];
+        redis_row.floor_bare = vec![redis(100.0, 100.0)];
+        let mut m = measurements(vec![
+            pair,
+            redis_row,
+            results(Workload::UnixPair, true, t(1.0), t(1.1)),
+        ]);
+        m.floor = Some(Ok(()));
+        let md = markdown(&m);
+        assert!(
+            md.contains("| with / bare | idle hooks / bare | auditd / bare | CPU time"),
+            "{md}"
+        );
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_default()
+                .to_string()
+        };
+        // Medians: 1.1 over 1.0.
+        let pair = row("| unix socketpair storm, untracked");
+        assert!(pair.contains("| 1.200x | 1.100x | 1.500x |"), "{pair}");
+        let set = row("| redis-benchmark SET, untracked");
+        assert!(set.contains("| 0.900x | 0.950x | |"), "{set}");
+        // Not measured for tracked storms: an empty cell, the row still complete.
+        let tracked = row("| unix socketpair storm, tracked");
+        assert!(tracked.contains("| 1.100x | | |"), "{tracked}");
+        assert!(md.contains("Idle hooks / bare (`--floor`)"), "{md}");
     }
 }
