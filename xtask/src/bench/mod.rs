@@ -387,37 +387,29 @@ fn measure_peers(
     if !m.cases.iter().any(|r| audited(&r.case)) {
         bail!("--read-writes and --opens are both 0: nothing to run under auditd");
     }
-    for rep in 0..args.reps {
-        for under_auditd in alternating(rep) {
-            let label = if under_auditd {
-                "under auditd (CIS Docker rules), no sensor"
+    alternate_column(
+        args,
+        drivers,
+        m,
+        "--peers",
+        [
+            "under auditd (CIS Docker rules), no sensor",
+            "bare, for the auditd column",
+        ],
+        audited,
+        |_, storms| {
+            let running = auditd.start()?;
+            storms()?;
+            running.stop()
+        },
+        |r, under_auditd| {
+            if under_auditd {
+                &mut r.auditd
             } else {
-                "bare, for the auditd column"
-            };
-            eprintln!(
-                "bench: --peers repetition {}/{}, {label}",
-                rep + 1,
-                args.reps
-            );
-            let running = if under_auditd {
-                Some(auditd.start()?)
-            } else {
-                None
-            };
-            for results in m.cases.iter_mut().filter(|r| audited(&r.case)) {
-                let t = drivers.case(&results.case)?;
-                eprintln!("bench:   {}", timing_line(&results.case, &t));
-                if under_auditd {
-                    results.auditd.push(t);
-                } else {
-                    results.auditd_bare.push(t);
-                }
+                &mut r.auditd_bare
             }
-            if let Some(running) = running {
-                running.stop()?;
-            }
-        }
-    }
+        },
+    )?;
     Ok(auditd.describe())
 }
 
@@ -430,43 +422,75 @@ fn measure_floor(
     out_dir: &Path,
     m: &mut Measurements,
 ) -> Result<()> {
-    for rep in 0..args.reps {
-        for idle in alternating(rep) {
-            let label = if idle {
-                "with the sensor's programs idle"
+    alternate_column(
+        args,
+        drivers,
+        m,
+        "--floor",
+        [
+            "with the sensor's programs idle",
+            "bare, for the idle-hooks column",
+        ],
+        |case| !case.tracked,
+        |rep, storms| {
+            // Apart from the timed runs' and --hook-stats' output files.
+            let index = 1000 + rep as usize;
+            let run = SensorRun::start(
+                sensor_bin,
+                &args.runtime_name,
+                &args.skip_probes,
+                true,
+                out_dir,
+                index,
+            )?;
+            storms()?;
+            run.stop().map(drop)
+        },
+        |r, idle| {
+            if idle {
+                &mut r.floor
             } else {
-                "bare, for the idle-hooks column"
-            };
+                &mut r.floor_bare
+            }
+        },
+    )
+}
+
+/// A column of its own, after the sensor's repetitions: the storms `which` selects, with a
+/// setting in place (`with_setting` sets it up, runs the storms it is given, tears it down)
+/// and bare, alternating, as many repetitions as the sensor's; `slot` is where each side's
+/// timings go.
+#[allow(clippy::too_many_arguments)]
+fn alternate_column(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    m: &mut Measurements,
+    flag: &str,
+    [set_label, bare_label]: [&str; 2],
+    which: fn(&Case) -> bool,
+    mut with_setting: impl FnMut(u32, &mut dyn FnMut() -> Result<()>) -> Result<()>,
+    slot: fn(&mut CaseResults, bool) -> &mut Vec<StormTiming>,
+) -> Result<()> {
+    for rep in 0..args.reps {
+        for set in alternating(rep) {
+            let label = if set { set_label } else { bare_label };
             eprintln!(
-                "bench: --floor repetition {}/{}, {label}",
+                "bench: {flag} repetition {}/{}, {label}",
                 rep + 1,
                 args.reps
             );
-            let run = if idle {
-                // Apart from the timed runs' and --hook-stats' output files.
-                let index = 1000 + rep as usize;
-                Some(SensorRun::start(
-                    sensor_bin,
-                    &args.runtime_name,
-                    &args.skip_probes,
-                    true,
-                    out_dir,
-                    index,
-                )?)
-            } else {
-                None
-            };
-            for results in m.cases.iter_mut().filter(|r| !r.case.tracked) {
-                let t = drivers.case(&results.case)?;
-                eprintln!("bench:   {}", timing_line(&results.case, &t));
-                if idle {
-                    results.floor.push(t);
-                } else {
-                    results.floor_bare.push(t);
+            let mut storms = || -> Result<()> {
+                for results in m.cases.iter_mut().filter(|r| which(&r.case)) {
+                    let t = drivers.case(&results.case)?;
+                    eprintln!("bench:   {}", timing_line(&results.case, &t));
+                    slot(results, set).push(t);
                 }
-            }
-            if let Some(run) = run {
-                run.stop()?;
+                Ok(())
+            };
+            if set {
+                with_setting(rep, &mut storms)?;
+            } else {
+                storms()?;
             }
         }
     }
