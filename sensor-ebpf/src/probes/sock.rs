@@ -145,9 +145,9 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         return None; // an API client already reported
     }
     let t = Tracked { flags, depth: 0 };
-    let sk = sock_arg(ctx)?;
     if family == AF_UNIX {
-        first_unix_send(cfg, &t, sk);
+        // The typed pointer, as for client_send: only a key and a base here.
+        first_unix_send(cfg, &t, ctx.arg(0));
     }
     let inet = family == AF_INET || family == AF_INET6;
     let dns = inet
@@ -157,6 +157,8 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
     if !dns && !is_api_server(&t) {
         return None;
     }
+    // A plain number from here on (see sock_arg), for the WATCH_FDS comparisons.
+    let sk = sock_arg(ctx)?;
     let c = current_call(o)?;
     if dns {
         return dns_query(cfg, &t, sk, &c, u64::from(ret as u32));
