@@ -4,11 +4,13 @@
 //! (`POST /containers/{id}/start`, `POST /images/{name}/push`), `api_response` (the push's
 //! `{"aux":{"Tag","Digest"}}`), and `process_exec` of OCI runtimes; produces `container_start`
 //! and `image_push`, each linked to the build of its image when it was built on this host.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc;
 
 use serde_json::Value;
 
 use super::SharedLineage;
+use super::containerd::{ContainerdImage, Scan};
 use crate::detect::policy::ALLOWED;
 use crate::engine::Engine;
 use crate::lineage::store::{ImageLineage, PushSeen};
@@ -66,6 +68,13 @@ pub struct LineageEngine {
     /// The image store was compared with the lineage store (once, at start).
     reconciled: bool,
     last_alive: Option<Timestamp>,
+    /// containerd's image stores, read by a thread of their own (lineage::containerd): taken
+    /// when they come, after the start's reconciliation.
+    containerd: Option<mpsc::Receiver<Scan>>,
+    /// The images dockerd's store and containers-storage held at start: an image of dockerd's
+    /// store that containerd also holds (the containerd snapshotter) is reported once.
+    store_ids: HashSet<String>,
+    containerd_failed: u64,
 }
 
 /// How often the store records that the sensor is watching (`seen_until`).
@@ -83,7 +92,61 @@ impl LineageEngine {
             unconfirmed_pushes: 0,
             reconciled: false,
             last_alive: None,
+            containerd: None,
+            store_ids: HashSet::new(),
+            containerd_failed: 0,
         }
+    }
+
+    /// The scan of containerd's image stores to reconcile with as well (see `reconcile`).
+    pub fn with_containerd(mut self, scan: Option<mpsc::Receiver<Scan>>) -> Self {
+        self.containerd = scan;
+        self
+    }
+
+    /// containerd's images, once the scan has come and the start's reconciliation is done:
+    /// each image unknown to the lineage store and to dockerd's store, one `image_discovered`.
+    fn reconcile_containerd(&mut self, out: &mut Vec<Body>) {
+        if !self.reconciled {
+            return;
+        }
+        let Some(rx) = &self.containerd else {
+            return;
+        };
+        let scan = match rx.try_recv() {
+            Ok(scan) => scan,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.containerd = None;
+                return;
+            }
+        };
+        self.containerd = None;
+        self.containerd_failed += scan.failed;
+        let since = self.store().previous_seen_until();
+        let mut images: Vec<ContainerdImage> = scan.images;
+        images.sort_by_key(|i| i.created);
+        let mut reported = HashSet::new();
+        for img in images {
+            if self.store_ids.contains(&img.image_id)
+                || self.store().get(&img.image_id).is_some()
+                || !reported.insert((img.namespace.clone(), img.image_id.clone()))
+            {
+                continue;
+            }
+            out.push(Body::ImageDiscovered(ImageDiscovered {
+                image_id: img.image_id,
+                runtime: "containerd".into(),
+                created: img.created,
+                seen_until: since,
+                tags: img.tags,
+                repo_digests: img.repo_digests,
+                history: img.history,
+                parent: None,
+                namespace: Some(img.namespace),
+            }));
+        }
+        self.store_ids = HashSet::new();
     }
 
     /// At start: images dockerd's store holds that were created after the previous run's
@@ -96,7 +159,7 @@ impl LineageEngine {
         let Some(since) = self.store().previous_seen_until() else {
             return;
         };
-        let mut found: Vec<(&str, host::DockerImage)> = host::docker_images(&self.paths)
+        let all: Vec<(&str, host::DockerImage)> = host::docker_images(&self.paths)
             .into_iter()
             .map(|i| ("docker", i))
             .chain(
@@ -104,6 +167,12 @@ impl LineageEngine {
                     .into_iter()
                     .map(|i| ("containers-storage", i)),
             )
+            .collect();
+        if self.containerd.is_some() {
+            self.store_ids = all.iter().map(|(_, i)| i.id.clone()).collect();
+        }
+        let mut found: Vec<(&str, host::DockerImage)> = all
+            .into_iter()
             .filter(|(_, i)| i.created.is_some_and(|c| c > since))
             .collect();
         found.sort_by_key(|(_, i)| i.created);
@@ -123,6 +192,7 @@ impl LineageEngine {
                 repo_digests: img.repo_digests,
                 history: img.history,
                 parent: img.parent,
+                namespace: None,
             }));
         }
     }
@@ -451,7 +521,10 @@ impl LineageEngine {
 impl Engine for LineageEngine {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
-            Body::SensorStarted(_) => self.reconcile(out),
+            Body::SensorStarted(_) => {
+                self.reconcile(out);
+                self.reconcile_containerd(out);
+            }
             Body::BuildFinished(b) => self.on_build_finished(rec, b),
             Body::ApiRequest(a) => self.on_request(rec, a),
             Body::ApiResponse(r) => self.on_response(rec, r, out),
@@ -477,6 +550,7 @@ impl Engine for LineageEngine {
     }
 
     fn tick(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        self.reconcile_containerd(out);
         // Starts the runtime's exec did not confirm (process events lost, or a runtime this
         // sensor does not parse): look at the container's state on disk.
         let mut i = 0;
@@ -586,6 +660,9 @@ impl Engine for LineageEngine {
             .entry("container_start_unresolved".into())
             .or_default() += self.unresolved_starts;
         *drops.entry("image_push_unconfirmed".into()).or_default() += self.unconfirmed_pushes;
+        *drops
+            .entry("containerd_store_unreadable".into())
+            .or_default() += self.containerd_failed;
     }
 }
 

@@ -333,3 +333,84 @@ fn registry_names() {
     assert_eq!(registry_of("localhost/app"), "localhost");
     assert_eq!(registry_of("ghcr.io/me/app"), "ghcr.io");
 }
+
+/// containerd's scan comes after the start's reconciliation: its images are reported when it
+/// arrives, except those dockerd's store holds too (the containerd snapshotter: one image, two
+/// stores), those the lineage store knows, and the same image met through a second socket.
+#[test]
+fn containerd_images_are_reported_when_the_scan_comes_and_once() {
+    let id = "f".repeat(64);
+    let paths = fake_docker("lin-ctrd", &id, "web", "sha256:old", "old:1");
+    let (in_docker, built, new) = ("4".repeat(64), "5".repeat(64), "6".repeat(64));
+    add_image(&paths, &in_docker, "2023-11-14T21:00:00Z", "dock:1", None);
+    let dir = std::env::temp_dir().join(format!("sensor-lin-ctrd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+    first.mark_alive(ts(-200));
+    drop(first);
+    let store = Arc::new(Mutex::new(
+        LineageStore::open(&dir, 10, 3650, ts(0)).unwrap(),
+    ));
+    let (tx, rx) = mpsc::sync_channel(1);
+    let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(rx));
+    let mut out = Vec::new();
+    e.observe(
+        &rec(
+            1,
+            0,
+            build_finished("B1", Some(&format!("sha256:{built}")), &[]),
+        ),
+        &mut out,
+    );
+    let started = Body::SensorStarted(crate::output::record::SensorStarted {
+        version: "t".into(),
+        kernel: "t".into(),
+        probes: vec![],
+        probes_failed: Default::default(),
+        probes_unused: Default::default(),
+        kernel_hooks: "socket".into(),
+        file_events: "fanotify".into(),
+        seeded_processes: 0,
+        runtime_names: vec![],
+        raw: false,
+    });
+    e.observe(&rec(2, 0, started), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.tick(ts(1), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let img = |hex: &str, ns: &str| ContainerdImage {
+        namespace: ns.into(),
+        image_id: format!("sha256:{hex}"),
+        created: ts(-10),
+        tags: vec![format!("docker.io/library/{hex}:1")],
+        repo_digests: vec![],
+        history: vec!["ADD file in /".into()],
+    };
+    tx.send(Scan {
+        images: vec![
+            img(&in_docker, "moby"),
+            img(&built, "default"),
+            img(&new, "k8s.io"),
+            img(&new, "k8s.io"),
+        ],
+        failed: 1,
+    })
+    .unwrap();
+    e.tick(ts(2), &mut out);
+    let [Body::ImageDiscovered(d)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(d.image_id, format!("sha256:{new}"));
+    assert_eq!(d.runtime, "containerd");
+    assert_eq!(d.namespace.as_deref(), Some("k8s.io"));
+    assert_eq!(d.seen_until, Some(ts(-200)));
+    assert_eq!(d.history, ["ADD file in /"]);
+    let mut drops = BTreeMap::new();
+    e.drops(&mut drops);
+    assert_eq!(drops["containerd_store_unreadable"], 1);
+    out.clear();
+    e.tick(ts(3), &mut out);
+    assert!(out.is_empty());
+    std::fs::remove_dir_all(&paths.host_root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
