@@ -30,6 +30,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of `Run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the kernel programs and write NDJSON records to the sinks (stdout by default).

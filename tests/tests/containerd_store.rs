@@ -203,10 +203,7 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
             ("image_id", eq(new_id.as_str())),
             ("tags", contains(new_name.as_str())),
             ("tags", contains(extra.as_str())),
-            (
-                "history",
-                contains(format!("/bin/sh -c echo ctrd-new > /m")),
-            ),
+            ("history", contains("/bin/sh -c echo ctrd-new > /m")),
         ],
     );
     // Each `name@digest` name is a repo digest, not a tag.
