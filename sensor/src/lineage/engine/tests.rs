@@ -112,6 +112,33 @@ fn add_image(paths: &HostPaths, hex: &str, created: &str, tag: &str, digest: Opt
     std::fs::write(&repos_path, repos.to_string()).unwrap();
 }
 
+/// A store on disk whose previous run watched until 22:10 (`ts(-200)`; `ts(0)` is
+/// 2023-11-14T22:13:20Z), and its directory.
+fn store_seen_until(name: &str) -> (std::path::PathBuf, SharedLineage) {
+    let dir = std::env::temp_dir().join(format!("sensor-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+    first.mark_alive(ts(-200));
+    drop(first);
+    let store = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+    (dir, Arc::new(Mutex::new(store)))
+}
+
+fn sensor_started() -> Body {
+    Body::SensorStarted(crate::output::record::SensorStarted {
+        version: "t".into(),
+        kernel: "t".into(),
+        probes: vec![],
+        probes_failed: Default::default(),
+        probes_unused: Default::default(),
+        kernel_hooks: "socket".into(),
+        file_events: "fanotify".into(),
+        seeded_processes: 0,
+        runtime_names: vec![],
+        raw: false,
+    })
+}
+
 #[test]
 fn images_made_while_stopped_are_discovered_and_unexplained() {
     let id = "e".repeat(64);
@@ -126,29 +153,10 @@ fn images_made_while_stopped_are_discovered_and_unexplained() {
         "pulled:1",
         Some("sha256:dd"),
     );
-    let dir = std::env::temp_dir().join(format!("sensor-lin-rec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    // The previous run watched until 22:10 (ts(0) is 2023-11-14T22:13:20Z).
-    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
-    first.mark_alive(ts(-200));
-    drop(first);
-    let store = Arc::new(Mutex::new(
-        LineageStore::open(&dir, 10, 3650, ts(0)).unwrap(),
-    ));
+    let (dir, store) = store_seen_until("lin-rec");
     let mut e = LineageEngine::new(paths.clone(), store);
     let mut out = Vec::new();
-    let started = Body::SensorStarted(crate::output::record::SensorStarted {
-        version: "t".into(),
-        kernel: "t".into(),
-        probes: vec![],
-        probes_failed: Default::default(),
-        probes_unused: Default::default(),
-        kernel_hooks: "socket".into(),
-        file_events: "fanotify".into(),
-        seeded_processes: 0,
-        runtime_names: vec![],
-        raw: false,
-    });
+    let started = sensor_started();
     e.observe(&rec(1, 0, started.clone()), &mut out);
     let found: Vec<&ImageDiscovered> = out
         .iter()
@@ -343,14 +351,7 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
     let paths = fake_docker("lin-ctrd", &id, "web", "sha256:old", "old:1");
     let (in_docker, built, new) = ("4".repeat(64), "5".repeat(64), "6".repeat(64));
     add_image(&paths, &in_docker, "2023-11-14T21:00:00Z", "dock:1", None);
-    let dir = std::env::temp_dir().join(format!("sensor-lin-ctrd-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
-    first.mark_alive(ts(-200));
-    drop(first);
-    let store = Arc::new(Mutex::new(
-        LineageStore::open(&dir, 10, 3650, ts(0)).unwrap(),
-    ));
+    let (dir, store) = store_seen_until("lin-ctrd");
     let (tx, rx) = mpsc::sync_channel(1);
     let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(rx));
     let mut out = Vec::new();
@@ -362,19 +363,7 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
         ),
         &mut out,
     );
-    let started = Body::SensorStarted(crate::output::record::SensorStarted {
-        version: "t".into(),
-        kernel: "t".into(),
-        probes: vec![],
-        probes_failed: Default::default(),
-        probes_unused: Default::default(),
-        kernel_hooks: "socket".into(),
-        file_events: "fanotify".into(),
-        seeded_processes: 0,
-        runtime_names: vec![],
-        raw: false,
-    });
-    e.observe(&rec(2, 0, started), &mut out);
+    e.observe(&rec(2, 0, sensor_started()), &mut out);
     assert!(out.is_empty(), "{out:?}");
     e.tick(ts(1), &mut out);
     assert!(out.is_empty(), "{out:?}");
