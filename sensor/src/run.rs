@@ -51,7 +51,7 @@ fn engines(
     show_build_args: bool,
     images: ImageConfig,
     live: bool,
-    containerd: Option<std::sync::mpsc::Receiver<lineage::containerd::Scan>>,
+    containerd: Option<lineage::containerd::ContainerdLink>,
 ) -> Vec<Box<dyn Engine>> {
     let config = BuildConfig {
         show_build_args,
@@ -160,14 +160,15 @@ async fn run_async(
     // The policy is read whole before anything is written; SIGHUP swaps it (see below).
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = lineage::open_store(&policy, Some(&args.state_dir))?;
-    // containerd's image stores are read meanwhile, on a thread of their own: the lineage
-    // engine reconciles with them when they answer (a hung containerd holds up nothing).
+    // containerd is read on a thread of its own: its image stores meanwhile (the lineage
+    // engine reconciles with them when they answer), then the images of the containers it
+    // starts itself. A hung containerd holds up nothing.
     let since = lineage
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .previous_seen_until();
     let containerd =
-        lineage::containerd::start_scan(&HostPaths::default(), &args.containerd_sockets, since);
+        lineage::containerd::start(&HostPaths::default(), &args.containerd_sockets, since);
     let images = ImageConfig {
         paths: HostPaths::default(),
         bounds: Bounds {

@@ -2,7 +2,9 @@
 //! `ctr images import`, then `ctr images tag`) while the sensor is stopped is reported when it
 //! starts again (`image_discovered`, runtime `containerd`, with the namespace, tags, created
 //! time and the image's config digest as its id), read through containerd's gRPC API; one
-//! imported before the previous run's last moment is not.
+//! imported before the previous run's last moment is not. A container containerd then starts
+//! itself from it (`ctr run`) is `image_origin: unexplained` and raises
+//! `container_from_unexplained_image`.
 //!
 //! The containerd is the one the tests' dockerd runs (or the system's, where dockerd uses
 //! that): the sensor finds it among its default sockets. The namespace is the test's own, and
@@ -59,15 +61,29 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let names: Vec<String> = self.images().into_iter().map(|(n, _)| n).collect();
+        // try_run throughout: a panic here while the test unwinds would abort the run.
+        let ctr = |args: &[&str]| {
+            Cmd::new(CTR)
+                .args(["-a", &self.socket, "-n", &self.name])
+                .args(args)
+                .timeout(Duration::from_secs(120))
+                .try_run()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        };
+        // A container a failed `ctr run` left, then the images (and with them, once gc has
+        // run, their content and snapshots), then the namespace.
+        for c in ctr(&["containers", "ls", "-q"]).split_whitespace() {
+            ctr(&["tasks", "kill", "-s", "SIGKILL", c]);
+            ctr(&["tasks", "rm", "-f", c]);
+            ctr(&["containers", "rm", c]);
+        }
+        let images = ctr(&["images", "ls", "-q"]);
+        let names: Vec<&str> = images.split_whitespace().collect();
         if !names.is_empty() {
             let mut args = vec!["images", "rm", "--sync"];
-            args.extend(names.iter().map(String::as_str));
-            let _ = Cmd::new(CTR)
-                .args(["-a", &self.socket, "-n", &self.name])
-                .args(&args)
-                .timeout(Duration::from_secs(120))
-                .try_run();
+            args.extend(names);
+            ctr(&args);
         }
         let _ = Cmd::new(CTR)
             .args(["-a", &self.socket, "namespaces", "rm", &self.name])
@@ -118,7 +134,7 @@ fn sensor(sc: &Scenario) -> SensorProcess {
         "--state-dir",
         &state_dir,
         "--kinds",
-        "sensor_started,image_discovered,sensor_stats",
+        "sensor_started,image_discovered,container_start,finding,sensor_stats",
     ])
 }
 
@@ -233,6 +249,36 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
         &[("image_id", eq(old_id.as_str()))],
         Duration::from_secs(3),
     );
+
+    // A container containerd starts itself (not dockerd) from that image: containerd says
+    // which image it is; no build explains it and no registry gave it.
+    let cid = unique_tag("ctrd-run").replace(':', "-");
+    ns.ctr(&["run", "--rm", &new_name, &cid, "true"]);
+    let start = second.expect_record(
+        "container_start",
+        &[("container_id", eq(cid.as_str()))],
+        WAIT,
+    );
+    eprintln!("{start}");
+    assert_fields(
+        &start,
+        &[
+            ("runtime", eq("containerd")),
+            ("image", eq(new_name.as_str())),
+            ("image_id", eq(new_id.as_str())),
+            ("image_origin", eq("unexplained")),
+            ("build_id", absent()),
+        ],
+    );
+    let f = second.expect_record(
+        "finding",
+        &[
+            ("rule", eq("container_from_unexplained_image")),
+            ("container_id", eq(cid.as_str())),
+        ],
+        WAIT,
+    );
+    eprintln!("{f}");
     assert!(second.stop().unwrap().success());
     let ours: Vec<_> = second
         .records_of_kind("image_discovered")

@@ -19,12 +19,12 @@ use crate::process::host::HostPaths;
 use policy::PolicyHandle;
 
 /// The detection engines, in the order the pipeline must run them (lineage before findings);
-/// `containerd`: the scan of containerd's image stores started for this run, if any.
+/// `containerd`: the thread reading containerd for this run, if any.
 pub fn engines(
     policy: PolicyHandle,
     store: SharedLineage,
     paths: HostPaths,
-    containerd: Option<std::sync::mpsc::Receiver<containerd::Scan>>,
+    containerd: Option<containerd::ContainerdLink>,
 ) -> Vec<Box<dyn Engine>> {
     vec![
         Box::new(LineageEngine::new(paths, store.clone()).with_containerd(containerd)),

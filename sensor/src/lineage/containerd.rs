@@ -8,16 +8,22 @@
 //! (the config digest) and history from the content store (`Content.Read` of the manifest,
 //! the host platform's manifest of an index, and the config).
 //!
-//! The scan runs on a thread of its own with a small runtime of its own, so a containerd that
-//! hangs or is absent never holds up the sensor's start or its event loop: a connect timeout,
-//! a deadline for the whole scan, and the lineage engine takes the result whenever it comes.
-use std::collections::{BTreeMap, HashSet};
+//! The same thread then answers the lineage engine's questions about containers containerd
+//! starts itself (`ctr run`, nerdctl, the CRI): which image (`Containers.Get`, `Images.Get`),
+//! and whether it came from a registry (a `name@digest` name, or the content store's
+//! `containerd.io/distribution.source.*` label, which a pull sets on what it fetched).
+//!
+//! The thread has a small runtime of its own, so a containerd that hangs or is absent never
+//! holds up the sensor's start or its event loop: a connect timeout, a deadline for the whole
+//! scan and for each question, and the lineage engine takes the answers whenever they come.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    ListImagesRequest, ListNamespacesRequest, ReadContentRequest, content_client::ContentClient,
+    GetContainerRequest, GetImageRequest, InfoRequest, ListImagesRequest, ListNamespacesRequest,
+    ReadContentRequest, containers_client::ContainersClient, content_client::ContentClient,
     images_client::ImagesClient, namespaces_client::NamespacesClient,
 };
 use containerd_client::tonic::{self, Request, transport::Channel};
@@ -44,6 +50,10 @@ const MAX_RESOLVED: usize = 512;
 const MAX_BLOB: i64 = 4 << 20;
 /// Indexes nested in indexes followed at most.
 const MAX_INDEX_DEPTH: usize = 2;
+/// One question about a container, every socket.
+const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
+/// The label containerd's pull puts on the content it fetched from a registry.
+const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source.";
 
 /// One image of a containerd namespace created after the previous run's `seen_until`.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,42 +97,228 @@ fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> ScanError {
     move |status| ScanError::Rpc { what, status }
 }
 
-/// Starts the scan of `sockets` (host paths, taken under `paths.host_root`) for images created
-/// after `since`; the receiver gets one [`Scan`]. `None` when there is nothing to compare with
-/// (no previous run) or the thread could not start (said once).
-pub fn start_scan(
+/// What containerd says of a container it runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerImage {
+    pub namespace: String,
+    pub container_id: String,
+    /// The image name the container was made from; `None`: no containerd knows the container,
+    /// or it names no image.
+    pub image: Option<String>,
+    /// Its config digest (or target digest, see [`ContainerdImage::image_id`]).
+    pub image_id: Option<String>,
+    /// Pulled: a `name@digest` name, or content a pull fetched.
+    pub from_registry: bool,
+}
+
+/// The lineage engine's end of the containerd thread: the start's scan, and questions about
+/// containers with their answers.
+pub struct ContainerdLink {
+    pub scan: Option<mpsc::Receiver<Scan>>,
+    ask: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    answers: mpsc::Receiver<ContainerImage>,
+}
+
+impl ContainerdLink {
+    /// Asks which image container `id` of `namespace` runs; `false` when nobody will answer.
+    pub fn ask(&self, namespace: &str, id: &str) -> bool {
+        self.ask
+            .send((namespace.to_string(), id.to_string()))
+            .is_ok()
+    }
+
+    /// An answer, when one has come.
+    pub fn answer(&self) -> Option<ContainerImage> {
+        self.answers.try_recv().ok()
+    }
+
+    /// A link whose other end is the caller's (tests).
+    #[cfg(test)]
+    pub fn pair() -> (
+        Self,
+        mpsc::SyncSender<Scan>,
+        tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+        mpsc::Sender<ContainerImage>,
+    ) {
+        let (scan_tx, scan) = mpsc::sync_channel(1);
+        let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
+        let (answer_tx, answers) = mpsc::channel();
+        let link = ContainerdLink {
+            scan: Some(scan),
+            ask,
+            answers,
+        };
+        (link, scan_tx, asks, answer_tx)
+    }
+}
+
+/// Starts the containerd thread over `sockets` (host paths, taken under `paths.host_root`):
+/// the scan for images created after `since` (none without a previous run), then answers.
+/// `None` when the thread could not start (said once).
+pub fn start(
     paths: &HostPaths,
     sockets: &[PathBuf],
     since: Option<Timestamp>,
-) -> Option<mpsc::Receiver<Scan>> {
-    let since = since?;
+) -> Option<ContainerdLink> {
     let sockets: Vec<PathBuf> = sockets.iter().map(|s| paths.host(s)).collect();
-    let (tx, rx) = mpsc::sync_channel(1);
+    let (scan_tx, scan_rx) = mpsc::sync_channel(1);
+    let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
+    let (answer_tx, answers) = mpsc::channel();
     let spawned = std::thread::Builder::new()
-        .name("containerd-scan".into())
+        .name("containerd".into())
         .spawn(move || {
-            let scan = match tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(scan(&sockets, since, SCAN_DEADLINE)),
+                Ok(rt) => rt,
                 Err(e) => {
-                    tracing::warn!("containerd image stores not read: no runtime: {e}");
-                    Scan {
+                    tracing::warn!("containerd not read: no runtime: {e}");
+                    let _ = scan_tx.send(Scan {
                         failed: 1,
                         ..Default::default()
-                    }
+                    });
+                    return;
                 }
             };
-            // The receiver is gone only when the sensor is stopping.
-            let _ = tx.send(scan);
+            rt.block_on(async move {
+                if let Some(since) = since {
+                    let sockets = sockets.clone();
+                    // Beside the answers: a slow scan does not hold them up. The receiver
+                    // is gone only when the sensor is stopping.
+                    tokio::spawn(async move {
+                        let _ = scan_tx.send(scan(&sockets, since, SCAN_DEADLINE).await);
+                    });
+                }
+                answer(&sockets, asks, answer_tx).await;
+            });
         });
     match spawned {
-        Ok(_) => Some(rx),
+        Ok(_) => Some(ContainerdLink {
+            scan: since.map(|_| scan_rx),
+            ask,
+            answers,
+        }),
         Err(e) => {
-            tracing::warn!("containerd image stores not read: cannot start a thread: {e}");
+            tracing::warn!("containerd not read: cannot start a thread: {e}");
             None
         }
+    }
+}
+
+/// The sockets that exist, each containerd once (a symlink, `/var/run` → `/run`).
+fn live_sockets(sockets: &[PathBuf]) -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    for s in sockets {
+        if let Ok(real) = std::fs::canonicalize(s)
+            && !seen.contains(&real)
+        {
+            seen.push(real);
+        }
+    }
+    seen
+}
+
+/// Answers questions until the engine goes away; connections are kept per socket.
+async fn answer(
+    sockets: &[PathBuf],
+    mut asks: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    answers: mpsc::Sender<ContainerImage>,
+) {
+    let mut channels: HashMap<PathBuf, Channel> = HashMap::new();
+    while let Some((namespace, container_id)) = asks.recv().await {
+        let mut found = ContainerImage {
+            namespace,
+            container_id,
+            ..Default::default()
+        };
+        let ask = lookup(sockets, &mut channels, &mut found);
+        if tokio::time::timeout(LOOKUP_DEADLINE, ask).await.is_err() {
+            tracing::debug!(
+                "containerd: container {} not looked up within {LOOKUP_DEADLINE:?}",
+                found.container_id
+            );
+        }
+        if answers.send(found).is_err() {
+            return;
+        }
+    }
+}
+
+/// Fills `found` from the first containerd that knows the container.
+async fn lookup(
+    sockets: &[PathBuf],
+    channels: &mut HashMap<PathBuf, Channel>,
+    found: &mut ContainerImage,
+) {
+    for socket in live_sockets(sockets) {
+        let channel = match channels.get(&socket) {
+            Some(c) => c.clone(),
+            None => {
+                let c = tokio::time::timeout(CONNECT_TIMEOUT, containerd_client::connect(&socket));
+                match c.await {
+                    Ok(Ok(c)) => {
+                        channels.insert(socket.clone(), c.clone());
+                        c
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        let ns = found.namespace.clone();
+        let Some(req) = namespaced(
+            GetContainerRequest {
+                id: found.container_id.clone(),
+            },
+            &ns,
+        ) else {
+            return;
+        };
+        let container = match ContainersClient::new(channel.clone()).get(req).await {
+            Ok(r) => r.into_inner().container,
+            Err(s) if s.code() == tonic::Code::NotFound => continue,
+            Err(s) => {
+                tracing::debug!("containerd at {}: {s}", socket.display());
+                channels.remove(&socket);
+                continue;
+            }
+        };
+        let Some(name) = container.map(|c| c.image).filter(|n| !n.is_empty()) else {
+            return;
+        };
+        found.from_registry = name.contains('@');
+        found.image = Some(name.clone());
+        let Some(req) = namespaced(GetImageRequest { name }, &ns) else {
+            return;
+        };
+        let Some(target) = ImagesClient::new(channel.clone())
+            .get(req)
+            .await
+            .ok()
+            .and_then(|r| r.into_inner().image)
+            .and_then(|i| i.target)
+        else {
+            return;
+        };
+        if let Some(req) = namespaced(
+            InfoRequest {
+                digest: target.digest.clone(),
+            },
+            &ns,
+        ) && let Ok(info) = ContentClient::new(channel.clone()).info(req).await
+        {
+            found.from_registry |= info
+                .into_inner()
+                .info
+                .is_some_and(|i| i.labels.keys().any(|k| k.starts_with(DISTRIBUTION_SOURCE)));
+        }
+        found.image_id = Some(
+            config_of(&channel, &ns, &target.digest, &target.media_type)
+                .await
+                .map(|(id, _)| id)
+                .unwrap_or(target.digest),
+        );
+        return;
     }
 }
 

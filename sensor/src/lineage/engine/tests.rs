@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::detect::testutil::*;
+use crate::lineage::containerd::{ContainerImage, ContainerdLink};
 use crate::lineage::store::LineageStore;
 use crate::output::record::{OutboundConnection, ProcessExec, ProcessRef};
 use crate::process::host::tests::fake_docker;
@@ -352,8 +353,8 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
     let (in_docker, built, new) = ("4".repeat(64), "5".repeat(64), "6".repeat(64));
     add_image(&paths, &in_docker, "2023-11-14T21:00:00Z", "dock:1", None);
     let (dir, store) = store_seen_until("lin-ctrd");
-    let (tx, rx) = mpsc::sync_channel(1);
-    let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(rx));
+    let (link, tx, _asks, _answers) = ContainerdLink::pair();
+    let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(link));
     let mut out = Vec::new();
     e.observe(
         &rec(
@@ -375,7 +376,7 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
         repo_digests: vec![],
         history: vec!["ADD file in /".into()],
     };
-    tx.send(Scan {
+    tx.send(crate::lineage::containerd::Scan {
         images: vec![
             img(&in_docker, "moby"),
             img(&built, "default"),
@@ -402,4 +403,79 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
     assert!(out.is_empty());
     std::fs::remove_dir_all(&paths.host_root).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn runc_create_in(ns: &str, id: &str) -> Body {
+    let mut b = runc_create(id);
+    if let Body::ProcessExec(e) = &mut b {
+        let bundle =
+            format!("/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/{ns}/{id}");
+        e.argv[5] = bundle;
+    }
+    b
+}
+
+/// A container containerd starts itself (`ctr run`): the record waits for containerd to say
+/// its image; made on this host and explained by no build, it is `unexplained`; pulled, it is
+/// `registry`; with no answer within a few seconds it is reported without.
+#[test]
+fn containerd_starts_take_their_image_from_containerd() {
+    let paths = fake_docker("lin-ctrd-start", &"0".repeat(64), "x", "sha256:x", "x:1");
+    let (mut e, _) = engine(paths.clone());
+    let (link, _scan, mut asks, answers) = ContainerdLink::pair();
+    e = e.with_containerd(Some(link));
+    let (made, pulled, silent) = ("a1".repeat(32), "a2".repeat(32), "a3".repeat(32));
+    let mut out = Vec::new();
+    for (i, id) in [&made, &pulled, &silent].into_iter().enumerate() {
+        e.observe(
+            &rec(i as u64 + 1, 100, runc_create_in("t-ns", id)),
+            &mut out,
+        );
+        assert_eq!(
+            asks.try_recv().unwrap(),
+            ("t-ns".to_string(), id.to_string())
+        );
+    }
+    assert!(out.is_empty(), "{out:?}");
+    for (id, from_registry) in [(&made, false), (&pulled, true)] {
+        answers
+            .send(ContainerImage {
+                namespace: "t-ns".into(),
+                container_id: id.clone(),
+                image: Some(format!("docker.io/library/{}:1", &id[..4])),
+                image_id: Some(format!("sha256:{}", "c".repeat(64))),
+                from_registry,
+            })
+            .unwrap();
+    }
+    e.tick(ts(101), &mut out);
+    let starts: Vec<&ContainerStart> = out
+        .iter()
+        .filter_map(|b| match b {
+            Body::ContainerStart(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "{out:?}");
+    assert_eq!(starts[0].container_id, made);
+    assert_eq!(starts[0].runtime, "containerd");
+    assert_eq!(starts[0].image, "docker.io/library/a1a1:1");
+    assert_eq!(
+        starts[0].image_id,
+        Some(format!("sha256:{}", "c".repeat(64)))
+    );
+    assert_eq!(starts[0].image_origin.as_deref(), Some("unexplained"));
+    assert_eq!(starts[0].evidence.record_ids, [1]);
+    assert_eq!(starts[1].image_origin.as_deref(), Some("registry"));
+    out.clear();
+    e.tick(ts(103), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.tick(ts(106), &mut out);
+    let [Body::ContainerStart(c)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(c.container_id, silent);
+    assert_eq!(c.image, "unknown");
+    assert_eq!(c.image_origin, None);
+    std::fs::remove_dir_all(&paths.host_root).unwrap();
 }
