@@ -79,13 +79,13 @@ pub struct Scan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[source] tonic::transport::Error),
     #[error("no answer to the connect within {0:?}")]
     ConnectTimeout(Duration),
     #[error("no answer within the scan's deadline ({0:?})")]
     Deadline(Duration),
-    #[error("{what}: {status}")]
+    #[error("{what}: {:?}: {}", status.code(), status.message())]
     Rpc {
         what: &'static str,
         #[source]
@@ -95,6 +95,21 @@ pub enum ScanError {
 
 fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> ScanError {
     move |status| ScanError::Rpc { what, status }
+}
+
+/// The error and its causes on one line (tonic's transport error says "transport error" and
+/// keeps the reason, "Connection refused", in its source).
+fn one_line(e: &ScanError) -> String {
+    let mut line = e.to_string();
+    if matches!(e, ScanError::Connect(_)) {
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            line.push_str(": ");
+            line.push_str(&c.to_string());
+            cause = c.source();
+        }
+    }
+    line
 }
 
 /// What containerd says of a container it runs.
@@ -110,6 +125,9 @@ pub struct ContainerImage {
     /// Pulled: a `name@digest` name, or content a pull fetched.
     pub from_registry: bool,
 }
+
+/// Questions to the containerd thread: (namespace, container id).
+pub type Questions = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
 
 /// The lineage engine's end of the containerd thread: the start's scan, and questions about
 /// containers with their answers.
@@ -137,7 +155,7 @@ impl ContainerdLink {
     pub fn pair() -> (
         Self,
         mpsc::SyncSender<Scan>,
-        tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+        Questions,
         mpsc::Sender<ContainerImage>,
     ) {
         let (scan_tx, scan) = mpsc::sync_channel(1);
@@ -220,11 +238,7 @@ fn live_sockets(sockets: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// Answers questions until the engine goes away; connections are kept per socket.
-async fn answer(
-    sockets: &[PathBuf],
-    mut asks: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
-    answers: mpsc::Sender<ContainerImage>,
-) {
+async fn answer(sockets: &[PathBuf], mut asks: Questions, answers: mpsc::Sender<ContainerImage>) {
     let mut channels: HashMap<PathBuf, Channel> = HashMap::new();
     while let Some((namespace, container_id)) = asks.recv().await {
         let mut found = ContainerImage {
@@ -355,8 +369,9 @@ pub async fn scan(sockets: &[PathBuf], since: Timestamp, within: Duration) -> Sc
             }
             Ok(Err(e)) => {
                 tracing::warn!(
-                    "containerd at {}: image store not read: {e}",
-                    socket.display()
+                    "containerd at {}: image store not read: {}",
+                    socket.display(),
+                    one_line(&e)
                 );
                 out.failed += 1;
             }
@@ -599,6 +614,18 @@ mod tests {
             let _ = std::fs::remove_file(p);
         }
         drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        let rt0 = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt0
+            .block_on(scan_socket(&dead, Timestamp::now()))
+            .unwrap_err();
+        assert!(
+            one_line(&e).contains("cannot connect") && one_line(&e).contains("refused"),
+            "{}",
+            one_line(&e)
+        );
         let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
