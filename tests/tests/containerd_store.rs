@@ -4,7 +4,8 @@
 //! time and the image's config digest as its id), read through containerd's gRPC API; one
 //! imported before the previous run's last moment is not. A container containerd then starts
 //! itself from it (`ctr run`) is `image_origin: unexplained` and raises
-//! `container_from_unexplained_image`.
+//! `container_from_unexplained_image`; one containerd pulled from a registry (the test's own,
+//! on loopback) is `registry` and raises nothing.
 //!
 //! The containerd is the one the tests' dockerd runs (or the system's, where dockerd uses
 //! that): the sensor finds it among its default sockets. The namespace is the test's own, and
@@ -279,6 +280,37 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
         WAIT,
     );
     eprintln!("{f}");
+
+    // One containerd pulled from a registry (the test's own, on loopback): `registry`, and no
+    // finding.
+    let registry = LocalRegistry::start();
+    let pulled = format!("{}/{}", registry.host(), unique_tag("ctrd-pulled"));
+    sc.image(&pulled);
+    sc.docker(&["tag", BASE_IMAGE, &pulled]);
+    registry.push(&pulled);
+    ns.ctr(&["images", "pull", "--plain-http", &pulled]);
+    let cid2 = unique_tag("ctrd-run-pulled").replace(':', "-");
+    ns.ctr(&["run", "--rm", &pulled, &cid2, "true"]);
+    let start2 = second.expect_record(
+        "container_start",
+        &[("container_id", eq(cid2.as_str()))],
+        WAIT,
+    );
+    eprintln!("{start2}");
+    assert_fields(
+        &start2,
+        &[
+            ("runtime", eq("containerd")),
+            ("image", eq(pulled.as_str())),
+            ("image_id", eq(sc.image_id(BASE_IMAGE))),
+            ("image_origin", eq("registry")),
+        ],
+    );
+    second.expect_no_record(
+        "finding",
+        &[("container_id", eq(cid2.as_str()))],
+        Duration::from_secs(3),
+    );
     assert!(second.stop().unwrap().success());
     let ours: Vec<_> = second
         .records_of_kind("image_discovered")
