@@ -139,6 +139,19 @@ fn sensor(sc: &Scenario) -> SensorProcess {
     ])
 }
 
+/// `ctr run --rm IMAGE <unique id> true` in the namespace; the sensor's `container_start` of it.
+fn ctr_run(ns: &Namespace, s: &SensorProcess, image: &str) -> serde_json::Value {
+    let cid = unique_tag("ctrd-run").replace(':', "-");
+    ns.ctr(&["run", "--rm", image, &cid, "true"]);
+    let start = s.expect_record(
+        "container_start",
+        &[("container_id", eq(cid.as_str()))],
+        WAIT,
+    );
+    eprintln!("{start}");
+    start
+}
+
 /// Now as the sensor writes times (RFC 3339, nine digits, `Z`): such strings compare as times.
 fn now() -> String {
     let out = Cmd::new("date")
@@ -253,14 +266,8 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
 
     // A container containerd starts itself (not dockerd) from that image: containerd says
     // which image it is; no build explains it and no registry gave it.
-    let cid = unique_tag("ctrd-run").replace(':', "-");
-    ns.ctr(&["run", "--rm", &new_name, &cid, "true"]);
-    let start = second.expect_record(
-        "container_start",
-        &[("container_id", eq(cid.as_str()))],
-        WAIT,
-    );
-    eprintln!("{start}");
+    let start = ctr_run(&ns, &second, &new_name);
+    let cid = start["container_id"].clone();
     assert_fields(
         &start,
         &[
@@ -275,7 +282,7 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
         "finding",
         &[
             ("rule", eq("container_from_unexplained_image")),
-            ("container_id", eq(cid.as_str())),
+            ("container_id", eq(cid)),
         ],
         WAIT,
     );
@@ -289,14 +296,7 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
     sc.docker(&["tag", BASE_IMAGE, &pulled]);
     registry.push(&pulled);
     ns.ctr(&["images", "pull", "--plain-http", &pulled]);
-    let cid2 = unique_tag("ctrd-run-pulled").replace(':', "-");
-    ns.ctr(&["run", "--rm", &pulled, &cid2, "true"]);
-    let start2 = second.expect_record(
-        "container_start",
-        &[("container_id", eq(cid2.as_str()))],
-        WAIT,
-    );
-    eprintln!("{start2}");
+    let start2 = ctr_run(&ns, &second, &pulled);
     assert_fields(
         &start2,
         &[
@@ -308,7 +308,7 @@ fn image_imported_into_containerd_while_stopped_is_discovered() {
     );
     second.expect_no_record(
         "finding",
-        &[("container_id", eq(cid2.as_str()))],
+        &[("container_id", eq(start2["container_id"].clone()))],
         Duration::from_secs(3),
     );
     assert!(second.stop().unwrap().success());
