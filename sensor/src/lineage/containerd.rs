@@ -104,8 +104,12 @@ fn one_line(e: &ScanError) -> String {
     if matches!(e, ScanError::Connect(_)) {
         let mut cause = std::error::Error::source(e);
         while let Some(c) = cause {
-            line.push_str(": ");
-            line.push_str(&c.to_string());
+            // hyper's wrapper of the io error says the same as the io error.
+            let c_line = c.to_string();
+            if !line.ends_with(&c_line) {
+                line.push_str(": ");
+                line.push_str(&c_line);
+            }
             cause = c.source();
         }
     }
@@ -621,11 +625,12 @@ mod tests {
         let e = rt0
             .block_on(scan_socket(&dead, Timestamp::now()))
             .unwrap_err();
+        let line = one_line(&e);
         assert!(
-            one_line(&e).contains("cannot connect") && one_line(&e).contains("refused"),
-            "{}",
-            one_line(&e)
+            line.starts_with("cannot connect") && line.contains("refused"),
+            "{line}"
         );
+        assert_eq!(line.matches("refused").count(), 1, "{line}");
         let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
