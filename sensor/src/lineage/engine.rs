@@ -461,12 +461,15 @@ impl LineageEngine {
                 if info.container_type.as_deref() == Some("sandbox") {
                     return;
                 }
+                // Already waiting (a second create of the same container): reported once.
+                if self.waiting.iter().any(|w| w.start.id == s.id) {
+                    return;
+                }
                 // containerd's own starts: containerd says which image (the bundle does not,
                 // or only by reference); the record waits for its answer, a few seconds at most.
                 if let (Some(link), Some(ns)) = (&self.containerd, &s.namespace)
                     && matches!(s.runtime, "containerd" | "cri")
                     && self.waiting.len() < MAX_CONTAINERD_WAITING
-                    && !self.waiting.iter().any(|w| w.start.id == s.id)
                     && link.ask(ns, &s.id)
                 {
                     self.waiting.push(WaitingStart {

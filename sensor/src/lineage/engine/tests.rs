@@ -437,6 +437,10 @@ fn containerd_starts_take_their_image_from_containerd() {
         );
     }
     assert!(out.is_empty(), "{out:?}");
+    // A second create of a waiting container: neither asked again nor reported twice.
+    e.observe(&rec(9, 100, runc_create_in("t-ns", &made)), &mut out);
+    assert!(asks.try_recv().is_err());
+    assert!(out.is_empty(), "{out:?}");
     for (id, from_registry) in [(&made, false), (&pulled, true)] {
         answers
             .send(ContainerImage {
