@@ -52,6 +52,8 @@ const MAX_BLOB: i64 = 4 << 20;
 const MAX_INDEX_DEPTH: usize = 2;
 /// One question about a container, every socket.
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(3);
+/// How long the lineage engine waits for an answer before it reports the start without.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// The label containerd's pull puts on the content it fetched from a registry.
 const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source.";
 
@@ -130,14 +132,21 @@ pub struct ContainerImage {
     pub from_registry: bool,
 }
 
-/// Questions to the containerd thread: (namespace, container id).
-pub type Questions = tokio::sync::mpsc::UnboundedReceiver<(String, String)>;
+/// A question to the containerd thread: which image container `container_id` runs.
+#[derive(Debug, PartialEq)]
+pub struct Question {
+    pub namespace: String,
+    pub container_id: String,
+    asked: std::time::Instant,
+}
+
+pub type Questions = tokio::sync::mpsc::UnboundedReceiver<Question>;
 
 /// The lineage engine's end of the containerd thread: the start's scan, and questions about
 /// containers with their answers.
 pub struct ContainerdLink {
     pub scan: Option<mpsc::Receiver<Scan>>,
-    ask: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    ask: tokio::sync::mpsc::UnboundedSender<Question>,
     answers: mpsc::Receiver<ContainerImage>,
 }
 
@@ -145,7 +154,11 @@ impl ContainerdLink {
     /// Asks which image container `id` of `namespace` runs; `false` when nobody will answer.
     pub fn ask(&self, namespace: &str, id: &str) -> bool {
         self.ask
-            .send((namespace.to_string(), id.to_string()))
+            .send(Question {
+                namespace: namespace.to_string(),
+                container_id: id.to_string(),
+                asked: std::time::Instant::now(),
+            })
             .is_ok()
     }
 
@@ -244,10 +257,15 @@ fn live_sockets(sockets: &[PathBuf]) -> Vec<PathBuf> {
 /// Answers questions until the engine goes away; connections are kept per socket.
 async fn answer(sockets: &[PathBuf], mut asks: Questions, answers: mpsc::Sender<ContainerImage>) {
     let mut channels: HashMap<PathBuf, Channel> = HashMap::new();
-    while let Some((namespace, container_id)) = asks.recv().await {
+    while let Some(q) = asks.recv().await {
+        // Asked longer ago than the engine waits (a slow containerd, a burst of starts): the
+        // start is reported already; skipping it keeps the queue short.
+        if q.asked.elapsed() >= ANSWER_WAIT {
+            continue;
+        }
         let mut found = ContainerImage {
-            namespace,
-            container_id,
+            namespace: q.namespace,
+            container_id: q.container_id,
             ..Default::default()
         };
         let ask = lookup(sockets, &mut channels, &mut found);

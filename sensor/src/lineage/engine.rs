@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use serde_json::Value;
 
 use super::SharedLineage;
-use super::containerd::{ContainerImage, ContainerdImage, ContainerdLink};
+use super::containerd::{ANSWER_WAIT, ContainerImage, ContainerdImage, ContainerdLink};
 use crate::detect::policy::ALLOWED;
 use crate::engine::Engine;
 use crate::lineage::store::{ImageLineage, PushSeen};
@@ -33,8 +33,6 @@ const PUSH_NO_RESPONSE_MS: u64 = 60_000;
 const PUSH_GIVE_UP_MS: u64 = 600_000;
 /// Container ids already reported, kept this long to report each start once.
 const RECENT_START_MS: u64 = 60_000;
-/// A start of containerd's own waits this long for containerd to say its image.
-const CONTAINERD_ANSWER_MS: u64 = 5_000;
 /// Starts waiting for containerd's answer at most; more are reported at once, without it.
 const MAX_CONTAINERD_WAITING: usize = 1024;
 
@@ -553,7 +551,7 @@ impl LineageEngine {
         }
         let mut i = 0;
         while i < self.waiting.len() {
-            if now.millis_since(&self.waiting[i].ts) < CONTAINERD_ANSWER_MS {
+            if now.millis_since(&self.waiting[i].ts) < ANSWER_WAIT.as_millis() as u64 {
                 i += 1;
                 continue;
             }

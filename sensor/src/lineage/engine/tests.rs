@@ -431,9 +431,10 @@ fn containerd_starts_take_their_image_from_containerd() {
             &rec(i as u64 + 1, 100, runc_create_in("t-ns", id)),
             &mut out,
         );
+        let q = asks.try_recv().unwrap();
         assert_eq!(
-            asks.try_recv().unwrap(),
-            ("t-ns".to_string(), id.to_string())
+            (q.namespace.as_str(), q.container_id.as_str()),
+            ("t-ns", id.as_str())
         );
     }
     assert!(out.is_empty(), "{out:?}");
