@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS sensor_records
     analytics Array(String),
     image String,
     name String,
+    -- containerd's namespace of an image_discovered.
+    namespace String,
     reference String,
     registry String,
     tags Array(String),

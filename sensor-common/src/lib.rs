@@ -481,6 +481,10 @@ pub mod feature {
     /// not in the raw `sys_enter`/`sys_exit` dispatch, which (when attached at all, for file
     /// events) then leaves sockets alone.
     pub const SOCKET_HOOKS: u32 = 1 << 4;
+    /// A bench instrument (`SENSOR_IDLE_PROBES=1`, `cargo xtask bench --floor`): every program
+    /// stays attached but returns at its first check, so that what the attachment itself
+    /// costs (the kernel's dispatch to a program) can be told from what the programs do.
+    pub const IDLE: u32 = 1 << 5;
 }
 
 /// Value of the `RUNTIME_NAMES` map (keyed by a NUL-padded comm).

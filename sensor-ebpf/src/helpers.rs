@@ -170,6 +170,12 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// `feature::IDLE` is set: the program leaves at once (see there). One inlined array lookup.
+#[inline(always)]
+pub fn idle() -> bool {
+    config().is_some_and(|c| c.features & sensor_common::feature::IDLE != 0)
+}
+
 /// Key of the current process's file descriptor `fd` in the per-connection maps
 /// (`WATCH_FDS`, `ONE_BYTE`): `tgid << 32 | fd`.
 #[inline(always)]

@@ -336,6 +336,7 @@ mod tests {
             "sinks",
             "metrics_addr",
             "policy",
+            "containerd_sockets",
         ] {
             assert!(keys.iter().any(|x| x == k), "{k} not in {keys:?}");
         }

@@ -30,6 +30,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of `Run`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the kernel programs and write NDJSON records to the sinks (stdout by default).
@@ -147,6 +149,14 @@ pub struct RunArgs {
     /// about 180 bytes each in the record (10,000: about 2 MB lines).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub image_max_entries: u64,
+    /// containerd sockets whose image stores are reconciled at start (repeatable; replaces
+    /// the defaults: the system's containerd and dockerd's own), under SENSOR_HOST_ROOT.
+    #[arg(
+        long = "containerd-socket",
+        value_name = "PATH",
+        default_values = lineage::containerd::DEFAULT_SOCKETS
+    )]
+    pub containerd_sockets: Vec<PathBuf>,
 }
 
 /// The source of file events (`--file-events`).

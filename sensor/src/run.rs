@@ -51,6 +51,7 @@ fn engines(
     show_build_args: bool,
     images: ImageConfig,
     live: bool,
+    containerd: Option<lineage::containerd::ContainerdLink>,
 ) -> Vec<Box<dyn Engine>> {
     let config = BuildConfig {
         show_build_args,
@@ -66,6 +67,7 @@ fn engines(
         policy.clone(),
         lineage,
         HostPaths::default(),
+        containerd,
     ));
     engines
 }
@@ -158,6 +160,15 @@ async fn run_async(
     // The policy is read whole before anything is written; SIGHUP swaps it (see below).
     let policy = PolicyHandle::load(args.policy.as_deref())?;
     let lineage = lineage::open_store(&policy, Some(&args.state_dir))?;
+    // containerd is read on a thread of its own: its image stores meanwhile (the lineage
+    // engine reconciles with them when they answer), then the images of the containers it
+    // starts itself. A hung containerd holds up nothing.
+    let since = lineage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .previous_seen_until();
+    let containerd =
+        lineage::containerd::start(&HostPaths::default(), &args.containerd_sockets, since);
     let images = ImageConfig {
         paths: HostPaths::default(),
         bounds: Bounds {
@@ -196,7 +207,14 @@ async fn run_async(
             kinds,
             write_inputs: true,
         },
-        engines(&policy, lineage, args.show_build_args, images, true),
+        engines(
+            &policy,
+            lineage,
+            args.show_build_args,
+            images,
+            true,
+            containerd,
+        ),
         Box::new(sink_set),
     );
     pipeline.ringbuf.size_bytes = opts.ringbuf_bytes as u64;
@@ -464,6 +482,8 @@ pub fn replay(
                 key: None,
             },
             false,
+            // The recording's host is not this one: its image stores are not read.
+            None,
         ),
         Box::new(StdoutSink::new()),
     );

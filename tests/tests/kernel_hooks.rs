@@ -155,3 +155,56 @@ fn unknown_hook_modes_are_one_clear_error() {
     assert!(err.contains("--kernel-hooks"), "{err}");
     assert!(err.contains("auto") && err.contains("syscall"), "{err}");
 }
+
+/// A tracked process (a runtime by name) connecting to a unix socket and sending: one
+/// `connect` with the listener's path and the process, taken at its first send under the
+/// socket hooks and at its connect(2) under the syscall dispatch, and only one however many
+/// sends follow.
+fn tracked_unix_connect_is_reported(mode: &str) {
+    require_root("loading eBPF programs");
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("unixrt{}", std::process::id() % 10_000);
+    let rt = dir.path().join(&name);
+    std::os::unix::fs::symlink("/usr/bin/python3", &rt).unwrap();
+    let path = dir.path().join("listener.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut sensor =
+        SensorProcess::start(&["--runtime-name", &name, "--kernel-hooks", mode]).unwrap();
+    assert_eq!(started(&sensor)["kernel_hooks"], mode);
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
+         for _ in range(50): s.sendall(b'x')\n",
+        path.to_str().unwrap()
+    );
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+        got.len()
+    });
+    let mut py = Command::new(&rt);
+    py.args(["-c", &script]);
+    let pid = run_client(py);
+    assert_eq!(reader.join().unwrap(), 50);
+    let is_ours = |r: &Value| {
+        r["kind"] == "connect"
+            && r["protocol"] == "unix"
+            && r["process"]["pid"].as_u64() == Some(pid)
+    };
+    let conn = sensor.wait_for(is_ours, WAIT).unwrap();
+    assert_eq!(conn["path"], path.to_str().unwrap(), "{conn}");
+    assert_eq!(conn["process"]["role"], "runtime", "{conn}");
+    assert!(sensor.stop().unwrap().success());
+    let n = sensor.records().iter().filter(|r| is_ours(r)).count();
+    assert_eq!(n, 1, "one connect for 50 sends");
+}
+
+#[test]
+fn a_tracked_unix_connect_is_reported_once_with_socket_hooks() {
+    tracked_unix_connect_is_reported("socket");
+}
+
+#[test]
+fn a_tracked_unix_connect_is_reported_once_with_the_syscall_dispatch() {
+    tracked_unix_connect_is_reported("syscall");
+}

@@ -40,6 +40,9 @@ const APT_PACKAGES: &[&str] = &[
     "redis-tools",
     // A real collector receiving the TCP sink, restarted mid-stream (tests/tests/collector.rs).
     "rsyslog",
+    // protoc: the containerd-client crate's build script compiles containerd's API protos (the
+    // sensor reads containerd's image store over gRPC, sensor/src/lineage/containerd.rs).
+    "protobuf-compiler",
 ];
 
 /// The offline Kubernetes schema validator (bundled schemas) that tests/tests/deploy.rs runs

@@ -35,6 +35,9 @@ const IPPROTO_TCP: u16 = 6;
 /// read from the socket with the offsets resolved from BTF.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_sock_state(&ctx);
     0
 }

@@ -20,6 +20,9 @@ const INHERITED: u32 = !(track::RUNTIME | track::API_SERVER | track::SEEDED | tr
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_exec(&ctx);
     0
 }
@@ -103,6 +106,9 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_fork(&ctx);
     0
 }
@@ -137,6 +143,9 @@ fn try_fork(ctx: &BtfTracePointContext) -> Option<()> {
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_exit();
     0
 }

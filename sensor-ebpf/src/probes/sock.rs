@@ -9,9 +9,7 @@
 //! the TCP state changes instead (`net.rs`).
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{
-        bpf_probe_read_kernel_str_bytes, bpf_probe_read_user, generated::bpf_skc_to_unix_sock,
-    },
+    helpers::{bpf_probe_read_kernel_str_bytes, bpf_probe_read_user},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -29,6 +27,31 @@ use crate::{
     maps::{MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
 };
 
+/// Offsets of `struct sock`'s `skc_family` and `sk_protocol`, set at load from the kernel's
+/// BTF (0: not known). Load-time constants (.rodata, frozen), so the verifier lets these two
+/// fields be read straight through the tracepoint's typed `struct sock *` instead of by a
+/// helper call each: the send path is one that every process on the node pays for.
+#[unsafe(no_mangle)]
+static SK_FAMILY_AT: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_PROTOCOL_AT: u32 = 0;
+
+/// A `u16` field of the tracepoint's socket at load-time offset `at` (see SK_FAMILY_AT), or
+/// through `bpf_probe_read_kernel` at `fallback` when the offset was not set.
+#[inline(always)]
+fn sk_u16(ctx: &BtfTracePointContext, at: &'static u32, fallback: u32) -> Option<u16> {
+    // SAFETY: a volatile read of a constant the loader set, so the compiler keeps the load.
+    let at = unsafe { core::ptr::read_volatile(at) };
+    if at == 0 {
+        return read_at(sock_arg(ctx)?, fallback);
+    }
+    // The socket as the verifier types it.
+    let typed: *const u8 = ctx.arg(0);
+    // SAFETY: the tracepoint's `struct sock *`: the verifier checks the field against the
+    // kernel's BTF and makes the load fault-safe.
+    Some(unsafe { core::ptr::read_volatile(typed.add(at as usize) as *const u16) })
+}
+
 const MSG_PEEK: i32 = 2;
 const IPPROTO_UDP: u16 = 17;
 /// `struct mmsghdr` (user ABI): a `struct msghdr` (56 bytes) and `msg_len`, padded to 64.
@@ -39,6 +62,9 @@ const MMSGHDR_SIZE: u64 = 64;
 // dead return value and the verifier may find a stack pointer in R0 at exit.
 #[inline(always)]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_recv(&ctx);
     0
 }
@@ -89,6 +115,9 @@ fn sock_arg(ctx: &BtfTracePointContext) -> Option<u64> {
 // dead return value and the verifier may find a stack pointer in R0 at exit.
 #[inline(always)]
 pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    if crate::helpers::idle() {
+        return 0;
+    }
     let _ = try_send(&ctx);
     0
 }
@@ -100,29 +129,36 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         return None;
     }
     let cfg = config()?;
+    let o = &cfg.offsets;
+    let family = sk_u16(ctx, &SK_FAMILY_AT, o.sk_family)?;
     let Some((_, flags)) = tracked_flags_current(cfg) else {
-        // Not tracked: a client of a runtime's API, sending its first request? The socket as
-        // the tracepoint gives it (a pointer the verifier knows), for bpf_skc_to_unix_sock.
-        return client_send(cfg, ctx.arg(0));
+        // Not tracked: a client of a runtime's API, sending its first request?
+        // The socket as the tracepoint gives it: only added to and read through, which the
+        // verifier allows on its typed pointer, so no copy (`sock_arg`) is needed.
+        return if family == AF_UNIX {
+            client_send(cfg, ctx.arg(0))
+        } else {
+            None
+        };
     };
     if flags & (track::RUNTIME | track::DESCENDANT) == 0 {
         return None; // an API client already reported
     }
     let t = Tracked { flags, depth: 0 };
-    let sk = sock_arg(ctx)?;
-    let o = &cfg.offsets;
-    let family: u16 = read_at(sk, o.sk_family)?;
     if family == AF_UNIX {
-        first_unix_send(cfg, &t, sk);
+        // The typed pointer, as for client_send: only a key and a base here.
+        first_unix_send(cfg, &t, ctx.arg(0));
     }
     let inet = family == AF_INET || family == AF_INET6;
     let dns = inet
         && cfg.features & feature::DNS_EVENTS != 0
-        && read_at::<u16>(sk, o.sk_protocol) == Some(IPPROTO_UDP);
+        && sk_u16(ctx, &SK_PROTOCOL_AT, o.sk_protocol) == Some(IPPROTO_UDP);
     // The syscall's registers only where they can matter: an API server's write, a UDP send.
     if !dns && !is_api_server(&t) {
         return None;
     }
+    // A plain number from here on (see sock_arg), for the WATCH_FDS comparisons.
+    let sk = sock_arg(ctx)?;
     let c = current_call(o)?;
     if dns {
         return dns_query(cfg, &t, sk, &c, u64::from(ret as u32));
@@ -199,18 +235,11 @@ fn first_unix_send(cfg: &Config, t: &Tracked, sk: u64) -> Option<()> {
     super::net::unix_report(cfg, key, len, abstract_ns, Some(t.flags))
 }
 
-/// An untracked process's send: on a unix socket whose peer was bound to a runtime's API
+/// An untracked process's send on a unix socket: when its peer was bound to a runtime's API
 /// socket, this is a client's first request. Reported (with who the client is) and the
 /// process tracked as an API client, so that its later sends leave at the cache check.
 #[inline(always)]
 fn client_send(cfg: &Config, sk: u64) -> Option<()> {
-    // One helper call (the kernel's own family check), not a memory read, for every send of
-    // every process that is not on a unix socket.
-    // SAFETY: `sk` is the tracepoint's socket pointer, as the helper requires.
-    let us = unsafe { bpf_skc_to_unix_sock(sk as *mut core::ffi::c_void) };
-    if us.is_null() {
-        return None;
-    }
     let addr = peer_addr(cfg, sk)?;
     let epoch = runtime_epoch();
     // SAFETY: copied out at once.

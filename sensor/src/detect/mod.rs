@@ -14,18 +14,20 @@ pub(crate) mod testutil;
 pub use findings::FindingsEngine;
 
 use crate::engine::Engine;
-use crate::lineage::{LineageEngine, SharedLineage};
+use crate::lineage::{LineageEngine, SharedLineage, containerd};
 use crate::process::host::HostPaths;
 use policy::PolicyHandle;
 
-/// The detection engines, in the order the pipeline must run them (lineage before findings).
+/// The detection engines, in the order the pipeline must run them (lineage before findings);
+/// `containerd`: the thread reading containerd for this run, if any.
 pub fn engines(
     policy: PolicyHandle,
     store: SharedLineage,
     paths: HostPaths,
+    containerd: Option<containerd::ContainerdLink>,
 ) -> Vec<Box<dyn Engine>> {
     vec![
-        Box::new(LineageEngine::new(paths, store.clone())),
+        Box::new(LineageEngine::new(paths, store.clone()).with_containerd(containerd)),
         Box::new(FindingsEngine::new(policy, store)),
     ]
 }

@@ -271,17 +271,34 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     // One parse of the kernel BTF for aya's loader and the BTF tracepoints, dropped after attach.
     let aya_btf = aya::Btf::from_sys_fs().ok();
+    // Load-time constants of the socket hooks (0: unknown, read by helper instead).
+    let known = |off: u32| {
+        if off == sensor_common::OFFSET_MISSING {
+            0
+        } else {
+            off
+        }
+    };
+    let (sk_family_at, sk_protocol_at) = (known(offsets.sk_family), known(offsets.sk_protocol));
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
+        .override_global("SK_FAMILY_AT", &sk_family_at, true)
+        .override_global("SK_PROTOCOL_AT", &sk_protocol_at, true)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
 
     let mut config = Config {
         self_tgid: std::process::id(),
-        features: opts.features,
+        features: opts.features | if idle_probes() { feature::IDLE } else { 0 },
         offsets,
     };
+    if config.features & feature::IDLE != 0 {
+        tracing::warn!(
+            "SENSOR_IDLE_PROBES=1: every kernel program is attached but returns at once; \
+             no kernel event will be seen (a bench instrument)"
+        );
+    }
     write_config(&mut ebpf, config)?;
     {
         let mut names: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
@@ -471,6 +488,11 @@ fn write_config(ebpf: &mut Ebpf, c: Config) -> Result<(), LoadError> {
     )
     .map_err(|e| LoadError::Map("CONFIG", e))?;
     cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))
+}
+
+/// A bench instrument (`SENSOR_IDLE_PROBES=1`): attach every program, idle (`feature::IDLE`).
+fn idle_probes() -> bool {
+    std::env::var_os("SENSOR_IDLE_PROBES").is_some_and(|v| v == "1")
 }
 
 /// A debugging aid: leave named optional probes detached (e.g. to measure their cost).

@@ -4,11 +4,13 @@
 //! (`POST /containers/{id}/start`, `POST /images/{name}/push`), `api_response` (the push's
 //! `{"aux":{"Tag","Digest"}}`), and `process_exec` of OCI runtimes; produces `container_start`
 //! and `image_push`, each linked to the build of its image when it was built on this host.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc;
 
 use serde_json::Value;
 
 use super::SharedLineage;
+use super::containerd::{ANSWER_WAIT, ContainerImage, ContainerdImage, ContainerdLink};
 use crate::detect::policy::ALLOWED;
 use crate::engine::Engine;
 use crate::lineage::store::{ImageLineage, PushSeen};
@@ -31,6 +33,17 @@ const PUSH_NO_RESPONSE_MS: u64 = 60_000;
 const PUSH_GIVE_UP_MS: u64 = 600_000;
 /// Container ids already reported, kept this long to report each start once.
 const RECENT_START_MS: u64 = 60_000;
+/// Starts waiting for containerd's answer at most; more are reported at once, without it.
+const MAX_CONTAINERD_WAITING: usize = 1024;
+
+/// A container containerd started itself (not dockerd), waiting for containerd to say which
+/// image it runs.
+struct WaitingStart {
+    start: RuntimeStart,
+    info: host::BundleInfo,
+    record_id: u64,
+    ts: Timestamp,
+}
 
 struct PendingStart {
     reference: String,
@@ -66,6 +79,15 @@ pub struct LineageEngine {
     /// The image store was compared with the lineage store (once, at start).
     reconciled: bool,
     last_alive: Option<Timestamp>,
+    /// containerd, read by a thread of its own (lineage::containerd): the image stores' scan,
+    /// taken when it comes, after the start's reconciliation; and the images of containers
+    /// containerd starts itself.
+    containerd: Option<ContainerdLink>,
+    waiting: Vec<WaitingStart>,
+    /// The images dockerd's store and containers-storage held at start: an image of dockerd's
+    /// store that containerd also holds (the containerd snapshotter) is reported once.
+    store_ids: HashSet<String>,
+    containerd_failed: u64,
 }
 
 /// How often the store records that the sensor is watching (`seen_until`).
@@ -83,7 +105,67 @@ impl LineageEngine {
             unconfirmed_pushes: 0,
             reconciled: false,
             last_alive: None,
+            containerd: None,
+            waiting: Vec::new(),
+            store_ids: HashSet::new(),
+            containerd_failed: 0,
         }
+    }
+
+    /// containerd's thread: its scan of the image stores to reconcile with as well (see
+    /// `reconcile`), and the images of the containers it starts.
+    pub fn with_containerd(mut self, link: Option<ContainerdLink>) -> Self {
+        self.containerd = link;
+        self
+    }
+
+    /// containerd's images, once the scan has come and the start's reconciliation is done:
+    /// each image unknown to the lineage store and to dockerd's store, one `image_discovered`.
+    fn reconcile_containerd(&mut self, out: &mut Vec<Body>) {
+        if !self.reconciled {
+            return;
+        }
+        let Some(rx) = self.containerd.as_ref().and_then(|l| l.scan.as_ref()) else {
+            return;
+        };
+        let scan = match rx.try_recv() {
+            Ok(scan) => scan,
+            Err(mpsc::TryRecvError::Empty) => return,
+            Err(mpsc::TryRecvError::Disconnected) => {
+                if let Some(l) = self.containerd.as_mut() {
+                    l.scan = None;
+                }
+                return;
+            }
+        };
+        if let Some(l) = self.containerd.as_mut() {
+            l.scan = None;
+        }
+        self.containerd_failed += scan.failed;
+        let since = self.store().previous_seen_until();
+        let mut images: Vec<ContainerdImage> = scan.images;
+        images.sort_by_key(|i| i.created);
+        let mut reported = HashSet::new();
+        for img in images {
+            if self.store_ids.contains(&img.image_id)
+                || self.store().get(&img.image_id).is_some()
+                || !reported.insert((img.namespace.clone(), img.image_id.clone()))
+            {
+                continue;
+            }
+            out.push(Body::ImageDiscovered(ImageDiscovered {
+                image_id: img.image_id,
+                runtime: "containerd".into(),
+                created: img.created,
+                seen_until: since,
+                tags: img.tags,
+                repo_digests: img.repo_digests,
+                history: img.history,
+                parent: None,
+                namespace: Some(img.namespace),
+            }));
+        }
+        self.store_ids = HashSet::new();
     }
 
     /// At start: images dockerd's store holds that were created after the previous run's
@@ -96,7 +178,7 @@ impl LineageEngine {
         let Some(since) = self.store().previous_seen_until() else {
             return;
         };
-        let mut found: Vec<(&str, host::DockerImage)> = host::docker_images(&self.paths)
+        let all: Vec<(&str, host::DockerImage)> = host::docker_images(&self.paths)
             .into_iter()
             .map(|i| ("docker", i))
             .chain(
@@ -104,6 +186,12 @@ impl LineageEngine {
                     .into_iter()
                     .map(|i| ("containers-storage", i)),
             )
+            .collect();
+        if self.containerd.is_some() {
+            self.store_ids = all.iter().map(|(_, i)| i.id.clone()).collect();
+        }
+        let mut found: Vec<(&str, host::DockerImage)> = all
+            .into_iter()
             .filter(|(_, i)| i.created.is_some_and(|c| c > since))
             .collect();
         found.sort_by_key(|(_, i)| i.created);
@@ -123,6 +211,7 @@ impl LineageEngine {
                 repo_digests: img.repo_digests,
                 history: img.history,
                 parent: img.parent,
+                namespace: None,
             }));
         }
     }
@@ -365,37 +454,109 @@ impl LineageEngine {
                     vec![p.record_id, rec.id],
                 ));
             }
-            runtime => {
+            _ => {
                 let info = host::bundle_info(&self.paths, &s.bundle).unwrap_or_default();
                 if info.container_type.as_deref() == Some("sandbox") {
                     return;
                 }
-                let kubernetes = match (&info.namespace, &info.pod, &info.container_name) {
-                    (Some(ns), Some(pod), Some(c)) => Some(KubernetesRef {
-                        namespace: ns.clone(),
-                        pod: pod.clone(),
-                        container: c.clone(),
-                    }),
-                    _ => None,
-                };
-                let image = info.image_name.clone().unwrap_or_else(|| "unknown".into());
-                let image_id = self.store().find_by_ref(&image).map(|l| l.image_id.clone());
-                let client = ApiClient {
-                    transport: "unknown".into(),
-                    ..Default::default()
-                };
-                out.push(self.container_start(
-                    rec.ts,
-                    s.id.clone(),
-                    info.container_name.clone(),
-                    image,
-                    image_id,
-                    runtime,
-                    kubernetes,
-                    client,
-                    vec![rec.id],
-                ));
+                // Already waiting (a second create of the same container): reported once.
+                if self.waiting.iter().any(|w| w.start.id == s.id) {
+                    return;
+                }
+                // containerd's own starts: containerd says which image (the bundle does not,
+                // or only by reference); the record waits for its answer, a few seconds at most.
+                if let (Some(link), Some(ns)) = (&self.containerd, &s.namespace)
+                    && matches!(s.runtime, "containerd" | "cri")
+                    && self.waiting.len() < MAX_CONTAINERD_WAITING
+                    && link.ask(ns, &s.id)
+                {
+                    self.waiting.push(WaitingStart {
+                        start: s,
+                        info,
+                        record_id: rec.id,
+                        ts: rec.ts,
+                    });
+                    return;
+                }
+                out.push(self.runtime_start(rec.ts, &s, info, vec![rec.id], None));
             }
+        }
+    }
+
+    /// A start of another runtime than dockerd; `said`: what containerd said of it.
+    fn runtime_start(
+        &mut self,
+        ts: Timestamp,
+        s: &RuntimeStart,
+        info: host::BundleInfo,
+        ids: Vec<u64>,
+        said: Option<&ContainerImage>,
+    ) -> Body {
+        let kubernetes = match (&info.namespace, &info.pod, &info.container_name) {
+            (Some(ns), Some(pod), Some(c)) => Some(KubernetesRef {
+                namespace: ns.clone(),
+                pod: pod.clone(),
+                container: c.clone(),
+            }),
+            _ => None,
+        };
+        let said = said.filter(|a| a.image.is_some());
+        let image = said
+            .and_then(|a| a.image.clone())
+            .or(info.image_name)
+            .unwrap_or_else(|| "unknown".into());
+        let image_id = said
+            .and_then(|a| a.image_id.clone())
+            .or_else(|| self.store().find_by_ref(&image).map(|l| l.image_id.clone()));
+        let client = ApiClient {
+            transport: "unknown".into(),
+            ..Default::default()
+        };
+        let mut body = self.container_start(
+            ts,
+            s.id.clone(),
+            info.container_name,
+            image,
+            image_id,
+            s.runtime,
+            kubernetes,
+            client,
+            ids,
+        );
+        // As for dockerd's images: built here, pulled, or neither.
+        if let (Body::ContainerStart(c), Some(a)) = (&mut body, said) {
+            let origin = if c.build_id.is_some() {
+                "built_here"
+            } else if a.from_registry {
+                "registry"
+            } else {
+                "unexplained"
+            };
+            c.image_origin = Some(origin.into());
+        }
+        body
+    }
+
+    /// containerd's answers about its own starts, and starts that waited long enough.
+    fn containerd_starts(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        while let Some(a) = self.containerd.as_ref().and_then(ContainerdLink::answer) {
+            let Some(i) = self.waiting.iter().position(|w| {
+                w.start.id == a.container_id
+                    && w.start.namespace.as_deref() == Some(a.namespace.as_str())
+            }) else {
+                continue;
+            };
+            let w = self.waiting.remove(i);
+            out.push(self.runtime_start(w.ts, &w.start, w.info, vec![w.record_id], Some(&a)));
+        }
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if now.millis_since(&self.waiting[i].ts) < ANSWER_WAIT.as_millis() as u64 {
+                i += 1;
+                continue;
+            }
+            let w = self.waiting.remove(i);
+            out.push(self.runtime_start(w.ts, &w.start, w.info, vec![w.record_id], None));
         }
     }
 
@@ -451,7 +612,10 @@ impl LineageEngine {
 impl Engine for LineageEngine {
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
         match &rec.body {
-            Body::SensorStarted(_) => self.reconcile(out),
+            Body::SensorStarted(_) => {
+                self.reconcile(out);
+                self.reconcile_containerd(out);
+            }
             Body::BuildFinished(b) => self.on_build_finished(rec, b),
             Body::ApiRequest(a) => self.on_request(rec, a),
             Body::ApiResponse(r) => self.on_response(rec, r, out),
@@ -477,6 +641,8 @@ impl Engine for LineageEngine {
     }
 
     fn tick(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        self.reconcile_containerd(out);
+        self.containerd_starts(now, out);
         // Starts the runtime's exec did not confirm (process events lost, or a runtime this
         // sensor does not parse): look at the container's state on disk.
         let mut i = 0;
@@ -574,7 +740,12 @@ impl Engine for LineageEngine {
         }
     }
 
-    fn finish(&mut self, now: Timestamp, _out: &mut Vec<Body>) {
+    fn finish(&mut self, now: Timestamp, out: &mut Vec<Body>) {
+        // Starts still waiting for containerd are reported as they are.
+        self.containerd_starts(now, out);
+        for w in std::mem::take(&mut self.waiting) {
+            out.push(self.runtime_start(w.ts, &w.start, w.info, vec![w.record_id], None));
+        }
         self.store().mark_alive(now);
     }
 
@@ -586,6 +757,9 @@ impl Engine for LineageEngine {
             .entry("container_start_unresolved".into())
             .or_default() += self.unresolved_starts;
         *drops.entry("image_push_unconfirmed".into()).or_default() += self.unconfirmed_pushes;
+        *drops
+            .entry("containerd_store_unreadable".into())
+            .or_default() += self.containerd_failed;
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+pub mod containerd;
 pub mod engine;
 pub mod store;
 

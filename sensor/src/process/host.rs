@@ -249,7 +249,26 @@ fn parse_time(v: &Value) -> Option<crate::output::record::Timestamp> {
         .map(|t| crate::output::record::Timestamp(t.with_timezone(&chrono::Utc)))
 }
 
-/// Every image in dockerd's image store, with the tags and digests repositories.json gives it.
+/// What an image config (OCI or Docker) says of its history: each entry's `created_by` (or
+/// `comment`), oldest first, build-arg values redacted, bounded.
+pub fn image_history(config: &Value) -> Vec<String> {
+    config["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .take(MAX_HISTORY)
+                .filter_map(|x| x["created_by"].as_str().or_else(|| x["comment"].as_str()))
+                .map(|s| {
+                    crate::process::redact::redact_history(s)
+                        .chars()
+                        .take(MAX_CREATED_BY)
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Where buildah and podman (rootful) keep images.
 pub const CONTAINERS_STORAGE: &str = "/var/lib/containers/storage";
 
@@ -300,6 +319,7 @@ pub fn containers_image_id(paths: &HostPaths, reference: &str) -> Option<String>
         .map(|i| i.id)
 }
 
+/// Every image in dockerd's image store, with the tags and digests repositories.json gives it.
 pub fn docker_images(paths: &HostPaths) -> Vec<DockerImage> {
     let mut images = Vec::new();
     let Ok(dir) = std::fs::read_dir(paths.docker().join("image")) else {
@@ -322,23 +342,7 @@ pub fn docker_images(paths: &HostPaths) -> Vec<DockerImage> {
             let id = format!("sha256:{hex}");
             let mut img = DockerImage {
                 created: parse_time(&config["created"]),
-                history: config["history"]
-                    .as_array()
-                    .map(|h| {
-                        h.iter()
-                            .take(MAX_HISTORY)
-                            .filter_map(|x| {
-                                x["created_by"].as_str().or_else(|| x["comment"].as_str())
-                            })
-                            .map(|s| {
-                                crate::process::redact::redact_history(s)
-                                    .chars()
-                                    .take(MAX_CREATED_BY)
-                                    .collect()
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                history: image_history(&config),
                 parent: std::fs::read_to_string(
                     db.join("metadata/sha256").join(&hex).join("parent"),
                 )

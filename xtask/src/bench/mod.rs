@@ -78,6 +78,11 @@ pub struct BenchArgs {
     /// Debian package auditd and no other audit daemon running.
     #[arg(long)]
     pub peers: bool,
+    /// Also run the untracked storms with the sensor's kernel programs attached but idle
+    /// (SENSOR_IDLE_PROBES=1: each returns at its first check), alternating with bare runs,
+    /// as another column: the kernel's price for the attachment, before any program work.
+    #[arg(long)]
+    pub floor: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -189,6 +194,10 @@ pub struct CaseResults {
     /// untracked read/write and open/close only).
     pub auditd: Vec<StormTiming>,
     pub auditd_bare: Vec<StormTiming>,
+    /// With the sensor's programs idle, and bare runs alternating with those (`--floor`;
+    /// untracked storms only).
+    pub floor: Vec<StormTiming>,
+    pub floor_bare: Vec<StormTiming>,
 }
 
 /// Everything measured; `report` turns it into the table.
@@ -208,6 +217,8 @@ pub struct Measurements {
     pub hook_costs: Option<Result<Vec<hooks::HookCost>, String>>,
     /// The `--peers` column: what ran and how, or why it did not.
     pub peers: Option<Result<String, String>>,
+    /// The `--floor` column: measured, or why not.
+    pub floor: Option<Result<(), String>>,
     /// True if a later stats record had lower totals than an earlier one (per-interval
     /// counters rather than totals): event and drop deltas are then not meaningful.
     pub stats_not_cumulative: bool,
@@ -273,6 +284,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 counts: Vec::new(),
                 auditd: Vec::new(),
                 auditd_bare: Vec::new(),
+                floor: Vec::new(),
+                floor_bare: Vec::new(),
             })
             .collect(),
         reps: args.reps,
@@ -284,6 +297,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         sensors: Vec::new(),
         hook_costs: None,
         peers: None,
+        floor: None,
         stats_not_cumulative: false,
         load_before: loadavg(),
         load_after: String::new(),
@@ -314,6 +328,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 }
             }
         }
+    }
+    if args.floor {
+        m.floor = Some(
+            measure_floor(args, &drivers, &sensor_bin, &out_dir, &mut m)
+                .map_err(|e| format!("{e:#}")),
+        );
     }
     if args.hook_stats {
         m.hook_costs = Some(
@@ -367,38 +387,114 @@ fn measure_peers(
     if !m.cases.iter().any(|r| audited(&r.case)) {
         bail!("--read-writes and --opens are both 0: nothing to run under auditd");
     }
-    for rep in 0..args.reps {
-        for under_auditd in alternating(rep) {
-            let label = if under_auditd {
-                "under auditd (CIS Docker rules), no sensor"
+    alternate_column(
+        args,
+        drivers,
+        m,
+        "--peers",
+        [
+            "under auditd (CIS Docker rules), no sensor",
+            "bare, for the auditd column",
+        ],
+        audited,
+        |_, storms| {
+            let running = auditd.start()?;
+            storms()?;
+            running.stop()
+        },
+        |r, under_auditd| {
+            if under_auditd {
+                &mut r.auditd
             } else {
-                "bare, for the auditd column"
-            };
+                &mut r.auditd_bare
+            }
+        },
+    )?;
+    Ok(auditd.describe())
+}
+
+/// `--floor`: the untracked storms with the sensor's programs idle and bare, alternating, as
+/// many repetitions as the sensor's.
+fn measure_floor(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &mut Measurements,
+) -> Result<()> {
+    alternate_column(
+        args,
+        drivers,
+        m,
+        "--floor",
+        [
+            "with the sensor's programs idle",
+            "bare, for the idle-hooks column",
+        ],
+        |case| !case.tracked,
+        |rep, storms| {
+            // Apart from the timed runs' and --hook-stats' output files.
+            let index = 1000 + rep as usize;
+            let run = SensorRun::start(
+                sensor_bin,
+                &args.runtime_name,
+                &args.skip_probes,
+                true,
+                out_dir,
+                index,
+            )?;
+            storms()?;
+            run.stop().map(drop)
+        },
+        |r, idle| {
+            if idle {
+                &mut r.floor
+            } else {
+                &mut r.floor_bare
+            }
+        },
+    )
+}
+
+/// A column of its own, after the sensor's repetitions: the storms `which` selects, with a
+/// setting in place (`with_setting` sets it up, runs the storms it is given, tears it down)
+/// and bare, alternating, as many repetitions as the sensor's; `slot` is where each side's
+/// timings go.
+#[allow(clippy::too_many_arguments)]
+fn alternate_column(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    m: &mut Measurements,
+    flag: &str,
+    [set_label, bare_label]: [&str; 2],
+    which: fn(&Case) -> bool,
+    mut with_setting: impl FnMut(u32, &mut dyn FnMut() -> Result<()>) -> Result<()>,
+    slot: fn(&mut CaseResults, bool) -> &mut Vec<StormTiming>,
+) -> Result<()> {
+    for rep in 0..args.reps {
+        for set in alternating(rep) {
+            let label = if set { set_label } else { bare_label };
             eprintln!(
-                "bench: --peers repetition {}/{}, {label}",
+                "bench: {flag} repetition {}/{}, {label}",
                 rep + 1,
                 args.reps
             );
-            let running = if under_auditd {
-                Some(auditd.start()?)
-            } else {
-                None
-            };
-            for results in m.cases.iter_mut().filter(|r| audited(&r.case)) {
-                let t = drivers.case(&results.case)?;
-                eprintln!("bench:   {}", timing_line(&results.case, &t));
-                if under_auditd {
-                    results.auditd.push(t);
-                } else {
-                    results.auditd_bare.push(t);
+            let mut storms = || -> Result<()> {
+                for results in m.cases.iter_mut().filter(|r| which(&r.case)) {
+                    let t = drivers.case(&results.case)?;
+                    eprintln!("bench:   {}", timing_line(&results.case, &t));
+                    slot(results, set).push(t);
                 }
-            }
-            if let Some(running) = running {
-                running.stop()?;
+                Ok(())
+            };
+            if set {
+                with_setting(rep, &mut storms)?;
+            } else {
+                storms()?;
             }
         }
     }
-    Ok(auditd.describe())
+    Ok(())
 }
 
 /// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
@@ -416,6 +512,7 @@ fn measure_hook_costs(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
+        false,
         out_dir,
         m.sensors.len(),
     )?;
@@ -463,6 +560,7 @@ fn measure_with_sensor(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
+        false,
         out_dir,
         index,
     )?;

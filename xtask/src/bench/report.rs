@@ -133,6 +133,9 @@ fn ratio_text(r: Option<f64>) -> String {
     r.map_or_else(|| "n/a".into(), |r| format!("{r:.3}x"))
 }
 
+/// A column shown when any row has a value: its heading and the row's value.
+type OptionalColumn = (&'static str, fn(&Row) -> Option<f64>);
+
 /// One line of the table: a storm (time) or one redis test (throughput) in one tree.
 struct Row {
     name: String,
@@ -143,6 +146,8 @@ struct Row {
     cpu_ratio: Option<f64>,
     /// Under auditd over bare (`--peers`), where measured.
     auditd_ratio: Option<f64>,
+    /// With the sensor's programs attached but idle over bare (`--floor`), where measured.
+    floor_ratio: Option<f64>,
     events_per_s: String,
     target: Target,
 }
@@ -183,6 +188,10 @@ fn rows(m: &Measurements) -> Vec<Row> {
                     ratio: ratio(with, bare),
                     cpu_ratio: None,
                     auditd_ratio: None,
+                    floor_ratio: ratio(
+                        median_of(&r.floor, |t| rps(t, test)),
+                        median_of(&r.floor_bare, |t| rps(t, test)),
+                    ),
                     events_per_s: events_per_s.clone(),
                     target,
                 });
@@ -205,6 +214,7 @@ fn time_row(r: &CaseResults, events_per_s: String, target: Target) -> Row {
         ratio: ratio(wall(&r.with), wall(&r.without)),
         cpu_ratio: ratio(cpu(&r.with), cpu(&r.without)),
         auditd_ratio: ratio(wall(&r.auditd), wall(&r.auditd_bare)),
+        floor_ratio: ratio(wall(&r.floor), wall(&r.floor_bare)),
         events_per_s,
         target,
     }
@@ -277,29 +287,32 @@ pub fn markdown(m: &Measurements) -> String {
         );
     }
     let rows = rows(m);
-    let auditd = rows.iter().any(|r| r.auditd_ratio.is_some());
-    let auditd_head = if auditd { " auditd / bare |" } else { "" };
-    let auditd_rule = if auditd { "---:|" } else { "" };
+    let optional: [OptionalColumn; 2] = [
+        ("idle hooks / bare", |r| r.floor_ratio),
+        ("auditd / bare", |r| r.auditd_ratio),
+    ];
+    let shown: Vec<_> = optional
+        .iter()
+        .filter(|(_, get)| rows.iter().any(|r| get(r).is_some()))
+        .collect();
+    let heads: String = shown.iter().map(|(h, _)| format!(" {h} |")).collect();
+    let rules = "---:|".repeat(shown.len());
     let _ = writeln!(
         md,
-        "| workload | bare | with sensor | with / bare |{auditd_head} CPU time with / bare | events/s | target | result |"
+        "| workload | bare | with sensor | with / bare |{heads} CPU time with / bare | events/s | target | result |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|{auditd_rule}---:|---:|---|---|");
+    let _ = writeln!(md, "|---|---:|---:|---:|{rules}---:|---:|---|---|");
     for row in &rows {
-        let auditd_cell = if auditd {
-            match row.auditd_ratio {
-                Some(r) => format!(" {r:.3}x |"),
-                None => " |".into(),
-            }
-        } else {
-            String::new()
-        };
+        let extra: String = shown
+            .iter()
+            .map(|(_, get)| get(row).map_or_else(|| " |".into(), |r| format!(" {r:.3}x |")))
+            .collect();
         let cpu = row
             .cpu_ratio
             .map_or_else(String::new, |r| format!("{r:.3}x"));
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |{auditd_cell} {cpu} | {} | {} | {} |",
+            "| {} | {} | {} | {} |{extra} {cpu} | {} | {} | {} |",
             row.name,
             row.bare,
             row.with,
@@ -320,6 +333,23 @@ pub fn markdown(m: &Measurements) -> String {
          none). Every storm runs in the driver's process pinned to CPU 0; redis-server is its \
          child, pinned to CPU 1."
     );
+    match &m.floor {
+        Some(Ok(())) => {
+            let _ = writeln!(
+                md,
+                "\nIdle hooks / bare (`--floor`): median with the sensor running with every \
+                 kernel program attached as usual but returning at its first check \
+                 (`SENSOR_IDLE_PROBES=1`), over the median of bare runs alternating with those, \
+                 after the sensor's repetitions: what the kernel's dispatch to the programs \
+                 costs before they do anything, the part no program can save (fanotify's \
+                 marks are placed as usual)."
+            );
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(md, "\n--floor: no idle-hooks column: {why}.");
+        }
+        None => {}
+    }
     match &m.peers {
         Some(Ok(how)) => {
             let _ = writeln!(
@@ -575,6 +605,8 @@ mod tests {
             }],
             auditd: Vec::new(),
             auditd_bare: Vec::new(),
+            floor: Vec::new(),
+            floor_bare: Vec::new(),
         }
     }
 
@@ -590,6 +622,7 @@ mod tests {
             burst_connects: 0,
             sensors: Vec::new(),
             peers: None,
+            floor: None,
             stats_not_cumulative: false,
             load_before: "0.00".into(),
             load_after: "0.00".into(),
@@ -656,5 +689,50 @@ mod tests {
                 && row.ends_with("| ≥ 0.97x | FAIL |"),
             "{row}"
         );
+    }
+
+    #[test]
+    fn the_idle_hooks_column_comes_before_auditd_and_only_where_measured() {
+        let t = |wall| timing(wall, &[]);
+        let redis = |set, get| timing(2.0, &[("SET", set), ("GET", get)]);
+        let mut pair = results(Workload::UnixPair, false, t(1.0), t(1.2));
+        pair.floor = vec![t(1.1), t(1.06), t(1.3)];
+        pair.floor_bare = vec![t(1.0), t(1.0), t(0.9)];
+        pair.auditd = vec![t(1.5)];
+        pair.auditd_bare = vec![t(1.0)];
+        let mut redis_row = results(
+            Workload::Redis,
+            false,
+            redis(100.0, 100.0),
+            redis(90.0, 95.0),
+        );
+        redis_row.floor = vec![redis(95.0, 99.0)];
+        redis_row.floor_bare = vec![redis(100.0, 100.0)];
+        let mut m = measurements(vec![
+            pair,
+            redis_row,
+            results(Workload::UnixPair, true, t(1.0), t(1.1)),
+        ]);
+        m.floor = Some(Ok(()));
+        let md = markdown(&m);
+        assert!(
+            md.contains("| with / bare | idle hooks / bare | auditd / bare | CPU time"),
+            "{md}"
+        );
+        let row = |start: &str| {
+            md.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap_or_default()
+                .to_string()
+        };
+        // Medians: 1.1 over 1.0.
+        let pair = row("| unix socketpair storm, untracked");
+        assert!(pair.contains("| 1.200x | 1.100x | 1.500x |"), "{pair}");
+        let set = row("| redis-benchmark SET, untracked");
+        assert!(set.contains("| 0.900x | 0.950x | |"), "{set}");
+        // Not measured for tracked storms: an empty cell, the row still complete.
+        let tracked = row("| unix socketpair storm, tracked");
+        assert!(tracked.contains("| 1.100x | | |"), "{tracked}");
+        assert!(md.contains("Idle hooks / bare (`--floor`)"), "{md}");
     }
 }

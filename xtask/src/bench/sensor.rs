@@ -47,11 +47,13 @@ pub struct SensorRun {
 
 impl SensorRun {
     /// Start `sensor run --runtime-name NAME --stats-interval 1` (with SENSOR_SKIP_PROBES set
-    /// to `skip_probes`, which may be empty) and wait for `sensor_started`.
+    /// to `skip_probes`, which may be empty, and SENSOR_IDLE_PROBES=1 when `idle`) and wait
+    /// for `sensor_started`.
     pub fn start(
         bin: &Path,
         runtime_name: &str,
         skip_probes: &str,
+        idle: bool,
         out_dir: &Path,
         index: usize,
     ) -> Result<Self> {
@@ -70,6 +72,7 @@ impl SensorRun {
                 "1",
             ])
             .env("SENSOR_SKIP_PROBES", skip_probes)
+            .env("SENSOR_IDLE_PROBES", if idle { "1" } else { "0" })
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

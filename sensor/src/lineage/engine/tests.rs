@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::detect::testutil::*;
+use crate::lineage::containerd::{ContainerImage, ContainerdLink};
 use crate::lineage::store::LineageStore;
 use crate::output::record::{OutboundConnection, ProcessExec, ProcessRef};
 use crate::process::host::tests::fake_docker;
@@ -112,6 +113,33 @@ fn add_image(paths: &HostPaths, hex: &str, created: &str, tag: &str, digest: Opt
     std::fs::write(&repos_path, repos.to_string()).unwrap();
 }
 
+/// A store on disk whose previous run watched until 22:10 (`ts(-200)`; `ts(0)` is
+/// 2023-11-14T22:13:20Z), and its directory.
+fn store_seen_until(name: &str) -> (std::path::PathBuf, SharedLineage) {
+    let dir = std::env::temp_dir().join(format!("sensor-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+    first.mark_alive(ts(-200));
+    drop(first);
+    let store = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
+    (dir, Arc::new(Mutex::new(store)))
+}
+
+fn sensor_started() -> Body {
+    Body::SensorStarted(crate::output::record::SensorStarted {
+        version: "t".into(),
+        kernel: "t".into(),
+        probes: vec![],
+        probes_failed: Default::default(),
+        probes_unused: Default::default(),
+        kernel_hooks: "socket".into(),
+        file_events: "fanotify".into(),
+        seeded_processes: 0,
+        runtime_names: vec![],
+        raw: false,
+    })
+}
+
 #[test]
 fn images_made_while_stopped_are_discovered_and_unexplained() {
     let id = "e".repeat(64);
@@ -126,29 +154,10 @@ fn images_made_while_stopped_are_discovered_and_unexplained() {
         "pulled:1",
         Some("sha256:dd"),
     );
-    let dir = std::env::temp_dir().join(format!("sensor-lin-rec-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    // The previous run watched until 22:10 (ts(0) is 2023-11-14T22:13:20Z).
-    let mut first = LineageStore::open(&dir, 10, 3650, ts(0)).unwrap();
-    first.mark_alive(ts(-200));
-    drop(first);
-    let store = Arc::new(Mutex::new(
-        LineageStore::open(&dir, 10, 3650, ts(0)).unwrap(),
-    ));
+    let (dir, store) = store_seen_until("lin-rec");
     let mut e = LineageEngine::new(paths.clone(), store);
     let mut out = Vec::new();
-    let started = Body::SensorStarted(crate::output::record::SensorStarted {
-        version: "t".into(),
-        kernel: "t".into(),
-        probes: vec![],
-        probes_failed: Default::default(),
-        probes_unused: Default::default(),
-        kernel_hooks: "socket".into(),
-        file_events: "fanotify".into(),
-        seeded_processes: 0,
-        runtime_names: vec![],
-        raw: false,
-    });
+    let started = sensor_started();
     e.observe(&rec(1, 0, started.clone()), &mut out);
     let found: Vec<&ImageDiscovered> = out
         .iter()
@@ -332,4 +341,146 @@ fn registry_names() {
     assert_eq!(registry_of("me/app"), "docker.io");
     assert_eq!(registry_of("localhost/app"), "localhost");
     assert_eq!(registry_of("ghcr.io/me/app"), "ghcr.io");
+}
+
+/// containerd's scan comes after the start's reconciliation: its images are reported when it
+/// arrives, except those dockerd's store holds too (the containerd snapshotter: one image, two
+/// stores), those the lineage store knows, and the same image met through a second socket.
+#[test]
+fn containerd_images_are_reported_when_the_scan_comes_and_once() {
+    let id = "f".repeat(64);
+    let paths = fake_docker("lin-ctrd", &id, "web", "sha256:old", "old:1");
+    let (in_docker, built, new) = ("4".repeat(64), "5".repeat(64), "6".repeat(64));
+    add_image(&paths, &in_docker, "2023-11-14T21:00:00Z", "dock:1", None);
+    let (dir, store) = store_seen_until("lin-ctrd");
+    let (link, tx, _asks, _answers) = ContainerdLink::pair();
+    let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(link));
+    let mut out = Vec::new();
+    e.observe(
+        &rec(
+            1,
+            0,
+            build_finished("B1", Some(&format!("sha256:{built}")), &[]),
+        ),
+        &mut out,
+    );
+    e.observe(&rec(2, 0, sensor_started()), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.tick(ts(1), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    let img = |hex: &str, ns: &str| ContainerdImage {
+        namespace: ns.into(),
+        image_id: format!("sha256:{hex}"),
+        created: ts(-10),
+        tags: vec![format!("docker.io/library/{hex}:1")],
+        repo_digests: vec![],
+        history: vec!["ADD file in /".into()],
+    };
+    tx.send(crate::lineage::containerd::Scan {
+        images: vec![
+            img(&in_docker, "moby"),
+            img(&built, "default"),
+            img(&new, "k8s.io"),
+            img(&new, "k8s.io"),
+        ],
+        failed: 1,
+    })
+    .unwrap();
+    e.tick(ts(2), &mut out);
+    let [Body::ImageDiscovered(d)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(d.image_id, format!("sha256:{new}"));
+    assert_eq!(d.runtime, "containerd");
+    assert_eq!(d.namespace.as_deref(), Some("k8s.io"));
+    assert_eq!(d.seen_until, Some(ts(-200)));
+    assert_eq!(d.history, ["ADD file in /"]);
+    let mut drops = BTreeMap::new();
+    e.drops(&mut drops);
+    assert_eq!(drops["containerd_store_unreadable"], 1);
+    out.clear();
+    e.tick(ts(3), &mut out);
+    assert!(out.is_empty());
+    std::fs::remove_dir_all(&paths.host_root).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn runc_create_in(ns: &str, id: &str) -> Body {
+    let mut b = runc_create(id);
+    if let Body::ProcessExec(e) = &mut b {
+        let bundle =
+            format!("/var/run/docker/containerd/daemon/io.containerd.runtime.v2.task/{ns}/{id}");
+        e.argv[5] = bundle;
+    }
+    b
+}
+
+/// A container containerd starts itself (`ctr run`): the record waits for containerd to say
+/// its image; made on this host and explained by no build, it is `unexplained`; pulled, it is
+/// `registry`; with no answer within a few seconds it is reported without.
+#[test]
+fn containerd_starts_take_their_image_from_containerd() {
+    let paths = fake_docker("lin-ctrd-start", &"0".repeat(64), "x", "sha256:x", "x:1");
+    let (mut e, _) = engine(paths.clone());
+    let (link, _scan, mut asks, answers) = ContainerdLink::pair();
+    e = e.with_containerd(Some(link));
+    let (made, pulled, silent) = ("a1".repeat(32), "a2".repeat(32), "a3".repeat(32));
+    let mut out = Vec::new();
+    for (i, id) in [&made, &pulled, &silent].into_iter().enumerate() {
+        e.observe(
+            &rec(i as u64 + 1, 100, runc_create_in("t-ns", id)),
+            &mut out,
+        );
+        let q = asks.try_recv().unwrap();
+        assert_eq!(
+            (q.namespace.as_str(), q.container_id.as_str()),
+            ("t-ns", id.as_str())
+        );
+    }
+    assert!(out.is_empty(), "{out:?}");
+    // A second create of a waiting container: neither asked again nor reported twice.
+    e.observe(&rec(9, 100, runc_create_in("t-ns", &made)), &mut out);
+    assert!(asks.try_recv().is_err());
+    assert!(out.is_empty(), "{out:?}");
+    for (id, from_registry) in [(&made, false), (&pulled, true)] {
+        answers
+            .send(ContainerImage {
+                namespace: "t-ns".into(),
+                container_id: id.clone(),
+                image: Some(format!("docker.io/library/{}:1", &id[..4])),
+                image_id: Some(format!("sha256:{}", "c".repeat(64))),
+                from_registry,
+            })
+            .unwrap();
+    }
+    e.tick(ts(101), &mut out);
+    let starts: Vec<&ContainerStart> = out
+        .iter()
+        .filter_map(|b| match b {
+            Body::ContainerStart(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "{out:?}");
+    assert_eq!(starts[0].container_id, made);
+    assert_eq!(starts[0].runtime, "containerd");
+    assert_eq!(starts[0].image, "docker.io/library/a1a1:1");
+    assert_eq!(
+        starts[0].image_id,
+        Some(format!("sha256:{}", "c".repeat(64)))
+    );
+    assert_eq!(starts[0].image_origin.as_deref(), Some("unexplained"));
+    assert_eq!(starts[0].evidence.record_ids, [1]);
+    assert_eq!(starts[1].image_origin.as_deref(), Some("registry"));
+    out.clear();
+    e.tick(ts(103), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    e.tick(ts(106), &mut out);
+    let [Body::ContainerStart(c)] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(c.container_id, silent);
+    assert_eq!(c.image, "unknown");
+    assert_eq!(c.image_origin, None);
+    std::fs::remove_dir_all(&paths.host_root).unwrap();
 }

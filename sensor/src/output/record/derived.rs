@@ -266,8 +266,9 @@ pub struct ContainerStart {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
 pub struct ImageDiscovered {
     pub image_id: String,
-    /// The image store it is in: `docker`, or `containers-storage` (buildah, podman; there
-    /// `created` is when the store made it: a commit, or a pull).
+    /// The image store it is in: `docker`, `containers-storage` (buildah, podman; there
+    /// `created` is when the store made it: a commit, or a pull) or `containerd` (`created`:
+    /// when the namespace first named it: an import, pull, build or tag).
     pub runtime: String,
     /// When the store says the image was created (its config's `created`).
     pub created: Timestamp,
@@ -286,6 +287,9 @@ pub struct ImageDiscovered {
     /// The image the builder made it from (legacy builder's `parent`), when recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// containerd: the namespace it is in (`k8s.io`, `moby`, `default`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, JsonSchema)]
