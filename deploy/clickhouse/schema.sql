@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS sensor_records
     created String,
     data String,
     details String,
+    dockerfile_missing String,
     dockerfile_status String,
     drops String,
     dst_addr String,
