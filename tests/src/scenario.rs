@@ -110,6 +110,20 @@ impl Scenario {
         SensorProcess::start(args).unwrap_or_else(|e| panic!("the sensor did not start: {e:#}"))
     }
 
+    /// A sensor keeping its state in [`Self::state_dir`] (so that a restart sees the previous
+    /// run's), stats off, only the record kinds given (comma-separated).
+    pub fn start_stateful_sensor(&self, kinds: &str) -> SensorProcess {
+        let state_dir = self.state_dir();
+        self.start_sensor(&[
+            "--stats-interval",
+            "0",
+            "--state-dir",
+            &state_dir,
+            "--kinds",
+            kinds,
+        ])
+    }
+
     /// A unique image tag ([`unique_tag`]), its image removed at the end.
     pub fn tag(&self, prefix: &str) -> String {
         let tag = unique_tag(prefix);

@@ -128,15 +128,7 @@ fn saved_image(sc: &Scenario, dir: &Path, marker: &str) -> (String, PathBuf) {
 }
 
 fn sensor(sc: &Scenario) -> SensorProcess {
-    let state_dir = sc.state_dir();
-    sc.start_sensor(&[
-        "--stats-interval",
-        "0",
-        "--state-dir",
-        &state_dir,
-        "--kinds",
-        "sensor_started,image_discovered,container_start,finding,sensor_stats",
-    ])
+    sc.start_stateful_sensor("sensor_started,image_discovered,container_start,finding,sensor_stats")
 }
 
 /// `ctr run --rm IMAGE <unique id> true` in the namespace; the sensor's `container_start` of it.

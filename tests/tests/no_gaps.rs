@@ -14,15 +14,9 @@ const BASE: &str = BASE_IMAGE;
 const WAIT: Duration = Duration::from_secs(60);
 
 fn sensor(sc: &Scenario) -> SensorProcess {
-    let state_dir = sc.state_dir();
-    sc.start_sensor(&[
-        "--stats-interval",
-        "0",
-        "--state-dir",
-        &state_dir,
-        "--kinds",
+    sc.start_stateful_sensor(
         "sensor_started,build_finished,container_start,image_discovered,finding,sensor_stats",
-    ])
+    )
 }
 
 fn sigkill(s: &SensorProcess) {
