@@ -437,22 +437,7 @@ impl LineageEngine {
                     return;
                 };
                 let p = self.starts.remove(i);
-                let image = c
-                    .image_ref
-                    .clone()
-                    .or(c.image_id.clone())
-                    .unwrap_or_else(|| "unknown".into());
-                out.push(self.container_start(
-                    rec.ts,
-                    c.id,
-                    c.name,
-                    image,
-                    c.image_id,
-                    "docker",
-                    None,
-                    p.client,
-                    vec![p.record_id, rec.id],
-                ));
+                out.push(self.docker_start(rec.ts, c, p, Some(rec.id)));
             }
             _ => {
                 let info = host::bundle_info(&self.paths, &s.bundle).unwrap_or_default();
@@ -560,6 +545,26 @@ impl LineageEngine {
         }
     }
 
+    /// The `container_start` of a client's start request that dockerd's container state
+    /// confirms; `also` is the record that confirmed it, when one did.
+    fn docker_start(
+        &mut self,
+        ts: Timestamp,
+        c: host::DockerContainer,
+        p: PendingStart,
+        also: Option<u64>,
+    ) -> Body {
+        let image = c
+            .image_ref
+            .clone()
+            .or(c.image_id.clone())
+            .unwrap_or_else(|| "unknown".into());
+        let ids = std::iter::once(p.record_id).chain(also).collect();
+        self.container_start(
+            ts, c.id, c.name, image, c.image_id, "docker", None, p.client, ids,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn container_start(
         &mut self,
@@ -661,22 +666,7 @@ impl Engine for LineageEngine {
             });
             if let Some(c) = found {
                 let p = self.starts.remove(i);
-                let image = c
-                    .image_ref
-                    .clone()
-                    .or(c.image_id.clone())
-                    .unwrap_or_else(|| "unknown".into());
-                let body = self.container_start(
-                    now,
-                    c.id,
-                    c.name,
-                    image,
-                    c.image_id,
-                    "docker",
-                    None,
-                    p.client,
-                    vec![p.record_id],
-                );
+                let body = self.docker_start(now, c, p, None);
                 out.push(body);
             } else if age >= START_GIVE_UP_MS {
                 self.starts.remove(i);
