@@ -1,12 +1,17 @@
 //! The stages that derive records from records (build sessions, lineage, findings).
 //!
 //! The pipeline feeds every record it writes (kernel-derived or derived by an engine) to every
-//! engine, in order; what an engine returns is stamped (id, ts, host), written, and fed on.
+//! engine, in order: `commit` before the record is written, `observe` after; what an engine
+//! returns is stamped (id, ts, host), written, and fed on.
 use std::collections::BTreeMap;
 
 use crate::output::record::{Body, Record, Timestamp};
 
 pub trait Engine: Send {
+    /// Called with each record before it is written: state that a reader of the record may
+    /// rely on at once (the lineage on disk of a finished build) is committed here, so a
+    /// sensor killed the moment the record is out still has it.
+    fn commit(&mut self, _rec: &Record) {}
     /// Look at one record; push derived record bodies to `out`.
     fn observe(&mut self, rec: &Record, out: &mut Vec<Body>);
     /// Called about once a second with the current time (or the replayed stream's time), to

@@ -216,6 +216,7 @@ impl Pipeline {
         self.last_ts = rec.ts;
         self.next_id = self.next_id.max(rec.id + 1);
         let mut queue = VecDeque::new();
+        self.commit(&rec);
         self.feed_engines(&rec, &mut queue);
         self.drain(rec.ts, queue);
     }
@@ -260,12 +261,19 @@ impl Pipeline {
                 body,
             };
             self.next_id += 1;
+            self.commit(&rec);
             let write =
                 (!is_input || self.opts.write_inputs) && (self.opts.raw || !rec.body.raw_only());
             if write {
                 self.write(&rec);
             }
             self.feed_engines(&rec, queue);
+        }
+    }
+
+    fn commit(&mut self, rec: &Record) {
+        for e in self.engines.iter_mut() {
+            e.commit(rec);
         }
     }
 

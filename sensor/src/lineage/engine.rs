@@ -615,21 +615,12 @@ impl LineageEngine {
 }
 
 impl Engine for LineageEngine {
-    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
+    /// The lineage a build_finished or image_push record stands for is on disk before the
+    /// record is out: a reader that sees the record and then kills the sensor loses nothing.
+    fn commit(&mut self, rec: &Record) {
         match &rec.body {
-            Body::SensorStarted(_) => {
-                self.reconcile(out);
-                self.reconcile_containerd(out);
-            }
             Body::BuildFinished(b) => self.on_build_finished(rec, b),
-            Body::ApiRequest(a) => self.on_request(rec, a),
-            Body::ApiResponse(r) => self.on_response(rec, r, out),
-            Body::ProcessExec(e) => {
-                if let Some(s) = container_start(e) {
-                    self.on_runtime_start(rec, s, out);
-                }
-            }
-            // Our own image_push, fed back with its id: remember the push for the AN0946 chain.
+            // Our own image_push, with its id: remember the push for the AN0946 chain.
             Body::ImagePush(p) => {
                 if let Some(image_id) = &p.image_id {
                     let push = PushSeen {
@@ -639,6 +630,23 @@ impl Engine for LineageEngine {
                         record_id: rec.id,
                     };
                     self.store().add_push(image_id, push);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe(&mut self, rec: &Record, out: &mut Vec<Body>) {
+        match &rec.body {
+            Body::SensorStarted(_) => {
+                self.reconcile(out);
+                self.reconcile_containerd(out);
+            }
+            Body::ApiRequest(a) => self.on_request(rec, a),
+            Body::ApiResponse(r) => self.on_response(rec, r, out),
+            Body::ProcessExec(e) => {
+                if let Some(s) = container_start(e) {
+                    self.on_runtime_start(rec, s, out);
                 }
             }
             _ => {}

@@ -8,6 +8,12 @@ use crate::lineage::store::LineageStore;
 use crate::output::record::{OutboundConnection, ProcessExec, ProcessRef};
 use crate::process::host::tests::fake_docker;
 
+/// One record through the engine as the pipeline passes it: commit, then observe.
+fn feed(e: &mut LineageEngine, r: &Record, out: &mut Vec<Body>) {
+    e.commit(r);
+    e.observe(r, out);
+}
+
 fn engine(paths: HostPaths) -> (LineageEngine, SharedLineage) {
     let store = Arc::new(Mutex::new(LineageStore::in_memory(100, 30)));
     (LineageEngine::new(paths, store.clone()), store)
@@ -53,7 +59,7 @@ fn container_start_links_build_and_survives_unasked_starts() {
             ..b.outbound[0].clone()
         });
     }
-    e.observe(&rec(10, 100, bf), &mut out);
+    feed(&mut e, &rec(10, 100, bf), &mut out);
     assert_eq!(
         store
             .lock()
@@ -65,9 +71,9 @@ fn container_start_links_build_and_survives_unasked_starts() {
         1
     );
     // A runtime create nobody asked for (a legacy build step): nothing.
-    e.observe(&rec(11, 101, runc_create(&id)), &mut out);
+    feed(&mut e, &rec(11, 101, runc_create(&id)), &mut out);
     assert!(out.is_empty());
-    e.observe(
+    feed(&mut e, 
         &rec(
             12,
             130,
@@ -75,7 +81,7 @@ fn container_start_links_build_and_survives_unasked_starts() {
         ),
         &mut out,
     );
-    e.observe(&rec(13, 130, runc_create(&id)), &mut out);
+    feed(&mut e, &rec(13, 130, runc_create(&id)), &mut out);
     let Body::ContainerStart(c) = &out[0] else {
         panic!("{out:?}")
     };
@@ -158,7 +164,7 @@ fn images_made_while_stopped_are_discovered_and_unexplained() {
     let mut e = LineageEngine::new(paths.clone(), store);
     let mut out = Vec::new();
     let started = sensor_started();
-    e.observe(&rec(1, 0, started.clone()), &mut out);
+    feed(&mut e, &rec(1, 0, started.clone()), &mut out);
     let found: Vec<&ImageDiscovered> = out
         .iter()
         .filter_map(|b| match b {
@@ -174,7 +180,7 @@ fn images_made_while_stopped_are_discovered_and_unexplained() {
     assert_eq!(found[1].repo_digests, ["sha256:dd"]);
     // Once per run.
     out.clear();
-    e.observe(&rec(2, 1, started), &mut out);
+    feed(&mut e, &rec(2, 1, started), &mut out);
     assert!(out.is_empty());
     assert_eq!(
         e.image_origin(Some(&format!("sha256:{new}")), false)
@@ -197,7 +203,7 @@ fn container_start_fallback_from_disk_by_name() {
     let paths = fake_docker("lin2", &id, "web2", "sha256:img2", "x:2");
     let (mut e, _) = engine(paths.clone());
     let mut out = Vec::new();
-    e.observe(
+    feed(&mut e, 
         &rec(
             1,
             100,
@@ -224,8 +230,8 @@ fn image_push_with_digest_and_build() {
     if let Body::BuildFinished(b) = &mut bf {
         b.tags = vec!["localhost:5000/app:1".into()];
     }
-    e.observe(&rec(1, 100, bf), &mut out);
-    e.observe(
+    feed(&mut e, &rec(1, 100, bf), &mut out);
+    feed(&mut e, 
         &rec(
             2,
             110,
@@ -238,7 +244,7 @@ fn image_push_with_digest_and_build() {
         &mut out,
     );
     let data = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n5b\r\n{\"status\":\"1: digest: sha256:dd size: 527\"}\r\n{\"progressDetail\":{},\"aux\":{\"Tag\":\"1\",\"Digest\":\"sha256:dd\",\"Size\":527}}\r\n";
-    e.observe(&rec(3, 111, api_response(data)), &mut out);
+    feed(&mut e, &rec(3, 111, api_response(data)), &mut out);
     let Body::ImagePush(p) = &out[0] else {
         panic!("{out:?}")
     };
@@ -249,7 +255,7 @@ fn image_push_with_digest_and_build() {
     assert_eq!(p.image_id.as_deref(), Some("sha256:img3"));
     // Fed back with its id, the push is remembered.
     let pushed = out.remove(0);
-    e.observe(&rec(4, 111, pushed), &mut out);
+    feed(&mut e, &rec(4, 111, pushed), &mut out);
     assert_eq!(
         store.lock().unwrap().get("sha256:img3").unwrap().pushes[0].record_id,
         4
@@ -266,7 +272,7 @@ fn push_without_response_stream_is_confirmed_by_a_new_digest_on_disk() {
     let p = fake_docker("pushdisk", &id, "c", "sha256:img4", "127.0.0.1:5000/app:1");
     let (mut e, _) = engine(p.clone());
     let mut out = Vec::new();
-    e.observe(
+    feed(&mut e, 
         &rec(
             2,
             110,
@@ -311,7 +317,7 @@ fn failed_push_is_not_reported() {
         ..Default::default()
     });
     let mut out = Vec::new();
-    e.observe(
+    feed(&mut e, 
         &rec(
             2,
             110,
@@ -323,7 +329,7 @@ fn failed_push_is_not_reported() {
         ),
         &mut out,
     );
-    e.observe(
+    feed(&mut e, 
         &rec(
             3,
             111,
@@ -356,7 +362,7 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
     let (link, tx, _asks, _answers) = ContainerdLink::pair();
     let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(link));
     let mut out = Vec::new();
-    e.observe(
+    feed(&mut e, 
         &rec(
             1,
             0,
@@ -364,7 +370,7 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
         ),
         &mut out,
     );
-    e.observe(&rec(2, 0, sensor_started()), &mut out);
+    feed(&mut e, &rec(2, 0, sensor_started()), &mut out);
     assert!(out.is_empty(), "{out:?}");
     e.tick(ts(1), &mut out);
     assert!(out.is_empty(), "{out:?}");
@@ -427,7 +433,7 @@ fn containerd_starts_take_their_image_from_containerd() {
     let (made, pulled, silent) = ("a1".repeat(32), "a2".repeat(32), "a3".repeat(32));
     let mut out = Vec::new();
     for (i, id) in [&made, &pulled, &silent].into_iter().enumerate() {
-        e.observe(
+        feed(&mut e, 
             &rec(i as u64 + 1, 100, runc_create_in("t-ns", id)),
             &mut out,
         );
@@ -439,7 +445,7 @@ fn containerd_starts_take_their_image_from_containerd() {
     }
     assert!(out.is_empty(), "{out:?}");
     // A second create of a waiting container: neither asked again nor reported twice.
-    e.observe(&rec(9, 100, runc_create_in("t-ns", &made)), &mut out);
+    feed(&mut e, &rec(9, 100, runc_create_in("t-ns", &made)), &mut out);
     assert!(asks.try_recv().is_err());
     assert!(out.is_empty(), "{out:?}");
     for (id, from_registry) in [(&made, false), (&pulled, true)] {
