@@ -204,7 +204,19 @@ pub fn tracked_current(cfg: &Config) -> Option<(u32, Tracked)> {
 /// the per-CPU cache; `None` when it is not in the map (or is the sensor).
 #[inline(always)]
 pub fn tracked_flags_current(cfg: &Config) -> Option<(u32, u32)> {
+    let (tgid, flags) = tracked_flags_lookup(cfg);
+    Some((tgid, flags?))
+}
+
+/// The current process's tgid and, as [`tracked_flags_current`], its `TRACKED` flags.
+#[inline(always)]
+pub fn tracked_flags_lookup(cfg: &Config) -> (u32, Option<u32>) {
     let tgid = current_tgid();
+    (tgid, tracked_flags_of(cfg, tgid))
+}
+
+#[inline(always)]
+fn tracked_flags_of(cfg: &Config, tgid: u32) -> Option<u32> {
     if tgid == cfg.self_tgid {
         return None;
     }
@@ -230,7 +242,7 @@ pub fn tracked_flags_current(cfg: &Config) -> Option<(u32, u32)> {
         unsafe { *slot = u64::from(tgid) | (generation << 32) | cached };
         t?.flags
     };
-    Some((tgid, flags))
+    Some(flags)
 }
 
 /// `WATCH_FDS`: mark fd `fd` of the current process as `what`, on socket `sk` (0: unknown).

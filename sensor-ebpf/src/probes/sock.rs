@@ -22,7 +22,7 @@ use super::{
 use crate::{
     helpers::{
         Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
-        tracked_current, tracked_flags_current, watch_get,
+        tracked_current, tracked_flags_lookup, watch_get,
     },
     maps::{MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
 };
@@ -35,6 +35,12 @@ use crate::{
 static SK_FAMILY_AT: u32 = 0;
 #[unsafe(no_mangle)]
 static SK_PROTOCOL_AT: u32 = 0;
+/// Offsets of `struct sock`'s `sk_peer_pid` and of `struct pid`'s `numbers[0].nr` (0: not
+/// known), for the same direct loads (see `peer_is_self`).
+#[unsafe(no_mangle)]
+static SK_PEER_PID_AT: u32 = 0;
+#[unsafe(no_mangle)]
+static PID_NR_AT: u32 = 0;
 
 /// A `u16` field of the tracepoint's socket at load-time offset `at` (see SK_FAMILY_AT), or
 /// through `bpf_probe_read_kernel` at `fallback` when the offset was not set.
@@ -50,6 +56,36 @@ fn sk_u16(ctx: &BtfTracePointContext, at: &'static u32, fallback: u32) -> Option
     // SAFETY: the tracepoint's `struct sock *`: the verifier checks the field against the
     // kernel's BTF and makes the load fault-safe.
     Some(unsafe { core::ptr::read_volatile(typed.add(at as usize) as *const u16) })
+}
+
+/// The peer credentials of the tracepoint's unix socket name process `tgid`: a socketpair that
+/// process made (`init_peercred` gives both ends its creator's), never a connection to a
+/// listener (`copy_peercred` gives the connecting end the listener's). Two direct loads, no
+/// helper call: what the untracked socketpair traffic of every process pays for. False when an
+/// offset is unknown (the full check runs then).
+#[inline(always)]
+fn peer_is_self(ctx: &BtfTracePointContext, tgid: u32) -> bool {
+    // SAFETY: volatile reads of constants the loader set, so the compiler keeps the loads.
+    let (pid_at, nr_at) = unsafe {
+        (
+            core::ptr::read_volatile(&SK_PEER_PID_AT),
+            core::ptr::read_volatile(&PID_NR_AT),
+        )
+    };
+    if pid_at == 0 || nr_at == 0 {
+        return false;
+    }
+    let typed: *const u8 = ctx.arg(0);
+    // SAFETY: loads through the tracepoint's `struct sock *` and the `struct pid *` it holds:
+    // the verifier checks both fields against the kernel's BTF and makes the loads fault-safe
+    // (a NULL `sk_peer_pid` reads as 0).
+    unsafe {
+        let pid = core::ptr::read_volatile(typed.add(pid_at as usize) as *const *const u8);
+        if pid.is_null() {
+            return false;
+        }
+        core::ptr::read_volatile(pid.add(nr_at as usize) as *const u32) == tgid
+    }
 }
 
 const MSG_PEEK: i32 = 2;
@@ -131,11 +167,13 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
     let cfg = config()?;
     let o = &cfg.offsets;
     let family = sk_u16(ctx, &SK_FAMILY_AT, o.sk_family)?;
-    let Some((_, flags)) = tracked_flags_current(cfg) else {
-        // Not tracked: a client of a runtime's API, sending its first request?
-        // The socket as the tracepoint gives it: only added to and read through, which the
-        // verifier allows on its typed pointer, so no copy (`sock_arg`) is needed.
-        return if family == AF_UNIX {
+    let (tgid, tracked) = tracked_flags_lookup(cfg);
+    let Some(flags) = tracked else {
+        // Not tracked: a client of a runtime's API, sending its first request? Not when the
+        // peer's credentials are this process's own (a socketpair it made): a client's are the
+        // listener's. The socket as the tracepoint gives it: only added to and read through,
+        // which the verifier allows on its typed pointer, so no copy (`sock_arg`) is needed.
+        return if family == AF_UNIX && !peer_is_self(ctx, tgid) {
             client_send(cfg, ctx.arg(0))
         } else {
             None

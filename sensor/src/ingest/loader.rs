@@ -280,10 +280,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     };
     let (sk_family_at, sk_protocol_at) = (known(offsets.sk_family), known(offsets.sk_protocol));
+    let (sk_peer_pid_at, pid_nr_at) = (known(offsets.sk_peer_pid), known(offsets.pid_first_nr));
     let mut ebpf = EbpfLoader::new()
         .btf(aya_btf.as_ref())
         .override_global("SK_FAMILY_AT", &sk_family_at, true)
         .override_global("SK_PROTOCOL_AT", &sk_protocol_at, true)
+        .override_global("SK_PEER_PID_AT", &sk_peer_pid_at, true)
+        .override_global("PID_NR_AT", &pid_nr_at, true)
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
