@@ -9,12 +9,13 @@
 //! (`--runtime-name bench-runtime`), so the driver and every child it forks are in a tracked
 //! tree. What untracked processes pay is the cost the node's databases and proxies see.
 //!
-//! Each repetition runs every workload without the sensor and with it, alternating which
-//! comes first so that drift on a shared machine hits both sides alike; the report uses
-//! medians. Around each storm with the sensor the bench waits for fresh `sensor_stats` records
-//! to count the events and drops the storm caused. With `--peers`, the untracked read/write
-//! and open/close storms then run under auditd with the CIS Docker rules, alternating with
-//! bare runs of their own (peers.rs).
+//! Each repetition runs every storm without the sensor and, right before or after it (the
+//! order alternates), with a sensor started for that storm alone, so that this VM's drift
+//! over tens of seconds hits both sides of a pair alike; the report takes the median of the
+//! pairs' ratios. Around each storm with the sensor the bench waits for fresh `sensor_stats`
+//! records to count the events and drops the storm caused. With `--peers`, the untracked
+//! read/write and open/close storms then run under auditd with the CIS Docker rules, paired
+//! with bare runs the same way (peers.rs).
 
 mod hooks;
 mod peers;
@@ -304,31 +305,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         other_sensors: BTreeSet::new(),
     };
 
-    for rep in 0..args.reps {
-        for with_sensor in alternating(rep) {
-            let label = if with_sensor {
-                "with sensor"
-            } else {
-                "without sensor"
-            };
-            eprintln!("bench: repetition {}/{}, {label}", rep + 1, args.reps);
-            let others = other_sensors();
-            if !others.is_empty() {
-                eprintln!("bench:   warning: other sensor processes are running: {others:?}");
-            }
-            m.other_sensors.extend(others);
-            if with_sensor {
-                let summary = measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
-                m.sensors.push(summary);
-            } else {
-                for results in &mut m.cases {
-                    let t = drivers.case(&results.case)?;
-                    eprintln!("bench:   {}", timing_line(&results.case, &t));
-                    results.without.push(t);
-                }
-            }
-        }
-    }
+    measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
     if args.floor {
         m.floor = Some(
             measure_floor(args, &drivers, &sensor_bin, &out_dir, &mut m)
@@ -364,10 +341,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Which side of a comparison runs first in repetition `rep` (false first, then true, then
-/// the other way round), so that drift on a shared machine hits both sides alike.
-fn alternating(rep: u32) -> [bool; 2] {
-    let true_first = rep % 2 == 1;
+/// Which side of a comparison runs first in round `round` (false first, then true, then the
+/// other way round), so that drift on a shared machine hits both sides alike.
+fn alternating(round: u32) -> [bool; 2] {
+    let true_first = round % 2 == 1;
     [true_first, !true_first]
 }
 
@@ -397,10 +374,11 @@ fn measure_peers(
             "bare, for the auditd column",
         ],
         audited,
-        |_, storms| {
+        |_, storm| {
             let running = auditd.start()?;
-            storms()?;
-            running.stop()
+            let t = storm()?;
+            running.stop()?;
+            Ok((t, String::new()))
         },
         |r, under_auditd| {
             if under_auditd {
@@ -422,6 +400,7 @@ fn measure_floor(
     out_dir: &Path,
     m: &mut Measurements,
 ) -> Result<()> {
+    let mut index = 1000;
     alternate_column(
         args,
         drivers,
@@ -432,9 +411,9 @@ fn measure_floor(
             "bare, for the idle-hooks column",
         ],
         |case| !case.tracked,
-        |rep, storms| {
+        |_, storm| {
             // Apart from the timed runs' and --hook-stats' output files.
-            let index = 1000 + rep as usize;
+            index += 1;
             let run = SensorRun::start(
                 sensor_bin,
                 &args.runtime_name,
@@ -443,8 +422,9 @@ fn measure_floor(
                 out_dir,
                 index,
             )?;
-            storms()?;
-            run.stop().map(drop)
+            let t = storm()?;
+            run.stop()?;
+            Ok((t, String::new()))
         },
         |r, idle| {
             if idle {
@@ -456,10 +436,13 @@ fn measure_floor(
     )
 }
 
-/// A column of its own, after the sensor's repetitions: the storms `which` selects, with a
-/// setting in place (`with_setting` sets it up, runs the storms it is given, tears it down)
-/// and bare, alternating, as many repetitions as the sensor's; `slot` is where each side's
-/// timings go.
+/// A column of its own: each storm `which` selects with a setting in place (`with_setting`
+/// sets it up, runs the one storm it is given, tears it down and returns the storm's timing
+/// and what to add to its log line)
+/// and bare, one right after the other in alternating order, as many repetitions as `--reps`;
+/// `slot` is where each side's timings go. Pairs next to each other, rather than a whole
+/// round of storms on each side, keep this VM's drift over tens of seconds out of the ratio
+/// (the report takes the median of the pairs' ratios).
 #[allow(clippy::too_many_arguments)]
 fn alternate_column(
     args: &BenchArgs,
@@ -468,30 +451,37 @@ fn alternate_column(
     flag: &str,
     [set_label, bare_label]: [&str; 2],
     which: fn(&Case) -> bool,
-    mut with_setting: impl FnMut(u32, &mut dyn FnMut() -> Result<()>) -> Result<()>,
+    mut with_setting: impl FnMut(
+        usize,
+        &mut dyn FnMut() -> Result<StormTiming>,
+    ) -> Result<(StormTiming, String)>,
     slot: fn(&mut CaseResults, bool) -> &mut Vec<StormTiming>,
 ) -> Result<()> {
+    let mut round = 0;
     for rep in 0..args.reps {
-        for set in alternating(rep) {
-            let label = if set { set_label } else { bare_label };
-            eprintln!(
-                "bench: {flag} repetition {}/{}, {label}",
-                rep + 1,
-                args.reps
-            );
-            let mut storms = || -> Result<()> {
-                for results in m.cases.iter_mut().filter(|r| which(&r.case)) {
-                    let t = drivers.case(&results.case)?;
-                    eprintln!("bench:   {}", timing_line(&results.case, &t));
-                    slot(results, set).push(t);
-                }
-                Ok(())
-            };
-            if set {
-                with_setting(rep, &mut storms)?;
-            } else {
-                storms()?;
+        eprintln!("bench: {flag} repetition {}/{}", rep + 1, args.reps);
+        for i in 0..m.cases.len() {
+            let case = m.cases[i].case;
+            if !which(&case) {
+                continue;
             }
+            let others = other_sensors();
+            if !others.is_empty() {
+                eprintln!("bench:   warning: other sensor processes are running: {others:?}");
+            }
+            m.other_sensors.extend(others);
+            for set in alternating(round) {
+                let label = if set { set_label } else { bare_label };
+                let mut storm = || drivers.case(&case);
+                let (t, more) = if set {
+                    with_setting(i, &mut storm)?
+                } else {
+                    (storm()?, String::new())
+                };
+                eprintln!("bench:   {}, {label}{more}", timing_line(&case, &t));
+                slot(&mut m.cases[i], set).push(t);
+            }
+            round += 1;
         }
     }
     Ok(())
@@ -546,66 +536,102 @@ fn commit_label() -> String {
     format!("{}{}", head.trim(), if clean { "" } else { "-dirty" })
 }
 
-/// One sensor run: start it, run every storm, counting events and drops around each from
-/// its periodic stats, then stop it.
+/// The timed comparison: each storm without the sensor and, right before or after it, with a
+/// sensor started for it alone, which counts the storm's events and drops from its periodic
+/// stats; then, per repetition, one more sensor run for the concurrent tracked storms.
 fn measure_with_sensor(
     args: &BenchArgs,
     drivers: &Drivers,
     sensor_bin: &Path,
     out_dir: &Path,
     m: &mut Measurements,
-) -> Result<SensorSummary> {
-    let index = m.sensors.len();
-    let mut run = SensorRun::start(
+) -> Result<()> {
+    let mut summaries = Vec::new();
+    let mut counted: Vec<(usize, StormCounts)> = Vec::new();
+    let mut not_cumulative = false;
+    alternate_column(
+        args,
+        drivers,
+        m,
+        "timed",
+        ["with sensor", "without sensor"],
+        |_| true,
+        |i, storm| {
+            let mut run = start_counted(args, sensor_bin, out_dir, summaries.len())?;
+            let mut before = first_stats(&mut run);
+            let t = storm()?;
+            let mut more = String::new();
+            if let Some(c) = counts_since(&mut run, &mut before, t.wall, &mut not_cumulative) {
+                more = counts_text(&c);
+                counted.push((i, c));
+            }
+            summaries.push(stop_counted(run)?);
+            Ok((t, more))
+        },
+        |r, with| if with { &mut r.with } else { &mut r.without },
+    )?;
+    for (i, c) in counted {
+        m.cases[i].counts.push(c);
+    }
+    if args.burst > 1 && args.connects > 0 {
+        for rep in 0..args.reps {
+            // Not timed against a baseline: only how many events/s the sensor takes without
+            // loss when several tracked processes connect at once.
+            let mut run = start_counted(args, sensor_bin, out_dir, summaries.len())?;
+            let mut before = first_stats(&mut run);
+            let wall = drivers.burst(args.burst, args.connects)?;
+            let mut line = format!(
+                "bench: burst {}/{}, {} tracked storms: {wall:7.3} s",
+                rep + 1,
+                args.reps,
+                args.burst
+            );
+            if let Some(c) = counts_since(&mut run, &mut before, wall, &mut not_cumulative) {
+                line += &counts_text(&c);
+                m.bursts.push(c);
+            }
+            eprintln!("{line}");
+            summaries.push(stop_counted(run)?);
+        }
+    }
+    m.stats_not_cumulative |= not_cumulative;
+    m.sensors.extend(summaries);
+    Ok(())
+}
+
+fn start_counted(
+    args: &BenchArgs,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    index: usize,
+) -> Result<SensorRun> {
+    SensorRun::start(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
         false,
         out_dir,
         index,
-    )?;
-    eprintln!("bench:   sensor started (pid {})", run.pid());
-    let mut before = match run.next_stats(STATS_TIMEOUT) {
+    )
+}
+
+/// The first stats record of a run, from which its storm's events are counted (None: the
+/// timing still counts).
+fn first_stats(run: &mut SensorRun) -> Option<Value> {
+    match run.next_stats(STATS_TIMEOUT) {
         Ok(stats) => Some(stats),
         Err(e) => {
             eprintln!("bench:   no sensor_stats record to count events with: {e:#}");
             None
         }
-    };
-    for i in 0..m.cases.len() {
-        let case = m.cases[i].case;
-        let t = drivers.case(&case)?;
-        let mut line = format!("bench:   {}", timing_line(&case, &t));
-        let wall = t.wall;
-        m.cases[i].with.push(t);
-        if let Some(counts) = counts_since(&mut run, &mut before, wall, m) {
-            line += &counts_text(&counts);
-            m.cases[i].counts.push(counts);
-        }
-        eprintln!("{line}");
     }
-    if args.burst > 1 && args.connects > 0 {
-        // Not timed against a baseline: only how many events/s the sensor takes without loss
-        // when several tracked processes connect at once.
-        let wall = drivers.burst(args.burst, args.connects)?;
-        let mut line = format!(
-            "bench:   {:<28} {wall:7.3} s",
-            format!("burst, {} tracked storms", args.burst)
-        );
-        if let Some(counts) = counts_since(&mut run, &mut before, wall, m) {
-            line += &counts_text(&counts);
-            m.bursts.push(counts);
-        }
-        eprintln!("{line}");
-    }
+}
+
+fn stop_counted(run: SensorRun) -> Result<SensorSummary> {
     let summary = run.stop()?;
-    eprintln!(
-        "bench:   sensor stopped: {:.2} s CPU over {:.1} s, peak RSS {:.1} MiB, drops at exit: {}",
-        summary.window_cpu_s,
-        summary.window_wall_s,
-        summary.peak_rss as f64 / (1024.0 * 1024.0),
-        lost(summary.final_stats.as_ref()).map_or_else(|| "unknown".to_owned(), |d| d.to_string()),
-    );
+    if let Some(d) = lost(summary.final_stats.as_ref()).filter(|&d| d > 0) {
+        eprintln!("bench:   sensor stopped with {d} drops");
+    }
     Ok(summary)
 }
 
@@ -615,7 +641,7 @@ fn counts_since(
     run: &mut SensorRun,
     before: &mut Option<Value>,
     seconds: f64,
-    m: &mut Measurements,
+    not_cumulative: &mut bool,
 ) -> Option<StormCounts> {
     let prev = before.take()?;
     let after = run
@@ -623,7 +649,7 @@ fn counts_since(
         .and_then(|_| run.next_stats(STATS_TIMEOUT));
     match after {
         Ok(after) => {
-            let counts = storm_counts(&prev, &after, seconds, &mut m.stats_not_cumulative);
+            let counts = storm_counts(&prev, &after, seconds, not_cumulative);
             *before = Some(after);
             Some(counts)
         }

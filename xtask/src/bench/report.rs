@@ -104,8 +104,22 @@ fn rps(t: &StormTiming, test: &str) -> Option<f64> {
         .find_map(|(name, rps)| (name == test).then_some(*rps))
 }
 
-fn ratio(with: Option<f64>, bare: Option<f64>) -> Option<f64> {
-    Some(with? / bare?)
+/// The median of the pairs' ratios, `with[i]` over `bare[i]` of `f` (runs taken next to each
+/// other, see `alternate_column`); the ratio of the medians when the sides differ in number.
+fn paired_ratio(
+    with: &[StormTiming],
+    bare: &[StormTiming],
+    f: impl Fn(&StormTiming) -> Option<f64>,
+) -> Option<f64> {
+    if with.len() != bare.len() {
+        return Some(median_of(with, &f)? / median_of(bare, &f)?);
+    }
+    let ratios: Vec<f64> = with
+        .iter()
+        .zip(bare)
+        .filter_map(|(w, b)| Some(f(w)? / f(b)?))
+        .collect();
+    median(&ratios)
 }
 
 fn pass(ok: bool) -> &'static str {
@@ -185,13 +199,10 @@ fn rows(m: &Measurements) -> Vec<Row> {
                     ),
                     bare: req(bare),
                     with: req(with),
-                    ratio: ratio(with, bare),
+                    ratio: paired_ratio(&r.with, &r.without, |t| rps(t, test)),
                     cpu_ratio: None,
                     auditd_ratio: None,
-                    floor_ratio: ratio(
-                        median_of(&r.floor, |t| rps(t, test)),
-                        median_of(&r.floor_bare, |t| rps(t, test)),
-                    ),
+                    floor_ratio: paired_ratio(&r.floor, &r.floor_bare, |t| rps(t, test)),
                     events_per_s: events_per_s.clone(),
                     target,
                 });
@@ -205,16 +216,15 @@ fn rows(m: &Measurements) -> Vec<Row> {
 
 fn time_row(r: &CaseResults, events_per_s: String, target: Target) -> Row {
     let wall = |v: &[StormTiming]| median_of(v, |t| Some(t.wall));
-    let cpu = |v: &[StormTiming]| median_of(v, |t| Some(t.cpu));
     let secs = |s: Option<f64>| s.map_or_else(|| "n/a".into(), |s| format!("{s:.3} s"));
     Row {
         name: format!("{} ({})", case_name(&r.case), workload_detail(&r.case)),
         bare: secs(wall(&r.without)),
         with: secs(wall(&r.with)),
-        ratio: ratio(wall(&r.with), wall(&r.without)),
-        cpu_ratio: ratio(cpu(&r.with), cpu(&r.without)),
-        auditd_ratio: ratio(wall(&r.auditd), wall(&r.auditd_bare)),
-        floor_ratio: ratio(wall(&r.floor), wall(&r.floor_bare)),
+        ratio: paired_ratio(&r.with, &r.without, |t| Some(t.wall)),
+        cpu_ratio: paired_ratio(&r.with, &r.without, |t| Some(t.cpu)),
+        auditd_ratio: paired_ratio(&r.auditd, &r.auditd_bare, |t| Some(t.wall)),
+        floor_ratio: paired_ratio(&r.floor, &r.floor_bare, |t| Some(t.wall)),
         events_per_s,
         target,
     }
@@ -267,8 +277,9 @@ pub fn markdown(m: &Measurements) -> String {
     let _ = writeln!(md, "### Overhead (`cargo xtask bench`)\n");
     let _ = writeln!(
         md,
-        "Linux {}, {cpus} CPUs, commit {}; {} alternating with and without the sensor, \
-         medians; load average {} before, {} after.\n",
+        "Linux {}, {cpus} CPUs, commit {}; {} of every storm without the sensor and, right \
+         before or after it (the order alternates), with a sensor started for that storm alone; \
+         load average {} before, {} after.\n",
         kernel.trim(),
         m.commit,
         if m.reps == 1 {
@@ -325,8 +336,10 @@ pub fn markdown(m: &Measurements) -> String {
 
     let _ = writeln!(
         md,
-        "\nWith / bare: median wall time with the sensor over median without (redis: median \
-         requests/s with over without, so higher is better). CPU time: the same on the storm's \
+        "\nWith / bare: the median, over the repetitions, of each pair's wall time with the \
+         sensor over its time without (redis: requests/s with over without, so higher is \
+         better); the bare and with columns are medians. Pairs next to each other keep this \
+         VM's drift over tens of seconds out of the ratio. CPU time: the same on the storm's \
          own CPU time (user+system of the driver and its children, where the sensor's kernel \
          programs are charged), steadier on a busy machine. Events/s: kernel events the sensor \
          read per second of storm, from its `sensor_stats` (untracked storms should cause \
@@ -339,8 +352,8 @@ pub fn markdown(m: &Measurements) -> String {
                 md,
                 "\nIdle hooks / bare (`--floor`): median with the sensor running with every \
                  kernel program attached as usual but returning at its first check \
-                 (`SENSOR_IDLE_PROBES=1`), over the median of bare runs alternating with those, \
-                 after the sensor's repetitions: what the kernel's dispatch to the programs \
+                 (`SENSOR_IDLE_PROBES=1`), over a bare run next to each, median of the pairs' \
+                 ratios, after the timed repetitions: what the kernel's dispatch to the programs \
                  costs before they do anything, the part no program can save (fanotify's \
                  marks are placed as usual)."
             );
@@ -354,8 +367,8 @@ pub fn markdown(m: &Measurements) -> String {
         Some(Ok(how)) => {
             let _ = writeln!(
                 md,
-                "\nauditd / bare: median wall time under auditd (no sensor) over the median of \
-                 bare runs alternating with those, after the sensor's repetitions; {how}."
+                "\nauditd / bare: wall time under auditd (no sensor) over a bare run next to \
+                 each, median of the pairs' ratios, after the timed repetitions; {how}."
             );
         }
         Some(Err(why)) => {
@@ -570,7 +583,7 @@ pub fn verdicts(m: &Measurements) -> Vec<String> {
 mod tests {
     use std::collections::BTreeSet;
 
-    use super::{markdown, verdicts};
+    use super::{markdown, paired_ratio, verdicts};
     use crate::bench::{Case, CaseResults, Measurements, StormCounts, StormTiming, Workload};
 
     fn timing(wall: f64, throughput: &[(&str, f64)]) -> StormTiming {
@@ -636,6 +649,19 @@ mod tests {
             .find(|l| l.contains(name))
             .unwrap_or_else(|| panic!("no verdict for {name} in {lines:#?}"));
         &line[..4]
+    }
+
+    #[test]
+    fn the_ratio_is_the_median_of_the_pairs_not_of_the_sides() {
+        // Drift: the third pair ran on a machine twice as slow, on both sides.
+        let bare = [1.0, 1.0, 2.0].map(|w| timing(w, &[]));
+        let with = [1.1, 1.0, 2.04].map(|w| timing(w, &[]));
+        let r = paired_ratio(&with, &bare, |t| Some(t.wall)).unwrap();
+        assert!((r - 1.02).abs() < 1e-9, "{r}");
+        // Sides of different lengths (a run that failed): the medians' ratio.
+        let r = paired_ratio(&with[..2], &bare, |t| Some(t.wall)).unwrap();
+        assert!((r - 1.05).abs() < 1e-9, "{r}");
+        assert_eq!(paired_ratio(&[], &[], |t| Some(t.wall)), None);
     }
 
     #[test]
