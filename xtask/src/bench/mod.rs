@@ -457,7 +457,6 @@ fn alternate_column(
     ) -> Result<(StormTiming, String)>,
     slot: fn(&mut CaseResults, bool) -> &mut Vec<StormTiming>,
 ) -> Result<()> {
-    let mut round = 0;
     for rep in 0..args.reps {
         eprintln!("bench: {flag} repetition {}/{}", rep + 1, args.reps);
         for i in 0..m.cases.len() {
@@ -470,7 +469,9 @@ fn alternate_column(
                 eprintln!("bench:   warning: other sensor processes are running: {others:?}");
             }
             m.other_sensors.extend(others);
-            for set in alternating(round) {
+            // By repetition and case: with an even number of cases, a count of rounds would
+            // put each case's bare run first in every repetition.
+            for set in alternating(rep + i as u32) {
                 let label = if set { set_label } else { bare_label };
                 let mut storm = || drivers.case(&case);
                 let (t, more) = if set {
@@ -481,7 +482,6 @@ fn alternate_column(
                 eprintln!("bench:   {}, {label}{more}", timing_line(&case, &t));
                 slot(&mut m.cases[i], set).push(t);
             }
-            round += 1;
         }
     }
     Ok(())

@@ -15,6 +15,7 @@ use serde_json::Value;
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// CPU time and memory of the sensor process, from /proc.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,6 +89,10 @@ impl SensorRun {
         run.wait_for(START_TIMEOUT, |r| kind(r) == Some("sensor_started"))
             .context("waiting for the sensor's sensor_started record")?;
         run.startup_cpu_s = proc_usage(run.pid())?.cpu_s;
+        // What a start leaves the kernel to finish (the previous run's maps freed in its
+        // workqueues, the new ring buffer's pages) is not the steady state a node's sensor
+        // runs in; the storms start after it.
+        thread::sleep(SETTLE);
         run.started_at = Instant::now();
         Ok(run)
     }
