@@ -73,7 +73,8 @@ fn container_start_links_build_and_survives_unasked_starts() {
     // A runtime create nobody asked for (a legacy build step): nothing.
     feed(&mut e, &rec(11, 101, runc_create(&id)), &mut out);
     assert!(out.is_empty());
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             12,
             130,
@@ -203,7 +204,8 @@ fn container_start_fallback_from_disk_by_name() {
     let paths = fake_docker("lin2", &id, "web2", "sha256:img2", "x:2");
     let (mut e, _) = engine(paths.clone());
     let mut out = Vec::new();
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             1,
             100,
@@ -231,7 +233,8 @@ fn image_push_with_digest_and_build() {
         b.tags = vec!["localhost:5000/app:1".into()];
     }
     feed(&mut e, &rec(1, 100, bf), &mut out);
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             2,
             110,
@@ -272,7 +275,8 @@ fn push_without_response_stream_is_confirmed_by_a_new_digest_on_disk() {
     let p = fake_docker("pushdisk", &id, "c", "sha256:img4", "127.0.0.1:5000/app:1");
     let (mut e, _) = engine(p.clone());
     let mut out = Vec::new();
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             2,
             110,
@@ -317,7 +321,8 @@ fn failed_push_is_not_reported() {
         ..Default::default()
     });
     let mut out = Vec::new();
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             2,
             110,
@@ -329,7 +334,8 @@ fn failed_push_is_not_reported() {
         ),
         &mut out,
     );
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             3,
             111,
@@ -362,7 +368,8 @@ fn containerd_images_are_reported_when_the_scan_comes_and_once() {
     let (link, tx, _asks, _answers) = ContainerdLink::pair();
     let mut e = LineageEngine::new(paths.clone(), store).with_containerd(Some(link));
     let mut out = Vec::new();
-    feed(&mut e, 
+    feed(
+        &mut e,
         &rec(
             1,
             0,
@@ -433,7 +440,8 @@ fn containerd_starts_take_their_image_from_containerd() {
     let (made, pulled, silent) = ("a1".repeat(32), "a2".repeat(32), "a3".repeat(32));
     let mut out = Vec::new();
     for (i, id) in [&made, &pulled, &silent].into_iter().enumerate() {
-        feed(&mut e, 
+        feed(
+            &mut e,
             &rec(i as u64 + 1, 100, runc_create_in("t-ns", id)),
             &mut out,
         );
@@ -445,7 +453,11 @@ fn containerd_starts_take_their_image_from_containerd() {
     }
     assert!(out.is_empty(), "{out:?}");
     // A second create of a waiting container: neither asked again nor reported twice.
-    feed(&mut e, &rec(9, 100, runc_create_in("t-ns", &made)), &mut out);
+    feed(
+        &mut e,
+        &rec(9, 100, runc_create_in("t-ns", &made)),
+        &mut out,
+    );
     assert!(asks.try_recv().is_err());
     assert!(out.is_empty(), "{out:?}");
     for (id, from_registry) in [(&made, false), (&pulled, true)] {
