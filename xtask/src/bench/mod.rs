@@ -414,14 +414,7 @@ fn measure_floor(
         |_, storm| {
             // Apart from the timed runs' and --hook-stats' output files.
             index += 1;
-            let run = SensorRun::start(
-                sensor_bin,
-                &args.runtime_name,
-                &args.skip_probes,
-                true,
-                out_dir,
-                index,
-            )?;
+            let run = start_sensor(args, sensor_bin, out_dir, true, index)?;
             let t = storm()?;
             run.stop()?;
             Ok((t, String::new()))
@@ -436,11 +429,10 @@ fn measure_floor(
     )
 }
 
-/// A column of its own: each storm `which` selects with a setting in place (`with_setting`
-/// sets it up, runs the one storm it is given, tears it down and returns the storm's timing
-/// and what to add to its log line)
-/// and bare, one right after the other in alternating order, as many repetitions as `--reps`;
-/// `slot` is where each side's timings go. Pairs next to each other, rather than a whole
+/// A column of its own: each storm `which` selects, with a setting in place and bare, one right
+/// after the other in alternating order, as many repetitions as `--reps`. `with_setting` sets
+/// the setting up, runs the one storm it is given, tears it down and returns the storm's timing
+/// and what to add to its log line; `slot` is where each side's timings go. Pairs next to each other, rather than a whole
 /// round of storms on each side, keep this VM's drift over tens of seconds out of the ratio
 /// (the report takes the median of the pairs' ratios).
 #[allow(clippy::too_many_arguments)]
@@ -498,14 +490,7 @@ fn measure_hook_costs(
 ) -> Result<Vec<hooks::HookCost>> {
     eprintln!("bench: --hook-stats: one sensor run with BPF run-time statistics on");
     let stats = hooks::BpfStats::enable()?;
-    let run = SensorRun::start(
-        sensor_bin,
-        &args.runtime_name,
-        &args.skip_probes,
-        false,
-        out_dir,
-        m.sensors.len(),
-    )?;
+    let run = start_sensor(args, sensor_bin, out_dir, false, m.sensors.len())?;
     let first = hooks::program_stats(run.pid())?;
     let names = hooks::program_names(first.keys());
     let mut costs = Vec::new();
@@ -557,7 +542,7 @@ fn measure_with_sensor(
         ["with sensor", "without sensor"],
         |_| true,
         |i, storm| {
-            let mut run = start_counted(args, sensor_bin, out_dir, summaries.len())?;
+            let mut run = start_sensor(args, sensor_bin, out_dir, false, summaries.len())?;
             let mut before = first_stats(&mut run);
             let t = storm()?;
             let mut more = String::new();
@@ -577,7 +562,7 @@ fn measure_with_sensor(
         for rep in 0..args.reps {
             // Not timed against a baseline: only how many events/s the sensor takes without
             // loss when several tracked processes connect at once.
-            let mut run = start_counted(args, sensor_bin, out_dir, summaries.len())?;
+            let mut run = start_sensor(args, sensor_bin, out_dir, false, summaries.len())?;
             let mut before = first_stats(&mut run);
             let wall = drivers.burst(args.burst, args.connects)?;
             let mut line = format!(
@@ -599,17 +584,20 @@ fn measure_with_sensor(
     Ok(())
 }
 
-fn start_counted(
+/// A sensor as every bench run starts it (idle: its programs return at their first check);
+/// `index` names its output files.
+fn start_sensor(
     args: &BenchArgs,
     sensor_bin: &Path,
     out_dir: &Path,
+    idle: bool,
     index: usize,
 ) -> Result<SensorRun> {
     SensorRun::start(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
-        false,
+        idle,
         out_dir,
         index,
     )
