@@ -23,7 +23,7 @@ use crate::{
         fanotify::FileEventSource,
         loader::{self, LoadOptions},
         recorded::Recorded,
-        start,
+        start, switch,
     },
     lineage::{self, SharedLineage},
     output::{
@@ -251,6 +251,7 @@ async fn run_async(
     unsafe {
         libc::malloc_trim(0);
     }
+    let mut switch = switch::start()?;
     let started = start::sensor_started(
         &loaded,
         &opts,
@@ -370,6 +371,9 @@ async fn run_async(
                     },
                     None => tracing::info!("SIGHUP: no --policy file, the built-in policy stays"),
                 }
+            }
+            Some((setting, done)) = switch::next(switch.as_mut()) => {
+                let _ = done.send(loader::bench_switch(&mut loaded.ebpf, &mut loaded.links, setting));
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

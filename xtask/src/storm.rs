@@ -10,6 +10,12 @@
 //! Every storm's loop runs in this process (no shell, `dd` or Python in between), pinned to
 //! CPU 0; only the redis storm runs other programs, `redis-server` as this process's child
 //! (so that it is in the same tree, tracked or not) and `redis-benchmark`.
+//!
+//! With `--switch PATH` (a sensor's `SENSOR_BENCH_SWITCH` socket), the storm of N runs
+//! `--pairs` times in each of two settings of the sensor's kernel programs, one right after
+//! the other (the order alternating by pair): `--compare work`, working and idle (attached,
+//! returning at their first check); `--compare attach`, idle and detached. The line then holds
+//! every pair, `{"pairs": [[SET, UNSET], ...]}`, each a timing as above.
 
 use std::ffi::CString;
 use std::io::{ErrorKind, Read, Write};
@@ -48,36 +54,147 @@ pub enum StormKind {
 pub struct StormArgs {
     pub kind: StormKind,
     pub count: u32,
+    /// A sensor's bench switch (its SENSOR_BENCH_SWITCH socket): run the storm `--pairs`
+    /// times in each of the two settings `--compare` names.
+    #[arg(long)]
+    pub switch: Option<PathBuf>,
+    /// Pairs of storms with `--switch`.
+    #[arg(long, default_value_t = 20)]
+    pub pairs: u32,
+    /// With `--switch`: milliseconds to wait after each switch, spinning (see SWITCH_SETTLE).
+    #[arg(long, default_value_t = 10)]
+    pub settle_ms: u64,
+    /// With `--switch`: what the pairs compare.
+    #[arg(long, value_enum, default_value_t = Compare::Work)]
+    pub compare: Compare,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compare {
+    /// The programs working, against the programs attached but idle: what their work costs.
+    Work,
+    /// The programs attached but idle, against detached: what the kernel's dispatch to them
+    /// costs.
+    Attach,
+}
+
+impl Compare {
+    /// The switch's bytes for the pair's two settings, and for what comes before and after.
+    fn bytes(self) -> ([u8; 2], u8, [u8; 2]) {
+        match self {
+            // (active, idle); start and end active.
+            Compare::Work => ([b'a', b'i'], b'a', [b'a', b'a']),
+            // (attached, detached), idle throughout; end attached and active.
+            Compare::Attach => ([b'1', b'0'], b'i', [b'1', b'a']),
+        }
+    }
+}
+
+/// Waiting after a switch (`--settle-ms`) lets the sensor's reader finish what it still had to
+/// do for the previous storm (it wakes at most a few milliseconds after an event), and the
+/// kernel what it does after a detach. Spent spinning: a CPU that sleeps between storms comes
+/// back slower by 10 % and more here, for a while, and unevenly.
+fn spin(d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
 }
 
 pub fn storm(args: &StormArgs) -> Result<()> {
     pin_to_cpu(0)?;
-    let cpu_before = cpu_time()?;
-    let mut throughput = serde_json::Map::new();
-    let elapsed = match args.kind {
-        StormKind::Exec => exec_storm(args.count)?,
-        StormKind::Connect => connect_storm(args.count)?,
-        StormKind::ReadWrite => read_write_storm(args.count)?,
-        StormKind::OpenClose => open_close_storm(args.count)?,
-        StormKind::UnixPair => unix_pair_storm(args.count)?,
-        StormKind::Redis => {
-            let (elapsed, tests) = redis_storm(args.count)?;
-            for (test, rps) in tests {
-                throughput.insert(test, json!(rps));
-            }
-            elapsed
-        }
+    // The redis server lives as long as the storms that run against it.
+    let redis = match args.kind {
+        StormKind::Redis => Some(RedisServer::start()?),
+        _ => None,
     };
-    let cpu = cpu_time()?.saturating_sub(cpu_before);
-    println!(
-        "{}",
-        json!({
+    let run = || -> Result<serde_json::Value> {
+        let cpu_before = cpu_time()?;
+        let mut throughput = serde_json::Map::new();
+        let elapsed = match (args.kind, &redis) {
+            (StormKind::Exec, _) => exec_storm(args.count)?,
+            (StormKind::Connect, _) => connect_storm(args.count)?,
+            (StormKind::ReadWrite, _) => read_write_storm(args.count)?,
+            (StormKind::OpenClose, _) => open_close_storm(args.count)?,
+            (StormKind::UnixPair, _) => unix_pair_storm(args.count)?,
+            (StormKind::Redis, Some(server)) => {
+                let (elapsed, tests) = redis_storm(server, args.count)?;
+                for (test, rps) in tests {
+                    throughput.insert(test, json!(rps));
+                }
+                elapsed
+            }
+            (StormKind::Redis, None) => unreachable!("the server is started above"),
+        };
+        let cpu = cpu_time()?.saturating_sub(cpu_before);
+        Ok(json!({
             "wall_ns": u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
             "cpu_ns": u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
             "throughput": throughput,
-        })
-    );
+        }))
+    };
+    let Some(path) = &args.switch else {
+        println!("{}", run()?);
+        return Ok(());
+    };
+    let mut switch = Switch::connect(path)?;
+    let (settings, before, after) = args.compare.bytes();
+    switch.set(before)?;
+    let mut pairs = Vec::new();
+    for pair in 0..args.pairs {
+        let mut timings = [serde_json::Value::Null, serde_json::Value::Null];
+        // The setting first in even pairs, its absence first in odd ones.
+        for set in [pair % 2 == 0, pair % 2 == 1] {
+            switch.set(settings[usize::from(!set)])?;
+            spin(Duration::from_millis(args.settle_ms));
+            timings[usize::from(!set)] = run()?;
+        }
+        pairs.push(timings);
+    }
+    // Leave the sensor as it was found: attached and working.
+    for byte in after {
+        switch.set(byte)?;
+    }
+    println!("{}", json!({ "pairs": pairs }));
     Ok(())
+}
+
+/// A connection to a sensor's bench switch (`sensor/src/ingest/switch.rs`).
+struct Switch {
+    stream: std::os::unix::net::UnixStream,
+    path: PathBuf,
+}
+
+impl Switch {
+    fn connect(path: &std::path::Path) -> Result<Self> {
+        let stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
+            format!("connecting to the sensor's bench switch {}", path.display())
+        })?;
+        Ok(Self {
+            stream,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Send one of the switch's bytes; returns once the sensor says it did what it asks.
+    fn set(&mut self, byte: u8) -> Result<()> {
+        let mut reply = [0u8; 1];
+        self.stream
+            .write_all(&[byte])
+            .and_then(|()| self.stream.read_exact(&mut reply))
+            .with_context(|| {
+                format!("switching the sensor's programs at {}", self.path.display())
+            })?;
+        if reply[0] != byte {
+            bail!(
+                "the sensor's bench switch at {} answered {:?} to {:?} (see the sensor's log)",
+                self.path.display(),
+                reply[0] as char,
+                byte as char
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Run the storm (all its threads and children) on CPU 0: on a 2-CPU machine the scheduler
@@ -474,10 +591,9 @@ impl Drop for RedisServer {
     }
 }
 
-/// Start the server, then time `redis-benchmark -t set,get -n N --csv` against it; returns
-/// the benchmark's wall time and its requests per second by test (`SET`, `GET`).
-fn redis_storm(count: u32) -> Result<(Duration, Vec<(String, f64)>)> {
-    let server = RedisServer::start()?;
+/// Time `redis-benchmark -t set,get -n N --csv` against the server; returns the benchmark's
+/// wall time and its requests per second by test (`SET`, `GET`).
+fn redis_storm(server: &RedisServer, count: u32) -> Result<(Duration, Vec<(String, f64)>)> {
     let mut bench = Command::new("redis-benchmark");
     bench
         .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
@@ -492,7 +608,6 @@ fn redis_storm(count: u32) -> Result<(Duration, Vec<(String, f64)>)> {
     if !out.status.success() {
         bail!("redis-benchmark failed ({})", out.status);
     }
-    drop(server);
     let tests = parse_redis_csv(&String::from_utf8_lossy(&out.stdout))?;
     Ok((elapsed, tests))
 }

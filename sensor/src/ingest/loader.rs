@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+    },
 };
 use sensor_common::{
     COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP, feature,
@@ -239,6 +242,8 @@ pub struct Loaded {
     pub ringbuf: RingBuf<MapData>,
     pub counters: KernelCounters,
     pub attached: Vec<String>,
+    /// The attachments of the attached programs (see [`Links::switch`]).
+    pub links: Links,
     pub failed: BTreeMap<String, String>,
     /// Probes not attached because this configuration does not need them, with why.
     pub unused: BTreeMap<String, String>,
@@ -385,6 +390,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 {
                     let _ = p.unload();
                     a.attached.retain(|x| x != n);
+                    a.links.attached.retain(|(p, _)| p.name != *n);
                     a.failed
                         .insert(n.to_string(), "unloaded: its partner failed".to_string());
                 }
@@ -414,6 +420,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     let Attach {
         attached,
+        links,
         failed,
         unused,
     } = a;
@@ -456,6 +463,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             ringbuf_fill,
         },
         attached,
+        links,
         failed,
         unused,
         socket_hooks: socket,
@@ -467,6 +475,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 #[derive(Default)]
 struct Attach {
     attached: Vec<String>,
+    links: Links,
     failed: BTreeMap<String, String>,
     unused: BTreeMap<String, String>,
 }
@@ -475,7 +484,10 @@ impl Attach {
     fn probes(&mut self, ebpf: &mut Ebpf, btf: Option<&aya::Btf>, skip: &[String], names: &[&str]) {
         for p in PROBES.iter().filter(|p| names.contains(&p.name)) {
             match attach_one(ebpf, btf, p, skip) {
-                Ok(()) => self.attached.push(p.name.to_string()),
+                Ok(link) => {
+                    self.attached.push(p.name.to_string());
+                    self.links.attached.push((p, link));
+                }
                 Err(e) => {
                     self.failed.insert(p.name.to_string(), e);
                 }
@@ -514,40 +526,160 @@ fn attach_one(
     btf: Option<&aya::Btf>,
     probe: &Probe,
     skip: &[String],
-) -> Result<(), String> {
+) -> Result<Link, String> {
     let Probe { name, kind, .. } = probe;
-    {
-        if skip.iter().any(|s| s == name) && !REQUIRED.contains(name) {
-            return Err("skipped (SENSOR_SKIP_PROBES)".to_string());
+    if skip.iter().any(|s| s == name) && !REQUIRED.contains(name) {
+        return Err("skipped (SENSOR_SKIP_PROBES)".to_string());
+    }
+    let r: Result<Link, String> = (|| {
+        let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
+        match kind {
+            ProbeKind::Tracepoint(..) => <&mut TracePoint>::try_from(prog)
+                .map_err(|e| format!("{e}"))?
+                .load(),
+            ProbeKind::BtfTracepoint(tp) => {
+                let btf = btf.ok_or("no kernel BTF")?;
+                <&mut BtfTracePoint>::try_from(prog)
+                    .map_err(|e| format!("{e}"))?
+                    .load(tp, btf)
+            }
+            ProbeKind::RawTracepoint(..) => <&mut RawTracePoint>::try_from(prog)
+                .map_err(|e| format!("{e}"))?
+                .load(),
         }
-        let r: Result<(), String> = (|| {
-            let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
-            match kind {
-                ProbeKind::Tracepoint(cat, tp) => {
-                    let p: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                    p.load().map_err(|e| format!("load: {e}"))?;
-                    p.attach(cat, tp)
-                        .map_err(|e| format!("attach {cat}:{tp}: {e}"))?;
-                }
-                ProbeKind::BtfTracepoint(tp) => {
-                    let btf = btf.ok_or("no kernel BTF")?;
-                    let p: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                    p.load(tp, btf).map_err(|e| format!("load: {e}"))?;
-                    p.attach().map_err(|e| format!("attach {tp}: {e}"))?;
-                }
-                ProbeKind::RawTracepoint(tp) => {
-                    let p: &mut RawTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
-                    p.load().map_err(|e| format!("load: {e}"))?;
-                    p.attach(tp).map_err(|e| format!("attach {tp}: {e}"))?;
+        .map_err(|e| format!("load: {e}"))?;
+        attach_loaded(ebpf, probe)
+    })();
+    r.map_err(|e| {
+        // The verifier log follows the first line; keep the record and the log readable.
+        tracing::debug!("probe {name}: {e}");
+        e.lines().next().unwrap_or("").to_string()
+    })
+}
+
+/// Attach a loaded program where its probe says.
+fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
+    let prog = ebpf
+        .program_mut(probe.name)
+        .ok_or("not in the kernel object")?;
+    let e = |e: aya::programs::ProgramError| e.to_string();
+    Ok(match probe.kind {
+        ProbeKind::Tracepoint(cat, tp) => Link::Tracepoint(
+            <&mut TracePoint>::try_from(prog)
+                .map_err(e)?
+                .attach(cat, tp)
+                .map_err(|e| format!("attach {cat}:{tp}: {e}"))?,
+        ),
+        ProbeKind::BtfTracepoint(tp) => Link::Btf(
+            <&mut BtfTracePoint>::try_from(prog)
+                .map_err(e)?
+                .attach()
+                .map_err(|e| format!("attach {tp}: {e}"))?,
+        ),
+        ProbeKind::RawTracepoint(tp) => Link::Raw(
+            <&mut RawTracePoint>::try_from(prog)
+                .map_err(e)?
+                .attach(tp)
+                .map_err(|e| format!("attach {tp}: {e}"))?,
+        ),
+    })
+}
+
+/// One program's attachment.
+enum Link {
+    Tracepoint(TracePointLinkId),
+    Btf(BtfTracePointLinkId),
+    Raw(RawTracePointLinkId),
+}
+
+/// The attachments of the attached programs, and those a bench switch detached.
+#[derive(Default)]
+pub struct Links {
+    attached: Vec<(&'static Probe, Link)>,
+    detached: Vec<&'static Probe>,
+}
+
+/// A bench instrument (`SENSOR_BENCH_SWITCH`, ingest/switch.rs): detach every attached
+/// program, which stays loaded with its maps, or attach again what was detached; or make every
+/// program idle (`feature::IDLE`) or active again. Lets a bench alternate a storm with and
+/// without the programs, or their work, in one sensor's lifetime; what happens while they are
+/// detached or idle is not seen.
+pub fn bench_switch(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    setting: super::switch::Setting,
+) -> Result<(), String> {
+    use super::switch::Setting;
+    let idle = match setting {
+        Setting::Attached => return links.switch(ebpf, true),
+        Setting::Detached => return links.switch(ebpf, false),
+        Setting::Idle => true,
+        Setting::Active => false,
+    };
+    let mut cfg: Array<_, Config> = ebpf
+        .map_mut("CONFIG")
+        .ok_or("no CONFIG map")
+        .and_then(|m| Array::try_from(m).map_err(|_| "CONFIG: not an array"))?;
+    let mut c = cfg.get(&0, 0).map_err(|e| format!("CONFIG: {e}"))?;
+    c.features = if idle {
+        c.features | feature::IDLE
+    } else {
+        c.features & !feature::IDLE
+    };
+    cfg.set(0, c, 0).map_err(|e| format!("CONFIG: {e}"))
+}
+
+impl Links {
+    /// Detach every attached program (`on` false) or attach again what was detached.
+    fn switch(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), String> {
+        if on {
+            while let Some(probe) = self.detached.pop() {
+                match attach_loaded(ebpf, probe) {
+                    Ok(link) => self.attached.push((probe, link)),
+                    Err(e) => {
+                        self.detached.push(probe);
+                        return Err(format!("{}: {e}", probe.name));
+                    }
                 }
             }
-            Ok(())
-        })();
-        r.map_err(|e| {
-            // The verifier log follows the first line; keep the record and the log readable.
-            tracing::debug!("probe {name}: {e}");
-            e.lines().next().unwrap_or("").to_string()
-        })
+            return Ok(());
+        }
+        // Each link closed on a thread of its own: closing a classic tracepoint's perf event
+        // waits for an RCU grace period (about 75 ms here), the others return at once.
+        let mut taken: Vec<Box<dyn Send>> = Vec::new();
+        let mut failed = None;
+        while let Some((probe, link)) = self.attached.pop() {
+            // Counted as detached whatever happens: attaching again is what can tell.
+            self.detached.push(probe);
+            let Some(prog) = ebpf.program_mut(probe.name) else {
+                failed = Some(format!("{}: not in the kernel object", probe.name));
+                break;
+            };
+            let r: Result<Box<dyn Send>, _> = match link {
+                Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog)
+                    .and_then(|p| p.take_link(l))
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog)
+                    .and_then(|p| p.take_link(l))
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+                Link::Raw(l) => <&mut RawTracePoint>::try_from(prog)
+                    .and_then(|p| p.take_link(l))
+                    .map(|l| Box::new(l) as Box<dyn Send>),
+            };
+            match r {
+                Ok(l) => taken.push(l),
+                Err(e) => {
+                    failed = Some(format!("{}: detach: {e}", probe.name));
+                    break;
+                }
+            }
+        }
+        std::thread::scope(|s| {
+            for link in taken {
+                s.spawn(move || drop(link));
+            }
+        });
+        failed.map_or(Ok(()), Err)
     }
 }
 

@@ -10,3 +10,4 @@ pub mod loader;
 pub mod recorded;
 pub mod remote_context;
 pub mod start;
+pub mod switch;

@@ -84,6 +84,12 @@ pub struct BenchArgs {
     /// as another column: the kernel's price for the attachment, before any program work.
     #[arg(long)]
     pub floor: bool,
+    /// Pairs of short storms per case in the interleaved columns (0: none): one sensor run per
+    /// case whose programs the storm driver switches between storms, working and idle, then
+    /// idle and detached (SENSOR_BENCH_SWITCH), so that both sides of a pair run within
+    /// milliseconds of each other.
+    #[arg(long, default_value_t = 100)]
+    pub interleave_pairs: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -138,6 +144,19 @@ impl Workload {
             Workload::Redis => 2000,
         };
         self.count(args).min(cap)
+    }
+
+    /// The count of one storm in the interleaved columns: tens of milliseconds, short enough
+    /// for both sides of a pair to run at one of this VM's speeds (it changes by 10-40 %
+    /// every fraction of a second to few seconds).
+    fn interleave_count(self) -> u32 {
+        match self {
+            Workload::Exec => 20,
+            Workload::Connect => 300,
+            Workload::ReadWrite => 20_000,
+            Workload::OpenClose | Workload::UnixPair => 2000,
+            Workload::Redis => 1000,
+        }
     }
 
     /// Measured as requests per second (higher is better) rather than time.
@@ -199,6 +218,10 @@ pub struct CaseResults {
     /// untracked storms only).
     pub floor: Vec<StormTiming>,
     pub floor_bare: Vec<StormTiming>,
+    /// Interleaved pairs (`--interleave-pairs`): the programs working and idle, and idle and
+    /// detached, each pair one right after the other in one sensor run.
+    pub work: Vec<[StormTiming; 2]>,
+    pub dispatch: Vec<[StormTiming; 2]>,
 }
 
 /// Everything measured; `report` turns it into the table.
@@ -220,6 +243,9 @@ pub struct Measurements {
     pub peers: Option<Result<String, String>>,
     /// The `--floor` column: measured, or why not.
     pub floor: Option<Result<(), String>>,
+    /// The interleaved columns: measured, or why not.
+    pub interleave: Option<Result<(), String>>,
+    pub interleave_pairs: u32,
     /// True if a later stats record had lower totals than an earlier one (per-interval
     /// counters rather than totals): event and drop deltas are then not meaningful.
     pub stats_not_cumulative: bool,
@@ -287,6 +313,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
                 auditd_bare: Vec::new(),
                 floor: Vec::new(),
                 floor_bare: Vec::new(),
+                work: Vec::new(),
+                dispatch: Vec::new(),
             })
             .collect(),
         reps: args.reps,
@@ -299,6 +327,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         hook_costs: None,
         peers: None,
         floor: None,
+        interleave: None,
+        interleave_pairs: args.interleave_pairs,
         stats_not_cumulative: false,
         load_before: loadavg(),
         load_after: String::new(),
@@ -306,6 +336,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     };
 
     measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
+    if args.interleave_pairs > 0 {
+        m.interleave = Some(
+            measure_interleaved(args, &drivers, &sensor_bin, &out_dir, &mut m)
+                .map_err(|e| format!("{e:#}")),
+        );
+    }
     if args.floor {
         m.floor = Some(
             measure_floor(args, &drivers, &sensor_bin, &out_dir, &mut m)
@@ -479,6 +515,62 @@ fn alternate_column(
     Ok(())
 }
 
+/// The interleaved columns: per case, one sensor run whose programs the storm driver switches
+/// (SENSOR_BENCH_SWITCH) between short storms, `--interleave-pairs` pairs working and idle,
+/// then as many idle and detached.
+fn measure_interleaved(
+    args: &BenchArgs,
+    drivers: &Drivers,
+    sensor_bin: &Path,
+    out_dir: &Path,
+    m: &mut Measurements,
+) -> Result<()> {
+    eprintln!(
+        "bench: interleaved, {} pairs per case and comparison",
+        args.interleave_pairs
+    );
+    let switch = out_dir.join("switch.sock");
+    for i in 0..m.cases.len() {
+        let case = m.cases[i].case;
+        let run = SensorRun::start(
+            sensor_bin,
+            &args.runtime_name,
+            &args.skip_probes,
+            (false, Some(&switch)),
+            out_dir,
+            2000 + i,
+        )?;
+        // A tracked storm's events are still being read for a few milliseconds after it.
+        let settle_ms = if case.tracked { "10" } else { "0" };
+        for (compare, slot) in [("work", 0), ("attach", 1)] {
+            let mut storm = Command::new(drivers.driver(case.tracked));
+            storm
+                .args(["storm", case.workload.storm_arg()])
+                .arg(case.workload.interleave_count().to_string())
+                .arg("--switch")
+                .arg(&switch)
+                .args(["--pairs", &args.interleave_pairs.to_string()])
+                .args(["--settle-ms", settle_ms, "--compare", compare])
+                .stderr(Stdio::inherit());
+            let pairs = parse_pairs(&cmd::output(&mut storm)?)?;
+            let r = &mut m.cases[i];
+            let into = if slot == 0 {
+                &mut r.work
+            } else {
+                &mut r.dispatch
+            };
+            *into = pairs;
+            eprintln!(
+                "bench:   {}, {compare}: {}",
+                report::case_name(&case),
+                report::interleaved_text(&m.cases[i], slot == 0)
+            );
+        }
+        stop_counted(run)?;
+    }
+    Ok(())
+}
+
 /// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
 /// reading the sensor's programs' counters from its fdinfo around each.
 fn measure_hook_costs(
@@ -597,7 +689,7 @@ fn start_sensor(
         sensor_bin,
         &args.runtime_name,
         &args.skip_probes,
-        idle,
+        (idle, None),
         out_dir,
         index,
     )
@@ -742,14 +834,17 @@ impl Drivers {
         self.storm(case.workload, case.tracked, case.count)
     }
 
-    /// Run one storm; returns the driver's own timing of its loop.
-    fn storm(&self, workload: Workload, tracked: bool, count: u32) -> Result<StormTiming> {
-        let driver = if tracked {
+    fn driver(&self, tracked: bool) -> &Path {
+        if tracked {
             &self.tracked
         } else {
             &self.untracked
-        };
-        let mut storm = Command::new(driver);
+        }
+    }
+
+    /// Run one storm; returns the driver's own timing of its loop.
+    fn storm(&self, workload: Workload, tracked: bool, count: u32) -> Result<StormTiming> {
+        let mut storm = Command::new(self.driver(tracked));
         storm
             .args(["storm", workload.storm_arg(), &count.to_string()])
             .stderr(Stdio::inherit());
@@ -761,6 +856,27 @@ impl Drivers {
 fn parse_timing(out: &str) -> Result<StormTiming> {
     let bad = || format!("the storm driver printed {out:?}, not its JSON timing line");
     let line: Value = serde_json::from_str(out.trim()).with_context(bad)?;
+    timing_of(&line).with_context(bad)
+}
+
+/// The storm driver's line with `--switch`: `{"pairs": [[SET, UNSET], ...]}`, each a timing.
+fn parse_pairs(out: &str) -> Result<Vec<[StormTiming; 2]>> {
+    let bad = || format!("the storm driver printed {out:?}, not its JSON pairs line");
+    let line: Value = serde_json::from_str(out.trim()).with_context(bad)?;
+    line.get("pairs")
+        .and_then(Value::as_array)
+        .with_context(bad)?
+        .iter()
+        .map(|pair| match pair.as_array().map(Vec::as_slice) {
+            Some([set, unset]) => Ok([timing_of(set)?, timing_of(unset)?]),
+            _ => Err(anyhow::anyhow!("a pair that is not two timings")),
+        })
+        .collect::<Result<_>>()
+        .with_context(bad)
+}
+
+fn timing_of(line: &Value) -> Result<StormTiming> {
+    let bad = || format!("{line} is not a storm timing");
     let nanos = |field: &str| {
         line.get(field)
             .and_then(Value::as_u64)
