@@ -122,6 +122,11 @@ pub static LISTENERS: LruHashMap<[u64; 2], PendingConnect> = LruHashMap::with_ma
 #[map]
 pub static SEEN_UNIX: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
+/// The unix socket this CPU last found in or added to `SEEN_UNIX`: a tracked process's sends
+/// on one socket, one after another (a socketpair's traffic), skip the hash lookup.
+#[map]
+pub static LAST_SEEN_UNIX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Listener addresses (`struct unix_address *`) known not to be a runtime's API socket, with
 /// the `RUNTIME_EPOCH` they were checked under: an untracked process's sends on a named unix
 /// socket then cost one lookup, not a path read.

@@ -88,6 +88,14 @@ pub fn require_root(what: &str) {
 }
 
 /// Whether `r` is the `build_finished` record of the build that tagged `tag`.
+/// Whether a record's `argv` has an element containing `needle`.
+pub fn argv_has(r: &serde_json::Value, needle: &str) -> bool {
+    r["argv"].as_array().is_some_and(|a| {
+        a.iter()
+            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
+    })
+}
+
 pub fn is_build_finished_for(r: &serde_json::Value, tag: &str) -> bool {
     r["kind"] == "build_finished"
         && r["tags"]

@@ -82,8 +82,22 @@ impl SensorProcess {
         SensorProcess::start_bin(&bin, args)
     }
 
+    /// As [`SensorProcess::start`], with `env` added to the sensor's environment.
+    pub fn start_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<SensorProcess> {
+        require_root("running the sensor (loading eBPF programs)");
+        SensorProcess::start_bin_env(&sensor_bin(), args, env)
+    }
+
     /// Starts `<bin> run <args>` and waits up to 30 s for its `sensor_started` record.
     pub fn start_bin(bin: &Path, args: &[&str]) -> Result<SensorProcess> {
+        SensorProcess::start_bin_env(bin, args, &[])
+    }
+
+    fn start_bin_env(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<SensorProcess> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let stderr_path = PathBuf::from(format!(
             "/tmp/sensor-tests-sensor-{}-{}.stderr",
@@ -95,6 +109,7 @@ impl SensorProcess {
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)

@@ -3,16 +3,8 @@
 use std::{process::Command, time::Duration};
 
 use sensor_tests::*;
-use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn argv_has(r: &Value, needle: &str) -> bool {
-    r["argv"].as_array().is_some_and(|a| {
-        a.iter()
-            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
-    })
-}
 
 #[test]
 fn runtime_trees_are_traced_and_unrelated_processes_are_not() {

@@ -208,3 +208,50 @@ fn a_tracked_unix_connect_is_reported_once_with_socket_hooks() {
 fn a_tracked_unix_connect_is_reported_once_with_the_syscall_dispatch() {
     tracked_unix_connect_is_reported("syscall");
 }
+
+/// The bench's switch (`SENSOR_BENCH_SWITCH`, on which `cargo xtask bench`'s interleaved
+/// columns rest), in one sensor run: with the programs detached, or attached but idle, a
+/// tracked process's exec makes no record; attached and working again, it does. Any other
+/// byte is answered `?` and changes nothing.
+#[test]
+fn the_bench_switch_detaches_idles_and_restores_the_programs() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let switch = dir.path().join("switch.sock");
+    let rt = dir.path().join("switch-rt");
+    std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
+    let mut sensor = SensorProcess::start_env(
+        &["--runtime-name", "switch-rt"],
+        &[("SENSOR_BENCH_SWITCH", switch.as_os_str())],
+    )
+    .unwrap();
+    let mut conn = std::os::unix::net::UnixStream::connect(&switch).unwrap();
+    let mut set = |byte: u8| {
+        conn.write_all(&[byte]).unwrap();
+        let mut reply = [0u8];
+        conn.read_exact(&mut reply).unwrap();
+        reply[0]
+    };
+    let exec_marked = |marker: &str| {
+        let script = format!("exec /bin/echo {marker} > /dev/null");
+        let st = Command::new(&rt).args(["-c", &script]).status().unwrap();
+        assert!(st.success());
+    };
+    let exec_of =
+        |marker: String| move |r: &Value| r["kind"] == "process_exec" && argv_has(r, &marker);
+    assert_eq!(set(b'x'), b'?');
+    for (byte, seen) in [(b'0', false), (b'1', true), (b'i', false), (b'a', true)] {
+        assert_eq!(set(byte), byte, "the switch's answer to {:?}", byte as char);
+        let marker = unique_tag("switch").replace(':', "-");
+        exec_marked(&marker);
+        if seen {
+            sensor.wait_for(exec_of(marker), WAIT).unwrap();
+        } else {
+            // Seen, the record would come within milliseconds.
+            sensor
+                .expect_none(exec_of(marker), Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("after {:?}: {e:#}", byte as char));
+        }
+    }
+    assert!(sensor.stop().unwrap().success());
+}

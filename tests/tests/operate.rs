@@ -21,13 +21,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn argv_has(r: &Value, needle: &str) -> bool {
-    r["argv"].as_array().is_some_and(|a| {
-        a.iter()
-            .any(|s| s.as_str().is_some_and(|s| s.contains(needle)))
-    })
-}
-
 fn marker(prefix: &str) -> String {
     unique_tag(prefix).replace(':', "-")
 }

@@ -24,7 +24,7 @@ use crate::{
         Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
         tracked_current, tracked_flags_lookup, watch_get,
     },
-    maps::{MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
+    maps::{LAST_SEEN_UNIX, MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
 };
 
 /// Offsets of `struct sock`'s `skc_family` and `sk_protocol`, set at load from the kernel's
@@ -263,8 +263,16 @@ fn mmsg_index(vec: u64, vlen: u64) -> u64 {
 /// The first send of a tracked process on a unix socket: its connect, to the peer's address.
 #[inline(always)]
 fn first_unix_send(cfg: &Config, t: &Tracked, sk: u64) -> Option<()> {
+    let last = LAST_SEEN_UNIX.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; the program runs with migration disabled.
+    if unsafe { *last } == sk {
+        return None;
+    }
     // SAFETY: presence check only.
-    if unsafe { SEEN_UNIX.get(&sk) }.is_some() {
+    let seen = unsafe { SEEN_UNIX.get(&sk) }.is_some();
+    // SAFETY: as above.
+    unsafe { *last = sk };
+    if seen {
         return None;
     }
     let _ = SEEN_UNIX.insert(&sk, &0, 0);

@@ -155,7 +155,7 @@ impl Workload {
             Workload::Connect => 300,
             Workload::ReadWrite => 20_000,
             Workload::OpenClose | Workload::UnixPair => 2000,
-            Workload::Redis => 1000,
+            Workload::Redis => 4000,
         }
     }
 
