@@ -211,15 +211,15 @@ fn a_tracked_unix_connect_is_reported_once_with_the_syscall_dispatch() {
 
 /// The bench's switch (`SENSOR_BENCH_SWITCH`, on which `cargo xtask bench`'s interleaved
 /// columns rest), in one sensor run: with the programs detached, or attached but idle, a
-/// tracked process's exec makes no record; attached and working again, it does. Any other
-/// byte is answered `?` and changes nothing.
+/// tracked process's TCP connect makes no record; attached and working again, it does. Any
+/// other byte is answered `?` and changes nothing.
 #[test]
 fn the_bench_switch_detaches_idles_and_restores_the_programs() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let switch = dir.path().join("switch.sock");
     let rt = dir.path().join("switch-rt");
-    std::os::unix::fs::symlink("/bin/sh", &rt).unwrap();
+    std::os::unix::fs::symlink("/bin/bash", &rt).unwrap();
     let mut sensor = SensorProcess::start_env(
         &["--runtime-name", "switch-rt"],
         &[("SENSOR_BENCH_SWITCH", switch.as_os_str())],
@@ -232,24 +232,26 @@ fn the_bench_switch_detaches_idles_and_restores_the_programs() {
         conn.read_exact(&mut reply).unwrap();
         reply[0]
     };
-    let exec_marked = |marker: &str| {
-        let script = format!("exec /bin/echo {marker} > /dev/null");
+    // The tracked process connects to a listener of the test's own on loopback; the port
+    // tells each connect's record apart.
+    let tracked_connect = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
         let st = Command::new(&rt).args(["-c", &script]).status().unwrap();
         assert!(st.success());
+        move |r: &Value| r["kind"] == "connect" && r["dst_port"] == u64::from(port)
     };
-    let exec_of =
-        |marker: String| move |r: &Value| r["kind"] == "process_exec" && argv_has(r, &marker);
     assert_eq!(set(b'x'), b'?');
     for (byte, seen) in [(b'0', false), (b'1', true), (b'i', false), (b'a', true)] {
         assert_eq!(set(byte), byte, "the switch's answer to {:?}", byte as char);
-        let marker = unique_tag("switch").replace(':', "-");
-        exec_marked(&marker);
+        let record = tracked_connect();
         if seen {
-            sensor.wait_for(exec_of(marker), WAIT).unwrap();
+            sensor.wait_for(record, WAIT).unwrap();
         } else {
             // Seen, the record would come within milliseconds.
             sensor
-                .expect_none(exec_of(marker), Duration::from_secs(3))
+                .expect_none(record, Duration::from_secs(3))
                 .unwrap_or_else(|e| panic!("after {:?}: {e:#}", byte as char));
         }
     }

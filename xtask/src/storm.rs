@@ -90,6 +90,9 @@ impl Compare {
     }
 }
 
+/// How long a switch may take (a detach waits for RCU grace periods).
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Waiting after a switch (`--settle-ms`) lets the sensor's reader finish what it still had to
 /// do for the previous storm (it wakes at most a few milliseconds after an event), and the
 /// kernel what it does after a detach. Spent spinning: a CPU that sleeps between storms comes
@@ -170,6 +173,10 @@ impl Switch {
         let stream = std::os::unix::net::UnixStream::connect(path).with_context(|| {
             format!("connecting to the sensor's bench switch {}", path.display())
         })?;
+        // Its answers are waited for spinning (see `set`).
+        stream
+            .set_nonblocking(true)
+            .context("making the bench switch's socket non-blocking")?;
         Ok(Self {
             stream,
             path: path.to_path_buf(),
@@ -179,12 +186,25 @@ impl Switch {
     /// Send one of the switch's bytes; returns once the sensor says it did what it asks.
     fn set(&mut self, byte: u8) -> Result<()> {
         let mut reply = [0u8; 1];
-        self.stream
-            .write_all(&[byte])
-            .and_then(|()| self.stream.read_exact(&mut reply))
-            .with_context(|| {
-                format!("switching the sensor's programs at {}", self.path.display())
-            })?;
+        let failed = || format!("switching the sensor's programs at {}", self.path.display());
+        self.stream.write_all(&[byte]).with_context(failed)?;
+        // Spinning, not blocked in read: a detach takes about 75 ms, and a CPU left idle that
+        // long comes back slower for a while (see `spin`), which would fall on one side of the
+        // pair only.
+        let deadline = Instant::now() + SWITCH_TIMEOUT;
+        loop {
+            match self.stream.read(&mut reply) {
+                Ok(1) => break,
+                Ok(_) => bail!(
+                    "the sensor closed its bench switch at {}",
+                    self.path.display()
+                ),
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(e).with_context(failed),
+            }
+        }
         if reply[0] != byte {
             bail!(
                 "the sensor's bench switch at {} answered {:?} to {:?} (see the sensor's log)",

@@ -600,7 +600,8 @@ pub struct Links {
 }
 
 /// A bench instrument (`SENSOR_BENCH_SWITCH`, ingest/switch.rs): detach every attached
-/// program, which stays loaded with its maps, or attach again what was detached; or make every
+/// program but the two on classic tracepoints (exec, exit; see `Links::switch`), each staying
+/// loaded with its maps, or attach again what was detached; or make every
 /// program idle (`feature::IDLE`) or active again. Lets a bench alternate a storm with and
 /// without the programs, or their work, in one sensor's lifetime; what happens while they are
 /// detached or idle is not seen.
@@ -630,7 +631,8 @@ pub fn bench_switch(
 }
 
 impl Links {
-    /// Detach every attached program (`on` false) or attach again what was detached.
+    /// Detach the attached programs bar the classic tracepoints' (`on` false), or attach
+    /// again what was detached.
     fn switch(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), String> {
         if on {
             while let Some(probe) = self.detached.pop() {
@@ -644,41 +646,30 @@ impl Links {
             }
             return Ok(());
         }
-        // Each link closed on a thread of its own: closing a classic tracepoint's perf event
-        // waits for an RCU grace period (about 75 ms here), the others return at once.
-        let mut taken: Vec<Box<dyn Send>> = Vec::new();
+        // The classic tracepoints (exec, exit) stay: closing one's perf event waits for RCU
+        // grace periods, about 75 ms here, which would set the two storms of a bench's pair
+        // that far apart; they fire once per exec and exit, on no other storm's path.
+        let (keep, detach): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|(_, link)| matches!(link, Link::Tracepoint(_)));
+        self.attached = keep;
         let mut failed = None;
-        while let Some((probe, link)) = self.attached.pop() {
+        for (probe, link) in detach {
             // Counted as detached whatever happens: attaching again is what can tell.
             self.detached.push(probe);
             let Some(prog) = ebpf.program_mut(probe.name) else {
-                failed = Some(format!("{}: not in the kernel object", probe.name));
-                break;
+                failed.get_or_insert(format!("{}: not in the kernel object", probe.name));
+                continue;
             };
-            let r: Result<Box<dyn Send>, _> = match link {
-                Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog)
-                    .and_then(|p| p.take_link(l))
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog)
-                    .and_then(|p| p.take_link(l))
-                    .map(|l| Box::new(l) as Box<dyn Send>),
-                Link::Raw(l) => <&mut RawTracePoint>::try_from(prog)
-                    .and_then(|p| p.take_link(l))
-                    .map(|l| Box::new(l) as Box<dyn Send>),
+            let r = match link {
+                Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+                Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+                Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
             };
-            match r {
-                Ok(l) => taken.push(l),
-                Err(e) => {
-                    failed = Some(format!("{}: detach: {e}", probe.name));
-                    break;
-                }
+            if let Err(e) = r {
+                failed.get_or_insert(format!("{}: detach: {e}", probe.name));
             }
         }
-        std::thread::scope(|s| {
-            for link in taken {
-                s.spawn(move || drop(link));
-            }
-        });
         failed.map_or(Ok(()), Err)
     }
 }
