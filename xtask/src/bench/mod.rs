@@ -335,30 +335,27 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         other_sensors: BTreeSet::new(),
     };
 
-    measure_with_sensor(args, &drivers, &sensor_bin, &out_dir, &mut m)?;
+    let b = Bench {
+        args,
+        drivers,
+        sensor_bin,
+        out_dir: out_dir.clone(),
+    };
+    measure_with_sensor(&b, &mut m)?;
     if args.interleave_pairs > 0 {
-        m.interleave = Some(
-            measure_interleaved(args, &drivers, &sensor_bin, &out_dir, &mut m)
-                .map_err(|e| format!("{e:#}")),
-        );
+        m.interleave = Some(measure_interleaved(&b, &mut m).map_err(|e| format!("{e:#}")));
     }
     if args.floor {
-        m.floor = Some(
-            measure_floor(args, &drivers, &sensor_bin, &out_dir, &mut m)
-                .map_err(|e| format!("{e:#}")),
-        );
+        m.floor = Some(measure_floor(&b, &mut m).map_err(|e| format!("{e:#}")));
     }
     if args.hook_stats {
-        m.hook_costs = Some(
-            measure_hook_costs(args, &drivers, &sensor_bin, &out_dir, &m)
-                .map_err(|e| format!("{e:#}")),
-        );
+        m.hook_costs = Some(measure_hook_costs(&b, &m).map_err(|e| format!("{e:#}")));
     }
     if let Some(a) = auditd.as_mut() {
         // After the sensor's repetitions, never among them: once auditd has enabled the
         // kernel's audit, every task forked from then on carries an audit context until
         // reboot, which would tax the bare runs of the sensor's comparison.
-        m.peers = Some(measure_peers(args, a, &drivers, &mut m).map_err(|e| format!("{e:#}")));
+        m.peers = Some(measure_peers(args, a, &b.drivers, &mut m).map_err(|e| format!("{e:#}")));
     } else if args.peers {
         m.peers = Some(Err(
             "auditd could not run here (see the bench's stderr)".into()
@@ -429,13 +426,8 @@ fn measure_peers(
 
 /// `--floor`: the untracked storms with the sensor's programs idle and bare, alternating, as
 /// many repetitions as the sensor's.
-fn measure_floor(
-    args: &BenchArgs,
-    drivers: &Drivers,
-    sensor_bin: &Path,
-    out_dir: &Path,
-    m: &mut Measurements,
-) -> Result<()> {
+fn measure_floor(b: &Bench, m: &mut Measurements) -> Result<()> {
+    let (args, drivers) = (b.args, &b.drivers);
     let mut index = 1000;
     alternate_column(
         args,
@@ -450,7 +442,7 @@ fn measure_floor(
         |_, storm| {
             // Apart from the timed runs' and --hook-stats' output files.
             index += 1;
-            let run = start_sensor(args, sensor_bin, out_dir, true, index)?;
+            let run = b.start_sensor((true, None), index)?;
             let t = storm()?;
             run.stop()?;
             Ok((t, String::new()))
@@ -518,28 +510,16 @@ fn alternate_column(
 /// The interleaved columns: per case, one sensor run whose programs the storm driver switches
 /// (SENSOR_BENCH_SWITCH) between short storms, `--interleave-pairs` pairs working and idle,
 /// then as many idle and detached.
-fn measure_interleaved(
-    args: &BenchArgs,
-    drivers: &Drivers,
-    sensor_bin: &Path,
-    out_dir: &Path,
-    m: &mut Measurements,
-) -> Result<()> {
+fn measure_interleaved(b: &Bench, m: &mut Measurements) -> Result<()> {
+    let (args, drivers) = (b.args, &b.drivers);
     eprintln!(
         "bench: interleaved, {} pairs per case and comparison",
         args.interleave_pairs
     );
-    let switch = out_dir.join("switch.sock");
+    let switch = b.out_dir.join("switch.sock");
     for i in 0..m.cases.len() {
         let case = m.cases[i].case;
-        let run = SensorRun::start(
-            sensor_bin,
-            &args.runtime_name,
-            &args.skip_probes,
-            (false, Some(&switch)),
-            out_dir,
-            2000 + i,
-        )?;
+        let run = b.start_sensor((false, Some(&switch)), 2000 + i)?;
         // A tracked storm's events are still being read for a few milliseconds after it.
         let settle_ms = if case.tracked { "10" } else { "0" };
         for (compare, slot) in [("work", 0), ("attach", 1)] {
@@ -573,16 +553,11 @@ fn measure_interleaved(
 
 /// `--hook-stats`: a sensor run of its own with BPF run-time statistics on, each storm once,
 /// reading the sensor's programs' counters from its fdinfo around each.
-fn measure_hook_costs(
-    args: &BenchArgs,
-    drivers: &Drivers,
-    sensor_bin: &Path,
-    out_dir: &Path,
-    m: &Measurements,
-) -> Result<Vec<hooks::HookCost>> {
+fn measure_hook_costs(b: &Bench, m: &Measurements) -> Result<Vec<hooks::HookCost>> {
+    let drivers = &b.drivers;
     eprintln!("bench: --hook-stats: one sensor run with BPF run-time statistics on");
     let stats = hooks::BpfStats::enable()?;
-    let run = start_sensor(args, sensor_bin, out_dir, false, m.sensors.len())?;
+    let run = b.start_sensor((false, None), m.sensors.len())?;
     let first = hooks::program_stats(run.pid())?;
     let names = hooks::program_names(first.keys());
     let mut costs = Vec::new();
@@ -616,13 +591,8 @@ fn commit_label() -> String {
 /// The timed comparison: each storm without the sensor and, right before or after it, with a
 /// sensor started for it alone, which counts the storm's events and drops from its periodic
 /// stats; then, per repetition, one more sensor run for the concurrent tracked storms.
-fn measure_with_sensor(
-    args: &BenchArgs,
-    drivers: &Drivers,
-    sensor_bin: &Path,
-    out_dir: &Path,
-    m: &mut Measurements,
-) -> Result<()> {
+fn measure_with_sensor(b: &Bench, m: &mut Measurements) -> Result<()> {
+    let (args, drivers) = (b.args, &b.drivers);
     let mut summaries = Vec::new();
     let mut counted: Vec<(usize, StormCounts)> = Vec::new();
     let mut not_cumulative = false;
@@ -634,7 +604,7 @@ fn measure_with_sensor(
         ["with sensor", "without sensor"],
         |_| true,
         |i, storm| {
-            let mut run = start_sensor(args, sensor_bin, out_dir, false, summaries.len())?;
+            let mut run = b.start_sensor((false, None), summaries.len())?;
             let mut before = first_stats(&mut run);
             let t = storm()?;
             let mut more = String::new();
@@ -654,7 +624,7 @@ fn measure_with_sensor(
         for rep in 0..args.reps {
             // Not timed against a baseline: only how many events/s the sensor takes without
             // loss when several tracked processes connect at once.
-            let mut run = start_sensor(args, sensor_bin, out_dir, false, summaries.len())?;
+            let mut run = b.start_sensor((false, None), summaries.len())?;
             let mut before = first_stats(&mut run);
             let wall = drivers.burst(args.burst, args.connects)?;
             let mut line = format!(
@@ -676,23 +646,28 @@ fn measure_with_sensor(
     Ok(())
 }
 
-/// A sensor as every bench run starts it (idle: its programs return at their first check);
-/// `index` names its output files.
-fn start_sensor(
-    args: &BenchArgs,
-    sensor_bin: &Path,
-    out_dir: &Path,
-    idle: bool,
-    index: usize,
-) -> Result<SensorRun> {
-    SensorRun::start(
-        sensor_bin,
-        &args.runtime_name,
-        &args.skip_probes,
-        (idle, None),
-        out_dir,
-        index,
-    )
+/// What every measurement runs with: the options, the storm drivers, the private copy of the
+/// sensor binary and the output directory.
+struct Bench<'a> {
+    args: &'a BenchArgs,
+    drivers: Drivers,
+    sensor_bin: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl Bench<'_> {
+    /// A sensor as every bench run starts it (idle: its programs return at their first check;
+    /// switch: the socket of its bench switch); `index` names its output files.
+    fn start_sensor(&self, setting: (bool, Option<&Path>), index: usize) -> Result<SensorRun> {
+        SensorRun::start(
+            &self.sensor_bin,
+            &self.args.runtime_name,
+            &self.args.skip_probes,
+            setting,
+            &self.out_dir,
+            index,
+        )
+    }
 }
 
 /// The first stats record of a run, from which its storm's events are counted (None: the
