@@ -87,7 +87,6 @@ pub fn require_root(what: &str) {
     }
 }
 
-/// Whether `r` is the `build_finished` record of the build that tagged `tag`.
 /// Whether a record's `argv` has an element containing `needle`.
 pub fn argv_has(r: &serde_json::Value, needle: &str) -> bool {
     r["argv"].as_array().is_some_and(|a| {
@@ -96,6 +95,7 @@ pub fn argv_has(r: &serde_json::Value, needle: &str) -> bool {
     })
 }
 
+/// Whether `r` is the `build_finished` record of the build that tagged `tag`.
 pub fn is_build_finished_for(r: &serde_json::Value, tag: &str) -> bool {
     r["kind"] == "build_finished"
         && r["tags"]

@@ -61,7 +61,7 @@ pub struct StormArgs {
     /// Pairs of storms with `--switch`.
     #[arg(long, default_value_t = 20)]
     pub pairs: u32,
-    /// With `--switch`: milliseconds to wait after each switch, spinning (see SWITCH_SETTLE).
+    /// With `--switch`: milliseconds to wait after each switch, spinning (see `spin`).
     #[arg(long, default_value_t = 10)]
     pub settle_ms: u64,
     /// With `--switch`: what the pairs compare.
@@ -79,18 +79,21 @@ pub enum Compare {
 }
 
 impl Compare {
-    /// The switch's bytes for the pair's two settings, and for what comes before and after.
-    fn bytes(self) -> ([u8; 2], u8, [u8; 2]) {
+    /// The switch's bytes for the pair's two settings, and for what comes before the pairs.
+    fn bytes(self) -> ([u8; 2], u8) {
         match self {
-            // (active, idle); start and end active.
-            Compare::Work => ([b'a', b'i'], b'a', [b'a', b'a']),
-            // (attached, detached), idle throughout; end attached and active.
-            Compare::Attach => ([b'1', b'0'], b'i', [b'1', b'a']),
+            // (active, idle), attached throughout.
+            Compare::Work => ([b'a', b'i'], b'1'),
+            // (attached, detached), idle throughout.
+            Compare::Attach => ([b'1', b'0'], b'i'),
         }
     }
 }
 
-/// How long a switch may take (a detach waits for RCU grace periods).
+/// The switch's bytes that leave the sensor as it runs unswitched: attached and working.
+const SWITCH_RESTORE: [u8; 2] = [b'1', b'a'];
+
+/// How long a switch may take (about a millisecond here).
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Waiting after a switch (`--settle-ms`) lets the sensor's reader finish what it still had to
@@ -141,7 +144,7 @@ pub fn storm(args: &StormArgs) -> Result<()> {
         return Ok(());
     };
     let mut switch = Switch::connect(path)?;
-    let (settings, before, after) = args.compare.bytes();
+    let (settings, before) = args.compare.bytes();
     switch.set(before)?;
     let mut pairs = Vec::new();
     for pair in 0..args.pairs {
@@ -154,8 +157,7 @@ pub fn storm(args: &StormArgs) -> Result<()> {
         }
         pairs.push(timings);
     }
-    // Leave the sensor as it was found: attached and working.
-    for byte in after {
+    for byte in SWITCH_RESTORE {
         switch.set(byte)?;
     }
     println!("{}", json!({ "pairs": pairs }));
@@ -188,9 +190,8 @@ impl Switch {
         let mut reply = [0u8; 1];
         let failed = || format!("switching the sensor's programs at {}", self.path.display());
         self.stream.write_all(&[byte]).with_context(failed)?;
-        // Spinning, not blocked in read: a detach takes about 75 ms, and a CPU left idle that
-        // long comes back slower for a while (see `spin`), which would fall on one side of the
-        // pair only.
+        // Spinning, not blocked in read: a CPU left idle comes back slower for a while (see
+        // `spin`), which would fall on one side of the pair only.
         let deadline = Instant::now() + SWITCH_TIMEOUT;
         loop {
             match self.stream.read(&mut reply) {

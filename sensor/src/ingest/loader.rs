@@ -384,12 +384,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             return Err(LoadError::NoSocketHooks(missing.join("; ")));
         } else {
             for n in SOCKET_PROBES {
-                if a.attached.iter().any(|x| x == n)
+                if a.links.attached.iter().any(|(p, _)| p.name == *n)
                     && let Some(prog) = ebpf.program_mut(n)
                     && let Ok(p) = <&mut BtfTracePoint>::try_from(prog)
                 {
                     let _ = p.unload();
-                    a.attached.retain(|x| x != n);
                     a.links.attached.retain(|(p, _)| p.name != *n);
                     a.failed
                         .insert(n.to_string(), "unloaded: its partner failed".to_string());
@@ -419,11 +418,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
     let Attach {
-        attached,
         links,
         failed,
         unused,
     } = a;
+    let attached = links
+        .attached
+        .iter()
+        .map(|(p, _)| p.name.to_string())
+        .collect();
     drop(aya_btf);
     for name in REQUIRED {
         if let Some(reason) = failed.get(*name) {
@@ -474,7 +477,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 /// What became of each probe.
 #[derive(Default)]
 struct Attach {
-    attached: Vec<String>,
     links: Links,
     failed: BTreeMap<String, String>,
     unused: BTreeMap<String, String>,
@@ -484,10 +486,7 @@ impl Attach {
     fn probes(&mut self, ebpf: &mut Ebpf, btf: Option<&aya::Btf>, skip: &[String], names: &[&str]) {
         for p in PROBES.iter().filter(|p| names.contains(&p.name)) {
             match attach_one(ebpf, btf, p, skip) {
-                Ok(link) => {
-                    self.attached.push(p.name.to_string());
-                    self.links.attached.push((p, link));
-                }
+                Ok(link) => self.links.attached.push((p, link)),
                 Err(e) => {
                     self.failed.insert(p.name.to_string(), e);
                 }
@@ -496,13 +495,18 @@ impl Attach {
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, c: Config) -> Result<(), LoadError> {
-    let mut cfg: Array<_, Config> = Array::try_from(
+fn config_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Config>, LoadError> {
+    Array::try_from(
         ebpf.map_mut("CONFIG")
             .ok_or(LoadError::MissingMap("CONFIG"))?,
     )
-    .map_err(|e| LoadError::Map("CONFIG", e))?;
-    cfg.set(0, c, 0).map_err(|e| LoadError::Map("CONFIG", e))
+    .map_err(|e| LoadError::Map("CONFIG", e))
+}
+
+fn write_config(ebpf: &mut Ebpf, c: Config) -> Result<(), LoadError> {
+    config_map(ebpf)?
+        .set(0, c, 0)
+        .map_err(|e| LoadError::Map("CONFIG", e))
 }
 
 /// A bench instrument (`SENSOR_IDLE_PROBES=1`): attach every program, idle (`feature::IDLE`).
@@ -617,17 +621,15 @@ pub fn bench_switch(
         Setting::Idle => true,
         Setting::Active => false,
     };
-    let mut cfg: Array<_, Config> = ebpf
-        .map_mut("CONFIG")
-        .ok_or("no CONFIG map")
-        .and_then(|m| Array::try_from(m).map_err(|_| "CONFIG: not an array"))?;
-    let mut c = cfg.get(&0, 0).map_err(|e| format!("CONFIG: {e}"))?;
+    let mut c = config_map(ebpf)
+        .and_then(|cfg| cfg.get(&0, 0).map_err(|e| LoadError::Map("CONFIG", e)))
+        .map_err(|e| e.to_string())?;
     c.features = if idle {
         c.features | feature::IDLE
     } else {
         c.features & !feature::IDLE
     };
-    cfg.set(0, c, 0).map_err(|e| format!("CONFIG: {e}"))
+    write_config(ebpf, c).map_err(|e| e.to_string())
 }
 
 impl Links {

@@ -1,11 +1,12 @@
 //! A bench instrument: with `SENSOR_BENCH_SWITCH=PATH`, a unix socket at PATH on which one
 //! byte detaches the kernel programs (`0`; all but the two on classic tracepoints, exec and
-//! exit, whose detach waits about 75 ms for RCU) or attaches them again (`1`), or makes them return
-//! at their first check (`i`, idle, as `SENSOR_IDLE_PROBES=1`) or work again (`a`); the same
-//! byte comes back once done (`!` when it failed, `?` for any other byte). `cargo xtask bench
-//! --interleave` alternates a storm with and without the programs every few milliseconds this
-//! way, in one sensor's lifetime, so that this VM's swings of tens of percent over a second
-//! fall on both sides alike. Nothing is seen while the programs are detached.
+//! exit, whose detach waits about 75 ms for RCU) or attaches them again (`1`), or makes them
+//! return at their first check (`i`, idle, as `SENSOR_IDLE_PROBES=1`) or work again (`a`);
+//! the same byte comes back once done (`!` when it failed, `?` for any other byte). `cargo
+//! xtask bench` (its interleaved columns, `--interleave-pairs`) alternates a storm with and
+//! without the programs every few milliseconds this way, in one sensor's lifetime, so that
+//! this VM's swings of tens of percent over a second fall on both sides alike. Nothing is seen
+//! while the programs are detached or idle.
 use std::path::PathBuf;
 
 use anyhow::Context as _;

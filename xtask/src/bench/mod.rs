@@ -463,9 +463,9 @@ fn measure_floor(b: &Bench, m: &mut Measurements) -> Result<()> {
 /// A column of its own: each storm `which` selects, with a setting in place and bare, one right
 /// after the other in alternating order, as many repetitions as `--reps`. `with_setting` sets
 /// the setting up, runs the one storm it is given, tears it down and returns the storm's timing
-/// and what to add to its log line; `slot` is where each side's timings go. Pairs next to each other, rather than a whole
-/// round of storms on each side, keep this VM's drift over tens of seconds out of the ratio
-/// (the report takes the median of the pairs' ratios).
+/// and what to add to its log line; `slot` is where each side's timings go. Pairs next to each
+/// other, rather than a whole round of storms on each side, keep this VM's drift over tens of
+/// seconds out of the ratio (the report takes the median of the pairs' ratios).
 #[allow(clippy::too_many_arguments)]
 fn alternate_column(
     args: &BenchArgs,
@@ -525,7 +525,7 @@ fn measure_interleaved(b: &Bench, m: &mut Measurements) -> Result<()> {
         let run = b.start_sensor((false, Some(&switch)), 2000 + i)?;
         // A tracked storm's events are still being read for a few milliseconds after it.
         let settle_ms = if case.tracked { "10" } else { "0" };
-        for (compare, slot) in [("work", 0), ("attach", 1)] {
+        for (compare, work) in [("work", true), ("attach", false)] {
             let mut storm = Command::new(drivers.driver(case.tracked));
             storm
                 .args(["storm", case.workload.storm_arg()])
@@ -537,16 +537,11 @@ fn measure_interleaved(b: &Bench, m: &mut Measurements) -> Result<()> {
                 .stderr(Stdio::inherit());
             let pairs = parse_pairs(&cmd::output(&mut storm)?)?;
             let r = &mut m.cases[i];
-            let into = if slot == 0 {
-                &mut r.work
-            } else {
-                &mut r.dispatch
-            };
-            *into = pairs;
+            *(if work { &mut r.work } else { &mut r.dispatch }) = pairs;
             eprintln!(
                 "bench:   {}, {compare}: {}",
                 report::case_name(&case),
-                report::interleaved_text(&m.cases[i], slot == 0)
+                report::interleaved_text(r, work)
             );
         }
         stop_counted(run)?;
