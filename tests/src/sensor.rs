@@ -35,6 +35,27 @@ pub fn sensor_bin() -> PathBuf {
     target.join("release").join("sensor")
 }
 
+/// `$SENSOR_TEST_ARGS` (space-separated), added to every `sensor run` the harness starts, so
+/// that a suite can run as it is under other options (`SENSOR_TEST_ARGS='--kernel-hooks
+/// narrow'`). An option the test passes itself is left to the test's value.
+fn test_args(args: &[&str]) -> Vec<String> {
+    let extra = std::env::var("SENSOR_TEST_ARGS").unwrap_or_default();
+    let mut out = Vec::new();
+    let mut skip = false;
+    for word in extra.split_whitespace() {
+        if word.starts_with("--") {
+            let name = word.split('=').next().unwrap_or(word);
+            skip = args
+                .iter()
+                .any(|a| *a == name || a.starts_with(&format!("{name}=")));
+        }
+        if !skip {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
 /// A running `sensor run ...` whose stdout records are collected on a thread.
 ///
 /// Every stdout line must be one JSON object: a line that is not fails the test with the line
@@ -109,6 +130,7 @@ impl SensorProcess {
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
+            .args(test_args(args))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

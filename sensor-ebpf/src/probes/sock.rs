@@ -132,10 +132,17 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
     if flags & track::DNS_SOCKETS != 0 && watch_get(fd, sk) == Some(WATCH_DNS) {
         return dns::response(cfg, &t, Some(sk), buf, ret);
     }
-    if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
+    if !api_here(&t) || cfg.features & feature::API_EVENTS == 0 {
         return None;
     }
     api::request(cfg, &t, fd, buf, ret, Some(sk))
+}
+
+/// Whether the socket hooks take this process's Engine API traffic: an API server's, unless
+/// uprobes in its binary do (`goapi.rs`).
+#[inline(always)]
+fn api_here(t: &Tracked) -> bool {
+    is_api_server(t) && t.flags & track::API_UPROBE == 0
 }
 
 /// The tracepoint's socket, as a plain number: the verifier types `ctx.arg(0)` as a pointer
@@ -192,7 +199,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         && cfg.features & feature::DNS_EVENTS != 0
         && sk_u16(ctx, &SK_PROTOCOL_AT, o.sk_protocol) == Some(IPPROTO_UDP);
     // The syscall's registers only where they can matter: an API server's write, a UDP send.
-    if !dns && !is_api_server(&t) {
+    if !dns && !api_here(&t) {
         return None;
     }
     // A plain number from here on (see sock_arg), for the WATCH_FDS comparisons.

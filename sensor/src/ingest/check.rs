@@ -13,6 +13,12 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
         loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
         loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
+        loader::ProbeKind::GoUprobe(loader::GoAt::Entry) => {
+            "uprobe at Go's syscall function in each API server binary".to_string()
+        }
+        loader::ProbeKind::GoUprobe(loader::GoAt::AfterSyscall) => {
+            "uprobe after its SYSCALL instruction".to_string()
+        }
     }
 }
 

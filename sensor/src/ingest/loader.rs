@@ -5,8 +5,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
-        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+        BtfTracePoint, RawTracePoint, TracePoint, UProbe,
+        raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 use sensor_common::{
@@ -15,7 +18,10 @@ use sensor_common::{
 };
 use thiserror::Error;
 
-use crate::{ingest::btf, process::proc};
+use crate::{
+    ingest::{btf, gobin},
+    process::proc,
+};
 
 /// Names whose processes (and descendants) are tracked. `containerd-shim` covers every
 /// `containerd-shim-*` (the kernel keeps 15 bytes of a name); `executor` is kaniko's.
@@ -51,6 +57,15 @@ pub enum ProbeKind {
     Tracepoint(&'static str, &'static str),
     BtfTracepoint(&'static str),
     RawTracepoint(&'static str),
+    /// A uprobe in each Go binary an API server runs (`gobin`): at the entry of Go's raw
+    /// syscall function, or on the instruction after its `SYSCALL`.
+    GoUprobe(GoAt),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoAt {
+    Entry,
+    AfterSyscall,
 }
 
 /// One kernel program: its name in the object, how it attaches, what it is for, what it needs,
@@ -111,6 +126,22 @@ pub const PROBES: &[Probe] = &[
         without: "the raw sys_enter/sys_exit dispatch does it",
     },
     Probe {
+        name: "go_syscall_enter",
+        kind: ProbeKind::GoUprobe(GoAt::Entry),
+        purpose: "narrow hooks: Engine API requests and responses of API servers (dockerd), at \
+                  the entry of Go's raw syscall function in their binary; runs only in \
+                  processes running that binary",
+        needs: "uprobes; an x86-64 Go 1.19+ binary with Go's symbols",
+        without: "the socket hooks take the API server's traffic (as with --kernel-hooks socket)",
+    },
+    Probe {
+        name: "go_syscall_exit",
+        kind: ProbeKind::GoUprobe(GoAt::AfterSyscall),
+        purpose: "narrow hooks: the results of those calls (bytes read, bytes written)",
+        needs: "as go_syscall_enter",
+        without: "as go_syscall_enter",
+    },
+    Probe {
         name: "sys_enter",
         kind: ProbeKind::RawTracepoint("sys_enter"),
         purpose: "one dispatch for file writes and, without the socket hooks, unix connects \
@@ -136,6 +167,8 @@ pub const PROBES: &[Probe] = &[
 pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
 /// The raw syscall dispatch: all of it without the socket hooks, else only for file events.
 pub const SYSCALL_PROBES: &[&str] = &["sys_enter", "sys_exit"];
+/// The API servers' uprobes (`--kernel-hooks narrow`), attached together or not at all.
+pub const GO_PROBES: &[&str] = &["go_syscall_enter", "go_syscall_exit"];
 
 /// Where socket data (API requests, DNS, accepts, API clients) is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -147,6 +180,9 @@ pub enum KernelHooks {
     Socket,
     /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
     Syscall,
+    /// Hooks that fire only where their fact happens: uprobes in the API servers' binaries
+    /// for the Engine API; the socket tracepoints still take what no narrow hook does yet.
+    Narrow,
 }
 
 /// The syscalls the raw `sys_enter`/`sys_exit` dispatch reads, by this architecture's numbers.
@@ -249,6 +285,9 @@ pub struct Loaded {
     pub unused: BTreeMap<String, String>,
     /// Whether socket data comes from the socket hooks (else the raw syscall dispatch).
     pub socket_hooks: bool,
+    /// API server names whose binaries carry the uprobes (their processes get
+    /// `track::API_UPROBE`), and why the others' do not.
+    pub uprobed: Vec<String>,
     pub missing_offsets: Vec<btf::MissingField>,
 }
 
@@ -367,7 +406,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let base: Vec<&str> = PROBES
         .iter()
         .map(|p| p.name)
-        .filter(|n| !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n))
+        .filter(|n| {
+            !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n) && !GO_PROBES.contains(n)
+        })
         .collect();
     a.probes(&mut ebpf, btf, &skip, &base);
     // The socket hooks, unless told not to; both or neither (a program left without its
@@ -378,9 +419,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .iter()
             .filter_map(|n| a.failed.get(*n).map(|why| format!("{n}: {why}")))
             .collect();
+        // Narrow hooks with the socket hooks skipped on purpose (SENSOR_SKIP_PROBES): what
+        // the narrow hooks take alone, for the tests that show it.
+        let skipped = SOCKET_PROBES.iter().all(|n| skip.iter().any(|s| s == n));
         if missing.is_empty() {
             true
-        } else if opts.hooks == KernelHooks::Socket {
+        } else if opts.hooks == KernelHooks::Narrow && skipped {
+            false
+        } else if matches!(opts.hooks, KernelHooks::Socket | KernelHooks::Narrow) {
             return Err(LoadError::NoSocketHooks(missing.join("; ")));
         } else {
             for n in SOCKET_PROBES {
@@ -397,6 +443,19 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             false
         }
     };
+    let uprobed = if opts.hooks == KernelHooks::Narrow {
+        a.go_probes(&mut ebpf, &skip, &opts.api_servers)
+    } else {
+        for n in GO_PROBES {
+            a.unused
+                .insert(n.to_string(), "--kernel-hooks narrow only".to_string());
+        }
+        Vec::new()
+    };
+    if !uprobed.is_empty() {
+        config.features |= feature::API_UPROBES;
+        mark_uprobed(&mut ebpf, &uprobed)?;
+    }
     if socket {
         config.features |= feature::SOCKET_HOOKS;
         write_config(&mut ebpf, config)?;
@@ -470,6 +529,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         failed,
         unused,
         socket_hooks: socket,
+        uprobed,
         missing_offsets,
     })
 }
@@ -493,6 +553,100 @@ impl Attach {
             }
         }
     }
+}
+
+impl Attach {
+    /// The API servers' uprobes, in every binary they run that can take them; the names of
+    /// the servers all of whose binaries did. A binary that cannot is in `failed` with why.
+    fn go_probes(&mut self, ebpf: &mut Ebpf, skip: &[String], servers: &[String]) -> Vec<String> {
+        let probes: Vec<&'static Probe> = PROBES
+            .iter()
+            .filter(|p| GO_PROBES.contains(&p.name))
+            .collect();
+        if let Some(p) = probes.iter().find(|p| skip.iter().any(|s| s == p.name)) {
+            self.failed.insert(
+                p.name.to_string(),
+                "skipped (SENSOR_SKIP_PROBES)".to_string(),
+            );
+            return Vec::new();
+        }
+        for p in &probes {
+            let loaded = ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| "not in the kernel object".to_string())
+                .and_then(|prog| <&mut UProbe>::try_from(prog).map_err(|e| e.to_string()))
+                .and_then(|u| u.load().map_err(|e| format!("load: {e}")));
+            if let Err(e) = loaded {
+                self.failed.insert(p.name.to_string(), first_line(&e));
+                return Vec::new();
+            }
+        }
+        let mut covered = Vec::new();
+        for (name, paths) in gobin::api_server_binaries(servers) {
+            let mut all = true;
+            for path in paths {
+                match gobin::syscall_offsets(&path) {
+                    Ok(t) => self.links.go.push(t),
+                    Err(e) => {
+                        // Not a failure: this server's traffic stays on the socket hooks.
+                        all = false;
+                        self.unused.insert(
+                            format!("go_syscall_enter:{}", path.display()),
+                            format!("the socket hooks take {name}'s API traffic: {e}"),
+                        );
+                    }
+                }
+            }
+            if all {
+                covered.push(name);
+            }
+        }
+        if self.links.go.is_empty() {
+            for p in &probes {
+                self.unused.insert(
+                    p.name.to_string(),
+                    "no API server binary to probe".to_string(),
+                );
+            }
+            return Vec::new();
+        }
+        for p in probes {
+            match attach_loaded(ebpf, p, &self.links.go) {
+                Ok(link) => self.links.attached.push((p, link)),
+                Err(e) => {
+                    self.failed.insert(p.name.to_string(), e);
+                    // Both or neither: an entry without its exit would leave reads pending.
+                    self.links
+                        .attached
+                        .retain(|(q, _)| !GO_PROBES.contains(&q.name));
+                    self.links.go.clear();
+                    return Vec::new();
+                }
+            }
+        }
+        covered
+    }
+}
+
+/// Give the API servers named `names` `track::API_UPROBE` at exec.
+fn mark_uprobed(ebpf: &mut Ebpf, names: &[String]) -> Result<(), LoadError> {
+    let mut map: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
+        ebpf.map_mut("RUNTIME_NAMES")
+            .ok_or(LoadError::MissingMap("RUNTIME_NAMES"))?,
+    )
+    .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
+    for n in names {
+        let key = comm_key(n)?;
+        let mut v = map.get(&key, 0).unwrap_or(RuntimeName { flags: 0 });
+        v.flags |= track::API_UPROBE;
+        map.insert(key, v, 0)
+            .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
+    }
+    Ok(())
+}
+
+fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").to_string()
 }
 
 fn config_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Config>, LoadError> {
@@ -550,19 +704,20 @@ fn attach_one(
             ProbeKind::RawTracepoint(..) => <&mut RawTracePoint>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
+            ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
         }
         .map_err(|e| format!("load: {e}"))?;
-        attach_loaded(ebpf, probe)
+        attach_loaded(ebpf, probe, &[])
     })();
     r.map_err(|e| {
         // The verifier log follows the first line; keep the record and the log readable.
         tracing::debug!("probe {name}: {e}");
-        e.lines().next().unwrap_or("").to_string()
+        first_line(&e)
     })
 }
 
 /// Attach a loaded program where its probe says.
-fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
+fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe, go: &[gobin::GoTarget]) -> Result<Link, String> {
     let prog = ebpf
         .program_mut(probe.name)
         .ok_or("not in the kernel object")?;
@@ -586,6 +741,31 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
                 .attach(tp)
                 .map_err(|e| format!("attach {tp}: {e}"))?,
         ),
+        ProbeKind::GoUprobe(at) => {
+            let u = <&mut UProbe>::try_from(prog).map_err(e)?;
+            let mut links = Vec::new();
+            for t in go {
+                let off = if at == GoAt::Entry {
+                    t.entry
+                } else {
+                    t.after_syscall
+                };
+                match u.attach(
+                    UProbeAttachLocation::AbsoluteOffset(off),
+                    &t.path,
+                    UProbeScope::AllProcesses,
+                ) {
+                    Ok(l) => links.push(l),
+                    Err(err) => {
+                        for l in links {
+                            let _ = u.detach(l);
+                        }
+                        return Err(format!("attach {}:{off:#x}: {err}", t.path.display()));
+                    }
+                }
+            }
+            Link::Go(links)
+        }
     })
 }
 
@@ -594,6 +774,8 @@ enum Link {
     Tracepoint(TracePointLinkId),
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
+    /// One per binary.
+    Go(Vec<UProbeLinkId>),
 }
 
 /// The attachments of the attached programs, and those a bench switch detached.
@@ -601,6 +783,8 @@ enum Link {
 pub struct Links {
     attached: Vec<(&'static Probe, Link)>,
     detached: Vec<&'static Probe>,
+    /// The binaries the Go uprobes are in.
+    go: Vec<gobin::GoTarget>,
 }
 
 /// A bench instrument (`SENSOR_BENCH_SWITCH`, ingest/switch.rs): detach every attached
@@ -638,7 +822,7 @@ impl Links {
     fn switch(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), String> {
         if on {
             while let Some(probe) = self.detached.pop() {
-                match attach_loaded(ebpf, probe) {
+                match attach_loaded(ebpf, probe, &self.go) {
                     Ok(link) => self.attached.push((probe, link)),
                     Err(e) => {
                         self.detached.push(probe);
@@ -667,6 +851,8 @@ impl Links {
                 Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+                Link::Go(ls) => <&mut UProbe>::try_from(prog)
+                    .and_then(|p| ls.into_iter().try_for_each(|l| p.detach(l))),
             };
             if let Err(e) = r {
                 failed.get_or_insert(format!("{}: detach: {e}", probe.name));
@@ -715,7 +901,18 @@ pub fn read_kernel_drops(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<String, 
 pub fn find_runtime_trees(
     runtime_names: &[String],
     api_servers: &[String],
+    uprobed: &[String],
 ) -> Vec<(proc::ProcInfo, u32, u32)> {
+    let server_flags = |comm: &str| {
+        let mut f = 0;
+        if api_servers.iter().any(|s| s == comm) {
+            f |= track::API_SERVER;
+        }
+        if uprobed.iter().any(|s| s == comm) {
+            f |= track::API_UPROBE;
+        }
+        f
+    };
     let all: Vec<proc::ProcInfo> = proc::all_pids()
         .into_iter()
         .filter_map(proc::read_proc)
@@ -731,11 +928,7 @@ pub fn find_runtime_trees(
     let mut queue: Vec<(usize, u32, u32)> = Vec::new();
     for (i, p) in all.iter().enumerate() {
         if p.pid != me && names.contains(p.comm.as_str()) {
-            let mut flags = track::RUNTIME | track::SEEDED;
-            if api_servers.iter().any(|s| s == &p.comm) {
-                flags |= track::API_SERVER;
-            }
-            queue.push((i, flags, 0));
+            queue.push((i, track::RUNTIME | track::SEEDED | server_flags(&p.comm), 0));
         }
     }
     while let Some((i, flags, depth)) = queue.pop() {
@@ -748,10 +941,7 @@ pub fn find_runtime_trees(
             let child = &all[c];
             let mut f = track::DESCENDANT | track::SEEDED;
             if names.contains(child.comm.as_str()) {
-                f |= track::RUNTIME;
-                if api_servers.iter().any(|s| s == &child.comm) {
-                    f |= track::API_SERVER;
-                }
+                f |= track::RUNTIME | server_flags(&child.comm);
             }
             queue.push((c, f, depth.saturating_add(1)));
         }

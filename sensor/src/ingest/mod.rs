@@ -6,6 +6,7 @@ pub mod caps;
 pub mod check;
 pub mod decode;
 pub mod fanotify;
+pub mod gobin;
 pub mod loader;
 pub mod recorded;
 pub mod remote_context;

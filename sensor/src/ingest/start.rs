@@ -68,8 +68,9 @@ impl Seeded {
 pub fn seed_tracked(loaded: &mut Loaded, opts: &LoadOptions, pipeline: &mut Pipeline) -> Seeded {
     let mut procs = Vec::new();
     for _ in 0..2 {
-        for (p, flags, depth) in loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
-        {
+        let trees =
+            loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers, &loaded.uprobed);
+        for (p, flags, depth) in trees {
             if loaded.counters.tracked.get(&p.pid, 0).is_ok() {
                 continue;
             }
@@ -125,7 +126,9 @@ pub fn sensor_started(
 
 /// Where socket data is taken, as `sensor_started.kernel_hooks` says it.
 pub fn kernel_hooks(loaded: &Loaded) -> &'static str {
-    if loaded.socket_hooks {
+    if !loaded.uprobed.is_empty() {
+        "narrow"
+    } else if loaded.socket_hooks {
         "socket"
     } else {
         "syscall"
