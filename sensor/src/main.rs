@@ -37,7 +37,11 @@ enum Cmd {
     /// Load the kernel programs and write NDJSON records to the sinks (stdout by default).
     Run(RunArgs),
     /// Say whether this kernel and these privileges can run the sensor, one line per item.
-    Check,
+    Check {
+        /// The hook set to try, as `sensor run --kernel-hooks`.
+        #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
+        kernel_hooks: ingest::loader::KernelHooks,
+    },
     /// Run the engines over a stream recorded with `sensor run --raw` and print derived records.
     Replay(ReplayArgs),
     /// Print the JSON Schema of the records (schema/records.schema.json).
@@ -276,7 +280,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(args) => with_config(args).and_then(run::run),
-        Cmd::Check => return ingest::check::check(),
+        Cmd::Check { kernel_hooks } => return ingest::check::check(kernel_hooks),
         Cmd::Replay(args) => run::replay(
             &args.file,
             args.policy.as_deref(),

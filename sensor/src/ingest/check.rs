@@ -22,7 +22,7 @@ fn hook(kind: loader::ProbeKind) -> String {
     }
 }
 
-pub fn check() -> ExitCode {
+pub fn check(hooks: loader::KernelHooks) -> ExitCode {
     let mut fatal = false;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     line(true, "kernel", kernel.trim());
@@ -92,18 +92,36 @@ pub fn check() -> ExitCode {
         line(false, "probes", "not tried without privileges");
         return ExitCode::FAILURE;
     }
-    match loader::load(&loader::LoadOptions::default()) {
+    let opts = loader::LoadOptions {
+        hooks,
+        ..Default::default()
+    };
+    match loader::load(&opts) {
         Ok(loaded) => {
             line(
                 true,
                 "socket data",
-                if loaded.socket_hooks {
+                if !loaded.uprobed.is_empty() {
+                    "narrow hooks: the API servers' Engine API traffic from uprobes in their \
+                     binaries, the rest from the socket hooks"
+                } else if loaded.socket_hooks {
                     "socket hooks (sock_recv_length/sock_send_length): processes without \
                      socket I/O pay nothing"
                 } else {
                     "raw syscall dispatch (no socket hooks on this kernel): every syscall pays"
                 },
             );
+            for name in &loaded.uprobed {
+                line(
+                    true,
+                    "API server uprobes",
+                    &format!("{name}: every binary it runs carries them"),
+                );
+            }
+            // Binaries the uprobes could not go into ("go_syscall_enter:PATH").
+            for (what, why) in loaded.unused.iter().filter(|(k, _)| k.contains(':')) {
+                line(true, what, why);
+            }
             for p in loader::PROBES {
                 let name = p.name;
                 if let Some(why) = loaded.unused.get(name) {

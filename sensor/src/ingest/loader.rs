@@ -131,7 +131,7 @@ pub const PROBES: &[Probe] = &[
         purpose: "narrow hooks: Engine API requests and responses of API servers (dockerd), at \
                   the entry of Go's raw syscall function in their binary; runs only in \
                   processes running that binary",
-        needs: "uprobes; an x86-64 Go 1.19+ binary with Go's symbols",
+        needs: "uprobes; an x86-64 Go 1.19+ binary (its symbols or the runtime's function table)",
         without: "the socket hooks take the API server's traffic (as with --kernel-hooks socket)",
     },
     Probe {
