@@ -93,9 +93,6 @@ pub mod track {
     pub const FILE_WATCH: u32 = 1 << 6;
     /// The process called accept(2): its syscall exits may carry an accepted fd.
     pub const ACCEPTS: u32 = 1 << 7;
-    /// An API server whose binary carries the sensor's uprobes (`--kernel-hooks narrow`): its
-    /// Engine API reads and writes are taken there, and the socket hooks leave them alone.
-    pub const API_UPROBE: u32 = 1 << 8;
 }
 
 #[repr(C)]
@@ -488,8 +485,8 @@ pub mod feature {
     /// stays attached but returns at its first check, so that what the attachment itself
     /// costs (the kernel's dispatch to a program) can be told from what the programs do.
     pub const IDLE: u32 = 1 << 5;
-    /// Uprobes in an API server's binary take its Engine API traffic (`--kernel-hooks
-    /// narrow`); the processes they cover carry `track::API_UPROBE`.
+    /// Uprobes in API server processes take their Engine API traffic (`--kernel-hooks
+    /// narrow`); the processes they are in are in `UPROBED`.
     pub const API_UPROBES: u32 = 1 << 6;
     /// `cgroup/connect_unix` takes unix connects and API clients (`--kernel-hooks narrow`).
     pub const UNIX_CONNECT: u32 = 1 << 7;

@@ -80,6 +80,11 @@ pub const READ_OPEN_WATCHED: u64 = 4;
 /// (the return value) are the response's (`goapi.rs`).
 pub const WRITE_API: u64 = 5;
 
+/// API server processes whose Engine API traffic the uprobes in them take (`goapi.rs`), by tgid;
+/// userspace adds each after attaching its uprobes and removes it at its exit.
+#[map]
+pub static UPROBED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
 /// Syscalls being watched between the raw `sys_enter` and `sys_exit` (API servers' reads, DNS
 /// responses, accepts), keyed by pid_tgid.
 #[map]

@@ -244,6 +244,35 @@ fn narrow_hooks_take_dockerds_api_traffic_in_its_binary() {
     assert_eq!(req["method"], "GET", "{req}");
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
     assert_eq!(req["client"]["transport"], "unix", "{req}");
+
+    // An API server started after the sensor gets the uprobes at its exec; its TCP listener's
+    // requests (payload in page fragments on the socket path) come from the reader's buffer.
+    ensure_base_image(BASE_IMAGE);
+    let daemon = TcpDockerd::start(BASE_IMAGE);
+    let probe = unique_tag("tcp").replace(':', "-");
+    let out = daemon.curl_from_client(
+        &[
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            format!("http://{}/v1.41/version?probe={probe}", daemon.listener()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let req = request_with(&sensor, &probe);
+    assert_eq!(
+        req["process"]["pid"].as_u64(),
+        Some(u64::from(daemon.pid())),
+        "{req}"
+    );
+    assert_eq!(req["client"]["transport"], "tcp", "{req}");
+    assert_eq!(
+        req["client"]["addr"],
+        daemon.client_host().ip().to_string(),
+        "{req}"
+    );
+    drop(daemon);
     assert!(sensor.stop().unwrap().success());
 }
 

@@ -4,8 +4,9 @@
 //! the `syscall` package makes every call), one on the instruction after its `SYSCALL`. At the
 //! entry the registers hold the syscall number and its arguments in Go's register ABI (RAX
 //! the number, then RBX, RCX, RDI, RSI, R8, R9); after the `SYSCALL` RAX holds the result. A
-//! uprobe fires only in processes running that binary, so the node's other processes never
-//! pay for it; the API server pays a trap per hit (measured in the README).
+//! uprobe is attached per API server process (the loader's `attach_api_server`), so no other
+//! process traps on it, not even one running the same binary (a `podman build`); the API
+//! server pays a trap per hit (measured in docs/design.md).
 //!
 //! The handlers are the raw syscall dispatch's (`syscalls.rs`): a read of a connection pends
 //! and its result is parsed as a request at the exit; a write on a watched connection is the
@@ -47,8 +48,8 @@ fn try_enter(ctx: &ProbeContext) -> Option<()> {
         return None;
     }
     let (_, t) = tracked_current(cfg)?;
-    if t.flags & track::API_UPROBE == 0 {
-        return None; // the binary runs outside an API server (`dockerd --version` in a script)
+    if t.flags & track::API_SERVER == 0 {
+        return None; // attached to this process only, but it may have exec'd since
     }
     // Go's register ABI: the first three arguments.
     let (fd, buf) = (regs.rbx, regs.rcx);
@@ -87,7 +88,7 @@ fn try_exit(ctx: &ProbeContext) -> Option<()> {
     }
     let cfg = config()?;
     let (_, t) = tracked_current(cfg)?;
-    if t.flags & track::API_UPROBE == 0 {
+    if t.flags & track::API_SERVER == 0 {
         return None;
     }
     let p = take_pending()?;

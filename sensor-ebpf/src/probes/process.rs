@@ -16,8 +16,7 @@ use crate::{
 };
 
 /// Flags a process keeps from its parent: only membership of the tree, not the parent's role.
-const INHERITED: u32 =
-    !(track::RUNTIME | track::API_SERVER | track::API_UPROBE | track::SEEDED | track::API_CLIENT);
+const INHERITED: u32 = !(track::RUNTIME | track::API_SERVER | track::SEEDED | track::API_CLIENT);
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
@@ -54,7 +53,7 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         if flags & track::RUNTIME != 0 {
             flags |= track::DESCENDANT;
         }
-        flags &= !(track::RUNTIME | track::API_SERVER | track::API_UPROBE);
+        flags &= !(track::RUNTIME | track::API_SERVER);
     }
     if tracked.map(|t| t.flags) != Some(flags) {
         track(tgid, flags, depth);

@@ -24,7 +24,7 @@ use crate::{
         Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
         tracked_current, tracked_flags_lookup, watch_get,
     },
-    maps::{LAST_SEEN_UNIX, MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
+    maps::{LAST_SEEN_UNIX, MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX, UPROBED},
 };
 
 /// Offsets of `struct sock`'s `skc_family` and `sk_protocol`, set at load from the kernel's
@@ -139,10 +139,11 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
 }
 
 /// Whether the socket hooks take this process's Engine API traffic: an API server's, unless
-/// uprobes in its binary do (`goapi.rs`).
+/// uprobes in it do (`goapi.rs`).
 #[inline(always)]
 fn api_here(t: &Tracked) -> bool {
-    is_api_server(t) && t.flags & track::API_UPROBE == 0
+    // SAFETY: presence check only.
+    is_api_server(t) && unsafe { UPROBED.get(&crate::helpers::current_tgid()) }.is_none()
 }
 
 /// The tracepoint's socket, as a plain number: the verifier types `ctx.arg(0)` as a pointer

@@ -1,12 +1,9 @@
 //! Where the API servers' uprobes go (`--kernel-hooks narrow`, kernel side in
-//! sensor-ebpf/src/probes/goapi.rs): the Go runtime's raw syscall function in each binary the
-//! configured API servers run. Found by its symbol (Debian's dockerd keeps Go's symbols in
+//! sensor-ebpf/src/probes/goapi.rs): the Go runtime's raw syscall function in the binary an API
+//! server process runs (attached per process: `loader::attach_api_server`). Found by its symbol (Debian's dockerd keeps Go's symbols in
 //! `.dynsym`), and checked instruction by instruction: the probes read the registers of that
 //! exact code, so any other layout is refused with the reason rather than probed.
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use object::{Object, ObjectSection, ObjectSymbol};
 
@@ -109,52 +106,10 @@ fn pclntab_find(t: &[u8]) -> Option<u64> {
     })
 }
 
-/// The binaries the API servers named `names` run: those of running processes with that name,
-/// and the one `PATH` (with the sbin directories) finds. Each binary once, by inode.
-pub fn api_server_binaries(names: &[String]) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut add = |name: &str, path: PathBuf| {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(m) = std::fs::metadata(&path)
-            && seen.insert((m.dev(), m.ino()))
-        {
-            out.entry(name.to_string()).or_default().push(path);
-        }
-    };
-    for pid in crate::process::proc::all_pids() {
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
-            continue;
-        };
-        let comm = comm.trim_end();
-        if names.iter().any(|n| n == comm) {
-            // The link's target, or the open inode itself when the file was replaced.
-            let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-            match std::fs::read_link(&exe) {
-                Ok(p) if p.exists() => add(comm, p),
-                _ => add(comm, exe),
-            }
-        }
-    }
-    let path = std::env::var("PATH").unwrap_or_default();
-    let dirs = path.split(':').chain([
-        "/usr/local/sbin",
-        "/usr/local/bin",
-        "/usr/sbin",
-        "/usr/bin",
-        "/sbin",
-        "/bin",
-    ]);
-    for name in names {
-        if let Some(p) = dirs
-            .clone()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-        {
-            add(name, p);
-        }
-    }
-    out
+/// Whether an API server process serves the Engine API: dockerd always; podman only as
+/// `podman system service` (its other commands are a CLI running the same binary).
+pub fn serves_api<S: AsRef<str>>(comm: &str, argv: &[S]) -> bool {
+    comm != "podman" || argv.iter().any(|a| a.as_ref() == "service")
 }
 
 #[cfg(test)]

@@ -128,9 +128,9 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "go_syscall_enter",
         kind: ProbeKind::GoUprobe(GoAt::Entry),
-        purpose: "narrow hooks: Engine API requests and responses of API servers (dockerd), at \
-                  the entry of Go's raw syscall function in their binary; runs only in \
-                  processes running that binary",
+        purpose: "narrow hooks: Engine API requests and responses of API servers (dockerd, \
+                  podman system service), at the entry of Go's raw syscall function; attached \
+                  to each API server process, so it runs in no other",
         needs: "uprobes; an x86-64 Go 1.19+ binary (its symbols or the runtime's function table)",
         without: "the socket hooks take the API server's traffic (as with --kernel-hooks socket)",
     },
@@ -285,9 +285,6 @@ pub struct Loaded {
     pub unused: BTreeMap<String, String>,
     /// Whether socket data comes from the socket hooks (else the raw syscall dispatch).
     pub socket_hooks: bool,
-    /// API server names whose binaries carry the uprobes (their processes get
-    /// `track::API_UPROBE`), and why the others' do not.
-    pub uprobed: Vec<String>,
     pub missing_offsets: Vec<btf::MissingField>,
 }
 
@@ -443,18 +440,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             false
         }
     };
-    let uprobed = if opts.hooks == KernelHooks::Narrow {
-        a.go_probes(&mut ebpf, &skip, &opts.api_servers)
-    } else {
+    let narrow = opts.hooks == KernelHooks::Narrow && a.go_probes(&mut ebpf, &skip);
+    if narrow {
+        config.features |= feature::API_UPROBES;
+        a.links.go.loaded = true;
+    } else if opts.hooks != KernelHooks::Narrow {
         for n in GO_PROBES {
             a.unused
                 .insert(n.to_string(), "--kernel-hooks narrow only".to_string());
         }
-        Vec::new()
-    };
-    if !uprobed.is_empty() {
-        config.features |= feature::API_UPROBES;
-        mark_uprobed(&mut ebpf, &uprobed)?;
     }
     if socket {
         config.features |= feature::SOCKET_HOOKS;
@@ -529,7 +523,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         failed,
         unused,
         socket_hooks: socket,
-        uprobed,
         missing_offsets,
     })
 }
@@ -556,93 +549,113 @@ impl Attach {
 }
 
 impl Attach {
-    /// The API servers' uprobes, in every binary they run that can take them; the names of
-    /// the servers all of whose binaries did. A binary that cannot is in `failed` with why.
-    fn go_probes(&mut self, ebpf: &mut Ebpf, skip: &[String], servers: &[String]) -> Vec<String> {
-        let probes: Vec<&'static Probe> = PROBES
-            .iter()
-            .filter(|p| GO_PROBES.contains(&p.name))
-            .collect();
-        if let Some(p) = probes.iter().find(|p| skip.iter().any(|s| s == p.name)) {
-            self.failed.insert(
-                p.name.to_string(),
-                "skipped (SENSOR_SKIP_PROBES)".to_string(),
-            );
-            return Vec::new();
-        }
-        for p in &probes {
-            let loaded = ebpf
-                .program_mut(p.name)
-                .ok_or_else(|| "not in the kernel object".to_string())
-                .and_then(|prog| <&mut UProbe>::try_from(prog).map_err(|e| e.to_string()))
-                .and_then(|u| u.load().map_err(|e| format!("load: {e}")));
-            if let Err(e) = loaded {
-                self.failed.insert(p.name.to_string(), first_line(&e));
-                return Vec::new();
-            }
-        }
-        let mut covered = Vec::new();
-        for (name, paths) in gobin::api_server_binaries(servers) {
-            let mut all = true;
-            for path in paths {
-                match gobin::syscall_offsets(&path) {
-                    Ok(t) => self.links.go.push(t),
-                    Err(e) => {
-                        // Not a failure: this server's traffic stays on the socket hooks.
-                        all = false;
-                        self.unused.insert(
-                            format!("go_syscall_enter:{}", path.display()),
-                            format!("the socket hooks take {name}'s API traffic: {e}"),
-                        );
-                    }
-                }
-            }
-            if all {
-                covered.push(name);
-            }
-        }
-        if self.links.go.is_empty() {
-            for p in &probes {
-                self.unused.insert(
-                    p.name.to_string(),
-                    "no API server binary to probe".to_string(),
-                );
-            }
-            return Vec::new();
-        }
-        for p in probes {
-            match attach_loaded(ebpf, p, &self.links.go) {
-                Ok(link) => self.links.attached.push((p, link)),
+    /// Load the API servers' uprobe programs (attached per process: `attach_api_server`).
+    fn go_probes(&mut self, ebpf: &mut Ebpf, skip: &[String]) -> bool {
+        for p in PROBES.iter().filter(|p| GO_PROBES.contains(&p.name)) {
+            let loaded = if skip.iter().any(|s| s == p.name) {
+                Err("skipped (SENSOR_SKIP_PROBES)".to_string())
+            } else {
+                ebpf.program_mut(p.name)
+                    .ok_or_else(|| "not in the kernel object".to_string())
+                    .and_then(|prog| <&mut UProbe>::try_from(prog).map_err(|e| e.to_string()))
+                    .and_then(|u| u.load().map_err(|e| format!("load: {e}")))
+            };
+            match loaded {
+                // Attached to no process yet: the links are per process.
+                Ok(()) => self.links.attached.push((p, Link::Go)),
                 Err(e) => {
-                    self.failed.insert(p.name.to_string(), e);
-                    // Both or neither: an entry without its exit would leave reads pending.
+                    self.failed.insert(p.name.to_string(), first_line(&e));
                     self.links
                         .attached
                         .retain(|(q, _)| !GO_PROBES.contains(&q.name));
-                    self.links.go.clear();
-                    return Vec::new();
+                    return false;
                 }
             }
         }
-        covered
+        true
     }
 }
 
-/// Give the API servers named `names` `track::API_UPROBE` at exec.
-fn mark_uprobed(ebpf: &mut Ebpf, names: &[String]) -> Result<(), LoadError> {
-    let mut map: BpfHashMap<_, [u8; COMM_LEN], RuntimeName> = BpfHashMap::try_from(
-        ebpf.map_mut("RUNTIME_NAMES")
-            .ok_or(LoadError::MissingMap("RUNTIME_NAMES"))?,
-    )
-    .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
-    for n in names {
-        let key = comm_key(n)?;
-        let mut v = map.get(&key, 0).unwrap_or(RuntimeName { flags: 0 });
-        v.flags |= track::API_UPROBE;
-        map.insert(key, v, 0)
-            .map_err(|e| LoadError::Map("RUNTIME_NAMES", e))?;
+/// The API server processes the uprobes are in, and the binaries already looked at.
+#[derive(Default)]
+pub struct GoProbes {
+    /// Whether the programs are loaded (`--kernel-hooks narrow`).
+    pub loaded: bool,
+    procs: BTreeMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// By (device, inode): where the probes go, or why they cannot.
+    bins: HashMap<(u64, u64), Result<gobin::GoTarget, String>>,
+}
+
+/// Put the uprobes into API server process `pid` (its own, not every process running its
+/// binary: a `podman build` runs the same file) and hand it to them (`UPROBED`). Ok(false) when
+/// the programs are not loaded or the process is already probed.
+pub fn attach_api_server(ebpf: &mut Ebpf, links: &mut Links, pid: u32) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    if !links.go.loaded || links.go.procs.contains_key(&pid) {
+        return Ok(false);
     }
-    Ok(())
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let m = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let target = links
+        .go
+        .bins
+        .entry((m.dev(), m.ino()))
+        .or_insert_with(|| gobin::syscall_offsets(&exe))
+        .clone()?;
+    let scope = std::num::NonZeroU32::new(pid).ok_or("pid 0")?;
+    let mut done: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+    let mut attach = |ebpf: &mut Ebpf, name: &'static str, off: u64| -> Result<(), String> {
+        let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
+        let u = <&mut UProbe>::try_from(prog).map_err(|e| e.to_string())?;
+        let l = u
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(off),
+                &exe,
+                UProbeScope::OneProcess(scope),
+            )
+            .map_err(|e| format!("attach {name} at {off:#x} in pid {pid}: {e}"))?;
+        done.push((name, l));
+        Ok(())
+    };
+    let r = attach(ebpf, "go_syscall_enter", target.entry)
+        .and_then(|()| attach(ebpf, "go_syscall_exit", target.after_syscall))
+        .and_then(|()| {
+            let mut m: BpfHashMap<_, u32, u32> = ebpf
+                .map_mut("UPROBED")
+                .ok_or("no UPROBED map".to_string())
+                .and_then(|m| BpfHashMap::try_from(m).map_err(|e| e.to_string()))?;
+            m.insert(pid, 1, 0).map_err(|e| format!("UPROBED: {e}"))
+        });
+    if let Err(e) = r {
+        detach_links(ebpf, done);
+        return Err(e);
+    }
+    links.go.procs.insert(pid, done);
+    Ok(true)
+}
+
+/// Take the uprobes out of API server process `pid` (it exited).
+pub fn detach_api_server(ebpf: &mut Ebpf, links: &mut Links, pid: u32) {
+    let Some(done) = links.go.procs.remove(&pid) else {
+        return;
+    };
+    if let Some(m) = ebpf.map_mut("UPROBED")
+        && let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(m)
+    {
+        let _ = m.remove(&pid);
+    }
+    detach_links(ebpf, done);
+}
+
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, l) in links {
+        if let Some(prog) = ebpf.program_mut(name)
+            && let Ok(u) = <&mut UProbe>::try_from(prog)
+        {
+            // A process that exited took its probe with it: nothing to report.
+            let _ = u.detach(l);
+        }
+    }
 }
 
 fn first_line(e: &str) -> String {
@@ -707,7 +720,7 @@ fn attach_one(
             ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
         }
         .map_err(|e| format!("load: {e}"))?;
-        attach_loaded(ebpf, probe, &[])
+        attach_loaded(ebpf, probe)
     })();
     r.map_err(|e| {
         // The verifier log follows the first line; keep the record and the log readable.
@@ -717,7 +730,7 @@ fn attach_one(
 }
 
 /// Attach a loaded program where its probe says.
-fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe, go: &[gobin::GoTarget]) -> Result<Link, String> {
+fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
     let prog = ebpf
         .program_mut(probe.name)
         .ok_or("not in the kernel object")?;
@@ -741,31 +754,9 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe, go: &[gobin::GoTarget]) -> Resu
                 .attach(tp)
                 .map_err(|e| format!("attach {tp}: {e}"))?,
         ),
-        ProbeKind::GoUprobe(at) => {
-            let u = <&mut UProbe>::try_from(prog).map_err(e)?;
-            let mut links = Vec::new();
-            for t in go {
-                let off = if at == GoAt::Entry {
-                    t.entry
-                } else {
-                    t.after_syscall
-                };
-                match u.attach(
-                    UProbeAttachLocation::AbsoluteOffset(off),
-                    &t.path,
-                    UProbeScope::AllProcesses,
-                ) {
-                    Ok(l) => links.push(l),
-                    Err(err) => {
-                        for l in links {
-                            let _ = u.detach(l);
-                        }
-                        return Err(format!("attach {}:{off:#x}: {err}", t.path.display()));
-                    }
-                }
-            }
-            Link::Go(links)
-        }
+        // Per process (`attach_api_server`): the bench switch leaves those alone, they fire
+        // in the API servers only.
+        ProbeKind::GoUprobe(_) => Link::Go,
     })
 }
 
@@ -774,8 +765,8 @@ enum Link {
     Tracepoint(TracePointLinkId),
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
-    /// One per binary.
-    Go(Vec<UProbeLinkId>),
+    /// The Go uprobes: their links are per process (`GoProbes`).
+    Go,
 }
 
 /// The attachments of the attached programs, and those a bench switch detached.
@@ -783,8 +774,8 @@ enum Link {
 pub struct Links {
     attached: Vec<(&'static Probe, Link)>,
     detached: Vec<&'static Probe>,
-    /// The binaries the Go uprobes are in.
-    go: Vec<gobin::GoTarget>,
+    /// The API server processes the Go uprobes are in.
+    pub go: GoProbes,
 }
 
 /// A bench instrument (`SENSOR_BENCH_SWITCH`, ingest/switch.rs): detach every attached
@@ -822,7 +813,7 @@ impl Links {
     fn switch(&mut self, ebpf: &mut Ebpf, on: bool) -> Result<(), String> {
         if on {
             while let Some(probe) = self.detached.pop() {
-                match attach_loaded(ebpf, probe, &self.go) {
+                match attach_loaded(ebpf, probe) {
                     Ok(link) => self.attached.push((probe, link)),
                     Err(e) => {
                         self.detached.push(probe);
@@ -851,8 +842,7 @@ impl Links {
                 Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Go(ls) => <&mut UProbe>::try_from(prog)
-                    .and_then(|p| ls.into_iter().try_for_each(|l| p.detach(l))),
+                Link::Go => Ok(()),
             };
             if let Err(e) = r {
                 failed.get_or_insert(format!("{}: detach: {e}", probe.name));
@@ -901,17 +891,13 @@ pub fn read_kernel_drops(stats: &PerCpuArray<MapData, u64>) -> BTreeMap<String, 
 pub fn find_runtime_trees(
     runtime_names: &[String],
     api_servers: &[String],
-    uprobed: &[String],
 ) -> Vec<(proc::ProcInfo, u32, u32)> {
     let server_flags = |comm: &str| {
-        let mut f = 0;
         if api_servers.iter().any(|s| s == comm) {
-            f |= track::API_SERVER;
+            track::API_SERVER
+        } else {
+            0
         }
-        if uprobed.iter().any(|s| s == comm) {
-            f |= track::API_UPROBE;
-        }
-        f
     };
     let all: Vec<proc::ProcInfo> = proc::all_pids()
         .into_iter()
