@@ -44,10 +44,8 @@ fn request_with(sensor: &SensorProcess, probe: &str) -> Value {
         .unwrap()
 }
 
-/// A curl request on the Engine API socket with a unique query: its api_request carries the
-/// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
-fn curl_request_is_reported(sensor: &SensorProcess) {
-    let probe = unique_tag("hooks").replace(':', "-");
+/// curl's GET /version on the Engine API socket with `probe` in the query; its pid once done.
+fn curl_version(probe: &str) -> u64 {
     let mut curl = Command::new("curl");
     curl.args([
         "-s",
@@ -57,7 +55,14 @@ fn curl_request_is_reported(sensor: &SensorProcess) {
         "/var/run/docker.sock",
         &format!("http://localhost/v1.41/version?probe={probe}"),
     ]);
-    let pid = run_client(curl);
+    run_client(curl)
+}
+
+/// A curl request on the Engine API socket with a unique query: its api_request carries the
+/// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
+fn curl_request_is_reported(sensor: &SensorProcess) {
+    let probe = unique_tag("hooks").replace(':', "-");
+    let pid = curl_version(&probe);
     let req = request_with(sensor, &probe);
     assert_eq!(req["method"], "GET", "{req}");
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
@@ -230,16 +235,7 @@ fn narrow_hooks_take_dockerds_api_traffic_in_its_binary() {
         "{p:?}"
     );
     let probe = unique_tag("alone").replace(':', "-");
-    let mut curl = Command::new("curl");
-    curl.args([
-        "-s",
-        "-o",
-        "/dev/null",
-        "--unix-socket",
-        "/var/run/docker.sock",
-    ])
-    .arg(format!("http://localhost/v1.41/version?probe={probe}"));
-    let pid = run_client(curl);
+    let pid = curl_version(&probe);
     let req = request_with(&sensor, &probe);
     assert_eq!(req["method"], "GET", "{req}");
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
