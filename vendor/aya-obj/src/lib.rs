@@ -1,3 +1,9 @@
+// PATCHED COPY of aya-obj 0.3.0 (crates.io), wired in by the workspace's [patch.crates-io].
+// The sensor's diff, and the only one: `CgroupSockAddrAttachType::UnixConnect`
+// (BPF_CGROUP_UNIX_CONNECT, 49) and the `cgroup/connect_unix` section that parses to it
+// (src/programs/cgroup_sock_addr.rs, src/obj.rs). aya 0.14 loads and attaches a
+// CgroupSockAddr program with whatever attach type its section names, so this is all it
+// takes; drop the copy once a pinned aya-obj has the variant (0.3 to 0.6 do not).
 //! An eBPF object file parsing library with BTF and relocation support.
 //!
 //! # Status

@@ -418,6 +418,9 @@ impl FromStr for ProgramSection {
                     "recvmsg6" => Self::CgroupSockAddr {
                         attach_type: CgroupSockAddrAttachType::UDPRecvMsg6,
                     },
+                    "connect_unix" => Self::CgroupSockAddr {
+                        attach_type: CgroupSockAddrAttachType::UnixConnect,
+                    },
                     _ => {
                         return Err(ParseError::InvalidProgramSection {
                             section: section.to_owned(),

@@ -28,6 +28,8 @@ pub enum CgroupSockAddrAttachType {
     UDPRecvMsg4,
     /// Attach to IPv6 `udp_recvmsg` events.
     UDPRecvMsg6,
+    /// Attach to unix-socket connect events (6.7+). Patched in (see the crate's top).
+    UnixConnect,
 }
 
 impl From<CgroupSockAddrAttachType> for bpf_attach_type {
@@ -45,6 +47,7 @@ impl From<CgroupSockAddrAttachType> for bpf_attach_type {
             CgroupSockAddrAttachType::UDPSendMsg6 => Self::BPF_CGROUP_UDP6_SENDMSG,
             CgroupSockAddrAttachType::UDPRecvMsg4 => Self::BPF_CGROUP_UDP4_RECVMSG,
             CgroupSockAddrAttachType::UDPRecvMsg6 => Self::BPF_CGROUP_UDP6_RECVMSG,
+            CgroupSockAddrAttachType::UnixConnect => Self::BPF_CGROUP_UNIX_CONNECT,
         }
     }
 }
