@@ -485,6 +485,9 @@ pub mod feature {
     /// stays attached but returns at its first check, so that what the attachment itself
     /// costs (the kernel's dispatch to a program) can be told from what the programs do.
     pub const IDLE: u32 = 1 << 5;
+    /// Unix connects (and an API client's first request) are taken by the `cgroup/connect_unix`
+    /// program (6.7+, `--kernel-hooks narrow`), so `sock_send_length` leaves unix sockets alone.
+    pub const UNIX_CONNECT: u32 = 1 << 7;
 }
 
 /// Value of the `RUNTIME_NAMES` map (keyed by a NUL-padded comm).

@@ -13,6 +13,7 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
         loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
         loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
+        loader::ProbeKind::CgroupUnixConnect => "cgroup/connect_unix at the cgroup2 root".to_string(),
     }
 }
 
@@ -86,7 +87,12 @@ pub fn check() -> ExitCode {
         line(false, "probes", "not tried without privileges");
         return ExitCode::FAILURE;
     }
-    match loader::load(&loader::LoadOptions::default()) {
+    // Narrow: every hook is tried, those of `--kernel-hooks narrow` too.
+    let opts = loader::LoadOptions {
+        hooks: loader::KernelHooks::Narrow,
+        ..loader::LoadOptions::default()
+    };
+    match loader::load(&opts) {
         Ok(loaded) => {
             line(
                 true,
