@@ -231,10 +231,12 @@ pub(crate) fn unix_connect(
     }
     .ok()?;
     let read_str = |src: *const u8, key: &mut UnixPathKey| match space {
-        AddrSpace::User => unsafe { bpf_probe_read_user_str_bytes(src, &mut key[..]) }
-            .map(|s| s.len()),
-        AddrSpace::Kernel => unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key[..]) }
-            .map(|s| s.len()),
+        AddrSpace::User => {
+            unsafe { bpf_probe_read_user_str_bytes(src, &mut key[..]) }.map(|s| s.len())
+        }
+        AddrSpace::Kernel => {
+            unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key[..]) }.map(|s| s.len())
+        }
     };
     let len = if first == 0 {
         // Abstract namespace: the name follows the NUL; read it as a string too.

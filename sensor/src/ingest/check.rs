@@ -13,7 +13,9 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
         loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
         loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
-        loader::ProbeKind::CgroupUnixConnect => "cgroup/connect_unix at the cgroup2 root".to_string(),
+        loader::ProbeKind::CgroupUnixConnect => {
+            "cgroup/connect_unix at the cgroup2 root".to_string()
+        }
     }
 }
 

@@ -641,8 +641,8 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
         ),
         ProbeKind::CgroupUnixConnect => {
             let root = cgroup2_root()?;
-            let dir = std::fs::File::open(&root)
-                .map_err(|e| format!("open {}: {e}", root.display()))?;
+            let dir =
+                std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
             // aya makes a link (5.7+), which the kernel always attaches beside the root's other
             // programs (other tools' are not displaced) and which goes with the sensor; a link
             // takes no mode flag (`Single` is none).
