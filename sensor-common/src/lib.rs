@@ -510,6 +510,10 @@ pub struct Tracked {
 /// Key of the `RUNTIME_SOCKETS` map: a NUL-padded unix socket path.
 pub type UnixPathKey = [u8; UNIX_PATH_CAP];
 
+/// Key size of `RUNTIME_SOCKET_HEADS`: a runtime API socket's path's first `UNIX_HEAD_LEN - 1`
+/// bytes, NUL padded (enough to tell `/var/run/docker.sock` from `/var/run/dbus/...`).
+pub const UNIX_HEAD_LEN: usize = 16;
+
 /// What a syscall number means to the raw `sys_enter`/`sys_exit` dispatch (value of the
 /// `SYSCALLS` array, indexed by syscall number; 0 for every syscall the sensor ignores). The
 /// loader fills it from the userspace build's syscall numbers, so the kernel object is the same

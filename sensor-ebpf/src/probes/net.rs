@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use sensor_common::{
     AF_INET, AF_INET6, AF_UNIX, CGROUP_CAP, Config, DNS_CAP, DnsData, EXE_CAP, EventKind, SockData,
-    StatReason, Tracked, UnixConnectData, UnixPathKey, client_flags, connect_result, feature,
-    track,
+    StatReason, Tracked, UNIX_PATH_CAP, UnixConnectData, UnixPathKey, client_flags, connect_result,
+    feature, track,
 };
 
 use crate::{
@@ -206,11 +206,13 @@ pub const WATCH_DNS: u32 = 2;
 pub const WATCH_FILE: u32 = 3;
 
 /// Where a connect's `struct sockaddr_un` is read from: the caller's memory (connect(2)'s
-/// argument, in the syscall dispatch) or the kernel's copy of it (`cgroup/connect_unix`).
+/// argument, in the syscall dispatch) or the kernel's copy of it (`cgroup/connect_unix`), which
+/// holds only the `sun_path` bytes the caller gave (past them is whatever its buffer held: a
+/// caller need not count the path's NUL).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AddrSpace {
     User,
-    Kernel,
+    Kernel { path_bytes: usize },
 }
 
 /// Report the unix connect to the `struct sockaddr_un` at `addr` (see [`unix_report`]).
@@ -227,23 +229,29 @@ pub(crate) fn unix_connect(
     // SAFETY (all reads): the probe-read helpers check the address and bound by the slice.
     let first: u8 = match space {
         AddrSpace::User => unsafe { bpf_probe_read_user(path_ptr) },
-        AddrSpace::Kernel => unsafe { bpf_probe_read_kernel(path_ptr) },
+        AddrSpace::Kernel { .. } => unsafe { bpf_probe_read_kernel(path_ptr) },
     }
     .ok()?;
-    let read_str = |src: *const u8, key: &mut UnixPathKey| match space {
-        AddrSpace::User => {
-            unsafe { bpf_probe_read_user_str_bytes(src, &mut key[..]) }.map(|s| s.len())
+    // At most the bytes the kernel's copy holds, and a NUL (the helper stops one short of the
+    // size it is given); `skip`: bytes of sun_path before the name.
+    let size = |skip: usize| match space {
+        AddrSpace::User => UNIX_PATH_CAP,
+        AddrSpace::Kernel { path_bytes } => {
+            (path_bytes.saturating_sub(skip) + 1).min(UNIX_PATH_CAP)
         }
-        AddrSpace::Kernel => {
-            unsafe { bpf_probe_read_kernel_str_bytes(src, &mut key[..]) }.map(|s| s.len())
+    };
+    let read_str = |src: *const u8, buf: &mut [u8]| match space {
+        AddrSpace::User => unsafe { bpf_probe_read_user_str_bytes(src, buf) }.map(|s| s.len()),
+        AddrSpace::Kernel { .. } => {
+            unsafe { bpf_probe_read_kernel_str_bytes(src, buf) }.map(|s| s.len())
         }
     };
     let len = if first == 0 {
         // Abstract namespace: the name follows the NUL; read it as a string too.
         abstract_ns = 1;
-        read_str(path_ptr.wrapping_add(1), key).unwrap_or(0)
+        read_str(path_ptr.wrapping_add(1), &mut key[..size(1)]).unwrap_or(0)
     } else {
-        match read_str(path_ptr, key) {
+        match read_str(path_ptr, &mut key[..size(0)]) {
             Ok(n) => n,
             Err(_) => {
                 count(StatReason::PathReadFailed);

@@ -11,8 +11,8 @@ use aya::{
     },
 };
 use sensor_common::{
-    COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP, feature,
-    syscall, track,
+    COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_HEAD_LEN,
+    UNIX_PATH_CAP, feature, syscall, track,
 };
 use thiserror::Error;
 
@@ -313,7 +313,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("PID_NR_AT", &pid_nr_at, true)
         .override_global(
             "SOCK_ADDR_UADDR_AT",
-            &sock_addr_uaddr_at.as_ref().map_or(0, |o| *o),
+            &sock_addr_uaddr_at.as_ref().map_or(0, |o| o.0),
+            true,
+        )
+        .override_global(
+            "SOCK_ADDR_UADDRLEN_AT",
+            &sock_addr_uaddr_at.as_ref().map_or(0, |o| o.1),
             true,
         )
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
@@ -365,6 +370,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             socks
                 .insert(k, 1, 0)
                 .map_err(|e| LoadError::Map("RUNTIME_SOCKETS", e))?;
+        }
+    }
+    {
+        let mut heads: BpfHashMap<_, [u8; UNIX_HEAD_LEN], u8> = BpfHashMap::try_from(
+            ebpf.map_mut("RUNTIME_SOCKET_HEADS")
+                .ok_or(LoadError::MissingMap("RUNTIME_SOCKET_HEADS"))?,
+        )
+        .map_err(|e| LoadError::Map("RUNTIME_SOCKET_HEADS", e))?;
+        for s in &opts.api_sockets {
+            heads
+                .insert(unix_head(s), 1, 0)
+                .map_err(|e| LoadError::Map("RUNTIME_SOCKET_HEADS", e))?;
         }
     }
 
@@ -522,6 +539,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         socket_hooks: socket,
         missing_offsets,
     })
+}
+
+/// The first `UNIX_HEAD_LEN - 1` bytes of a socket path, NUL padded (`RUNTIME_SOCKET_HEADS`'
+/// key; the kernel side reads it as a string of that size, NUL included).
+fn unix_head(path: &str) -> [u8; UNIX_HEAD_LEN] {
+    let mut k = [0u8; UNIX_HEAD_LEN];
+    for (d, s) in k[..UNIX_HEAD_LEN - 1].iter_mut().zip(path.as_bytes()) {
+        *d = *s;
+    }
+    k
 }
 
 /// What became of each probe.
@@ -724,11 +751,15 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Offset of `struct bpf_sock_addr_kern`'s `uaddr` in the kernel's BTF (`connect_unix` reads
-/// the kernel's copy of the connect address there), or why not.
-fn sock_addr_uaddr_offset(b: &btf::Btf) -> Result<u32, String> {
-    b.member_offset("bpf_sock_addr_kern", "uaddr")
-        .map_err(|e| format!("bpf_sock_addr_kern.uaddr not in the kernel BTF: {e}"))
+/// Offsets of `struct bpf_sock_addr_kern`'s `uaddr` and `uaddrlen` in the kernel's BTF
+/// (`connect_unix` reads the kernel's copy of the connect address and its length there), or
+/// why not.
+fn sock_addr_uaddr_offset(b: &btf::Btf) -> Result<(u32, u32), String> {
+    let field = |f: &str| {
+        b.member_offset("bpf_sock_addr_kern", f)
+            .map_err(|e| format!("bpf_sock_addr_kern.{f} not in the kernel BTF: {e}"))
+    };
+    Ok((field("uaddr")?, field("uaddrlen")?))
 }
 
 /// One program's attachment.
