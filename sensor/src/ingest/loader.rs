@@ -933,3 +933,48 @@ pub fn find_runtime_trees(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hybrid host's mountinfo (cgroup v1 controllers, the v2 hierarchy at `unified`), and a
+    /// container's, whose cgroup2 mount is a subtree (root not `/`) beside the host's.
+    #[test]
+    fn the_cgroup2_root_is_found_in_mountinfo() {
+        let hybrid = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            cgroup2_in_mountinfo(hybrid),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        let nested = "\
+40 39 0:30 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+41 39 0:30 / /mnt/cgroup\\040root rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_in_mountinfo(nested),
+            Some("/mnt/cgroup root".into())
+        );
+        assert_eq!(cgroup2_in_mountinfo("garbage\n\n1 2 3\n"), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded_and_bad_ones_kept() {
+        assert_eq!(unescape_mount("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape_mount("/a\\09x\\"), "/a\\09x\\");
+    }
+
+    #[test]
+    fn socket_heads_keep_fifteen_bytes_nul_padded() {
+        let h = unix_head("/var/run/docker.sock");
+        assert_eq!(&h[..15], b"/var/run/docker");
+        assert_eq!(h[15], 0);
+        let h = unix_head("/a.sock");
+        assert_eq!(&h[..7], b"/a.sock");
+        assert!(h[7..].iter().all(|b| *b == 0));
+    }
+}
