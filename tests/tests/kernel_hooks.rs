@@ -156,6 +156,17 @@ fn unknown_hook_modes_are_one_clear_error() {
     assert!(err.contains("auto") && err.contains("syscall"), "{err}");
 }
 
+/// A python3 under a runtime name of this test's own (`prefix` and a pid digit run), for
+/// `--runtime-name`: its processes are tracked as a runtime's. The directory, the name, the
+/// link to run.
+fn python_runtime(prefix: &str) -> (tempfile::TempDir, String, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("{prefix}{}", std::process::id() % 10_000);
+    let rt = dir.path().join(&name);
+    std::os::unix::fs::symlink("/usr/bin/python3", &rt).unwrap();
+    (dir, name, rt)
+}
+
 /// A tracked process (a runtime by name) connecting to a unix socket and sending: one
 /// `connect` with the listener's path and the process, taken at its first send under the
 /// socket hooks, at its connect(2) under the syscall dispatch and by `cgroup/connect_unix`
@@ -163,10 +174,7 @@ fn unknown_hook_modes_are_one_clear_error() {
 /// one however many sends follow.
 fn tracked_unix_connect_is_reported(mode: &str) {
     require_root("loading eBPF programs");
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("unixrt{}", std::process::id() % 10_000);
-    let rt = dir.path().join(&name);
-    std::os::unix::fs::symlink("/usr/bin/python3", &rt).unwrap();
+    let (dir, name, rt) = python_runtime("unixrt");
     let path = dir.path().join("listener.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let mut sensor =
@@ -225,17 +233,14 @@ fn a_tracked_unix_connect_is_reported_once_with_connect_unix() {
 /// Connects that send nothing: a tracked process's to a socket the test binds, and an
 /// untracked API client's to the Engine API socket. Only `cgroup/connect_unix` sees them
 /// (`--kernel-hooks narrow`; the syscall dispatch leaves connects to the socket hooks there):
-/// each is one `connect` with its path and process, the client's with who it is (role,
-/// parent) taken at its connect. The socket tracepoints, which wait for a first send, report
+/// each is one `connect` with its path and process (the client's once for its two connects),
+/// the client's with who it is (role, parent) taken at its connect. The socket tracepoints, which wait for a first send, report
 /// neither (`--kernel-hooks socket`, the control).
 #[test]
 fn connect_unix_reports_connects_that_send_nothing() {
     require_root("loading eBPF programs");
     Dockerd::ensure();
-    let dir = tempfile::tempdir().unwrap();
-    let name = format!("cunixrt{}", std::process::id() % 10_000);
-    let rt = dir.path().join(&name);
-    std::os::unix::fs::symlink("/usr/bin/python3", &rt).unwrap();
+    let (dir, name, rt) = python_runtime("cunixrt");
     let path = dir.path().join("silent.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let connect_only = |target: &str| {
@@ -258,9 +263,9 @@ fn connect_unix_reports_connects_that_send_nothing() {
         py.args(["-c", &connect_only(path.to_str().unwrap())]);
         let tracked = run_client(py);
         let _ = listener.accept().unwrap();
-        // The untracked API client.
+        // The untracked API client, connecting twice: reported once, as at a first send.
         let mut py = Command::new("python3");
-        py.args(["-c", &connect_only(DOCKER_SOCKET)]);
+        py.args(["-c", &connect_only(DOCKER_SOCKET).repeat(2)]);
         let client = run_client(py);
         let of = |pid: u64| {
             move |r: &Value| {

@@ -4,14 +4,14 @@
 //! pays for). The program runs at the top of the kernel's unix connect, in the connecting
 //! task's context, with the kernel's copy of the address: the same records as the syscall
 //! dispatch's connect(2) (`net::enter_connect`), a tracked process's connect and an untracked
-//! API client's (who it is captured now, while it certainly exists). A process that connects
-//! no unix socket pays nothing.
+//! API client's (who it is captured now, while it certainly exists; once per process, as at
+//! the first send). A process that connects no unix socket pays nothing.
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_probe_read_kernel_str_bytes};
-use sensor_common::UNIX_HEAD_LEN;
+use sensor_common::{UNIX_HEAD_LEN, track};
 
 use super::net::{AddrSpace, unix_connect};
 use crate::{
-    helpers::{config, read_at, tracked_current},
+    helpers::{config, read_at, tracked_flags_lookup},
     maps::RUNTIME_SOCKET_HEADS,
 };
 
@@ -54,7 +54,13 @@ fn try_connect_unix(ctx: u64) -> Option<()> {
     let addr_len: u32 = read_at(ctx, len_at)?;
     // The kernel checked it: at most `sizeof(struct sockaddr_un)`; sun_path follows the family.
     let path_bytes = (addr_len as usize).saturating_sub(2);
-    let tracked = tracked_current(cfg).map(|(_, t)| t.flags);
+    let tracked = match tracked_flags_lookup(cfg).1 {
+        Some(f) if f & (track::RUNTIME | track::DESCENDANT) != 0 => Some(f),
+        // An API client, reported at its first connect: once per process, as the first send
+        // on the socket tracepoint did.
+        Some(_) => return None,
+        None => None,
+    };
     if tracked.is_none() && !may_be_runtime_socket(addr, path_bytes) {
         return None;
     }
