@@ -49,11 +49,6 @@ fn try_connect_unix(ctx: u64) -> Option<()> {
     if at == 0 || len_at == 0 {
         return None;
     }
-    // The context is the kernel's `struct bpf_sock_addr_kern`; read as plain memory.
-    let addr: u64 = read_at(ctx, at)?;
-    let addr_len: u32 = read_at(ctx, len_at)?;
-    // The kernel checked it: at most `sizeof(struct sockaddr_un)`; sun_path follows the family.
-    let path_bytes = (addr_len as usize).saturating_sub(2);
     let tracked = match tracked_flags_lookup(cfg).1 {
         Some(f) if f & (track::RUNTIME | track::DESCENDANT) != 0 => Some(f),
         // An API client, reported at its first connect: once per process, as the first send
@@ -61,6 +56,11 @@ fn try_connect_unix(ctx: u64) -> Option<()> {
         Some(_) => return None,
         None => None,
     };
+    // The context is the kernel's `struct bpf_sock_addr_kern`; read as plain memory.
+    let addr: u64 = read_at(ctx, at)?;
+    let addr_len: u32 = read_at(ctx, len_at)?;
+    // The kernel checked it: at most `sizeof(struct sockaddr_un)`; sun_path follows the family.
+    let path_bytes = (addr_len as usize).saturating_sub(2);
     if tracked.is_none() && !may_be_runtime_socket(addr, path_bytes) {
         return None;
     }
