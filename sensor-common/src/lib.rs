@@ -488,7 +488,8 @@ pub mod feature {
     /// Uprobes in API server processes take their Engine API traffic (`--kernel-hooks
     /// narrow`); the processes they are in are in `UPROBED`.
     pub const API_UPROBES: u32 = 1 << 6;
-    /// `cgroup/connect_unix` takes unix connects and API clients (`--kernel-hooks narrow`).
+    /// Unix connects (and an API client's first request) are taken by the `cgroup/connect_unix`
+    /// program (6.7+, `--kernel-hooks narrow`), so `sock_send_length` leaves unix sockets alone.
     pub const UNIX_CONNECT: u32 = 1 << 7;
     /// `cgroup_skb` programs take the DNS of tracked processes (`--kernel-hooks narrow`).
     pub const DNS_SKB: u32 = 1 << 8;
@@ -513,6 +514,10 @@ pub struct Tracked {
 
 /// Key of the `RUNTIME_SOCKETS` map: a NUL-padded unix socket path.
 pub type UnixPathKey = [u8; UNIX_PATH_CAP];
+
+/// Key size of `RUNTIME_SOCKET_HEADS`: a runtime API socket's path's first `UNIX_HEAD_LEN - 1`
+/// bytes, NUL padded (enough to tell `/var/run/docker.sock` from `/var/run/dbus/...`).
+pub const UNIX_HEAD_LEN: usize = 16;
 
 /// What a syscall number means to the raw `sys_enter`/`sys_exit` dispatch (value of the
 /// `SYSCALLS` array, indexed by syscall number; 0 for every syscall the sensor ignores). The

@@ -3,7 +3,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    COMM_LEN, Config, EventHeader, RuntimeName, STAT_REASONS, SYSCALL_TABLE, Tracked, UnixPathKey,
+    COMM_LEN, Config, EventHeader, RuntimeName, STAT_REASONS, SYSCALL_TABLE, Tracked,
+    UNIX_HEAD_LEN, UnixPathKey,
 };
 
 /// The one ring buffer every event goes through. Its size can be changed by the loader.
@@ -48,6 +49,12 @@ pub static RUNTIME_NAMES: HashMap<[u8; COMM_LEN], RuntimeName> = HashMap::with_m
 /// Unix socket paths of runtime APIs: an untracked process connecting to one is reported.
 #[map]
 pub static RUNTIME_SOCKETS: HashMap<UnixPathKey, u32> = HashMap::with_max_entries(32, 0);
+
+/// The first `UNIX_HEAD_LEN - 1` bytes of each `RUNTIME_SOCKETS` path (NUL padded): what
+/// `connect_unix` checks an untracked process's connect against before reading the whole path.
+#[map]
+pub static RUNTIME_SOCKET_HEADS: HashMap<[u8; UNIX_HEAD_LEN], u8> =
+    HashMap::with_max_entries(32, 0);
 
 #[repr(C)]
 #[derive(Clone, Copy)]

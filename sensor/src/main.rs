@@ -138,7 +138,9 @@ pub struct RunArgs {
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
     /// taken: `auto` uses the socket tracepoints when the kernel has them (6.3+), so that
     /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch;
-    /// `narrow` takes the API servers' traffic with uprobes in their binaries.
+    /// `narrow` is `auto` with hooks that fire only where their fact happens taking over what
+    /// they can (the API servers' traffic: uprobes in them; unix connects:
+    /// `cgroup/connect_unix`, 6.7+).
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
     /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw

@@ -35,25 +35,38 @@ pub fn sensor_bin() -> PathBuf {
     target.join("release").join("sensor")
 }
 
-/// `$SENSOR_TEST_ARGS` (space-separated), added to every `sensor run` the harness starts, so
-/// that a suite can run as it is under other options (`SENSOR_TEST_ARGS='--kernel-hooks
-/// narrow'`). An option the test passes itself is left to the test's value.
-fn test_args(args: &[&str]) -> Vec<String> {
-    let extra = std::env::var("SENSOR_TEST_ARGS").unwrap_or_default();
-    let mut out = Vec::new();
-    let mut skip = false;
+/// Sensor arguments every test's sensor gets on top of its own (`SENSOR_TEST_ARGS`, split on
+/// whitespace), so that one suite runs in another mode without a copy of its tests, e.g.
+/// `SENSOR_TEST_ARGS="--kernel-hooks narrow" cargo test ... --test kernel_hooks`. A flag the
+/// test passes itself is left as the test has it (`--kernel-hooks syscall` stays syscall).
+/// Only for the sensor of [`SensorProcess::start`] and [`SensorProcess::start_env`], not for
+/// other binaries started with [`SensorProcess::start_bin`].
+pub const EXTRA_ARGS_ENV: &str = "SENSOR_TEST_ARGS";
+
+/// `args` followed by the flags of `extra` (see [`EXTRA_ARGS_ENV`]) that `args` does not
+/// have. A flag (`--name` or `--name=value`) takes the words after it up to the next flag.
+pub fn with_extra_args(args: &[&str], extra: &str) -> Vec<String> {
+    let flag = |a: &str| a.split('=').next().unwrap_or(a).to_string();
+    let given: Vec<String> = args
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| flag(a))
+        .collect();
+    let mut out: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut keep = false;
     for word in extra.split_whitespace() {
         if word.starts_with("--") {
-            let name = word.split('=').next().unwrap_or(word);
-            skip = args
-                .iter()
-                .any(|a| *a == name || a.starts_with(&format!("{name}=")));
+            keep = !given.contains(&flag(word));
         }
-        if !skip {
+        if keep {
             out.push(word.to_string());
         }
     }
     out
+}
+
+fn test_args(args: &[&str]) -> Vec<String> {
+    with_extra_args(args, &std::env::var(EXTRA_ARGS_ENV).unwrap_or_default())
 }
 
 /// A running `sensor run ...` whose stdout records are collected on a thread.
@@ -88,8 +101,8 @@ struct StreamState {
 }
 
 impl SensorProcess {
-    /// Starts `$SENSOR_BIN run <args>` (see [`sensor_bin`]) and waits up to 30 s for its
-    /// `sensor_started` record.
+    /// Starts `$SENSOR_BIN run <args>` (see [`sensor_bin`]; and [`EXTRA_ARGS_ENV`]) and waits
+    /// up to 30 s for its `sensor_started` record.
     pub fn start(args: &[&str]) -> Result<SensorProcess> {
         require_root("running the sensor (loading eBPF programs)");
         let bin = sensor_bin();
@@ -100,13 +113,17 @@ impl SensorProcess {
                 bin.display()
             );
         }
-        SensorProcess::start_bin(&bin, args)
+        let args = test_args(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        SensorProcess::start_bin(&bin, &args)
     }
 
     /// As [`SensorProcess::start`], with `env` added to the sensor's environment.
     pub fn start_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<SensorProcess> {
         require_root("running the sensor (loading eBPF programs)");
-        SensorProcess::start_bin_env(&sensor_bin(), args, env)
+        let args = test_args(args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        SensorProcess::start_bin_env(&sensor_bin(), &args, env)
     }
 
     /// Starts `<bin> run <args>` and waits up to 30 s for its `sensor_started` record.
@@ -130,7 +147,6 @@ impl SensorProcess {
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
-            .args(test_args(args))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

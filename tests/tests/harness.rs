@@ -19,6 +19,31 @@ use sensor_tests::{
 
 const BASE: &str = "localbase:1";
 
+/// `SENSOR_TEST_ARGS` adds its flags to a test's own, except those the test sets itself.
+#[test]
+fn extra_sensor_args_add_only_flags_the_test_does_not_set() {
+    use sensor_tests::with_extra_args;
+    let got = with_extra_args(
+        &["--runtime-name", "x"],
+        "--kernel-hooks narrow --no-file-events",
+    );
+    assert_eq!(
+        got,
+        [
+            "--runtime-name",
+            "x",
+            "--kernel-hooks",
+            "narrow",
+            "--no-file-events"
+        ]
+    );
+    let got = with_extra_args(&["--kernel-hooks=syscall"], " --kernel-hooks  narrow ");
+    assert_eq!(got, ["--kernel-hooks=syscall"]);
+    let got = with_extra_args(&["--kernel-hooks", "socket"], "--kernel-hooks=narrow --x");
+    assert_eq!(got, ["--kernel-hooks", "socket", "--x"]);
+    assert_eq!(with_extra_args(&["a"], ""), ["a"]);
+}
+
 #[test]
 fn dockerd_runs_a_container_from_the_base_image() {
     require_root("starting dockerd");

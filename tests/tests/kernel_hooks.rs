@@ -284,21 +284,34 @@ fn unknown_hook_modes_are_one_clear_error() {
     assert!(err.contains("auto") && err.contains("syscall"), "{err}");
 }
 
-/// A tracked process (a runtime by name) connecting to a unix socket and sending: one
-/// `connect` with the listener's path and the process, taken at its first send under the
-/// socket hooks and at its connect(2) under the syscall dispatch, and only one however many
-/// sends follow.
-fn tracked_unix_connect_is_reported(mode: &str) {
-    require_root("loading eBPF programs");
+/// A python3 under a runtime name of this test's own (`prefix` and a pid digit run), for
+/// `--runtime-name`: its processes are tracked as a runtime's. The directory, the name, the
+/// link to run.
+fn python_runtime(prefix: &str) -> (tempfile::TempDir, String, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let name = format!("unixrt{}", std::process::id() % 10_000);
+    let name = format!("{prefix}{}", std::process::id() % 10_000);
     let rt = dir.path().join(&name);
     std::os::unix::fs::symlink("/usr/bin/python3", &rt).unwrap();
+    (dir, name, rt)
+}
+
+/// A tracked process (a runtime by name) connecting to a unix socket and sending: one
+/// `connect` with the listener's path and the process, taken at its first send under the
+/// socket hooks, at its connect(2) under the syscall dispatch and by `cgroup/connect_unix`
+/// under `narrow` (whose sock_send_length must then not report it a second time), and only
+/// one however many sends follow.
+fn tracked_unix_connect_is_reported(mode: &str) {
+    require_root("loading eBPF programs");
+    let (dir, name, rt) = python_runtime("unixrt");
     let path = dir.path().join("listener.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let mut sensor =
         SensorProcess::start(&["--runtime-name", &name, "--kernel-hooks", mode]).unwrap();
-    assert_eq!(started(&sensor)["kernel_hooks"], mode);
+    let s = started(&sensor);
+    assert_eq!(s["kernel_hooks"], mode, "{s}");
+    if mode == "narrow" {
+        assert!(probes(&s).iter().any(|n| n == "connect_unix"), "{s}");
+    }
     let script = format!(
         "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({:?})\n\
          for _ in range(50): s.sendall(b'x')\n",
@@ -335,6 +348,83 @@ fn a_tracked_unix_connect_is_reported_once_with_socket_hooks() {
 #[test]
 fn a_tracked_unix_connect_is_reported_once_with_the_syscall_dispatch() {
     tracked_unix_connect_is_reported("syscall");
+}
+
+#[test]
+fn a_tracked_unix_connect_is_reported_once_with_connect_unix() {
+    tracked_unix_connect_is_reported("narrow");
+}
+
+/// Connects that send nothing: a tracked process's to a socket the test binds, and an
+/// untracked API client's to the Engine API socket. Only `cgroup/connect_unix` sees them
+/// (`--kernel-hooks narrow`; the syscall dispatch leaves connects to the socket hooks there):
+/// each is one `connect` with its path and process (the client's once for its two connects),
+/// the client's with who it is (role, parent) taken at its connect. The socket tracepoints, which wait for a first send, report
+/// neither (`--kernel-hooks socket`, the control).
+#[test]
+fn connect_unix_reports_connects_that_send_nothing() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    let (dir, name, rt) = python_runtime("cunixrt");
+    let path = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let connect_only = |target: &str| {
+        format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({target:?})\ns.close()\n"
+        )
+    };
+    for mode in ["narrow", "socket"] {
+        let mut sensor =
+            SensorProcess::start(&["--runtime-name", &name, "--kernel-hooks", mode]).unwrap();
+        let s = started(&sensor);
+        let narrow = mode == "narrow";
+        assert_eq!(
+            probes(&s).iter().any(|n| n == "connect_unix"),
+            narrow,
+            "{s}"
+        );
+        // The tracked process.
+        let mut py = Command::new(&rt);
+        py.args(["-c", &connect_only(path.to_str().unwrap())]);
+        let tracked = run_client(py);
+        let _ = listener.accept().unwrap();
+        // The untracked API client, connecting twice: reported once, as at a first send.
+        let mut py = Command::new("python3");
+        py.args(["-c", &connect_only(DOCKER_SOCKET).repeat(2)]);
+        let client = run_client(py);
+        let of = |pid: u64| {
+            move |r: &Value| {
+                r["kind"] == "connect"
+                    && r["protocol"] == "unix"
+                    && r["process"]["pid"].as_u64() == Some(pid)
+            }
+        };
+        if !narrow {
+            // Reported, they would come within milliseconds.
+            sensor
+                .expect_none(|r| of(tracked)(r) || of(client)(r), Duration::from_secs(3))
+                .unwrap();
+            assert!(sensor.stop().unwrap().success());
+            continue;
+        }
+        let conn = sensor.wait_for(of(tracked), WAIT).unwrap();
+        assert_eq!(conn["path"], path.to_str().unwrap(), "{conn}");
+        assert_eq!(conn["process"]["role"], "runtime", "{conn}");
+        let conn = sensor.wait_for(of(client), WAIT).unwrap();
+        assert_eq!(conn["path"], DOCKER_SOCKET, "{conn}");
+        assert_eq!(conn["process"]["role"], "api_client", "{conn}");
+        assert_eq!(
+            conn["process"]["ppid"].as_u64(),
+            Some(u64::from(std::process::id())),
+            "{conn}"
+        );
+        assert_eq!(conn["process"]["comm"], "python3", "{conn}");
+        assert!(sensor.stop().unwrap().success());
+        for pid in [tracked, client] {
+            let n = sensor.records().iter().filter(|r| of(pid)(r)).count();
+            assert_eq!(n, 1, "one connect for pid {pid}");
+        }
+    }
 }
 
 /// The bench's switch (`SENSOR_BENCH_SWITCH`, on which `cargo xtask bench`'s interleaved

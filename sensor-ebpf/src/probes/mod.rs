@@ -1,4 +1,5 @@
 pub mod api;
+pub mod connect_unix;
 pub mod dns;
 pub mod file;
 pub mod goapi;

@@ -1,14 +1,17 @@
 //! Network: TCP connect outcome, accept, unix-socket connect (also from untracked API clients,
 //! with the client's identity), and UDP datagrams to port 53.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_user, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes},
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, bpf_probe_read_user,
+        bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use sensor_common::{
     AF_INET, AF_INET6, AF_UNIX, CGROUP_CAP, Config, DNS_CAP, DnsData, EXE_CAP, EventKind, SockData,
-    StatReason, Tracked, UnixConnectData, UnixPathKey, client_flags, connect_result, feature,
-    track,
+    StatReason, Tracked, UNIX_PATH_CAP, UnixConnectData, UnixPathKey, client_flags, connect_result,
+    feature, track,
 };
 
 use crate::{
@@ -182,7 +185,7 @@ pub fn enter_connect(cfg: &Config, fd: u64, addr: u64) -> Option<()> {
     // SAFETY: bpf_probe_read_user checks the address.
     let family: u16 = unsafe { bpf_probe_read_user(addr as *const u16) }.ok()?;
     if family == AF_UNIX {
-        return unix_connect(cfg, addr, tracked.map(|(_, t)| t.flags));
+        return unix_connect(cfg, addr, AddrSpace::User, tracked.map(|(_, t)| t.flags));
     }
     // A tracked process connecting a socket to port 53 (resolvers that connect, then write):
     // its writes on that fd are DNS queries.
@@ -202,22 +205,54 @@ pub const WATCH_API: u32 = 1;
 pub const WATCH_DNS: u32 = 2;
 pub const WATCH_FILE: u32 = 3;
 
+/// Where a connect's `struct sockaddr_un` is read from: the caller's memory (connect(2)'s
+/// argument, in the syscall dispatch) or the kernel's copy of it (`cgroup/connect_unix`), which
+/// holds only the `sun_path` bytes the caller gave (past them is whatever its buffer held: a
+/// caller need not count the path's NUL).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddrSpace {
+    User,
+    Kernel { path_bytes: usize },
+}
+
+/// Report the unix connect to the `struct sockaddr_un` at `addr` (see [`unix_report`]).
 #[inline(always)]
-fn unix_connect(cfg: &Config, addr: u64, tracked_flags: Option<u32>) -> Option<()> {
+pub(crate) fn unix_connect(
+    cfg: &Config,
+    addr: u64,
+    space: AddrSpace,
+    tracked_flags: Option<u32>,
+) -> Option<()> {
     let key = scratch_key()?;
     let path_ptr = (addr + 2) as *const u8;
     let mut abstract_ns = 0u16;
-    // SAFETY: bpf_probe_read_user checks the address.
-    let first: u8 = unsafe { bpf_probe_read_user(path_ptr) }.ok()?;
+    // SAFETY (all reads): the probe-read helpers check the address and bound by the slice.
+    let first: u8 = match space {
+        AddrSpace::User => unsafe { bpf_probe_read_user(path_ptr) },
+        AddrSpace::Kernel { .. } => unsafe { bpf_probe_read_kernel(path_ptr) },
+    }
+    .ok()?;
+    // At most the bytes the kernel's copy holds, and a NUL (the helper stops one short of the
+    // size it is given); `skip`: bytes of sun_path before the name.
+    let size = |skip: usize| match space {
+        AddrSpace::User => UNIX_PATH_CAP,
+        AddrSpace::Kernel { path_bytes } => {
+            (path_bytes.saturating_sub(skip) + 1).min(UNIX_PATH_CAP)
+        }
+    };
+    let read_str = |src: *const u8, buf: &mut [u8]| match space {
+        AddrSpace::User => unsafe { bpf_probe_read_user_str_bytes(src, buf) }.map(|s| s.len()),
+        AddrSpace::Kernel { .. } => {
+            unsafe { bpf_probe_read_kernel_str_bytes(src, buf) }.map(|s| s.len())
+        }
+    };
     let len = if first == 0 {
         // Abstract namespace: the name follows the NUL; read it as a string too.
         abstract_ns = 1;
-        unsafe { bpf_probe_read_user_str_bytes(path_ptr.wrapping_add(1), &mut key[..]) }
-            .map(|s| s.len())
-            .unwrap_or(0)
+        read_str(path_ptr.wrapping_add(1), &mut key[..size(1)]).unwrap_or(0)
     } else {
-        match unsafe { bpf_probe_read_user_str_bytes(path_ptr, &mut key[..]) } {
-            Ok(s) => s.len(),
+        match read_str(path_ptr, &mut key[..size(0)]) {
+            Ok(n) => n,
             Err(_) => {
                 count(StatReason::PathReadFailed);
                 return None;

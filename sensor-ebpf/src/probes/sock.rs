@@ -181,7 +181,11 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         // peer's credentials are this process's own (a socketpair it made): a client's are the
         // listener's. The socket as the tracepoint gives it: only added to and read through,
         // which the verifier allows on its typed pointer, so no copy (`sock_arg`) is needed.
-        return if family == AF_UNIX && !peer_is_self(ctx, tgid) {
+        // Not when `cgroup/connect_unix` took the client at its connect.
+        return if family == AF_UNIX
+            && cfg.features & feature::UNIX_CONNECT == 0
+            && !peer_is_self(ctx, tgid)
+        {
             client_send(cfg, ctx.arg(0))
         } else {
             None
@@ -191,8 +195,9 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         return None; // an API client already reported
     }
     let t = Tracked { flags, depth: 0 };
-    if family == AF_UNIX {
-        // The typed pointer, as for client_send: only a key and a base here.
+    if family == AF_UNIX && cfg.features & feature::UNIX_CONNECT == 0 {
+        // The typed pointer, as for client_send: only a key and a base here. Not when
+        // `cgroup/connect_unix` reported the connect itself.
         first_unix_send(cfg, &t, ctx.arg(0));
     }
     let inet = family == AF_INET || family == AF_INET6;

@@ -19,6 +19,9 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::GoUprobe(loader::GoAt::AfterSyscall) => {
             "uprobe after its SYSCALL instruction".to_string()
         }
+        loader::ProbeKind::CgroupUnixConnect => {
+            "cgroup/connect_unix at the cgroup2 root".to_string()
+        }
     }
 }
 

@@ -5,7 +5,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint, UProbe,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
         raw_trace_point::RawTracePointLinkId,
         tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
@@ -13,8 +14,8 @@ use aya::{
     },
 };
 use sensor_common::{
-    COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_PATH_CAP, feature,
-    syscall, track,
+    COMM_LEN, Config, RuntimeName, SYSCALL_TABLE, StatReason, Tracked, UNIX_HEAD_LEN,
+    UNIX_PATH_CAP, feature, syscall, track,
 };
 use thiserror::Error;
 
@@ -60,6 +61,8 @@ pub enum ProbeKind {
     /// A uprobe in each Go binary an API server runs (`gobin`): at the entry of Go's raw
     /// syscall function, or on the instruction after its `SYSCALL`.
     GoUprobe(GoAt),
+    /// A `cgroup/connect_unix` program, attached at the cgroup2 root (see [`cgroup2_root`]).
+    CgroupUnixConnect,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +164,14 @@ pub const PROBES: &[Probe] = &[
         without: "no build-file contents; without the socket hooks no API requests, accepts \
                   or DNS responses",
     },
+    Probe {
+        name: "connect_unix",
+        kind: ProbeKind::CgroupUnixConnect,
+        purpose: "--kernel-hooks narrow: unix connects and API clients (with who the client \
+                  is), at the connect; runs only on unix connects",
+        needs: "cgroup/connect_unix (6.7+), a cgroup2 mount, the socket hooks",
+        without: "sock_send_length takes them at the first send on a unix socket",
+    },
 ];
 
 /// The probes of the socket hooks, attached together or not at all.
@@ -169,6 +180,9 @@ pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
 pub const SYSCALL_PROBES: &[&str] = &["sys_enter", "sys_exit"];
 /// The API servers' uprobes (`--kernel-hooks narrow`), attached together or not at all.
 pub const GO_PROBES: &[&str] = &["go_syscall_enter", "go_syscall_exit"];
+/// The hooks of `--kernel-hooks narrow` that fire only where their fact happens, each taking
+/// over a part of the socket hooks' work when it attached.
+pub const NARROW_PROBES: &[&str] = &["connect_unix"];
 
 /// Where socket data (API requests, DNS, accepts, API clients) is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -180,8 +194,10 @@ pub enum KernelHooks {
     Socket,
     /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
     Syscall,
-    /// Hooks that fire only where their fact happens: uprobes in the API servers' binaries
-    /// for the Engine API; the socket tracepoints still take what no narrow hook does yet.
+    /// As `auto`, and hooks that fire only where their fact happens take over from the socket
+    /// tracepoints what they can (the API servers' traffic: uprobes in them; unix connects:
+    /// `cgroup/connect_unix`, 6.7+); a hook that does not attach leaves its part to the socket
+    /// tracepoints.
     Narrow,
 }
 
@@ -306,9 +322,10 @@ fn comm_key(name: &str) -> Result<[u8; COMM_LEN], LoadError> {
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
-    let (offsets, missing_offsets) = {
+    let (offsets, missing_offsets, sock_addr_uaddr_at) = {
         let kernel_btf = btf::Btf::from_file(std::path::Path::new(btf::VMLINUX_BTF))?;
-        btf::resolve_offsets(&kernel_btf)
+        let (offsets, missing) = btf::resolve_offsets(&kernel_btf);
+        (offsets, missing, sock_addr_uaddr_offset(&kernel_btf))
     };
     // One parse of the kernel BTF for aya's loader and the BTF tracepoints, dropped after attach.
     let aya_btf = aya::Btf::from_sys_fs().ok();
@@ -328,6 +345,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global("SK_PROTOCOL_AT", &sk_protocol_at, true)
         .override_global("SK_PEER_PID_AT", &sk_peer_pid_at, true)
         .override_global("PID_NR_AT", &pid_nr_at, true)
+        .override_global(
+            "SOCK_ADDR_UADDR_AT",
+            &sock_addr_uaddr_at.as_ref().map_or(0, |o| o.0),
+            true,
+        )
+        .override_global(
+            "SOCK_ADDR_UADDRLEN_AT",
+            &sock_addr_uaddr_at.as_ref().map_or(0, |o| o.1),
+            true,
+        )
         .map_max_entries("EVENTS", opts.ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Load)?;
@@ -379,6 +406,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 .map_err(|e| LoadError::Map("RUNTIME_SOCKETS", e))?;
         }
     }
+    {
+        let mut heads: BpfHashMap<_, [u8; UNIX_HEAD_LEN], u8> = BpfHashMap::try_from(
+            ebpf.map_mut("RUNTIME_SOCKET_HEADS")
+                .ok_or(LoadError::MissingMap("RUNTIME_SOCKET_HEADS"))?,
+        )
+        .map_err(|e| LoadError::Map("RUNTIME_SOCKET_HEADS", e))?;
+        for s in &opts.api_sockets {
+            heads
+                .insert(unix_head(s), 1, 0)
+                .map_err(|e| LoadError::Map("RUNTIME_SOCKET_HEADS", e))?;
+        }
+    }
 
     {
         let mut table: Array<_, u8> = Array::try_from(
@@ -404,7 +443,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .iter()
         .map(|p| p.name)
         .filter(|n| {
-            !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n) && !GO_PROBES.contains(n)
+            !SOCKET_PROBES.contains(n)
+                && !SYSCALL_PROBES.contains(n)
+                && !GO_PROBES.contains(n)
+                && !NARROW_PROBES.contains(n)
         })
         .collect();
     a.probes(&mut ebpf, btf, &skip, &base);
@@ -452,11 +494,35 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     if socket {
         config.features |= feature::SOCKET_HOOKS;
+        // The narrow hooks take over from the socket tracepoints only; each one's bit is set
+        // once it attached, so that a failed one leaves its part to them.
+        if opts.hooks == KernelHooks::Narrow {
+            if let Err(why) = &sock_addr_uaddr_at {
+                a.failed.insert("connect_unix".to_string(), why.clone());
+            } else {
+                a.probes(&mut ebpf, btf, &skip, &["connect_unix"]);
+            }
+            if !a.failed.contains_key("connect_unix") {
+                config.features |= feature::UNIX_CONNECT;
+            }
+        } else {
+            for n in NARROW_PROBES {
+                a.unused
+                    .insert(n.to_string(), "only with --kernel-hooks narrow".to_string());
+            }
+        }
         write_config(&mut ebpf, config)?;
     } else if opts.hooks == KernelHooks::Syscall {
-        for n in SOCKET_PROBES {
+        for n in SOCKET_PROBES.iter().chain(NARROW_PROBES) {
             a.unused
                 .insert(n.to_string(), "--kernel-hooks syscall".to_string());
+        }
+    } else {
+        for n in NARROW_PROBES {
+            a.unused.insert(
+                n.to_string(),
+                "no socket hooks: the syscall dispatch takes unix connects".to_string(),
+            );
         }
     }
     // The syscall dispatch: everything without the socket hooks; with them, only file events.
@@ -525,6 +591,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         socket_hooks: socket,
         missing_offsets,
     })
+}
+
+/// The first `UNIX_HEAD_LEN - 1` bytes of a socket path, NUL padded (`RUNTIME_SOCKET_HEADS`'
+/// key; the kernel side reads it as a string of that size, NUL included).
+fn unix_head(path: &str) -> [u8; UNIX_HEAD_LEN] {
+    let mut k = [0u8; UNIX_HEAD_LEN];
+    for (d, s) in k[..UNIX_HEAD_LEN - 1].iter_mut().zip(path.as_bytes()) {
+        *d = *s;
+    }
+    k
 }
 
 /// What became of each probe.
@@ -718,6 +794,9 @@ fn attach_one(
                 .map_err(|e| format!("{e}"))?
                 .load(),
             ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
+            ProbeKind::CgroupUnixConnect => <&mut CgroupSockAddr>::try_from(prog)
+                .map_err(|e| format!("{e}"))?
+                .load(),
         }
         .map_err(|e| format!("load: {e}"))?;
         attach_loaded(ebpf, probe)
@@ -757,7 +836,100 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
         // Per process (`attach_api_server`): the bench switch leaves those alone, they fire
         // in the API servers only.
         ProbeKind::GoUprobe(_) => Link::Go,
+        ProbeKind::CgroupUnixConnect => {
+            let root = cgroup2_root()?;
+            let dir =
+                std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
+            // aya makes a link (5.7+), which the kernel always attaches beside the root's other
+            // programs (other tools' are not displaced) and which goes with the sensor; a link
+            // takes no mode flag (`Single` is none).
+            Link::Cgroup(
+                <&mut CgroupSockAddr>::try_from(prog)
+                    .map_err(e)?
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(|e| {
+                        let cause = std::error::Error::source(&e)
+                            .map(|c| format!(": {c}"))
+                            .unwrap_or_default();
+                        format!("attach at {}: {e}{cause}", root.display())
+                    })?,
+            )
+        }
     })
+}
+
+/// Where `cgroup/connect_unix` attaches: the root of the cgroup2 hierarchy, which holds every
+/// process (sockets record their v2 cgroup also on hybrid hosts). `/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones, else the first cgroup2 mount of the
+/// hierarchy's root in /proc/self/mountinfo.
+fn cgroup2_root() -> Result<std::path::PathBuf, String> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let is_cgroup2 = |p: &std::path::Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0)
+            && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+    };
+    for p in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if is_cgroup2(std::path::Path::new(p)) {
+            return Ok(p.into());
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("no cgroup2 at /sys/fs/cgroup: reading mountinfo: {e}"))?;
+    cgroup2_in_mountinfo(&mountinfo)
+        .filter(|p| is_cgroup2(p))
+        .ok_or_else(|| "no cgroup2 hierarchy mounted (cgroup v2 is needed)".to_string())
+}
+
+/// The mount point of the first cgroup2 mount of the hierarchy's root in a mountinfo text.
+fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        // `id parent major:minor root mount-point options [optional...] - fstype source ...`
+        let (left, right) = l.split_once(" - ")?;
+        let fields: Vec<&str> = left.split(' ').collect();
+        let (root, point) = (*fields.get(3)?, *fields.get(4)?);
+        (right.split(' ').next() == Some("cgroup2") && root == "/")
+            .then(|| unescape_mount(point).into())
+    })
+}
+
+/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')));
+        match code.and_then(|c| u8::try_from(c).ok()) {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Offsets of `struct bpf_sock_addr_kern`'s `uaddr` and `uaddrlen` in the kernel's BTF
+/// (`connect_unix` reads the kernel's copy of the connect address and its length there), or
+/// why not.
+fn sock_addr_uaddr_offset(b: &btf::Btf) -> Result<(u32, u32), String> {
+    let field = |f: &str| {
+        b.member_offset("bpf_sock_addr_kern", f)
+            .map_err(|e| format!("bpf_sock_addr_kern.{f} not in the kernel BTF: {e}"))
+    };
+    Ok((field("uaddr")?, field("uaddrlen")?))
 }
 
 /// One program's attachment.
@@ -767,6 +939,7 @@ enum Link {
     Raw(RawTracePointLinkId),
     /// The Go uprobes: their links are per process (`GoProbes`).
     Go,
+    Cgroup(CgroupSockAddrLinkId),
 }
 
 /// The attachments of the attached programs, and those a bench switch detached.
@@ -843,6 +1016,7 @@ impl Links {
                 Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
                 Link::Go => Ok(()),
+                Link::Cgroup(l) => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.detach(l)),
             };
             if let Err(e) = r {
                 failed.get_or_insert(format!("{}: detach: {e}", probe.name));
@@ -933,4 +1107,49 @@ pub fn find_runtime_trees(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hybrid host's mountinfo (cgroup v1 controllers, the v2 hierarchy at `unified`), and a
+    /// container's, whose cgroup2 mount is a subtree (root not `/`) beside the host's.
+    #[test]
+    fn the_cgroup2_root_is_found_in_mountinfo() {
+        let hybrid = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
+";
+        assert_eq!(
+            cgroup2_in_mountinfo(hybrid),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        let nested = "\
+40 39 0:30 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw
+41 39 0:30 / /mnt/cgroup\\040root rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_in_mountinfo(nested),
+            Some("/mnt/cgroup root".into())
+        );
+        assert_eq!(cgroup2_in_mountinfo("garbage\n\n1 2 3\n"), None);
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_decoded_and_bad_ones_kept() {
+        assert_eq!(unescape_mount("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape_mount("/a\\09x\\"), "/a\\09x\\");
+    }
+
+    #[test]
+    fn socket_heads_keep_fifteen_bytes_nul_padded() {
+        let h = unix_head("/var/run/docker.sock");
+        assert_eq!(&h[..15], b"/var/run/docker");
+        assert_eq!(h[15], 0);
+        let h = unix_head("/a.sock");
+        assert_eq!(&h[..7], b"/a.sock");
+        assert!(h[7..].iter().all(|b| *b == 0));
+    }
 }
