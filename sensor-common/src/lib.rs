@@ -485,6 +485,10 @@ pub mod feature {
     /// stays attached but returns at its first check, so that what the attachment itself
     /// costs (the kernel's dispatch to a program) can be told from what the programs do.
     pub const IDLE: u32 = 1 << 5;
+    /// DNS queries and responses are taken from the packets, by the `cgroup_skb` programs at
+    /// the cgroup v2 root (`--kernel-hooks narrow`, set only when both attached): the socket
+    /// tracepoints and the syscall dispatch leave DNS alone.
+    pub const DNS_SKB: u32 = 1 << 8;
 }
 
 /// Value of the `RUNTIME_NAMES` map (keyed by a NUL-padded comm).

@@ -37,7 +37,12 @@ enum Cmd {
     /// Load the kernel programs and write NDJSON records to the sinks (stdout by default).
     Run(RunArgs),
     /// Say whether this kernel and these privileges can run the sensor, one line per item.
-    Check,
+    Check {
+        /// The hooks to try, as `sensor run --kernel-hooks` takes them (`narrow` also tries
+        /// the programs that mode adds).
+        #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
+        kernel_hooks: ingest::loader::KernelHooks,
+    },
     /// Run the engines over a stream recorded with `sensor run --raw` and print derived records.
     Replay(ReplayArgs),
     /// Print the JSON Schema of the records (schema/records.schema.json).
@@ -133,7 +138,9 @@ pub struct RunArgs {
     pub no_file_events: bool,
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
     /// taken: `auto` uses the socket tracepoints when the kernel has them (6.3+), so that
-    /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch.
+    /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch;
+    /// `narrow` is `auto` plus hooks that fire only where their fact happens (DNS from the
+    /// packets, by `cgroup_skb` programs).
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
     /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw
@@ -275,7 +282,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run(args) => with_config(args).and_then(run::run),
-        Cmd::Check => return ingest::check::check(),
+        Cmd::Check { kernel_hooks } => return ingest::check::check(kernel_hooks),
         Cmd::Replay(args) => run::replay(
             &args.file,
             args.policy.as_deref(),

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod dns;
+pub mod dns_skb;
 pub mod file;
 pub mod net;
 pub mod process;

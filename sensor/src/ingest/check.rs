@@ -13,10 +13,13 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
         loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
         loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
+        loader::ProbeKind::CgroupSkb(direction) => {
+            format!("cgroup_skb/{direction} at the cgroup v2 root")
+        }
     }
 }
 
-pub fn check() -> ExitCode {
+pub fn check(hooks: loader::KernelHooks) -> ExitCode {
     let mut fatal = false;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     line(true, "kernel", kernel.trim());
@@ -86,7 +89,11 @@ pub fn check() -> ExitCode {
         line(false, "probes", "not tried without privileges");
         return ExitCode::FAILURE;
     }
-    match loader::load(&loader::LoadOptions::default()) {
+    let opts = loader::LoadOptions {
+        hooks,
+        ..Default::default()
+    };
+    match loader::load(&opts) {
         Ok(loaded) => {
             line(
                 true,

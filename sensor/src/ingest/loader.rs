@@ -5,7 +5,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, RawTracePoint, TracePoint, raw_trace_point::RawTracePointLinkId,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint,
+        cgroup_skb::CgroupSkbLinkId, raw_trace_point::RawTracePointLinkId,
         tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
@@ -51,6 +52,9 @@ pub enum ProbeKind {
     Tracepoint(&'static str, &'static str),
     BtfTracepoint(&'static str),
     RawTracepoint(&'static str),
+    /// A `cgroup_skb` program (`egress` or `ingress`) at the cgroup v2 root: every inet
+    /// socket's packets on the host.
+    CgroupSkb(&'static str),
 }
 
 /// One kernel program: its name in the object, how it attaches, what it is for, what it needs,
@@ -130,7 +134,26 @@ pub const PROBES: &[Probe] = &[
         without: "no build-file contents; without the socket hooks no API requests, accepts \
                   or DNS responses",
     },
+    Probe {
+        name: "dns_skb_egress",
+        kind: ProbeKind::CgroupSkb("egress"),
+        purpose: "DNS queries of tracked processes, from the packets they send to port 53 \
+                  (--kernel-hooks narrow); other packets leave at the protocol check",
+        needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
+        without: "the socket hooks (or the syscall dispatch) take DNS",
+    },
+    Probe {
+        name: "dns_skb_ingress",
+        kind: ProbeKind::CgroupSkb("ingress"),
+        purpose: "DNS responses to the sockets tracked processes queried from, from the \
+                  packets (--kernel-hooks narrow)",
+        needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
+        without: "the socket hooks (or the syscall dispatch) take DNS",
+    },
 ];
+
+/// The DNS packet programs (`--kernel-hooks narrow`), attached together or not at all.
+pub const DNS_SKB_PROBES: &[&str] = &["dns_skb_egress", "dns_skb_ingress"];
 
 /// The probes of the socket hooks, attached together or not at all.
 pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
@@ -147,6 +170,10 @@ pub enum KernelHooks {
     Socket,
     /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
     Syscall,
+    /// As `auto`, and each fact taken by a hook that fires only where it happens: DNS from the
+    /// packets (`cgroup_skb`, `dns_skb_*`). A hook that fails to attach leaves its work to the
+    /// socket hooks (`sensor check` and `sensor_started.probes_failed` say why).
+    Narrow,
 }
 
 /// The syscalls the raw `sys_enter`/`sys_exit` dispatch reads, by this architecture's numbers.
@@ -367,7 +394,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let base: Vec<&str> = PROBES
         .iter()
         .map(|p| p.name)
-        .filter(|n| !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n))
+        .filter(|n| {
+            !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n) && !DNS_SKB_PROBES.contains(n)
+        })
         .collect();
     a.probes(&mut ebpf, btf, &skip, &base);
     // The socket hooks, unless told not to; both or neither (a program left without its
@@ -415,6 +444,23 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 n.to_string(),
                 "the socket hooks take socket data and file events are off".to_string(),
             );
+        }
+    }
+    // DNS from the packets: both programs or neither (the socket hooks keep DNS then).
+    if opts.hooks == KernelHooks::Narrow && opts.features & feature::DNS_EVENTS != 0 {
+        a.probes(&mut ebpf, btf, &skip, DNS_SKB_PROBES);
+        if a.all_attached(&mut ebpf, DNS_SKB_PROBES) {
+            config.features |= feature::DNS_SKB;
+            write_config(&mut ebpf, config)?;
+        }
+    } else {
+        let why = if opts.hooks == KernelHooks::Narrow {
+            "DNS events are off"
+        } else {
+            "only with --kernel-hooks narrow"
+        };
+        for n in DNS_SKB_PROBES {
+            a.unused.insert(n.to_string(), why.to_string());
         }
     }
     let Attach {
@@ -483,6 +529,26 @@ struct Attach {
 }
 
 impl Attach {
+    /// Whether every probe of `group` attached; if not, those that did are detached again (a
+    /// program of the group without its partner would do half the work).
+    fn all_attached(&mut self, ebpf: &mut Ebpf, group: &[&str]) -> bool {
+        if group.iter().all(|n| !self.failed.contains_key(*n)) {
+            return true;
+        }
+        let (partial, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links.attached)
+            .into_iter()
+            .partition(|(p, _)| group.contains(&p.name));
+        self.links.attached = keep;
+        for (probe, link) in partial {
+            let _ = detach(ebpf, probe, link);
+            self.failed.insert(
+                probe.name.to_string(),
+                "detached: its partner failed".to_string(),
+            );
+        }
+        false
+    }
+
     fn probes(&mut self, ebpf: &mut Ebpf, btf: Option<&aya::Btf>, skip: &[String], names: &[&str]) {
         for p in PROBES.iter().filter(|p| names.contains(&p.name)) {
             match attach_one(ebpf, btf, p, skip) {
@@ -550,6 +616,9 @@ fn attach_one(
             ProbeKind::RawTracepoint(..) => <&mut RawTracePoint>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
+            ProbeKind::CgroupSkb(..) => <&mut CgroupSkb>::try_from(prog)
+                .map_err(|e| format!("{e}"))?
+                .load(),
         }
         .map_err(|e| format!("load: {e}"))?;
         attach_loaded(ebpf, probe)
@@ -586,7 +655,41 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
                 .attach(tp)
                 .map_err(|e| format!("attach {tp}: {e}"))?,
         ),
+        ProbeKind::CgroupSkb(direction) => {
+            let root = super::cgroup2::root()?;
+            let cgroup = std::fs::File::open(&root)
+                .map_err(|e| format!("opening {}: {e}", root.display()))?;
+            let attach_type = if direction == "ingress" {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            // A link (5.7+) always lets other programs run beside it (as BPF_F_ALLOW_MULTI),
+            // and takes no flags: `Single` is the one mode aya passes as 0.
+            Link::CgroupSkb(
+                <&mut CgroupSkb>::try_from(prog)
+                    .map_err(e)?
+                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                    .map_err(|e| {
+                        format!("attach cgroup_skb/{direction} at {}: {e}", root.display())
+                    })?,
+            )
+        }
     })
+}
+
+/// Detach one program's attachment (it stays loaded, with its maps).
+fn detach(ebpf: &mut Ebpf, probe: &Probe, link: Link) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(probe.name)
+        .ok_or(format!("{}: not in the kernel object", probe.name))?;
+    match link {
+        Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::CgroupSkb(l) => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.detach(l)),
+    }
+    .map_err(|e| format!("{}: detach: {e}", probe.name))
 }
 
 /// One program's attachment.
@@ -594,6 +697,7 @@ enum Link {
     Tracepoint(TracePointLinkId),
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
+    CgroupSkb(CgroupSkbLinkId),
 }
 
 /// The attachments of the attached programs, and those a bench switch detached.
@@ -651,25 +755,16 @@ impl Links {
         // The classic tracepoints (exec, exit) stay: closing one's perf event waits for RCU
         // grace periods, about 75 ms here, which would set the two storms of a bench's pair
         // that far apart; they fire once per exec and exit, on no other storm's path.
-        let (keep, detach): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+        let (keep, detaching): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
             .into_iter()
             .partition(|(_, link)| matches!(link, Link::Tracepoint(_)));
         self.attached = keep;
         let mut failed = None;
-        for (probe, link) in detach {
+        for (probe, link) in detaching {
             // Counted as detached whatever happens: attaching again is what can tell.
             self.detached.push(probe);
-            let Some(prog) = ebpf.program_mut(probe.name) else {
-                failed.get_or_insert(format!("{}: not in the kernel object", probe.name));
-                continue;
-            };
-            let r = match link {
-                Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-            };
-            if let Err(e) = r {
-                failed.get_or_insert(format!("{}: detach: {e}", probe.name));
+            if let Err(e) = detach(ebpf, probe, link) {
+                failed.get_or_insert(e);
             }
         }
         failed.map_or(Ok(()), Err)
