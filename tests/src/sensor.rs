@@ -35,6 +35,21 @@ pub fn sensor_bin() -> PathBuf {
     target.join("release").join("sensor")
 }
 
+/// Arguments added after every test's own to each `sensor run` the harness starts:
+/// `$SENSOR_TEST_ARGS`, split on spaces (empty or unset: none). It runs a test file against
+/// another configuration without a copy of its tests, e.g. the DNS tests with the packet hooks:
+/// `SENSOR_TEST_ARGS="--kernel-hooks narrow" cargo test --release -p sensor-tests --test dns`.
+/// A later flag wins, so a test that chooses the same flag itself (kernel_hooks.rs picks its
+/// `--kernel-hooks`) is overridden: run such files without it.
+pub fn extra_sensor_args() -> Vec<String> {
+    std::env::var("SENSOR_TEST_ARGS")
+        .unwrap_or_default()
+        .split(' ')
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// A running `sensor run ...` whose stdout records are collected on a thread.
 ///
 /// Every stdout line must be one JSON object: a line that is not fails the test with the line
@@ -106,15 +121,24 @@ impl SensorProcess {
         ));
         let stderr = File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
+        let extra = extra_sensor_args();
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
+            .args(&extra)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("starting {} run {}", bin.display(), args.join(" ")))?;
+            .with_context(|| {
+                let all: Vec<&str> = args
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().map(String::as_str))
+                    .collect();
+                format!("starting {} run {}", bin.display(), all.join(" "))
+            })?;
         let stdout = child.stdout.take().context("child stdout")?;
         let stream = Arc::new(Stream::default());
         let reader = {
