@@ -39,8 +39,9 @@ pub fn sensor_bin() -> PathBuf {
 /// `$SENSOR_TEST_ARGS`, split on spaces (empty or unset: none). It runs a test file against
 /// another configuration without a copy of its tests, e.g. the DNS tests with the packet hooks:
 /// `SENSOR_TEST_ARGS="--kernel-hooks narrow" cargo test --release -p sensor-tests --test dns`.
-/// A later flag wins, so a test that chooses the same flag itself (kernel_hooks.rs picks its
-/// `--kernel-hooks`) is overridden: run such files without it.
+/// The sensor refuses a flag given twice: a test that chooses the same flag itself must leave
+/// it out when this has it (see [`extra_sensor_arg`]); kernel_hooks.rs, which picks its own
+/// `--kernel-hooks` for each test, is run without it.
 pub fn extra_sensor_args() -> Vec<String> {
     std::env::var("SENSOR_TEST_ARGS")
         .unwrap_or_default()
@@ -48,6 +49,13 @@ pub fn extra_sensor_args() -> Vec<String> {
         .filter(|a| !a.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// The value `$SENSOR_TEST_ARGS` gives `flag` (`--kernel-hooks narrow`: `Some("narrow")`).
+pub fn extra_sensor_arg(flag: &str) -> Option<String> {
+    let args = extra_sensor_args();
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
 }
 
 /// A running `sensor run ...` whose stdout records are collected on a thread.

@@ -176,12 +176,19 @@ fn resolvers_are_reported(hooks: &str) {
     let name = format!("dnsq-{}", std::process::id() % 100_000);
     let exe = sc.path(&name);
     std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
-    let mut sensor = sc.start_sensor(&["--runtime-name", &name, "--kernel-hooks", hooks]);
+    // $SENSOR_TEST_ARGS may choose the hooks instead (the sensor refuses the flag twice).
+    let chosen = extra_sensor_arg("--kernel-hooks");
+    let mut args = vec!["--runtime-name", name.as_str()];
+    if chosen.is_none() {
+        args.extend(["--kernel-hooks", hooks]);
+    }
+    let hooks = chosen.as_deref().unwrap_or(hooks);
+    let mut sensor = sc.start_sensor(&args);
     let started = sensor
         .wait_for(|r| r["kind"] == "sensor_started", WAIT)
         .unwrap();
-    // What attached decides what is expected ($SENSOR_TEST_ARGS may choose the hooks of both
-    // tests); with narrow hooks asked for, the packet programs must be among them.
+    // What attached decides what is expected; with narrow hooks, the packet programs must be
+    // among them.
     let probes = started["probes"].to_string();
     let attached = |p: &str| probes.contains(&format!("\"{p}\""));
     let packet_hooks = attached("dns_skb_egress");
