@@ -18,14 +18,18 @@ struct DnsServer(Child);
 const RESPONDER: &str = r#"
 import select, socket, sys
 ip = bytes(int(x) for x in sys.argv[1].split("."))
+# The host's own address only: nothing answers 127.0.0.11:53 unless NAT sends it to 5300.
 s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s4.bind(("0.0.0.0", 53))
+s4.bind((sys.argv[2], 53))
 s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 s6.bind(("::", 53))
+# Where a NAT rule may send port 53 elsewhere (as docker's embedded DNS does).
+s5300 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s5300.bind(("0.0.0.0", 5300))
 print("ready", flush=True)
 while True:
-    s = select.select([s4, s6], [], [])[0][0]
+    s = select.select([s4, s6, s5300], [], [])[0][0]
     q, peer = s.recvfrom(512)
     i = 12
     while q[i] != 0:
@@ -48,6 +52,7 @@ impl DnsServer {
                 "-c",
                 RESPONDER,
                 answer,
+                &host.ip().to_string(),
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -131,8 +136,9 @@ fn build_outbound_carries_the_name_it_was_resolved_under() {
 
 /// A tracked resolver (by name) in the test host's namespace asking in the ways resolvers do,
 /// one name each: musl's sendto/recvfrom on an unconnected socket, glibc's connect then
-/// send/recv, Go's write/read on a connected socket, and glibc's way over IPv6 (::1). Prints its
-/// pid, then one line per answer.
+/// send/recv, Go's write/read on a connected socket, glibc's way over IPv6 (::1), and glibc's
+/// way to 127.0.0.11:53, which a NAT rule sends to port 5300 (docker's embedded DNS). Prints
+/// its pid, then one line per answer.
 const RESOLVER: &str = r#"
 import os, select, socket, struct, sys
 server, suffix = sys.argv[1], sys.argv[2]
@@ -164,6 +170,7 @@ ask("sendto", socket.AF_INET, server, "musl." + suffix, 1)
 ask("connect", socket.AF_INET, server, "glibc." + suffix, 2)
 ask("write", socket.AF_INET, server, "go." + suffix, 3)
 ask("connect", socket.AF_INET6, "::1", "six." + suffix, 4)
+ask("connect", socket.AF_INET, "127.0.0.11", "nat." + suffix, 5)
 "#;
 
 /// The resolver's queries and responses are reported with its pid, the server and the names,
@@ -200,6 +207,27 @@ fn resolvers_are_reported(hooks: &str) {
         );
     }
 
+    // As docker's embedded DNS: 127.0.0.11:53 is redirected to another port on the way out.
+    let nat = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.netns(),
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+        ])
+        .args(["-p", "udp", "-d", "127.0.0.11", "--dport", "53"])
+        .args(["-j", "DNAT", "--to-destination", "127.0.0.1:5300"])
+        .output()
+        .unwrap();
+    assert!(
+        nat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nat.stderr)
+    );
     let suffix = format!("{}.test", unique_tag("res").replace([':', '_'], "-"));
     let out = Command::new("ip")
         .args(["netns", "exec", ns.netns()])
@@ -209,7 +237,7 @@ fn resolvers_are_reported(hooks: &str) {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && text.lines().count() == 5,
+        out.status.success() && text.lines().count() == 6,
         "the resolver failed: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -220,6 +248,8 @@ fn resolvers_are_reported(hooks: &str) {
         ("glibc", ip.as_str()),
         ("go", ip.as_str()),
         ("six", "::1"),
+        // Where the process sent it, not where NAT took it.
+        ("nat", "127.0.0.11"),
     ] {
         let qname = format!("{label}.{suffix}");
         sensor.expect_record(

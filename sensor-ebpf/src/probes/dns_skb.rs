@@ -15,6 +15,10 @@
 //! Both run for every inet packet of every process: a packet that is not UDP leaves after a
 //! few direct loads (no helper call, no map), one that is not to or from port 53 after one
 //! `bpf_skb_load_bytes`. Both always return 1: they observe, never drop.
+//!
+//! Not seen: a query sent with sendto on an unconnected socket whose port 53 netfilter
+//! rewrote on the way out (docker's embedded DNS at 127.0.0.11 does, for musl's resolver):
+//! egress sees the packet after NAT, and such a socket has no peer to tell the original.
 use aya_ebpf::{
     EbpfContext as _, helpers::generated::bpf_get_socket_cookie,
     helpers::generated::bpf_skb_load_bytes, macros::cgroup_skb, programs::SkBuffContext,
@@ -113,12 +117,47 @@ fn active() -> Option<&'static sensor_common::Config> {
     (cfg.features & (on | sensor_common::feature::IDLE) == on).then_some(cfg)
 }
 
+/// Where a query goes: the socket's peer when it is connected (glibc, Go), else the packet's
+/// destination (musl's sendto). Egress runs after netfilter's OUTPUT and POSTROUTING, so the
+/// packet carries a NATed destination (docker's embedded DNS redirects 127.0.0.11:53 to another
+/// port; a Kubernetes service address becomes a pod's); the socket's peer is what the process
+/// asked for, as the socket tracepoints saw it.
+#[inline(always)]
+fn destination(ctx: &SkBuffContext, dg: &Datagram) -> Option<(u16, [u8; 16])> {
+    // `__sk_buff.remote_port`: the socket's `skc_dport`, in the upper half on little-endian.
+    let raw = ctx.skb.remote_port();
+    let peer = if cfg!(target_endian = "little") {
+        (raw >> 16) as u16
+    } else {
+        raw as u16
+    };
+    let peer = u16::from_be(peer);
+    if peer == 0 {
+        return (dg.dst_port == DNS_PORT).then(|| (dg.dst_port, addr(ctx, dg.family, false)));
+    }
+    if peer != DNS_PORT {
+        return None;
+    }
+    let mut ip = [0u8; 16];
+    if dg.family == AF_INET {
+        ip[..4].copy_from_slice(&ctx.skb.remote_ipv4().to_ne_bytes());
+    } else {
+        // One 4-byte load per word: the verifier takes context fields only at their own size,
+        // which two words merged into one load would not be.
+        let words = unsafe { &(*ctx.skb.skb).remote_ip6 };
+        for i in 0..4 {
+            // SAFETY: a field of the program's context.
+            let w = unsafe { core::ptr::read_volatile(&words[i]) };
+            ip[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+    Some((peer, ip))
+}
+
 #[inline(always)]
 fn try_egress(ctx: &SkBuffContext) -> Option<()> {
     let dg = udp(ctx)?;
-    if dg.dst_port != DNS_PORT {
-        return None;
-    }
+    let (port, ip) = destination(ctx, &dg)?;
     let cfg = active()?;
     let (_, t) = tracked_current(cfg)?;
     // SAFETY: the program's context, as the helper takes it (its socket is set here).
@@ -131,8 +170,7 @@ fn try_egress(ctx: &SkBuffContext) -> Option<()> {
     if DNS_QUERIERS.insert(&cookie, &asker, 0).is_err() {
         count(StatReason::ScratchMapFull);
     }
-    let ip = addr(ctx, dg.family, false);
-    let mut r = dns_record(EventKind::DnsSend, t.flags, dg.family, dg.dst_port, ip)?;
+    let mut r = dns_record(EventKind::DnsSend, t.flags, dg.family, port, ip)?;
     let off = dg.l4 + UDP_HEADER;
     let len = u64::from(ctx.len().saturating_sub(off));
     // Queries are not counted as truncated when longer (as at the socket tracepoints).
