@@ -485,6 +485,11 @@ pub mod feature {
     /// stays attached but returns at its first check, so that what the attachment itself
     /// costs (the kernel's dispatch to a program) can be told from what the programs do.
     pub const IDLE: u32 = 1 << 5;
+    /// Uprobes in API server processes take their Engine API traffic (`--kernel-hooks
+    /// narrow`); the processes they are in are in `UPROBED`.
+    pub const API_UPROBES: u32 = 1 << 6;
+    /// `cgroup/connect_unix` takes unix connects and API clients (`--kernel-hooks narrow`).
+    pub const UNIX_CONNECT: u32 = 1 << 7;
     /// DNS queries and responses are taken from the packets, by the `cgroup_skb` programs at
     /// the cgroup v2 root (`--kernel-hooks narrow`, set only when both attached): the socket
     /// tracepoints and the syscall dispatch leave DNS alone.

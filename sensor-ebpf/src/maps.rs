@@ -66,7 +66,7 @@ pub static PENDING_CONNECT: LruHashMap<u64, PendingConnect> =
 pub struct PendingRead {
     pub fd: u64,
     pub buf: u64,
-    /// `READ_API` or `READ_DNS`.
+    /// `READ_*` or `WRITE_API`.
     pub kind: u64,
 }
 
@@ -76,6 +76,14 @@ pub const READ_DNS: u64 = 2;
 pub const READ_ACCEPT: u64 = 3;
 /// open(2)/openat(2) of a build file for writing: the new fd is watched.
 pub const READ_OPEN_WATCHED: u64 = 4;
+/// write(2) of an API server's uprobed binary on a watched API connection: the bytes written
+/// (the return value) are the response's (`goapi.rs`).
+pub const WRITE_API: u64 = 5;
+
+/// API server processes whose Engine API traffic the uprobes in them take (`goapi.rs`), by tgid;
+/// userspace adds each after attaching its uprobes and removes it at its exit.
+#[map]
+pub static UPROBED: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Syscalls being watched between the raw `sys_enter` and `sys_exit` (API servers' reads, DNS
 /// responses, accepts), keyed by pid_tgid.

@@ -38,8 +38,7 @@ enum Cmd {
     Run(RunArgs),
     /// Say whether this kernel and these privileges can run the sensor, one line per item.
     Check {
-        /// The hooks to try, as `sensor run --kernel-hooks` takes them (`narrow` also tries
-        /// the programs that mode adds).
+        /// The hook set to try, as `sensor run --kernel-hooks`.
         #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
         kernel_hooks: ingest::loader::KernelHooks,
     },
@@ -139,8 +138,8 @@ pub struct RunArgs {
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
     /// taken: `auto` uses the socket tracepoints when the kernel has them (6.3+), so that
     /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch;
-    /// `narrow` is `auto` plus hooks that fire only where their fact happens (DNS from the
-    /// packets, by `cgroup_skb` programs).
+    /// `narrow` takes the API servers' traffic with uprobes in their binaries, and DNS from
+    /// the packets (`cgroup_skb` programs).
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
     /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw

@@ -10,7 +10,7 @@ use strum::IntoEnumIterator;
 
 use crate::{
     engine::Engine,
-    ingest::decode::{DecodeError, decode},
+    ingest::decode::{DecodeError, KernelEvent, decode},
     output::metrics::ReaderStats,
     output::record::{Body, Record, RingbufStats, SCHEMA_VERSION, SensorStats, Timestamp},
     process::enrich::Enricher,
@@ -111,6 +111,43 @@ pub struct Pipeline {
     batch_bytes: u64,
     /// Latest time seen (the stream's time in replay).
     pub last_ts: Timestamp,
+    /// API servers seen starting and ending since the reader last took them (their uprobes,
+    /// `--kernel-hooks narrow`).
+    pub api_servers: ApiServerChanges,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct ApiServerChanges {
+    pub serving: Vec<u32>,
+    pub exited: Vec<u32>,
+}
+
+impl ApiServerChanges {
+    /// An exec or exit the kernel reported: an API server's (serving the Engine API) is noted.
+    fn note(&mut self, ev: &KernelEvent) {
+        match ev {
+            KernelEvent::Exec(e)
+                if e.header.track_flags & sensor_common::track::API_SERVER != 0 =>
+            {
+                let d = &e.data;
+                let argv = &d.argv[..usize::from(d.argv_len).min(d.argv.len())];
+                let args: Vec<String> = argv
+                    .split(|&b| b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                let comm = crate::process::enrich::comm_str(&e.header.comm);
+                if crate::ingest::gobin::serves_api(&comm, &args) {
+                    self.serving.push(e.header.pid);
+                }
+            }
+            KernelEvent::Exit(e)
+                if e.header.track_flags & sensor_common::track::API_SERVER != 0 =>
+            {
+                self.exited.push(e.header.pid);
+            }
+            _ => {}
+        }
+    }
 }
 
 fn clock_ns(clock: rustix::time::ClockId) -> i64 {
@@ -147,6 +184,7 @@ impl Pipeline {
             reader: ReaderStats::default(),
             batch_bytes: 0,
             last_ts: Timestamp::now(),
+            api_servers: ApiServerChanges::default(),
         }
     }
 
@@ -169,6 +207,7 @@ impl Pipeline {
             }
         };
         *self.events.entry(ev.name().to_string()).or_default() += 1;
+        self.api_servers.note(&ev);
         let ts = Timestamp::from_unix_nanos(self.boot_to_wall_ns + ev.header().ts_ns as i64);
         if let Some(body) = self.enricher.convert(&ev) {
             self.emit(ts, body);

@@ -304,6 +304,7 @@ async fn run_async(
                 }
                 pipeline.tick(Timestamp::now());
                 pipeline.flush();
+                api_server_uprobes(&mut loaded.ebpf, &mut loaded.links, &mut pipeline);
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("reading the ring buffer")?;
@@ -314,6 +315,7 @@ async fn run_async(
                 let bytes = pipeline.end_batch();
                 guard.clear_ready();
                 pipeline.flush();
+                api_server_uprobes(&mut loaded.ebpf, &mut loaded.links, &mut pipeline);
                 // Let events gather for a moment before the next wake-up: one wake-up (of this
                 // task and of the sink writers) per burst instead of one per event. Adds at most
                 // COALESCE of latency; the ring buffer holds far more than that at any rate.
@@ -502,4 +504,16 @@ pub fn replay(
         tracing::warn!("{n} records of kind {kind:?}, unknown to this sensor, were skipped");
     }
     Ok(())
+}
+
+/// API servers that started or ended since the last batch: their uprobes in or out
+/// (`--kernel-hooks narrow`; nothing otherwise).
+fn api_server_uprobes(ebpf: &mut aya::Ebpf, links: &mut loader::Links, pipeline: &mut Pipeline) {
+    let changes = std::mem::take(&mut pipeline.api_servers);
+    for pid in changes.exited {
+        loader::detach_api_server(ebpf, links, pid);
+    }
+    for pid in changes.serving {
+        start::uprobe_api_server(ebpf, links, pid);
+    }
 }

@@ -65,7 +65,7 @@ pub use netns::{TcpSink, TestHost};
 pub use records::{assert_records_match_schema, build_record, build_steps, has_outbound, has_tag};
 pub use registry::LocalRegistry;
 pub use scenario::{BASE_IMAGE, Scenario};
-pub use sensor::{SensorProcess, extra_sensor_arg, extra_sensor_args, sensor_bin};
+pub use sensor::{SensorProcess, sensor_bin};
 pub use tcp_dockerd::{TCP_DOCKERD_PORT, TCP_DOCKERD_SOCKET, TcpDockerd};
 
 use std::path::PathBuf;

@@ -35,27 +35,25 @@ pub fn sensor_bin() -> PathBuf {
     target.join("release").join("sensor")
 }
 
-/// Arguments added after every test's own to each `sensor run` the harness starts:
-/// `$SENSOR_TEST_ARGS`, split on spaces (empty or unset: none). It runs a test file against
-/// another configuration without a copy of its tests, e.g. the DNS tests with the packet hooks:
-/// `SENSOR_TEST_ARGS="--kernel-hooks narrow" cargo test --release -p sensor-tests --test dns`.
-/// The sensor refuses a flag given twice: a test that chooses the same flag itself must leave
-/// it out when this has it (see [`extra_sensor_arg`]); kernel_hooks.rs, which picks its own
-/// `--kernel-hooks` for each test, is run without it.
-pub fn extra_sensor_args() -> Vec<String> {
-    std::env::var("SENSOR_TEST_ARGS")
-        .unwrap_or_default()
-        .split(' ')
-        .filter(|a| !a.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The value `$SENSOR_TEST_ARGS` gives `flag` (`--kernel-hooks narrow`: `Some("narrow")`).
-pub fn extra_sensor_arg(flag: &str) -> Option<String> {
-    let args = extra_sensor_args();
-    let i = args.iter().position(|a| a == flag)?;
-    args.get(i + 1).cloned()
+/// `$SENSOR_TEST_ARGS` (space-separated), added to every `sensor run` the harness starts, so
+/// that a suite can run as it is under other options (`SENSOR_TEST_ARGS='--kernel-hooks
+/// narrow'`). An option the test passes itself is left to the test's value.
+fn test_args(args: &[&str]) -> Vec<String> {
+    let extra = std::env::var("SENSOR_TEST_ARGS").unwrap_or_default();
+    let mut out = Vec::new();
+    let mut skip = false;
+    for word in extra.split_whitespace() {
+        if word.starts_with("--") {
+            let name = word.split('=').next().unwrap_or(word);
+            skip = args
+                .iter()
+                .any(|a| *a == name || a.starts_with(&format!("{name}=")));
+        }
+        if !skip {
+            out.push(word.to_string());
+        }
+    }
+    out
 }
 
 /// A running `sensor run ...` whose stdout records are collected on a thread.
@@ -129,24 +127,16 @@ impl SensorProcess {
         ));
         let stderr = File::create(&stderr_path)
             .with_context(|| format!("creating {}", stderr_path.display()))?;
-        let extra = extra_sensor_args();
         let mut child = Command::new(bin)
             .arg("run")
             .args(args)
-            .args(&extra)
+            .args(test_args(args))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .with_context(|| {
-                let all: Vec<&str> = args
-                    .iter()
-                    .copied()
-                    .chain(extra.iter().map(String::as_str))
-                    .collect();
-                format!("starting {} run {}", bin.display(), all.join(" "))
-            })?;
+            .with_context(|| format!("starting {} run {}", bin.display(), args.join(" ")))?;
         let stdout = child.stdout.take().context("child stdout")?;
         let stream = Arc::new(Stream::default());
         let reader = {

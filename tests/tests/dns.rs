@@ -183,14 +183,8 @@ fn resolvers_are_reported(hooks: &str) {
     let name = format!("dnsq-{}", std::process::id() % 100_000);
     let exe = sc.path(&name);
     std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
-    // $SENSOR_TEST_ARGS may choose the hooks instead (the sensor refuses the flag twice).
-    let chosen = extra_sensor_arg("--kernel-hooks");
-    let mut args = vec!["--runtime-name", name.as_str()];
-    if chosen.is_none() {
-        args.extend(["--kernel-hooks", hooks]);
-    }
-    let hooks = chosen.as_deref().unwrap_or(hooks);
-    let mut sensor = sc.start_sensor(&args);
+    // The test's own --kernel-hooks wins over one in $SENSOR_TEST_ARGS.
+    let mut sensor = sc.start_sensor(&["--runtime-name", &name, "--kernel-hooks", hooks]);
     let started = sensor
         .wait_for(|r| r["kind"] == "sensor_started", WAIT)
         .unwrap();

@@ -44,10 +44,8 @@ fn request_with(sensor: &SensorProcess, probe: &str) -> Value {
         .unwrap()
 }
 
-/// A curl request on the Engine API socket with a unique query: its api_request carries the
-/// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
-fn curl_request_is_reported(sensor: &SensorProcess) {
-    let probe = unique_tag("hooks").replace(':', "-");
+/// curl's GET /version on the Engine API socket with `probe` in the query; its pid once done.
+fn curl_version(probe: &str) -> u64 {
     let mut curl = Command::new("curl");
     curl.args([
         "-s",
@@ -57,7 +55,14 @@ fn curl_request_is_reported(sensor: &SensorProcess) {
         "/var/run/docker.sock",
         &format!("http://localhost/v1.41/version?probe={probe}"),
     ]);
-    let pid = run_client(curl);
+    run_client(curl)
+}
+
+/// A curl request on the Engine API socket with a unique query: its api_request carries the
+/// request line and curl as the client (pid, exe, argv), and its unix connect the same client.
+fn curl_request_is_reported(sensor: &SensorProcess) {
+    let probe = unique_tag("hooks").replace(':', "-");
+    let pid = curl_version(&probe);
     let req = request_with(sensor, &probe);
     assert_eq!(req["method"], "GET", "{req}");
     assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
@@ -141,6 +146,129 @@ fn the_syscall_dispatch_gives_the_same_api_records() {
     assert!(p.iter().any(|n| n == "sys_exit"), "{s}");
     assert!(!p.iter().any(|n| n.starts_with("sock_")), "{s}");
     curl_request_is_reported(&sensor);
+    assert!(sensor.stop().unwrap().success());
+}
+
+/// Runs of the sensor's uprobe programs (`prog_type` 2 in its bpf fds' fdinfo: only the API
+/// servers' uprobes are of that type), with the kernel's BPF run statistics on meanwhile.
+fn uprobe_runs(sensor_pid: u32) -> u64 {
+    let mut runs = 0;
+    for fd in std::fs::read_dir(format!("/proc/{sensor_pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+        };
+        if field("prog_type:") == Some(2) {
+            runs += field("run_cnt:").unwrap_or(0);
+        }
+    }
+    runs
+}
+
+/// Turns the kernel's BPF run statistics on, and back to what they were when dropped.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn on() -> BpfStats {
+        const P: &str = "/proc/sys/kernel/bpf_stats_enabled";
+        let was = std::fs::read_to_string(P).unwrap().trim().to_string();
+        std::fs::write(P, "1").unwrap();
+        BpfStats(was)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+#[test]
+fn narrow_hooks_take_dockerds_api_traffic_in_its_binary() {
+    require_root("loading eBPF programs");
+    Dockerd::ensure();
+    let stats = BpfStats::on();
+    let mut sensor =
+        SensorProcess::start(&["--kernel-hooks", "narrow", "--no-file-events"]).unwrap();
+    let s = started(&sensor);
+    assert_eq!(s["kernel_hooks"], "narrow", "{s}");
+    let p = probes(&s);
+    assert!(p.iter().any(|n| n == "go_syscall_enter"), "{s}");
+    assert!(p.iter().any(|n| n == "go_syscall_exit"), "{s}");
+    assert_eq!(s["probes_failed"], serde_json::json!({}), "{s}");
+    let before = uprobe_runs(sensor.pid());
+    curl_request_is_reported(&sensor);
+    // The uprobes ran for that request, and took it alone: the socket hooks leave an uprobed
+    // server's traffic, so one request is one record (two if both took it).
+    assert!(
+        uprobe_runs(sensor.pid()) > before,
+        "the uprobes did not run"
+    );
+    drop(stats);
+    assert!(sensor.stop().unwrap().success());
+    let n = sensor
+        .records()
+        .iter()
+        .filter(|r| {
+            r["kind"] == "api_request"
+                && r["query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains("probe=hooks"))
+        })
+        .count();
+    assert_eq!(n, 1, "one api_request per request");
+
+    // The uprobes alone (the socket hooks and the syscall dispatch left detached): the request
+    // line, and the client by the connection's peer credentials.
+    let skip = std::ffi::OsStr::new("sock_recv_length,sock_send_length,sys_enter,sys_exit");
+    let mut sensor = SensorProcess::start_env(
+        &["--kernel-hooks", "narrow", "--no-file-events"],
+        &[("SENSOR_SKIP_PROBES", skip)],
+    )
+    .unwrap();
+    let p = probes(&started(&sensor));
+    assert!(
+        !p.iter()
+            .any(|n| n.starts_with("sock_") || n.starts_with("sys_")),
+        "{p:?}"
+    );
+    let probe = unique_tag("alone").replace(':', "-");
+    let pid = curl_version(&probe);
+    let req = request_with(&sensor, &probe);
+    assert_eq!(req["method"], "GET", "{req}");
+    assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
+    assert_eq!(req["client"]["transport"], "unix", "{req}");
+
+    // An API server started after the sensor gets the uprobes at its exec; its TCP listener's
+    // requests (payload in page fragments on the socket path) come from the reader's buffer.
+    ensure_base_image(BASE_IMAGE);
+    let daemon = TcpDockerd::start(BASE_IMAGE);
+    let probe = unique_tag("tcp").replace(':', "-");
+    let out = daemon.curl_from_client(
+        &[
+            "-s".into(),
+            "-o".into(),
+            "/dev/null".into(),
+            format!("http://{}/v1.41/version?probe={probe}", daemon.listener()),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let req = request_with(&sensor, &probe);
+    assert_eq!(
+        req["process"]["pid"].as_u64(),
+        Some(u64::from(daemon.pid())),
+        "{req}"
+    );
+    assert_eq!(req["client"]["transport"], "tcp", "{req}");
+    assert_eq!(
+        req["client"]["addr"],
+        daemon.client_host().ip().to_string(),
+        "{req}"
+    );
+    drop(daemon);
     assert!(sensor.stop().unwrap().success());
 }
 

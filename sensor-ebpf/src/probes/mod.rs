@@ -2,6 +2,7 @@ pub mod api;
 pub mod dns;
 pub mod dns_skb;
 pub mod file;
+pub mod goapi;
 pub mod net;
 pub mod process;
 pub mod sock;

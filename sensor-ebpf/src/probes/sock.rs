@@ -24,7 +24,7 @@ use crate::{
         Call, config, current_call, is_api_server, read_at, runtime_epoch, sock_addrs,
         tracked_current, tracked_flags_lookup, watch_get,
     },
-    maps::{LAST_SEEN_UNIX, MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX},
+    maps::{LAST_SEEN_UNIX, MMSG_INDEX, NOT_RUNTIME_ADDR, SEEN_UNIX, UPROBED},
 };
 
 /// Offsets of `struct sock`'s `skc_family` and `sk_protocol`, set at load from the kernel's
@@ -135,10 +135,18 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
     {
         return dns::response(cfg, &t, Some(sk), buf, ret);
     }
-    if !is_api_server(&t) || cfg.features & feature::API_EVENTS == 0 {
+    if !api_here(&t) || cfg.features & feature::API_EVENTS == 0 {
         return None;
     }
     api::request(cfg, &t, fd, buf, ret, Some(sk))
+}
+
+/// Whether the socket hooks take this process's Engine API traffic: an API server's, unless
+/// uprobes in it do (`goapi.rs`).
+#[inline(always)]
+fn api_here(t: &Tracked) -> bool {
+    // SAFETY: presence check only.
+    is_api_server(t) && unsafe { UPROBED.get(&crate::helpers::current_tgid()) }.is_none()
 }
 
 /// The tracepoint's socket, as a plain number: the verifier types `ctx.arg(0)` as a pointer
@@ -195,7 +203,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
         && dns_by_syscalls(cfg)
         && sk_u16(ctx, &SK_PROTOCOL_AT, o.sk_protocol) == Some(IPPROTO_UDP);
     // The syscall's registers only where they can matter: an API server's write, a UDP send.
-    if !dns && !is_api_server(&t) {
+    if !dns && !api_here(&t) {
         return None;
     }
     // A plain number from here on (see sock_arg), for the WATCH_FDS comparisons.

@@ -7,10 +7,10 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use sensor_common::{SYSCALL_TABLE, feature, syscall, track};
 
-use super::{api, dns, file, net};
+use super::{api, dns, file, goapi, net};
 use crate::{
     helpers::{any_pending, config, syscall_arg, take_pending, tracked_current},
-    maps::{READ_ACCEPT, READ_API, READ_DNS, READ_OPEN_WATCHED, SYSCALLS},
+    maps::{READ_ACCEPT, READ_API, READ_DNS, READ_OPEN_WATCHED, SYSCALLS, WRITE_API},
 };
 
 const WATCHES_FDS: u32 = track::API_SERVER | track::DNS_SOCKETS | track::FILE_WATCH;
@@ -125,7 +125,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Option<()> {
     let ret: i64 = ctx.arg(1);
     match p.kind {
         // The tracked entry taken above serves the handlers: no second lookup.
-        READ_API => api::exit_read(cfg, &t, &p, ret),
+        READ_API | WRITE_API => goapi::exit(cfg, &t, &p, ret),
         READ_DNS => dns::exit_read(cfg, &t, &p, ret),
         READ_ACCEPT => net::exit_accept(cfg, &t, ret),
         READ_OPEN_WATCHED => file::exit_open_watched(ret),

@@ -1,7 +1,7 @@
 //! `sensor check`: can this kernel, with these privileges, run the sensor? One line per item.
 use std::{path::Path, process::ExitCode};
 
-use crate::ingest::{btf, caps, loader};
+use crate::ingest::{btf, caps, gobin, loader};
 
 fn line(ok: bool, item: &str, detail: &str) {
     println!("{} {item}: {detail}", if ok { "ok  " } else { "FAIL" });
@@ -13,6 +13,12 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::Tracepoint(cat, name) => format!("tracepoint {cat}:{name}"),
         loader::ProbeKind::BtfTracepoint(name) => format!("BTF tracepoint {name}"),
         loader::ProbeKind::RawTracepoint(name) => format!("raw tracepoint {name}"),
+        loader::ProbeKind::GoUprobe(loader::GoAt::Entry) => {
+            "uprobe at Go's syscall function, per API server process".to_string()
+        }
+        loader::ProbeKind::GoUprobe(loader::GoAt::AfterSyscall) => {
+            "uprobe after its SYSCALL instruction".to_string()
+        }
         loader::ProbeKind::CgroupSkb(direction) => {
             format!("cgroup_skb/{direction} at the cgroup v2 root")
         }
@@ -98,13 +104,19 @@ pub fn check(hooks: loader::KernelHooks) -> ExitCode {
             line(
                 true,
                 "socket data",
-                if loaded.socket_hooks {
+                if loaded.links.go.loaded {
+                    "narrow hooks: the API servers' Engine API traffic from uprobes in their \
+                     binaries, the rest from the socket hooks"
+                } else if loaded.socket_hooks {
                     "socket hooks (sock_recv_length/sock_send_length): processes without \
                      socket I/O pay nothing"
                 } else {
                     "raw syscall dispatch (no socket hooks on this kernel): every syscall pays"
                 },
             );
+            if loaded.links.go.loaded {
+                api_server_uprobes(&opts);
+            }
             for p in loader::PROBES {
                 let name = p.name;
                 if let Some(why) = loaded.unused.get(name) {
@@ -150,5 +162,43 @@ pub fn check(hooks: loader::KernelHooks) -> ExitCode {
     } else {
         println!("the sensor can run here");
         ExitCode::SUCCESS
+    }
+}
+
+/// Each running API server: whether the uprobes can go into it (`--kernel-hooks narrow`).
+fn api_server_uprobes(opts: &loader::LoadOptions) {
+    let servers: Vec<_> = loader::find_runtime_trees(&opts.runtime_names, &opts.api_servers)
+        .into_iter()
+        .filter(|(p, flags, _)| {
+            flags & sensor_common::track::API_SERVER != 0
+                && opts.api_servers.contains(&p.comm)
+                && gobin::serves_api(&p.comm, &p.argv)
+        })
+        .collect();
+    if servers.is_empty() {
+        line(
+            true,
+            "API server uprobes",
+            "no API server running now (each gets them at its exec)",
+        );
+    }
+    for (p, _, _) in servers {
+        let exe = std::path::PathBuf::from(format!("/proc/{}/exe", p.pid));
+        match gobin::syscall_offsets(&exe) {
+            Ok(t) => line(
+                true,
+                &format!("API server uprobes: {} {}", p.comm, p.pid),
+                &format!(
+                    "Go's syscall function at {:#x} in {}",
+                    t.entry,
+                    p.exe.unwrap_or_default()
+                ),
+            ),
+            Err(e) => line(
+                false,
+                &format!("API server uprobes: {} {}", p.comm, p.pid),
+                &format!("{e}; its Engine API traffic stays on the socket hooks"),
+            ),
+        }
     }
 }

@@ -6,8 +6,12 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint, TracePoint,
-        cgroup_skb::CgroupSkbLinkId, raw_trace_point::RawTracePointLinkId,
-        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
+        UProbe,
+        cgroup_skb::CgroupSkbLinkId,
+        raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 use sensor_common::{
@@ -16,7 +20,10 @@ use sensor_common::{
 };
 use thiserror::Error;
 
-use crate::{ingest::btf, process::proc};
+use crate::{
+    ingest::{btf, gobin},
+    process::proc,
+};
 
 /// Names whose processes (and descendants) are tracked. `containerd-shim` covers every
 /// `containerd-shim-*` (the kernel keeps 15 bytes of a name); `executor` is kaniko's.
@@ -55,6 +62,15 @@ pub enum ProbeKind {
     /// A `cgroup_skb` program (`egress` or `ingress`) at the cgroup v2 root: every inet
     /// socket's packets on the host.
     CgroupSkb(&'static str),
+    /// A uprobe in each Go binary an API server runs (`gobin`): at the entry of Go's raw
+    /// syscall function, or on the instruction after its `SYSCALL`.
+    GoUprobe(GoAt),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GoAt {
+    Entry,
+    AfterSyscall,
 }
 
 /// One kernel program: its name in the object, how it attaches, what it is for, what it needs,
@@ -115,6 +131,22 @@ pub const PROBES: &[Probe] = &[
         without: "the raw sys_enter/sys_exit dispatch does it",
     },
     Probe {
+        name: "go_syscall_enter",
+        kind: ProbeKind::GoUprobe(GoAt::Entry),
+        purpose: "narrow hooks: Engine API requests and responses of API servers (dockerd, \
+                  podman system service), at the entry of Go's raw syscall function; attached \
+                  to each API server process, so it runs in no other",
+        needs: "uprobes; an x86-64 Go 1.19+ binary (its symbols or the runtime's function table)",
+        without: "the socket hooks take the API server's traffic (as with --kernel-hooks socket)",
+    },
+    Probe {
+        name: "go_syscall_exit",
+        kind: ProbeKind::GoUprobe(GoAt::AfterSyscall),
+        purpose: "narrow hooks: the results of those calls (bytes read, bytes written)",
+        needs: "as go_syscall_enter",
+        without: "as go_syscall_enter",
+    },
+    Probe {
         name: "sys_enter",
         kind: ProbeKind::RawTracepoint("sys_enter"),
         purpose: "one dispatch for file writes and, without the socket hooks, unix connects \
@@ -159,6 +191,8 @@ pub const DNS_SKB_PROBES: &[&str] = &["dns_skb_egress", "dns_skb_ingress"];
 pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
 /// The raw syscall dispatch: all of it without the socket hooks, else only for file events.
 pub const SYSCALL_PROBES: &[&str] = &["sys_enter", "sys_exit"];
+/// The API servers' uprobes (`--kernel-hooks narrow`), attached together or not at all.
+pub const GO_PROBES: &[&str] = &["go_syscall_enter", "go_syscall_exit"];
 
 /// Where socket data (API requests, DNS, accepts, API clients) is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -170,9 +204,10 @@ pub enum KernelHooks {
     Socket,
     /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
     Syscall,
-    /// As `auto`, and each fact taken by a hook that fires only where it happens: DNS from the
-    /// packets (`cgroup_skb`, `dns_skb_*`). A hook that fails to attach leaves its work to the
-    /// socket hooks (`sensor check` and `sensor_started.probes_failed` say why).
+    /// Hooks that fire only where their fact happens: uprobes in the API servers' binaries
+    /// for the Engine API, DNS from the packets (`cgroup_skb`, `dns_skb_*`); the socket
+    /// tracepoints still take what no narrow hook does yet, and the work of a narrow hook that
+    /// failed to attach (`sensor check` and `sensor_started.probes_failed` say why).
     Narrow,
 }
 
@@ -395,7 +430,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .iter()
         .map(|p| p.name)
         .filter(|n| {
-            !SOCKET_PROBES.contains(n) && !SYSCALL_PROBES.contains(n) && !DNS_SKB_PROBES.contains(n)
+            !SOCKET_PROBES.contains(n)
+                && !SYSCALL_PROBES.contains(n)
+                && !GO_PROBES.contains(n)
+                && !DNS_SKB_PROBES.contains(n)
         })
         .collect();
     a.probes(&mut ebpf, btf, &skip, &base);
@@ -407,9 +445,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             .iter()
             .filter_map(|n| a.failed.get(*n).map(|why| format!("{n}: {why}")))
             .collect();
+        // Narrow hooks with the socket hooks skipped on purpose (SENSOR_SKIP_PROBES): what
+        // the narrow hooks take alone, for the tests that show it.
+        let skipped = SOCKET_PROBES.iter().all(|n| skip.iter().any(|s| s == n));
         if missing.is_empty() {
             true
-        } else if opts.hooks == KernelHooks::Socket {
+        } else if opts.hooks == KernelHooks::Narrow && skipped {
+            false
+        } else if matches!(opts.hooks, KernelHooks::Socket | KernelHooks::Narrow) {
             return Err(LoadError::NoSocketHooks(missing.join("; ")));
         } else {
             for n in SOCKET_PROBES {
@@ -426,6 +469,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             false
         }
     };
+    let narrow = opts.hooks == KernelHooks::Narrow && a.go_probes(&mut ebpf, &skip);
+    if narrow {
+        config.features |= feature::API_UPROBES;
+        a.links.go.loaded = true;
+    } else if opts.hooks != KernelHooks::Narrow {
+        for n in GO_PROBES {
+            a.unused
+                .insert(n.to_string(), "--kernel-hooks narrow only".to_string());
+        }
+    }
     if socket {
         config.features |= feature::SOCKET_HOOKS;
         write_config(&mut ebpf, config)?;
@@ -561,6 +614,120 @@ impl Attach {
     }
 }
 
+impl Attach {
+    /// Load the API servers' uprobe programs (attached per process: `attach_api_server`).
+    fn go_probes(&mut self, ebpf: &mut Ebpf, skip: &[String]) -> bool {
+        for p in PROBES.iter().filter(|p| GO_PROBES.contains(&p.name)) {
+            let loaded = if skip.iter().any(|s| s == p.name) {
+                Err("skipped (SENSOR_SKIP_PROBES)".to_string())
+            } else {
+                ebpf.program_mut(p.name)
+                    .ok_or_else(|| "not in the kernel object".to_string())
+                    .and_then(|prog| <&mut UProbe>::try_from(prog).map_err(|e| e.to_string()))
+                    .and_then(|u| u.load().map_err(|e| format!("load: {e}")))
+            };
+            match loaded {
+                // Attached to no process yet: the links are per process.
+                Ok(()) => self.links.attached.push((p, Link::Go)),
+                Err(e) => {
+                    self.failed.insert(p.name.to_string(), first_line(&e));
+                    self.links
+                        .attached
+                        .retain(|(q, _)| !GO_PROBES.contains(&q.name));
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The API server processes the uprobes are in, and the binaries already looked at.
+#[derive(Default)]
+pub struct GoProbes {
+    /// Whether the programs are loaded (`--kernel-hooks narrow`).
+    pub loaded: bool,
+    procs: BTreeMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// By (device, inode): where the probes go, or why they cannot.
+    bins: HashMap<(u64, u64), Result<gobin::GoTarget, String>>,
+}
+
+/// Put the uprobes into API server process `pid` (its own, not every process running its
+/// binary: a `podman build` runs the same file) and hand it to them (`UPROBED`). Ok(false) when
+/// the programs are not loaded or the process is already probed.
+pub fn attach_api_server(ebpf: &mut Ebpf, links: &mut Links, pid: u32) -> Result<bool, String> {
+    use std::os::unix::fs::MetadataExt;
+    if !links.go.loaded || links.go.procs.contains_key(&pid) {
+        return Ok(false);
+    }
+    let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+    let m = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+    let target = links
+        .go
+        .bins
+        .entry((m.dev(), m.ino()))
+        .or_insert_with(|| gobin::syscall_offsets(&exe))
+        .clone()?;
+    let scope = std::num::NonZeroU32::new(pid).ok_or("pid 0")?;
+    let mut done: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+    let mut attach = |ebpf: &mut Ebpf, name: &'static str, off: u64| -> Result<(), String> {
+        let prog = ebpf.program_mut(name).ok_or("not in the kernel object")?;
+        let u = <&mut UProbe>::try_from(prog).map_err(|e| e.to_string())?;
+        let l = u
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(off),
+                &exe,
+                UProbeScope::OneProcess(scope),
+            )
+            .map_err(|e| format!("attach {name} at {off:#x} in pid {pid}: {e}"))?;
+        done.push((name, l));
+        Ok(())
+    };
+    let r = attach(ebpf, "go_syscall_enter", target.entry)
+        .and_then(|()| attach(ebpf, "go_syscall_exit", target.after_syscall))
+        .and_then(|()| {
+            let mut m: BpfHashMap<_, u32, u32> = ebpf
+                .map_mut("UPROBED")
+                .ok_or("no UPROBED map".to_string())
+                .and_then(|m| BpfHashMap::try_from(m).map_err(|e| e.to_string()))?;
+            m.insert(pid, 1, 0).map_err(|e| format!("UPROBED: {e}"))
+        });
+    if let Err(e) = r {
+        detach_links(ebpf, done);
+        return Err(e);
+    }
+    links.go.procs.insert(pid, done);
+    Ok(true)
+}
+
+/// Take the uprobes out of API server process `pid` (it exited).
+pub fn detach_api_server(ebpf: &mut Ebpf, links: &mut Links, pid: u32) {
+    let Some(done) = links.go.procs.remove(&pid) else {
+        return;
+    };
+    if let Some(m) = ebpf.map_mut("UPROBED")
+        && let Ok(mut m) = BpfHashMap::<_, u32, u32>::try_from(m)
+    {
+        let _ = m.remove(&pid);
+    }
+    detach_links(ebpf, done);
+}
+
+fn detach_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, l) in links {
+        if let Some(prog) = ebpf.program_mut(name)
+            && let Ok(u) = <&mut UProbe>::try_from(prog)
+        {
+            // A process that exited took its probe with it: nothing to report.
+            let _ = u.detach(l);
+        }
+    }
+}
+
+fn first_line(e: &str) -> String {
+    e.lines().next().unwrap_or("").to_string()
+}
+
 fn config_map(ebpf: &mut Ebpf) -> Result<Array<&mut MapData, Config>, LoadError> {
     Array::try_from(
         ebpf.map_mut("CONFIG")
@@ -619,6 +786,7 @@ fn attach_one(
             ProbeKind::CgroupSkb(..) => <&mut CgroupSkb>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
+            ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
         }
         .map_err(|e| format!("load: {e}"))?;
         attach_loaded(ebpf, probe)
@@ -626,7 +794,7 @@ fn attach_one(
     r.map_err(|e| {
         // The verifier log follows the first line; keep the record and the log readable.
         tracing::debug!("probe {name}: {e}");
-        e.lines().next().unwrap_or("").to_string()
+        first_line(&e)
     })
 }
 
@@ -675,6 +843,9 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
                     })?,
             )
         }
+        // Per process (`attach_api_server`): the bench switch leaves those alone, they fire
+        // in the API servers only.
+        ProbeKind::GoUprobe(_) => Link::Go,
     })
 }
 
@@ -688,6 +859,7 @@ fn detach(ebpf: &mut Ebpf, probe: &Probe, link: Link) -> Result<(), String> {
         Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
         Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
         Link::CgroupSkb(l) => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Go => Ok(()),
     }
     .map_err(|e| format!("{}: detach: {e}", probe.name))
 }
@@ -698,6 +870,8 @@ enum Link {
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
     CgroupSkb(CgroupSkbLinkId),
+    /// The Go uprobes: their links are per process (`GoProbes`).
+    Go,
 }
 
 /// The attachments of the attached programs, and those a bench switch detached.
@@ -705,6 +879,8 @@ enum Link {
 pub struct Links {
     attached: Vec<(&'static Probe, Link)>,
     detached: Vec<&'static Probe>,
+    /// The API server processes the Go uprobes are in.
+    pub go: GoProbes,
 }
 
 /// A bench instrument (`SENSOR_BENCH_SWITCH`, ingest/switch.rs): detach every attached
@@ -811,6 +987,13 @@ pub fn find_runtime_trees(
     runtime_names: &[String],
     api_servers: &[String],
 ) -> Vec<(proc::ProcInfo, u32, u32)> {
+    let server_flags = |comm: &str| {
+        if api_servers.iter().any(|s| s == comm) {
+            track::API_SERVER
+        } else {
+            0
+        }
+    };
     let all: Vec<proc::ProcInfo> = proc::all_pids()
         .into_iter()
         .filter_map(proc::read_proc)
@@ -826,11 +1009,7 @@ pub fn find_runtime_trees(
     let mut queue: Vec<(usize, u32, u32)> = Vec::new();
     for (i, p) in all.iter().enumerate() {
         if p.pid != me && names.contains(p.comm.as_str()) {
-            let mut flags = track::RUNTIME | track::SEEDED;
-            if api_servers.iter().any(|s| s == &p.comm) {
-                flags |= track::API_SERVER;
-            }
-            queue.push((i, flags, 0));
+            queue.push((i, track::RUNTIME | track::SEEDED | server_flags(&p.comm), 0));
         }
     }
     while let Some((i, flags, depth)) = queue.pop() {
@@ -843,10 +1022,7 @@ pub fn find_runtime_trees(
             let child = &all[c];
             let mut f = track::DESCENDANT | track::SEEDED;
             if names.contains(child.comm.as_str()) {
-                f |= track::RUNTIME;
-                if api_servers.iter().any(|s| s == &child.comm) {
-                    f |= track::API_SERVER;
-                }
+                f |= track::RUNTIME | server_flags(&child.comm);
             }
             queue.push((c, f, depth.saturating_add(1)));
         }

@@ -7,6 +7,7 @@ pub mod cgroup2;
 pub mod check;
 pub mod decode;
 pub mod fanotify;
+pub mod gobin;
 pub mod loader;
 pub mod recorded;
 pub mod remote_context;

@@ -8,6 +8,7 @@ use sensor_common::{StatReason, Tracked};
 use crate::{
     ingest::{
         fanotify::FileEventSource,
+        gobin,
         loader::{self, KernelCounters, LoadOptions, Loaded},
     },
     output::record::{ProcessExec, ProcessRef, SensorStarted, SensorStats},
@@ -88,7 +89,24 @@ pub fn seed_tracked(loaded: &mut Loaded, opts: &LoadOptions, pipeline: &mut Pipe
     }
     // The kernel's per-CPU cache of tracked lookups predates these entries.
     loader::bump_tracked_generation(&mut loaded.ebpf);
+    for p in &procs {
+        if opts.api_servers.contains(&p.comm) && gobin::serves_api(&p.comm, &p.argv) {
+            uprobe_api_server(&mut loaded.ebpf, &mut loaded.links, p.pid);
+        }
+    }
     Seeded { procs }
+}
+
+/// Put the uprobes into API server `pid` (`--kernel-hooks narrow`); one that cannot take them
+/// (not an x86-64 Go 1.19+ binary, or gone) stays on the socket hooks, with a warning.
+pub fn uprobe_api_server(ebpf: &mut aya::Ebpf, links: &mut loader::Links, pid: u32) {
+    match loader::attach_api_server(ebpf, links, pid) {
+        Ok(true) => tracing::debug!("uprobes in API server {pid}"),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!("API server {pid} keeps its Engine API traffic on the socket hooks: {e}")
+        }
+    }
 }
 
 /// The `sensor_started` record: what was attached, what failed, what was seeded, and where
@@ -125,7 +143,9 @@ pub fn sensor_started(
 
 /// Where socket data is taken, as `sensor_started.kernel_hooks` says it.
 pub fn kernel_hooks(loaded: &Loaded) -> &'static str {
-    if loaded.socket_hooks {
+    if loaded.links.go.loaded {
+        "narrow"
+    } else if loaded.socket_hooks {
         "socket"
     } else {
         "syscall"
