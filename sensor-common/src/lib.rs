@@ -491,7 +491,9 @@ pub mod feature {
     /// Unix connects (and an API client's first request) are taken by the `cgroup/connect_unix`
     /// program (6.7+, `--kernel-hooks narrow`), so `sock_send_length` leaves unix sockets alone.
     pub const UNIX_CONNECT: u32 = 1 << 7;
-    /// `cgroup_skb` programs take the DNS of tracked processes (`--kernel-hooks narrow`).
+    /// DNS queries and responses are taken from the packets, by the `cgroup_skb` programs at
+    /// the cgroup v2 root (`--kernel-hooks narrow`, set only when both attached): the socket
+    /// tracepoints and the syscall dispatch leave DNS alone.
     pub const DNS_SKB: u32 = 1 << 8;
 }
 

@@ -157,3 +157,9 @@ pub static RUNTIME_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 /// tracepoint fires once per message with no index. Value: [vector address, index].
 #[map]
 pub static MMSG_INDEX: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+/// UDP sockets a tracked process sent a DNS query from (`dns_skb`), keyed by socket cookie
+/// (never reused while the system runs), with that process's header: the response arrives in
+/// softirq, where the current task is unrelated, so its record names the process that asked.
+#[map]
+pub static DNS_QUERIERS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(4096, 0);

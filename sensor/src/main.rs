@@ -140,7 +140,7 @@ pub struct RunArgs {
     /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch;
     /// `narrow` is `auto` with hooks that fire only where their fact happens taking over what
     /// they can (the API servers' traffic: uprobes in them; unix connects:
-    /// `cgroup/connect_unix`, 6.7+).
+    /// `cgroup/connect_unix`, 6.7+; DNS from the packets: `cgroup_skb` programs).
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
     /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw

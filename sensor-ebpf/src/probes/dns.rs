@@ -2,11 +2,11 @@
 //! on (marked in `WATCH_FDS` by the query). With the queries (`net.rs`), they let userspace name
 //! the addresses a build step connects to.
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw};
-use sensor_common::{Config, DNS_CAP, DnsData, EventKind, StatReason, Tracked, track};
+use sensor_common::{Config, DNS_CAP, EventKind, StatReason, Tracked, track};
 
-use super::net::WATCH_DNS;
+use super::net::{WATCH_DNS, dns_record};
 use crate::{
-    helpers::{count, pend, reserve, sock_addrs, sock_of_fd, watch_get, watch_set},
+    helpers::{count, pend, sock_addrs, sock_of_fd, watch_get, watch_set},
     maps::{PendingRead, READ_DNS},
 };
 
@@ -60,28 +60,31 @@ pub fn exit_read(cfg: &Config, t: &Tracked, p: &PendingRead, ret: i64) -> Option
     response(cfg, t, sk, p.buf, ret)
 }
 
+/// A DNS message's fixed header: anything shorter is no response.
+pub const DNS_HEADER: u64 = 12;
+
+/// The bytes of a `len`-byte response that are captured (at most `DNS_CAP`; a longer one is
+/// counted as truncated).
+#[inline(always)]
+pub fn response_len(len: u64) -> u64 {
+    if len > DNS_CAP as u64 {
+        count(StatReason::Truncated);
+    }
+    crate::helpers::bounded(len, DNS_CAP as u64)
+}
+
 /// `ret` bytes of a DNS response read into `buf` from socket `sk`.
 #[inline(always)]
 pub fn response(cfg: &Config, t: &Tracked, sk: Option<u64>, buf: u64, ret: i64) -> Option<()> {
-    if ret < 12 {
+    if ret < DNS_HEADER as i64 {
         return None; // shorter than a DNS header, or an error
     }
-    let mut r = reserve::<DnsData>(EventKind::DnsResponse, t.flags)?;
+    let (family, port, ip) = sk
+        .and_then(|sk| sock_addrs(&cfg.offsets, sk))
+        .map_or((0, 0, [0; 16]), |a| (a.family, a.peer_port, a.peer));
+    let mut r = dns_record(EventKind::DnsResponse, t.flags, family, port, ip)?;
     let d = &mut r.event().data;
-    d.family = 0;
-    d.dport = 0;
-    d.daddr = [0; 16];
-    d._pad = 0;
-    let o = &cfg.offsets;
-    if let Some(a) = sk.and_then(|sk| sock_addrs(o, sk)) {
-        d.family = a.family;
-        d.dport = a.peer_port;
-        d.daddr = a.peer;
-    }
-    if ret as u64 > DNS_CAP as u64 {
-        count(StatReason::Truncated);
-    }
-    let n = crate::helpers::bounded(ret as u64, DNS_CAP as u64);
+    let n = response_len(ret as u64);
     // SAFETY: n <= DNS_CAP, the destination's size.
     let r2 = unsafe { read_user_raw(d.payload.as_mut_ptr() as *mut _, n as u32, buf as *const _) };
     d.len = if r2 == 0 { n as u16 } else { 0 };

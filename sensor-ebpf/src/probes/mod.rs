@@ -1,6 +1,7 @@
 pub mod api;
 pub mod connect_unix;
 pub mod dns;
+pub mod dns_skb;
 pub mod file;
 pub mod goapi;
 pub mod net;

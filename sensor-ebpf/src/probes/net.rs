@@ -16,8 +16,9 @@ use sensor_common::{
 
 use crate::{
     helpers::{
-        cgroup_components, config, count, current_task, current_tgid, exe_components, fill_header,
-        pend, read_argv, read_at, reserve, sock_addrs, sock_of_fd, track, tracked_current, unpack,
+        Reserved, cgroup_components, config, count, current_task, current_tgid, exe_components,
+        fill_header, pend, read_argv, read_at, reserve, sock_addrs, sock_of_fd, track,
+        tracked_current, unpack,
     },
     maps::{
         LISTENERS, PENDING_CONNECT, PendingConnect, PendingRead, READ_ACCEPT, RUNTIME_SOCKETS,
@@ -190,7 +191,7 @@ pub fn enter_connect(cfg: &Config, fd: u64, addr: u64) -> Option<()> {
     // A tracked process connecting a socket to port 53 (resolvers that connect, then write):
     // its writes on that fd are DNS queries.
     tracked?;
-    if cfg.features & feature::DNS_EVENTS == 0 {
+    if !dns_by_syscalls(cfg) {
         return None;
     }
     let (_, port, _) = read_sockaddr(addr)?;
@@ -434,7 +435,7 @@ pub(crate) fn dns_send(
     buf: u64,
     len: u64,
 ) -> Option<()> {
-    if cfg.features & feature::DNS_EVENTS == 0 {
+    if !dns_by_syscalls(cfg) {
         return None;
     }
     let o = &cfg.offsets;
@@ -468,12 +469,8 @@ pub(crate) fn dns_emit(
 ) -> Option<()> {
     // The answer comes back on this socket.
     super::dns::watch_dns_fd(fd, sk);
-    let mut r = reserve::<DnsData>(EventKind::DnsSend, t.flags)?;
+    let mut r = dns_record(EventKind::DnsSend, t.flags, family, port, ip)?;
     let d = &mut r.event().data;
-    d.family = family;
-    d.dport = port;
-    d.daddr = ip;
-    d._pad = 0;
     let n = if len > DNS_CAP as u64 {
         DNS_CAP
     } else {
@@ -488,12 +485,40 @@ pub(crate) fn dns_emit(
     Some(())
 }
 
+/// DNS is taken where the syscalls are (the socket tracepoints, or the raw dispatch): DNS events
+/// are on and the `cgroup_skb` programs do not take it from the packets (`feature::DNS_SKB`).
+#[inline(always)]
+pub(crate) fn dns_by_syscalls(cfg: &Config) -> bool {
+    cfg.features & (feature::DNS_EVENTS | feature::DNS_SKB) == feature::DNS_EVENTS
+}
+
+/// Reserve a DNS record (`DnsSend` or `DnsResponse`) of a process with `flags`, to or from
+/// `ip`:`port`, filled but for the payload (`len` 0): the one place DNS records are reserved;
+/// each caller copies the message from where it sees it (a user buffer, a packet).
+#[inline(always)]
+pub(crate) fn dns_record(
+    kind: EventKind,
+    flags: u32,
+    family: u16,
+    port: u16,
+    ip: [u8; 16],
+) -> Option<Reserved<DnsData>> {
+    let mut r = reserve::<DnsData>(kind, flags)?;
+    let d = &mut r.event().data;
+    d.family = family;
+    d.dport = port;
+    d.daddr = ip;
+    d.len = 0;
+    d._pad = 0;
+    Some(r)
+}
+
 /// sendmsg(2)/sendmmsg(2): `struct msghdr` (user ABI) has msg_name at 0, msg_iov at 16;
 /// `struct iovec`: base 0, len 8. For sendmmsg the first message is enough to learn the name
 /// (resolvers send A and AAAA together).
 #[inline(always)]
 pub(crate) fn dns_msghdr(cfg: &Config, t: &Tracked, fd: u64, msg: u64) -> Option<()> {
-    if msg == 0 || cfg.features & feature::DNS_EVENTS == 0 {
+    if msg == 0 || !dns_by_syscalls(cfg) {
         return None;
     }
     // SAFETY: bpf_probe_read_user checks the address.

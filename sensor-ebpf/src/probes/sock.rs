@@ -17,7 +17,7 @@ use sensor_common::{AF_INET, AF_INET6, AF_UNIX, Config, Tracked, feature, syscal
 
 use super::{
     api, dns,
-    net::{WATCH_API, WATCH_DNS, dns_emit, is_runtime_socket, read_sockaddr},
+    net::{WATCH_API, WATCH_DNS, dns_by_syscalls, dns_emit, is_runtime_socket, read_sockaddr},
 };
 use crate::{
     helpers::{
@@ -129,7 +129,10 @@ fn try_recv(ctx: &BtfTracePointContext) -> Option<()> {
     };
     // Positive here; zero-extended so that the verifier keeps its lower bound.
     let ret = i64::from(ret as u32);
-    if flags & track::DNS_SOCKETS != 0 && watch_get(fd, sk) == Some(WATCH_DNS) {
+    if flags & track::DNS_SOCKETS != 0
+        && dns_by_syscalls(cfg)
+        && watch_get(fd, sk) == Some(WATCH_DNS)
+    {
         return dns::response(cfg, &t, Some(sk), buf, ret);
     }
     if !api_here(&t) || cfg.features & feature::API_EVENTS == 0 {
@@ -202,7 +205,7 @@ fn try_send(ctx: &BtfTracePointContext) -> Option<()> {
     }
     let inet = family == AF_INET || family == AF_INET6;
     let dns = inet
-        && cfg.features & feature::DNS_EVENTS != 0
+        && dns_by_syscalls(cfg)
         && sk_u16(ctx, &SK_PROTOCOL_AT, o.sk_protocol) == Some(IPPROTO_UDP);
     // The syscall's registers only where they can matter: an API server's write, a UDP send.
     if !dns && !api_here(&t) {

@@ -22,6 +22,9 @@ fn hook(kind: loader::ProbeKind) -> String {
         loader::ProbeKind::CgroupUnixConnect => {
             "cgroup/connect_unix at the cgroup2 root".to_string()
         }
+        loader::ProbeKind::CgroupSkb(direction) => {
+            format!("cgroup_skb/{direction} at the cgroup v2 root")
+        }
     }
 }
 
@@ -104,12 +107,14 @@ pub fn check(hooks: loader::KernelHooks) -> ExitCode {
             line(
                 true,
                 "socket data",
-                if loaded.links.go.loaded {
-                    "narrow hooks: the API servers' Engine API traffic from uprobes in their \
-                     binaries, the rest from the socket hooks"
+                if loaded.narrow {
+                    "narrow hooks: the Engine API from uprobes in the API servers, unix \
+                     connects from cgroup/connect_unix, DNS from cgroup_skb; no program on \
+                     the node's socket I/O"
                 } else if loaded.socket_hooks {
-                    "socket hooks (sock_recv_length/sock_send_length): processes without \
-                     socket I/O pay nothing"
+                    "socket hooks (sock_recv_length/sock_send_length; with the narrow hooks \
+                     that attached taking their part): processes without socket I/O pay \
+                     nothing"
                 } else {
                     "raw syscall dispatch (no socket hooks on this kernel): every syscall pays"
                 },

@@ -5,7 +5,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, RawTracePoint, TracePoint, UProbe,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
+        RawTracePoint, TracePoint, UProbe,
+        cgroup_skb::CgroupSkbLinkId,
         cgroup_sock_addr::CgroupSockAddrLinkId,
         raw_trace_point::RawTracePointLinkId,
         tp_btf::BtfTracePointLinkId,
@@ -58,10 +60,13 @@ pub enum ProbeKind {
     Tracepoint(&'static str, &'static str),
     BtfTracepoint(&'static str),
     RawTracepoint(&'static str),
+    /// A `cgroup_skb` program (`egress` or `ingress`) at the cgroup v2 root: every inet
+    /// socket's packets on the host.
+    CgroupSkb(&'static str),
     /// A uprobe in each Go binary an API server runs (`gobin`): at the entry of Go's raw
     /// syscall function, or on the instruction after its `SYSCALL`.
     GoUprobe(GoAt),
-    /// A `cgroup/connect_unix` program, attached at the cgroup2 root (see [`cgroup2_root`]).
+    /// A `cgroup/connect_unix` program, attached at the cgroup2 root (see `cgroup2::root`).
     CgroupUnixConnect,
 }
 
@@ -172,7 +177,26 @@ pub const PROBES: &[Probe] = &[
         needs: "cgroup/connect_unix (6.7+), a cgroup2 mount, the socket hooks",
         without: "sock_send_length takes them at the first send on a unix socket",
     },
+    Probe {
+        name: "dns_skb_egress",
+        kind: ProbeKind::CgroupSkb("egress"),
+        purpose: "DNS queries of tracked processes, from the packets they send to port 53 \
+                  (--kernel-hooks narrow); other packets leave at the protocol check",
+        needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
+        without: "the socket hooks (or the syscall dispatch) take DNS",
+    },
+    Probe {
+        name: "dns_skb_ingress",
+        kind: ProbeKind::CgroupSkb("ingress"),
+        purpose: "DNS responses to the sockets tracked processes queried from, from the \
+                  packets (--kernel-hooks narrow)",
+        needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
+        without: "the socket hooks (or the syscall dispatch) take DNS",
+    },
 ];
+
+/// The DNS packet programs (`--kernel-hooks narrow`), attached together or not at all.
+pub const DNS_SKB_PROBES: &[&str] = &["dns_skb_egress", "dns_skb_ingress"];
 
 /// The probes of the socket hooks, attached together or not at all.
 pub const SOCKET_PROBES: &[&str] = &["sock_recv_length", "sock_send_length"];
@@ -196,8 +220,9 @@ pub enum KernelHooks {
     Syscall,
     /// As `auto`, and hooks that fire only where their fact happens take over from the socket
     /// tracepoints what they can (the API servers' traffic: uprobes in them; unix connects:
-    /// `cgroup/connect_unix`, 6.7+); a hook that does not attach leaves its part to the socket
-    /// tracepoints.
+    /// `cgroup/connect_unix`, 6.7+; DNS from the packets: `cgroup_skb`); a hook that does not
+    /// attach leaves its part to the socket tracepoints (`sensor check` and
+    /// `sensor_started.probes_failed` say why).
     Narrow,
 }
 
@@ -301,6 +326,8 @@ pub struct Loaded {
     pub unused: BTreeMap<String, String>,
     /// Whether socket data comes from the socket hooks (else the raw syscall dispatch).
     pub socket_hooks: bool,
+    /// Whether the narrow hooks take all socket data (no socket tracepoint attached).
+    pub narrow: bool,
     pub missing_offsets: Vec<btf::MissingField>,
 }
 
@@ -447,6 +474,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                 && !SYSCALL_PROBES.contains(n)
                 && !GO_PROBES.contains(n)
                 && !NARROW_PROBES.contains(n)
+                && !DNS_SKB_PROBES.contains(n)
         })
         .collect();
     a.probes(&mut ebpf, btf, &skip, &base);
@@ -482,51 +510,95 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             false
         }
     };
-    let narrow = opts.hooks == KernelHooks::Narrow && a.go_probes(&mut ebpf, &skip);
-    if narrow {
-        config.features |= feature::API_UPROBES;
-        a.links.go.loaded = true;
-    } else if opts.hooks != KernelHooks::Narrow {
-        for n in GO_PROBES {
-            a.unused
-                .insert(n.to_string(), "--kernel-hooks narrow only".to_string());
+    // The narrow hooks (auto and narrow, on a kernel with the socket hooks: connect_unix needs
+    // 6.7): each takes its part over from the socket tracepoints once it attached (its bit);
+    // when all did, the socket tracepoints go, and no program runs on the node's socket I/O.
+    let try_narrow = matches!(opts.hooks, KernelHooks::Auto | KernelHooks::Narrow)
+        && (socket || opts.hooks == KernelHooks::Narrow);
+    let mut complete = false;
+    if try_narrow {
+        let go = a.go_probes(&mut ebpf, &skip);
+        if go {
+            config.features |= feature::API_UPROBES;
+            a.links.go.loaded = true;
+        }
+        let unix = match &sock_addr_uaddr_at {
+            Err(why) => {
+                a.failed.insert("connect_unix".to_string(), why.clone());
+                false
+            }
+            Ok(_) => {
+                a.probes(&mut ebpf, btf, &skip, NARROW_PROBES);
+                !a.failed.contains_key("connect_unix")
+            }
+        };
+        if unix {
+            config.features |= feature::UNIX_CONNECT;
+        }
+        // DNS from the packets: both programs or neither.
+        let dns = if opts.features & feature::DNS_EVENTS != 0 {
+            a.probes(&mut ebpf, btf, &skip, DNS_SKB_PROBES);
+            let both = a.all_attached(&mut ebpf, DNS_SKB_PROBES);
+            if both {
+                config.features |= feature::DNS_SKB;
+            }
+            both
+        } else {
+            for n in DNS_SKB_PROBES {
+                a.unused
+                    .insert(n.to_string(), "DNS events are off".to_string());
+            }
+            true
+        };
+        complete = go && unix && dns;
+    } else {
+        let why = if opts.hooks == KernelHooks::Syscall {
+            "--kernel-hooks syscall"
+        } else if opts.hooks == KernelHooks::Socket {
+            "--kernel-hooks socket"
+        } else {
+            "no socket hooks on this kernel: the syscall dispatch takes socket data"
+        };
+        for n in GO_PROBES.iter().chain(NARROW_PROBES).chain(DNS_SKB_PROBES) {
+            a.unused.insert(n.to_string(), why.to_string());
         }
     }
-    if socket {
+    if complete {
+        // Attached first to learn that the kernel has them (and to serve meanwhile); the
+        // narrow hooks' bits are written before they go, so nothing is missed in between.
         config.features |= feature::SOCKET_HOOKS;
-        // The narrow hooks take over from the socket tracepoints only; each one's bit is set
-        // once it attached, so that a failed one leaves its part to them.
-        if opts.hooks == KernelHooks::Narrow {
-            if let Err(why) = &sock_addr_uaddr_at {
-                a.failed.insert("connect_unix".to_string(), why.clone());
-            } else {
-                a.probes(&mut ebpf, btf, &skip, &["connect_unix"]);
+        write_config(&mut ebpf, config)?;
+        for n in SOCKET_PROBES {
+            if let Some(i) = a.links.attached.iter().position(|(p, _)| p.name == *n) {
+                let (probe, link) = a.links.attached.remove(i);
+                if let Err(e) = detach(&mut ebpf, probe, link) {
+                    tracing::warn!("{e}");
+                }
+                if let Some(prog) = ebpf.program_mut(n)
+                    && let Ok(p) = <&mut BtfTracePoint>::try_from(prog)
+                {
+                    let _ = p.unload();
+                }
             }
-            if !a.failed.contains_key("connect_unix") {
-                config.features |= feature::UNIX_CONNECT;
-            }
-        } else {
-            for n in NARROW_PROBES {
-                a.unused
-                    .insert(n.to_string(), "only with --kernel-hooks narrow".to_string());
-            }
+            a.failed.remove(*n);
+            a.unused.insert(
+                n.to_string(),
+                "the narrow hooks take socket data (uprobes, connect_unix, cgroup_skb)".to_string(),
+            );
         }
+    } else if socket {
+        config.features |= feature::SOCKET_HOOKS;
         write_config(&mut ebpf, config)?;
     } else if opts.hooks == KernelHooks::Syscall {
-        for n in SOCKET_PROBES.iter().chain(NARROW_PROBES) {
+        for n in SOCKET_PROBES {
             a.unused
                 .insert(n.to_string(), "--kernel-hooks syscall".to_string());
         }
-    } else {
-        for n in NARROW_PROBES {
-            a.unused.insert(
-                n.to_string(),
-                "no socket hooks: the syscall dispatch takes unix connects".to_string(),
-            );
-        }
     }
-    // The syscall dispatch: everything without the socket hooks; with them, only file events.
-    if !socket || opts.features & feature::FILE_EVENTS != 0 {
+    // The syscall dispatch: everything without the socket hooks (or complete narrow hooks);
+    // with them, only file events.
+    let dispatch_all = !socket && !complete;
+    if dispatch_all || opts.features & feature::FILE_EVENTS != 0 {
         a.probes(&mut ebpf, btf, &skip, SYSCALL_PROBES);
     } else {
         for n in SYSCALL_PROBES {
@@ -536,6 +608,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             );
         }
     }
+    write_config(&mut ebpf, config)?;
     let Attach {
         links,
         failed,
@@ -588,7 +661,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         links,
         failed,
         unused,
-        socket_hooks: socket,
+        socket_hooks: socket && !complete,
+        narrow: complete,
         missing_offsets,
     })
 }
@@ -612,6 +686,26 @@ struct Attach {
 }
 
 impl Attach {
+    /// Whether every probe of `group` attached; if not, those that did are detached again (a
+    /// program of the group without its partner would do half the work).
+    fn all_attached(&mut self, ebpf: &mut Ebpf, group: &[&str]) -> bool {
+        if group.iter().all(|n| !self.failed.contains_key(*n)) {
+            return true;
+        }
+        let (partial, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.links.attached)
+            .into_iter()
+            .partition(|(p, _)| group.contains(&p.name));
+        self.links.attached = keep;
+        for (probe, link) in partial {
+            let _ = detach(ebpf, probe, link);
+            self.failed.insert(
+                probe.name.to_string(),
+                "detached: its partner failed".to_string(),
+            );
+        }
+        false
+    }
+
     fn probes(&mut self, ebpf: &mut Ebpf, btf: Option<&aya::Btf>, skip: &[String], names: &[&str]) {
         for p in PROBES.iter().filter(|p| names.contains(&p.name)) {
             match attach_one(ebpf, btf, p, skip) {
@@ -793,6 +887,9 @@ fn attach_one(
             ProbeKind::RawTracepoint(..) => <&mut RawTracePoint>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
+            ProbeKind::CgroupSkb(..) => <&mut CgroupSkb>::try_from(prog)
+                .map_err(|e| format!("{e}"))?
+                .load(),
             ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
             ProbeKind::CgroupUnixConnect => <&mut CgroupSockAddr>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
@@ -833,11 +930,31 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
                 .attach(tp)
                 .map_err(|e| format!("attach {tp}: {e}"))?,
         ),
+        ProbeKind::CgroupSkb(direction) => {
+            let root = super::cgroup2::root()?;
+            let cgroup = std::fs::File::open(&root)
+                .map_err(|e| format!("opening {}: {e}", root.display()))?;
+            let attach_type = if direction == "ingress" {
+                CgroupSkbAttachType::Ingress
+            } else {
+                CgroupSkbAttachType::Egress
+            };
+            // A link (5.7+) always lets other programs run beside it (as BPF_F_ALLOW_MULTI),
+            // and takes no flags: `Single` is the one mode aya passes as 0.
+            Link::CgroupSkb(
+                <&mut CgroupSkb>::try_from(prog)
+                    .map_err(e)?
+                    .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                    .map_err(|e| {
+                        format!("attach cgroup_skb/{direction} at {}: {e}", root.display())
+                    })?,
+            )
+        }
         // Per process (`attach_api_server`): the bench switch leaves those alone, they fire
         // in the API servers only.
         ProbeKind::GoUprobe(_) => Link::Go,
         ProbeKind::CgroupUnixConnect => {
-            let root = cgroup2_root()?;
+            let root = super::cgroup2::root()?;
             let dir =
                 std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
             // aya makes a link (5.7+), which the kernel always attaches beside the root's other
@@ -858,69 +975,6 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
     })
 }
 
-/// Where `cgroup/connect_unix` attaches: the root of the cgroup2 hierarchy, which holds every
-/// process (sockets record their v2 cgroup also on hybrid hosts). `/sys/fs/cgroup` on unified
-/// hosts, `/sys/fs/cgroup/unified` on hybrid ones, else the first cgroup2 mount of the
-/// hierarchy's root in /proc/self/mountinfo.
-fn cgroup2_root() -> Result<std::path::PathBuf, String> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    let is_cgroup2 = |p: &std::path::Path| {
-        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
-            return false;
-        };
-        // SAFETY: statfs writes into the zeroed struct we own; `c` is NUL terminated.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0)
-            && st.f_type as i64 == CGROUP2_SUPER_MAGIC
-    };
-    for p in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if is_cgroup2(std::path::Path::new(p)) {
-            return Ok(p.into());
-        }
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| format!("no cgroup2 at /sys/fs/cgroup: reading mountinfo: {e}"))?;
-    cgroup2_in_mountinfo(&mountinfo)
-        .filter(|p| is_cgroup2(p))
-        .ok_or_else(|| "no cgroup2 hierarchy mounted (cgroup v2 is needed)".to_string())
-}
-
-/// The mount point of the first cgroup2 mount of the hierarchy's root in a mountinfo text.
-fn cgroup2_in_mountinfo(mountinfo: &str) -> Option<std::path::PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        // `id parent major:minor root mount-point options [optional...] - fstype source ...`
-        let (left, right) = l.split_once(" - ")?;
-        let fields: Vec<&str> = left.split(' ').collect();
-        let (root, point) = (*fields.get(3)?, *fields.get(4)?);
-        (right.split(' ').next() == Some("cgroup2") && root == "/")
-            .then(|| unescape_mount(point).into())
-    })
-}
-
-/// A mountinfo path with its octal escapes (`\040` for a space) decoded.
-fn unescape_mount(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let code = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .map(|d| d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0')));
-        match code.and_then(|c| u8::try_from(c).ok()) {
-            Some(c) => {
-                out.push(c);
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Offsets of `struct bpf_sock_addr_kern`'s `uaddr` and `uaddrlen` in the kernel's BTF
 /// (`connect_unix` reads the kernel's copy of the connect address and its length there), or
 /// why not.
@@ -932,11 +986,28 @@ fn sock_addr_uaddr_offset(b: &btf::Btf) -> Result<(u32, u32), String> {
     Ok((field("uaddr")?, field("uaddrlen")?))
 }
 
+/// Detach one program's attachment (it stays loaded, with its maps).
+fn detach(ebpf: &mut Ebpf, probe: &Probe, link: Link) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(probe.name)
+        .ok_or(format!("{}: not in the kernel object", probe.name))?;
+    match link {
+        Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::CgroupSkb(l) => <&mut CgroupSkb>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Cgroup(l) => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.detach(l)),
+        Link::Go => Ok(()),
+    }
+    .map_err(|e| format!("{}: detach: {e}", probe.name))
+}
+
 /// One program's attachment.
 enum Link {
     Tracepoint(TracePointLinkId),
     Btf(BtfTracePointLinkId),
     Raw(RawTracePointLinkId),
+    CgroupSkb(CgroupSkbLinkId),
     /// The Go uprobes: their links are per process (`GoProbes`).
     Go,
     Cgroup(CgroupSockAddrLinkId),
@@ -999,27 +1070,16 @@ impl Links {
         // The classic tracepoints (exec, exit) stay: closing one's perf event waits for RCU
         // grace periods, about 75 ms here, which would set the two storms of a bench's pair
         // that far apart; they fire once per exec and exit, on no other storm's path.
-        let (keep, detach): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
+        let (keep, detaching): (Vec<_>, Vec<_>) = std::mem::take(&mut self.attached)
             .into_iter()
             .partition(|(_, link)| matches!(link, Link::Tracepoint(_)));
         self.attached = keep;
         let mut failed = None;
-        for (probe, link) in detach {
+        for (probe, link) in detaching {
             // Counted as detached whatever happens: attaching again is what can tell.
             self.detached.push(probe);
-            let Some(prog) = ebpf.program_mut(probe.name) else {
-                failed.get_or_insert(format!("{}: not in the kernel object", probe.name));
-                continue;
-            };
-            let r = match link {
-                Link::Tracepoint(l) => <&mut TracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Btf(l) => <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Raw(l) => <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(l)),
-                Link::Go => Ok(()),
-                Link::Cgroup(l) => <&mut CgroupSockAddr>::try_from(prog).and_then(|p| p.detach(l)),
-            };
-            if let Err(e) = r {
-                failed.get_or_insert(format!("{}: detach: {e}", probe.name));
+            if let Err(e) = detach(ebpf, probe, link) {
+                failed.get_or_insert(e);
             }
         }
         failed.map_or(Ok(()), Err)
@@ -1115,33 +1175,6 @@ mod tests {
 
     /// A hybrid host's mountinfo (cgroup v1 controllers, the v2 hierarchy at `unified`), and a
     /// container's, whose cgroup2 mount is a subtree (root not `/`) beside the host's.
-    #[test]
-    fn the_cgroup2_root_is_found_in_mountinfo() {
-        let hybrid = "\
-30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
-32 30 0:28 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu
-";
-        assert_eq!(
-            cgroup2_in_mountinfo(hybrid),
-            Some("/sys/fs/cgroup/unified".into())
-        );
-        let nested = "\
-40 39 0:30 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw
-41 39 0:30 / /mnt/cgroup\\040root rw - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_in_mountinfo(nested),
-            Some("/mnt/cgroup root".into())
-        );
-        assert_eq!(cgroup2_in_mountinfo("garbage\n\n1 2 3\n"), None);
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded_and_bad_ones_kept() {
-        assert_eq!(unescape_mount("/a\\040b\\011c"), "/a b\tc");
-        assert_eq!(unescape_mount("/a\\09x\\"), "/a\\09x\\");
-    }
 
     #[test]
     fn socket_heads_keep_fifteen_bytes_nul_padded() {

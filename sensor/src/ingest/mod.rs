@@ -3,6 +3,7 @@
 //! (`decode`), and the checks that say whether this host can run them (`caps`, `check`).
 pub mod btf;
 pub mod caps;
+pub mod cgroup2;
 pub mod check;
 pub mod decode;
 pub mod fanotify;

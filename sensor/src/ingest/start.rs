@@ -143,7 +143,7 @@ pub fn sensor_started(
 
 /// Where socket data is taken, as `sensor_started.kernel_hooks` says it.
 pub fn kernel_hooks(loaded: &Loaded) -> &'static str {
-    if loaded.links.go.loaded {
+    if loaded.narrow {
         "narrow"
     } else if loaded.socket_hooks {
         "socket"
