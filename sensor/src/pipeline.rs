@@ -129,13 +129,9 @@ impl ApiServerChanges {
             KernelEvent::Exec(e)
                 if e.header.track_flags & sensor_common::track::API_SERVER != 0 =>
             {
-                let d = &e.data;
-                let argv = &d.argv[..usize::from(d.argv_len).min(d.argv.len())];
-                let args: Vec<String> = argv
-                    .split(|&b| b == 0)
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect();
-                let comm = crate::process::enrich::comm_str(&e.header.comm);
+                use crate::process::{enrich, proc::split_argv};
+                let args = split_argv(enrich::captured(&e.data.argv, e.data.argv_len));
+                let comm = enrich::comm_str(&e.header.comm);
                 if crate::ingest::gobin::serves_api(&comm, &args) {
                     self.serving.push(e.header.pid);
                 }

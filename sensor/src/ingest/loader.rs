@@ -63,8 +63,8 @@ pub enum ProbeKind {
     /// A `cgroup_skb` program (`egress` or `ingress`) at the cgroup v2 root: every inet
     /// socket's packets on the host.
     CgroupSkb(&'static str),
-    /// A uprobe in each Go binary an API server runs (`gobin`): at the entry of Go's raw
-    /// syscall function, or on the instruction after its `SYSCALL`.
+    /// A uprobe in each API server process (`attach_api_server`, offsets from `gobin`): at the
+    /// entry of Go's raw syscall function, or on the instruction after its `SYSCALL`.
     GoUprobe(GoAt),
     /// A `cgroup/connect_unix` program, attached at the cgroup2 root (see `cgroup2::root`).
     CgroupUnixConnect,
@@ -749,7 +749,7 @@ impl Attach {
 /// The API server processes the uprobes are in, and the binaries already looked at.
 #[derive(Default)]
 pub struct GoProbes {
-    /// Whether the programs are loaded (`--kernel-hooks narrow`).
+    /// Whether the programs are loaded (the narrow hooks: `auto` or `narrow`).
     pub loaded: bool,
     procs: BTreeMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// By (device, inode): where the probes go, or why they cannot.
@@ -890,7 +890,9 @@ fn attach_one(
             ProbeKind::CgroupSkb(..) => <&mut CgroupSkb>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
-            ProbeKind::GoUprobe(_) => return Err("attached per binary (Attach::go_probes)".into()),
+            ProbeKind::GoUprobe(_) => {
+                return Err("loaded by Attach::go_probes, attached per process".into());
+            }
             ProbeKind::CgroupUnixConnect => <&mut CgroupSockAddr>::try_from(prog)
                 .map_err(|e| format!("{e}"))?
                 .load(),
@@ -931,9 +933,7 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
                 .map_err(|e| format!("attach {tp}: {e}"))?,
         ),
         ProbeKind::CgroupSkb(direction) => {
-            let root = super::cgroup2::root()?;
-            let cgroup = std::fs::File::open(&root)
-                .map_err(|e| format!("opening {}: {e}", root.display()))?;
+            let (root, cgroup) = cgroup2_dir()?;
             let attach_type = if direction == "ingress" {
                 CgroupSkbAttachType::Ingress
             } else {
@@ -954,9 +954,7 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
         // in the API servers only.
         ProbeKind::GoUprobe(_) => Link::Go,
         ProbeKind::CgroupUnixConnect => {
-            let root = super::cgroup2::root()?;
-            let dir =
-                std::fs::File::open(&root).map_err(|e| format!("open {}: {e}", root.display()))?;
+            let (root, dir) = cgroup2_dir()?;
             // aya makes a link (5.7+), which the kernel always attaches beside the root's other
             // programs (other tools' are not displaced) and which goes with the sensor; a link
             // takes no mode flag (`Single` is none).
@@ -973,6 +971,13 @@ fn attach_loaded(ebpf: &mut Ebpf, probe: &Probe) -> Result<Link, String> {
             )
         }
     })
+}
+
+/// The cgroup v2 root the cgroup programs attach at, and the directory opened.
+fn cgroup2_dir() -> Result<(std::path::PathBuf, std::fs::File), String> {
+    let root = super::cgroup2::root()?;
+    let dir = std::fs::File::open(&root).map_err(|e| format!("opening {}: {e}", root.display()))?;
+    Ok((root, dir))
 }
 
 /// Offsets of `struct bpf_sock_addr_kern`'s `uaddr` and `uaddrlen` in the kernel's BTF
@@ -1172,9 +1177,6 @@ pub fn find_runtime_trees(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A hybrid host's mountinfo (cgroup v1 controllers, the v2 hierarchy at `unified`), and a
-    /// container's, whose cgroup2 mount is a subtree (root not `/`) beside the host's.
 
     #[test]
     fn socket_heads_keep_fifteen_bytes_nul_padded() {

@@ -170,7 +170,7 @@ pub fn is_build_file(path: &str) -> bool {
 
 /// The first `len` bytes of a fixed kernel buffer; a length past the buffer (a malformed
 /// record) is cut to the buffer.
-fn captured(buf: &[u8], len: impl Into<usize>) -> &[u8] {
+pub(crate) fn captured(buf: &[u8], len: impl Into<usize>) -> &[u8] {
     &buf[..len.into().min(buf.len())]
 }
 
