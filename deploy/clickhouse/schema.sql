@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS sensor_records
     kernel String,
     kernel_hooks String,
     file_events String,
+    dns_events String,
     kubernetes String,
     layers String,
     latency_us String,

@@ -135,12 +135,19 @@ pub struct RunArgs {
     /// Do not capture file writes (less volume on busy container hosts); `--file-events=off`.
     #[arg(long)]
     pub no_file_events: bool,
+    /// Do not capture DNS: no `dns_query`/`dns_response`, and build records' outbound
+    /// connections carry no name. With the narrow hooks, this leaves the two `cgroup_skb`
+    /// programs out, which every inet packet of every process passes otherwise (about 100 ns
+    /// per packet on the benchmark's VM: 3-4 % of a loopback TCP connect).
+    #[arg(long)]
+    pub no_dns_events: bool,
     /// Where socket data (Engine API requests and responses, API clients, DNS, accepts) is
-    /// taken: `auto` uses the socket tracepoints when the kernel has them (6.3+), so that
-    /// processes doing no socket I/O pay nothing; `syscall` is the raw syscall dispatch;
-    /// `narrow` is `auto` with hooks that fire only where their fact happens taking over what
-    /// they can (the API servers' traffic: uprobes in them; unix connects:
-    /// `cgroup/connect_unix`, 6.7+; DNS from the packets: `cgroup_skb` programs).
+    /// taken: `auto` takes the narrow hooks where they all attach (6.7+, cgroup v2), else the
+    /// socket tracepoints (6.3+) for what is missing, else the raw syscall dispatch; `narrow`
+    /// are hooks that fire only where their fact happens (the API servers' traffic: uprobes
+    /// in them; unix connects: `cgroup/connect_unix`; DNS from the packets: `cgroup_skb`);
+    /// `socket` the socket tracepoints, which fire on every socket send and receive;
+    /// `syscall` the raw syscall dispatch, which every syscall pays for.
     #[arg(long, value_enum, default_value_t = ingest::loader::KernelHooks::Auto)]
     pub kernel_hooks: ingest::loader::KernelHooks,
     /// Where `file_write` and `file_content` come from: `syscall` (the kernel programs' raw

@@ -106,6 +106,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if file_events != FileEvents::Syscall {
         opts.features &= !feature::FILE_EVENTS;
     }
+    if args.no_dns_events {
+        opts.features &= !feature::DNS_EVENTS;
+    }
     opts.hooks = args.kernel_hooks;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

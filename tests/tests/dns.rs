@@ -194,6 +194,8 @@ fn resolvers_are_reported(hooks: &str) {
     let attached = |p: &str| probes.contains(&format!("\"{p}\""));
     let packet_hooks = attached("dns_skb_egress");
     assert_eq!(packet_hooks, attached("dns_skb_ingress"), "{started}");
+    let from = if packet_hooks { "packets" } else { "socket" };
+    assert_fields(&started, &[("dns_events", eq(from))]);
     if hooks == "narrow" {
         assert!(
             packet_hooks,
@@ -201,41 +203,7 @@ fn resolvers_are_reported(hooks: &str) {
         );
     }
 
-    // As docker's embedded DNS: 127.0.0.11:53 is redirected to another port on the way out.
-    let nat = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.netns(),
-            "iptables",
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-        ])
-        .args(["-p", "udp", "-d", "127.0.0.11", "--dport", "53"])
-        .args(["-j", "DNAT", "--to-destination", "127.0.0.1:5300"])
-        .output()
-        .unwrap();
-    assert!(
-        nat.status.success(),
-        "{}",
-        String::from_utf8_lossy(&nat.stderr)
-    );
-    let suffix = format!("{}.test", unique_tag("res").replace([':', '_'], "-"));
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.netns()])
-        .arg(&exe)
-        .args(["-c", RESOLVER, &ns.ip().to_string(), &suffix])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.lines().count() == 6,
-        "the resolver failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pid: u64 = text.lines().next().unwrap().trim().parse().unwrap();
+    let (pid, suffix) = run_resolver(&ns, &exe);
     let ip = ns.ip().to_string();
     for (label, server) in [
         ("musl", ip.as_str()),
@@ -280,6 +248,48 @@ fn resolvers_are_reported(hooks: &str) {
     assert!(sensor.stop().unwrap().success());
 }
 
+/// Runs [`RESOLVER`] (through `exe`, a tracked name) in the test host's namespace against its
+/// DNS server, with the NAT rule its 127.0.0.11 query needs; returns its pid and the names'
+/// common suffix.
+fn run_resolver(ns: &TestHost, exe: &std::path::Path) -> (u64, String) {
+    // As docker's embedded DNS: 127.0.0.11:53 is redirected to another port on the way out.
+    let nat = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.netns(),
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+        ])
+        .args(["-p", "udp", "-d", "127.0.0.11", "--dport", "53"])
+        .args(["-j", "DNAT", "--to-destination", "127.0.0.1:5300"])
+        .output()
+        .unwrap();
+    assert!(
+        nat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nat.stderr)
+    );
+    let suffix = format!("{}.test", unique_tag("res").replace([':', '_'], "-"));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.netns()])
+        .arg(exe)
+        .args(["-c", RESOLVER, &ns.ip().to_string(), &suffix])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().count() == 6,
+        "the resolver failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u64 = text.lines().next().unwrap().trim().parse().unwrap();
+    (pid, suffix)
+}
+
 #[test]
 fn resolvers_are_reported_from_the_packets_with_narrow_hooks() {
     resolvers_are_reported("narrow");
@@ -288,4 +298,50 @@ fn resolvers_are_reported_from_the_packets_with_narrow_hooks() {
 #[test]
 fn resolvers_are_reported_from_the_socket_hooks() {
     resolvers_are_reported("socket");
+}
+
+/// `--no-dns-events`: no DNS record for a tracked resolver's queries, the packet programs left
+/// out (the narrow hooks still complete, so no socket tracepoint stays for DNS), and the
+/// resolver's process still reported.
+#[test]
+fn no_dns_events_leaves_the_packet_programs_out() {
+    let sc = Scenario::new("loading eBPF programs");
+    let ns = sc.host("dnsoff");
+    let _dns = DnsServer::start(&ns, "10.231.255.254");
+    let name = format!("dnso-{}", std::process::id() % 100_000);
+    let exe = sc.path(&name);
+    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    let mut sensor = sc.start_sensor(&[
+        "--runtime-name",
+        &name,
+        "--kernel-hooks",
+        "auto",
+        "--no-dns-events",
+    ]);
+    let started = sensor
+        .wait_for(|r| r["kind"] == "sensor_started", WAIT)
+        .unwrap();
+    assert_fields(
+        &started,
+        &[
+            ("dns_events", eq("off")),
+            ("kernel_hooks", eq("narrow")),
+            ("probes_unused.dns_skb_egress", eq("--no-dns-events")),
+            ("probes_unused.dns_skb_ingress", eq("--no-dns-events")),
+        ],
+    );
+    let probes = started["probes"].to_string();
+    for p in ["dns_skb_egress", "dns_skb_ingress", "sock_send_length"] {
+        assert!(
+            !probes.contains(&format!("\"{p}\"")),
+            "{p} attached: {started}"
+        );
+    }
+
+    let (pid, _) = run_resolver(&ns, &exe);
+    sensor.expect_record("process_exec", &[("process.pid", eq(pid))], WAIT);
+    for kind in ["dns_query", "dns_response"] {
+        sensor.expect_no_record(kind, &[("process.pid", eq(pid))], Duration::from_secs(3));
+    }
+    assert!(sensor.stop().unwrap().success());
 }

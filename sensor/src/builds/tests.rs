@@ -641,6 +641,7 @@ fn replay_runs_the_engine_over_records() {
             probes_unused: BTreeMap::new(),
             kernel_hooks: "socket".into(),
             file_events: "fanotify".into(),
+            dns_events: "socket".into(),
             seeded_processes: 0,
             runtime_names: vec![],
             raw: true,

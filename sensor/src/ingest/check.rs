@@ -109,8 +109,9 @@ pub fn check(hooks: loader::KernelHooks) -> ExitCode {
                 "socket data",
                 if loaded.narrow {
                     "narrow hooks: the Engine API from uprobes in the API servers, unix \
-                     connects from cgroup/connect_unix, DNS from cgroup_skb; no program on \
-                     the node's socket I/O"
+                     connects from cgroup/connect_unix, DNS from cgroup_skb; of the node's \
+                     socket I/O only inet packets pass a program (the two cgroup_skb ones; \
+                     `sensor run --no-dns-events` leaves them out)"
                 } else if loaded.socket_hooks {
                     "socket hooks (sock_recv_length/sock_send_length; with the narrow hooks \
                      that attached taking their part): processes without socket I/O pay \

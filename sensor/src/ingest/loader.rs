@@ -181,7 +181,9 @@ pub const PROBES: &[Probe] = &[
         name: "dns_skb_egress",
         kind: ProbeKind::CgroupSkb("egress"),
         purpose: "DNS queries of tracked processes, from the packets they send to port 53 \
-                  (--kernel-hooks narrow); other packets leave at the protocol check",
+                  (the narrow hooks); runs on every inet packet a local socket sends, other \
+                  packets leaving at the protocol check (about 100 ns of the kernel's per \
+                  packet here; `--no-dns-events` leaves both out)",
         needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
         without: "the socket hooks (or the syscall dispatch) take DNS",
     },
@@ -189,7 +191,8 @@ pub const PROBES: &[Probe] = &[
         name: "dns_skb_ingress",
         kind: ProbeKind::CgroupSkb("ingress"),
         purpose: "DNS responses to the sockets tracked processes queried from, from the \
-                  packets (--kernel-hooks narrow)",
+                  packets (the narrow hooks); runs on every inet packet a local socket \
+                  receives",
         needs: "cgroup_skb programs (4.10+) and a cgroup v2 mount",
         without: "the socket hooks (or the syscall dispatch) take DNS",
     },
@@ -211,18 +214,19 @@ pub const NARROW_PROBES: &[&str] = &["connect_unix"];
 /// Where socket data (API requests, DNS, accepts, API clients) is taken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelHooks {
-    /// The socket hooks when this kernel has them (6.3+), else the syscall dispatch.
+    /// The narrow hooks where they attach (6.7+, cgroup v2), the socket tracepoints for what
+    /// they do not take (6.3+), else the syscall dispatch.
     #[default]
     Auto,
     /// The `sock_recv_length`/`sock_send_length` tracepoints; refuse to start without them.
     Socket,
     /// The raw `sys_enter`/`sys_exit` dispatch (what kernels before 6.3 get).
     Syscall,
-    /// As `auto`, and hooks that fire only where their fact happens take over from the socket
-    /// tracepoints what they can (the API servers' traffic: uprobes in them; unix connects:
-    /// `cgroup/connect_unix`, 6.7+; DNS from the packets: `cgroup_skb`); a hook that does not
-    /// attach leaves its part to the socket tracepoints (`sensor check` and
-    /// `sensor_started.probes_failed` say why).
+    /// As `auto`, refusing to start without the socket tracepoints: hooks that fire only where
+    /// their fact happens take over from them what they can (the API servers' traffic: uprobes
+    /// in them; unix connects: `cgroup/connect_unix`, 6.7+; DNS from the packets:
+    /// `cgroup_skb`); a hook that does not attach leaves its part to the socket tracepoints
+    /// (`sensor check` and `sensor_started.probes_failed` say why).
     Narrow,
 }
 
@@ -328,6 +332,9 @@ pub struct Loaded {
     pub socket_hooks: bool,
     /// Whether the narrow hooks take all socket data (no socket tracepoint attached).
     pub narrow: bool,
+    /// Where DNS is taken (`sensor_started.dns_events`): `packets` (the `cgroup_skb`
+    /// programs), `socket`, `syscall`, or `off` (`--no-dns-events`).
+    pub dns_events: &'static str,
     pub missing_offsets: Vec<btf::MissingField>,
 }
 
@@ -512,7 +519,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     };
     // The narrow hooks (auto and narrow, on a kernel with the socket hooks: connect_unix needs
     // 6.7): each takes its part over from the socket tracepoints once it attached (its bit);
-    // when all did, the socket tracepoints go, and no program runs on the node's socket I/O.
+    // when all did, the socket tracepoints go, and of the node's socket I/O only its inet
+    // packets pass a program (the cgroup_skb ones, unless DNS is off).
     let try_narrow = matches!(opts.hooks, KernelHooks::Auto | KernelHooks::Narrow)
         && (socket || opts.hooks == KernelHooks::Narrow);
     let mut complete = false;
@@ -546,7 +554,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         } else {
             for n in DNS_SKB_PROBES {
                 a.unused
-                    .insert(n.to_string(), "DNS events are off".to_string());
+                    .insert(n.to_string(), "--no-dns-events".to_string());
             }
             true
         };
@@ -598,6 +606,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     // The syscall dispatch: everything without the socket hooks (or complete narrow hooks);
     // with them, only file events.
     let dispatch_all = !socket && !complete;
+    let dns_events = if opts.features & feature::DNS_EVENTS == 0 {
+        "off"
+    } else if config.features & feature::DNS_SKB != 0 {
+        "packets"
+    } else if socket {
+        "socket"
+    } else {
+        "syscall"
+    };
     if dispatch_all || opts.features & feature::FILE_EVENTS != 0 {
         a.probes(&mut ebpf, btf, &skip, SYSCALL_PROBES);
     } else {
@@ -663,6 +680,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         unused,
         socket_hooks: socket && !complete,
         narrow: complete,
+        dns_events,
         missing_offsets,
     })
 }

@@ -135,6 +135,7 @@ pub fn sensor_started(
         probes_unused: loaded.unused.clone(),
         kernel_hooks: kernel_hooks(loaded).into(),
         file_events: file_events.into(),
+        dns_events: loaded.dns_events.into(),
         seeded_processes: seeded.count(),
         runtime_names: opts.runtime_names.clone(),
         raw,

@@ -186,7 +186,8 @@ pub struct SensorStarted {
     /// Probes not attached because this configuration does not need them, with why.
     #[serde(default)]
     pub probes_unused: BTreeMap<String, String>,
-    /// Where socket data is taken: `socket` (the sock_recv_length/sock_send_length
+    /// Where socket data is taken: `narrow` (uprobes in the API servers, `cgroup/connect_unix`,
+    /// the `cgroup_skb` programs for DNS), `socket` (the sock_recv_length/sock_send_length
     /// tracepoints) or `syscall` (the raw sys_enter/sys_exit dispatch).
     #[serde(default)]
     pub kernel_hooks: String,
@@ -194,6 +195,11 @@ pub struct SensorStarted {
     /// `off`.
     #[serde(default)]
     pub file_events: String,
+    /// Where `dns_query`/`dns_response` come from: `packets` (the `cgroup_skb` programs),
+    /// `socket` (the socket tracepoints), `syscall` (the raw syscall dispatch) or `off`
+    /// (`--no-dns-events`).
+    #[serde(default)]
+    pub dns_events: String,
     /// Processes found in runtime trees in /proc at start.
     pub seeded_processes: u64,
     pub runtime_names: Vec<String>,

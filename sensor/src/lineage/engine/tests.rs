@@ -141,6 +141,7 @@ fn sensor_started() -> Body {
         probes_unused: Default::default(),
         kernel_hooks: "socket".into(),
         file_events: "fanotify".into(),
+        dns_events: "socket".into(),
         seeded_processes: 0,
         runtime_names: vec![],
         raw: false,
