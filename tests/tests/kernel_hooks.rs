@@ -1,7 +1,8 @@
-//! Where socket data comes from: the socket hooks (`sock_recv_length`/`sock_send_length`, the
-//! default on 6.3+ kernels) and the raw syscall dispatch (`--kernel-hooks syscall`, what older
-//! kernels get) give the same Engine API records and client identity, on the real kernel with a
-//! real dockerd and real clients.
+//! Where socket data comes from: the narrow hooks (the default on 6.7+ with cgroup v2: uprobes in
+//! the API servers, `cgroup/connect_unix`, `cgroup_skb`), the socket hooks
+//! (`sock_recv_length`/`sock_send_length`, 6.3+) and the raw syscall dispatch (`--kernel-hooks
+//! syscall`, what older kernels get) give the same Engine API records and client identity, on
+//! the real kernel with a real dockerd, a real `podman system service` and real clients.
 use std::{process::Command, time::Duration};
 
 use sensor_tests::*;
@@ -284,6 +285,69 @@ fn narrow_hooks_are_the_default_here_and_take_dockerds_api_traffic_in_it() {
         "{req}"
     );
     drop(daemon);
+    assert!(sensor.stop().unwrap().success());
+}
+
+/// `podman system service`, started after the sensor: an API server by its argv, so it gets the
+/// uprobes at its exec, and they alone (the socket hooks and the syscall dispatch left
+/// detached) give its Engine API requests, compat and libpod, with curl as the client.
+#[test]
+fn podman_service_requests_come_from_the_uprobes() {
+    require_root("loading eBPF programs");
+    let stats = BpfStats::on();
+    let skip = std::ffi::OsStr::new("sock_recv_length,sock_send_length,sys_enter,sys_exit");
+    let mut sensor = SensorProcess::start_env(
+        &["--kernel-hooks", "narrow", "--no-file-events"],
+        &[("SENSOR_SKIP_PROBES", skip)],
+    )
+    .unwrap();
+    let p = probes(&started(&sensor));
+    assert!(p.iter().any(|n| n == "go_syscall_enter"), "{p:?}");
+    assert!(
+        !p.iter()
+            .any(|n| n.starts_with("sock_") || n.starts_with("sys_")),
+        "{p:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("podman.sock");
+    let mut service = Command::new("podman")
+        .args(["system", "service", "--time=0"])
+        .arg(format!("unix://{}", socket.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "podman's socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = uprobe_runs(sensor.pid());
+    for path in ["/v1.41/version", "/v4.0.0/libpod/_ping"] {
+        let probe = unique_tag("podman").replace(':', "-");
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "--unix-socket"])
+            .arg(&socket)
+            .arg(format!("http://d{path}?probe={probe}"));
+        let pid = run_client(curl);
+        let req = request_with(&sensor, &probe);
+        assert_eq!(req["path"], path, "{req}");
+        assert_eq!(
+            req["process"]["pid"].as_u64(),
+            Some(u64::from(service.id())),
+            "{req}"
+        );
+        assert_eq!(req["process"]["comm"], "podman", "{req}");
+        assert_eq!(req["client"]["pid"].as_u64(), Some(pid), "{req}");
+        assert_eq!(req["client"]["exe"], "/usr/bin/curl", "{req}");
+    }
+    assert!(
+        uprobe_runs(sensor.pid()) > before,
+        "the uprobes did not run"
+    );
+    drop(stats);
+    let _ = service.kill();
+    let _ = service.wait();
     assert!(sensor.stop().unwrap().success());
 }
 
