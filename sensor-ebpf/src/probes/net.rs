@@ -471,11 +471,7 @@ pub(crate) fn dns_emit(
     super::dns::watch_dns_fd(fd, sk);
     let mut r = dns_record(EventKind::DnsSend, t.flags, family, port, ip)?;
     let d = &mut r.event().data;
-    let n = if len > DNS_CAP as u64 {
-        DNS_CAP
-    } else {
-        len as usize
-    };
+    let n = crate::helpers::bounded(len, DNS_CAP as u64) as usize;
     // SAFETY: bpf_probe_read_user_buf checks the source; n <= DNS_CAP.
     d.len = match unsafe { bpf_probe_read_user_buf(buf as *const u8, &mut d.payload[..n]) } {
         Ok(()) => n as u16,
