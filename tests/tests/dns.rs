@@ -3,6 +3,7 @@
 //! build's outbound connection carries the name it was looked up under.
 use std::{
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
@@ -173,16 +174,27 @@ ask("connect", socket.AF_INET6, "::1", "six." + suffix, 4)
 ask("connect", socket.AF_INET, "127.0.0.11", "nat." + suffix, 5)
 "#;
 
+/// A test host answering every A query with 10.231.255.254, and a python3 under a tracked
+/// name of this test's own (`prefix`): the host, its server, the name and the link to run.
+fn resolver_setup(
+    sc: &Scenario,
+    host: &str,
+    prefix: &str,
+) -> (Arc<TestHost>, DnsServer, String, std::path::PathBuf) {
+    let ns = sc.host(host);
+    let dns = DnsServer::start(&ns, "10.231.255.254");
+    let name = format!("{prefix}-{}", std::process::id() % 100_000);
+    let exe = sc.path(&name);
+    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    (ns, dns, name, exe)
+}
+
 /// The resolver's queries and responses are reported with its pid, the server and the names,
 /// however it sends and reads. With the packet hooks, a response on an unconnected socket also
 /// carries the server it came from (the socket has no peer to take it from).
 fn resolvers_are_reported(hooks: &str) {
     let sc = Scenario::new("loading eBPF programs");
-    let ns = sc.host("dnsres");
-    let _dns = DnsServer::start(&ns, "10.231.255.254");
-    let name = format!("dnsq-{}", std::process::id() % 100_000);
-    let exe = sc.path(&name);
-    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    let (ns, _dns, name, exe) = resolver_setup(&sc, "dnsres", "dnsq");
     // The test's own --kernel-hooks wins over one in $SENSOR_TEST_ARGS.
     let mut sensor = sc.start_sensor(&["--runtime-name", &name, "--kernel-hooks", hooks]);
     let started = sensor
@@ -306,11 +318,7 @@ fn resolvers_are_reported_from_the_socket_hooks() {
 #[test]
 fn no_dns_events_leaves_the_packet_programs_out() {
     let sc = Scenario::new("loading eBPF programs");
-    let ns = sc.host("dnsoff");
-    let _dns = DnsServer::start(&ns, "10.231.255.254");
-    let name = format!("dnso-{}", std::process::id() % 100_000);
-    let exe = sc.path(&name);
-    std::os::unix::fs::symlink("/usr/bin/python3", &exe).unwrap();
+    let (ns, _dns, name, exe) = resolver_setup(&sc, "dnsoff", "dnso");
     let mut sensor = sc.start_sensor(&[
         "--runtime-name",
         &name,

@@ -169,6 +169,24 @@ fn uprobe_runs(sensor_pid: u32) -> u64 {
     runs
 }
 
+/// A sensor with the narrow hooks and the socket hooks and the syscall dispatch left detached
+/// (`SENSOR_SKIP_PROBES`): only the uprobes can take an API server's requests. `extra`: more
+/// flags.
+fn uprobes_alone(extra: &[&str]) -> SensorProcess {
+    let skip = std::ffi::OsStr::new("sock_recv_length,sock_send_length,sys_enter,sys_exit");
+    let mut args = vec!["--kernel-hooks", "narrow", "--no-file-events"];
+    args.extend_from_slice(extra);
+    let sensor = SensorProcess::start_env(&args, &[("SENSOR_SKIP_PROBES", skip)]).unwrap();
+    let p = probes(&started(&sensor));
+    assert!(p.iter().any(|n| n == "go_syscall_enter"), "{p:?}");
+    assert!(
+        !p.iter()
+            .any(|n| n.starts_with("sock_") || n.starts_with("sys_")),
+        "{p:?}"
+    );
+    sensor
+}
+
 /// Turns the kernel's BPF run statistics on, and back to what they were when dropped.
 struct BpfStats(String);
 
@@ -238,18 +256,7 @@ fn narrow_hooks_are_the_default_here_and_take_dockerds_api_traffic_in_it() {
 
     // The uprobes alone (the socket hooks and the syscall dispatch left detached): the request
     // line, and the client by the connection's peer credentials.
-    let skip = std::ffi::OsStr::new("sock_recv_length,sock_send_length,sys_enter,sys_exit");
-    let mut sensor = SensorProcess::start_env(
-        &["--kernel-hooks", "narrow", "--no-file-events"],
-        &[("SENSOR_SKIP_PROBES", skip)],
-    )
-    .unwrap();
-    let p = probes(&started(&sensor));
-    assert!(
-        !p.iter()
-            .any(|n| n.starts_with("sock_") || n.starts_with("sys_")),
-        "{p:?}"
-    );
+    let mut sensor = uprobes_alone(&[]);
     let probe = unique_tag("alone").replace(':', "-");
     let pid = curl_version(&probe);
     let req = request_with(&sensor, &probe);
@@ -295,21 +302,11 @@ fn narrow_hooks_are_the_default_here_and_take_dockerds_api_traffic_in_it() {
 fn podman_service_requests_come_from_the_uprobes() {
     require_root("loading eBPF programs");
     let stats = BpfStats::on();
-    let skip = std::ffi::OsStr::new("sock_recv_length,sock_send_length,sys_enter,sys_exit");
-    let mut sensor = SensorProcess::start_env(
-        &["--kernel-hooks", "narrow", "--no-file-events"],
-        &[("SENSOR_SKIP_PROBES", skip)],
-    )
-    .unwrap();
-    let p = probes(&started(&sensor));
-    assert!(p.iter().any(|n| n == "go_syscall_enter"), "{p:?}");
-    assert!(
-        !p.iter()
-            .any(|n| n.starts_with("sock_") || n.starts_with("sys_")),
-        "{p:?}"
-    );
+    // Its socket named as an API socket, as podman's default one is: its clients are
+    // described at their connect (connect_unix), before they can exit.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("podman.sock");
+    let mut sensor = uprobes_alone(&["--api-socket", socket.to_str().unwrap()]);
     let mut service = Command::new("podman")
         .args(["system", "service", "--time=0"])
         .arg(format!("unix://{}", socket.display()))
