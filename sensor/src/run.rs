@@ -149,6 +149,14 @@ async fn run_async(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut loaded = loader::load(&opts)?;
+    // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back before
+    // anything else comes in (the API servers' binaries are mapped while seeding), so that
+    // the peak is the larger of the two, not their sum.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     for m in &loaded.missing_offsets {
         tracing::warn!(
             "kernel field not found, some details will be missing: {}: {}",
@@ -248,12 +256,6 @@ async fn run_async(
         start::kernel_hooks(&loaded),
         seeded.count()
     );
-    // Loading parsed the kernel's BTF (megabytes) and the object: give that memory back.
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
     let mut switch = switch::start()?;
     let started = start::sensor_started(
         &loaded,

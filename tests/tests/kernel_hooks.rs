@@ -307,13 +307,15 @@ fn podman_service_requests_come_from_the_uprobes() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("podman.sock");
     let mut sensor = uprobes_alone(&["--api-socket", socket.to_str().unwrap()]);
-    let mut service = Command::new("podman")
-        .args(["system", "service", "--time=0"])
-        .arg(format!("unix://{}", socket.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let service = Service(
+        Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = std::time::Instant::now() + WAIT;
     while !socket.exists() {
         assert!(std::time::Instant::now() < deadline, "podman's socket");
@@ -331,7 +333,7 @@ fn podman_service_requests_come_from_the_uprobes() {
         assert_eq!(req["path"], path, "{req}");
         assert_eq!(
             req["process"]["pid"].as_u64(),
-            Some(u64::from(service.id())),
+            Some(u64::from(service.0.id())),
             "{req}"
         );
         assert_eq!(req["process"]["comm"], "podman", "{req}");
@@ -343,9 +345,19 @@ fn podman_service_requests_come_from_the_uprobes() {
         "the uprobes did not run"
     );
     drop(stats);
-    let _ = service.kill();
-    let _ = service.wait();
+    drop(service);
     assert!(sensor.stop().unwrap().success());
+}
+
+/// A server process for one test, killed when the test ends, passed or not (a `podman system
+/// service` left running would be seeded, and probed, by every later sensor on the machine).
+struct Service(std::process::Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

@@ -30,18 +30,31 @@ pub struct GoTarget {
 }
 
 /// The probe offsets in the Go binary at `path`, or why it cannot be probed.
+///
+/// The file is mapped, not read: dockerd is about 75 MB, and reading it whole would hold that
+/// much in the sensor's memory at every API server's start. Through the map only the pages
+/// looked at come in (the symbol's hash chain in `.gnu.hash` and `.dynsym`, or the tables
+/// scanned without one), and they are the page cache's, given back at the unmap.
 pub fn syscall_offsets(path: &Path) -> Result<GoTarget, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err("uprobes on Go's syscall function are implemented for x86-64 only".into());
     }
-    let data = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
-    let file = object::File::parse(&*data).map_err(|e| format!("not an ELF file: {e}"))?;
-    let addr = match file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
-    {
-        Some(sym) => sym.address(),
+    let f = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    // SAFETY: the map is read while this function runs and dropped at its end. Its bytes can
+    // change under it only if the file is written meanwhile; `path` is a running process's
+    // executable (`/proc/PID/exe`), which the kernel refuses to open for writing (ETXTBSY).
+    // Whatever the bytes, they are parsed as untrusted input and the prologue is checked.
+    let data =
+        unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("map {}: {e}", path.display()))?;
+    let file = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data)
+        .map_err(|e| format!("not a 64-bit ELF file: {e}"))?;
+    let addr = match hashed_symbol(&file).or_else(|| {
+        file.symbols()
+            .chain(file.dynamic_symbols())
+            .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
+            .map(|s| s.address())
+    }) {
+        Some(addr) => addr,
         // A stripped binary (Debian's podman) still has the runtime's own function table.
         None => file
             .section_by_name(".gopclntab")
@@ -72,6 +85,26 @@ pub fn syscall_offsets(path: &Path) -> Result<GoTarget, String> {
         path: path.to_path_buf(),
         entry,
         after_syscall: entry + PROLOGUE.len() as u64,
+    })
+}
+
+/// The function's address through `.gnu.hash` and `.dynsym` (Debian's dockerd exports Go's
+/// symbols there): a few pages of the file rather than every symbol's name.
+fn hashed_symbol(file: &object::read::elf::ElfFile64<'_, object::Endianness>) -> Option<u64> {
+    use object::read::elf::{Sym as _, VersionTable};
+    let endian = file.endian();
+    let (table, _) = file
+        .elf_section_table()
+        .gnu_hash(endian, file.data())
+        .ok()??;
+    let symbols = file.elf_dynamic_symbol_table();
+    let versions = VersionTable::default();
+    SYSCALL6.iter().find_map(|name| {
+        let name = name.as_bytes();
+        let hash = object::elf::gnu_hash(name);
+        table
+            .find(endian, name, hash, None, symbols, &versions)
+            .map(|(_, sym)| sym.st_value(endian))
     })
 }
 
@@ -123,7 +156,7 @@ mod tests {
         let err = syscall_offsets(&me).unwrap_err();
         assert!(err.contains("no Go syscall symbol"), "{err}");
         let err = syscall_offsets(Path::new("/nonexistent/dockerd")).unwrap_err();
-        assert!(err.starts_with("read /nonexistent/dockerd"), "{err}");
+        assert!(err.starts_with("open /nonexistent/dockerd"), "{err}");
     }
 
     #[test]
@@ -153,5 +186,13 @@ mod tests {
         let at = t.entry as usize;
         assert_eq!(&data[at..at + PROLOGUE.len()], PROLOGUE);
         assert_eq!(t.after_syscall, t.entry + 14);
+        // The hash table gives the symbol every name compared in turn gives.
+        let file = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data).unwrap();
+        let scanned = file
+            .dynamic_symbols()
+            .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
+            .map(|s| s.address());
+        assert!(scanned.is_some());
+        assert_eq!(hashed_symbol(&file), scanned);
     }
 }
