@@ -257,6 +257,45 @@ pub struct Measurements {
     /// Pids of other `sensor` processes seen during the bench: their probes slow down the
     /// "without sensor" runs too, so the slowdowns understate the cost.
     pub other_sensors: BTreeSet<u32>,
+    /// The API server running through every sensor run (each seeds it and puts its uprobes
+    /// in), or why there is none.
+    pub api_server: Result<String, String>,
+}
+
+/// An idle `podman system service` for the whole bench: a node's sensor always meets an API
+/// server at its start, and finds the Go function in its binary (podman's is stripped, so
+/// its function table is scanned), which the peak RSS includes. Killed when dropped.
+struct ApiServer(std::process::Child);
+
+impl ApiServer {
+    fn start(out_dir: &Path) -> Result<(ApiServer, String)> {
+        let socket = out_dir.join("podman.sock");
+        let _ = fs::remove_file(&socket);
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting podman system service (cargo xtask setup installs podman)")?;
+        let server = ApiServer(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("podman system service made no socket within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let label = format!("podman system service (pid {})", server.0.id());
+        Ok((server, label))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -336,6 +375,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         load_before: loadavg(),
         load_after: String::new(),
         other_sensors: BTreeSet::new(),
+        api_server: Err(String::new()),
+    };
+    let _api_server = match ApiServer::start(&out_dir) {
+        Ok((server, label)) => {
+            m.api_server = Ok(label);
+            Some(server)
+        }
+        Err(e) => {
+            eprintln!("bench: no API server for the sensor runs: {e:#}");
+            m.api_server = Err(format!("{e:#}"));
+            None
+        }
     };
 
     let b = Bench {

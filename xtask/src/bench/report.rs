@@ -498,6 +498,14 @@ pub fn markdown(m: &Measurements) -> String {
         md,
         "| peak RSS (VmHWM) | {rss_text} | < 50 MiB | {rss_result} |"
     );
+    let api = match &m.api_server {
+        Ok(label) => label.clone(),
+        Err(why) => format!("none ({why})"),
+    };
+    let _ = writeln!(
+        md,
+        "| API server seeded and probed by every sensor run | {api} | | |"
+    );
     let startup: Vec<f64> = m.sensors.iter().map(|s| s.startup_cpu_s).collect();
     if let Some(s) = median(&startup) {
         let _ = writeln!(md, "| CPU time to start (median) | {s:.2} s | | |");
@@ -747,6 +755,7 @@ mod tests {
             load_before: "0.00".into(),
             load_after: "0.00".into(),
             other_sensors: BTreeSet::new(),
+            api_server: Err("none in this test".into()),
         }
     }
 
