@@ -48,12 +48,9 @@ pub fn syscall_offsets(path: &Path) -> Result<GoTarget, String> {
         unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("map {}: {e}", path.display()))?;
     let file = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data)
         .map_err(|e| format!("not a 64-bit ELF file: {e}"))?;
-    let addr = match hashed_symbol(&file).or_else(|| {
-        file.symbols()
-            .chain(file.dynamic_symbols())
-            .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
-            .map(|s| s.address())
-    }) {
+    let addr = match hashed_symbol(&file)
+        .or_else(|| scanned_symbol(file.symbols().chain(file.dynamic_symbols())))
+    {
         Some(addr) => addr,
         // A stripped binary (Debian's podman) still has the runtime's own function table.
         None => file
@@ -86,6 +83,14 @@ pub fn syscall_offsets(path: &Path) -> Result<GoTarget, String> {
         entry,
         after_syscall: entry + PROLOGUE.len() as u64,
     })
+}
+
+/// The function's address from symbols compared by name one after another (a `.symtab`, or
+/// symbols without a hash table).
+fn scanned_symbol<'a>(mut symbols: impl Iterator<Item = impl ObjectSymbol<'a>>) -> Option<u64> {
+    symbols
+        .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
+        .map(|s| s.address())
 }
 
 /// The function's address through `.gnu.hash` and `.dynsym` (Debian's dockerd exports Go's
@@ -188,10 +193,7 @@ mod tests {
         assert_eq!(t.after_syscall, t.entry + 14);
         // The hash table gives the symbol every name compared in turn gives.
         let file = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data).unwrap();
-        let scanned = file
-            .dynamic_symbols()
-            .find(|s| s.name().is_ok_and(|n| SYSCALL6.contains(&n)))
-            .map(|s| s.address());
+        let scanned = scanned_symbol(file.dynamic_symbols());
         assert!(scanned.is_some());
         assert_eq!(hashed_symbol(&file), scanned);
     }

@@ -343,6 +343,13 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         drivers.storm(case.workload, false, case.workload.warm_up_count(args))?;
     }
 
+    let (_api_server, api_server) = match ApiServer::start(&out_dir) {
+        Ok((server, label)) => (Some(server), Ok(label)),
+        Err(e) => {
+            eprintln!("bench: no API server for the sensor runs: {e:#}");
+            (None, Err(format!("{e:#}")))
+        }
+    };
     let mut m = Measurements {
         cases: cases
             .iter()
@@ -375,18 +382,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         load_before: loadavg(),
         load_after: String::new(),
         other_sensors: BTreeSet::new(),
-        api_server: Err(String::new()),
-    };
-    let _api_server = match ApiServer::start(&out_dir) {
-        Ok((server, label)) => {
-            m.api_server = Ok(label);
-            Some(server)
-        }
-        Err(e) => {
-            eprintln!("bench: no API server for the sensor runs: {e:#}");
-            m.api_server = Err(format!("{e:#}"));
-            None
-        }
+        api_server,
     };
 
     let b = Bench {
